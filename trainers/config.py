@@ -1,0 +1,329 @@
+"""The run config: one YAML file describes one GRPO training run.
+
+Every field here is a knob a study can sweep by its dotted path (``clip.eps_high``,
+``entropy.siren.top_p``, ...). Unknown keys are rejected; every error names the field.
+The vocabulary follows ``shared/methods.md`` (``clip``, ``advantage``, ``loss_agg``,
+``entropy.method``, ``entropy.anchor``...).
+
+This module imports neither torch nor optuna: the sweeper reads and writes these configs on a
+login node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUILTIN_PREFIX = "builtin:"
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model / data
+
+
+class ModelConfig(_Strict):
+    path: str = Field(
+        "builtin:tiny-arith",
+        description="AutoModelForCausalLM path or hub id; 'builtin:NAME' picks a model shipped in trainers/assets.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
+    trust_remote_code: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("model.path is empty: give a local model folder, a hub id, or 'builtin:tiny-arith'")
+        return v
+
+
+class KLConfig(_Strict):
+    beta: float = Field(0.0, ge=0.0, description="Coefficient of the k3 KL penalty to the reference model; 0 = off.")
+    ref_path: str | None = Field(None, description="Reference model; None = a frozen copy of the initial policy.")
+
+
+class SyntheticTaskConfig(_Strict):
+    levels: list[int] = Field(default_factory=lambda: [1, 2], description="Difficulty levels mixed in the task.")
+    train_size: int = Field(20000, gt=0)
+    val_size: int = Field(256, gt=0)
+    seed: int = 1234
+
+
+class DatasetConfig(_Strict):
+    path: str = Field(..., description="datasets.load_dataset path: hub id, 'json', 'parquet', or a local folder.")
+    name: str | None = None
+    data_files: str | list[str] | dict[str, Any] | None = None
+    train_split: str = "train"
+    val_split: str | None = Field(None, description="Validation split; None = hold out val_size rows of train.")
+    val_size: int = Field(256, gt=0)
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    prompt_template: str = Field("{prompt}", description="Format string applied to the prompt field.")
+    seed: int = 1234
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "dataset"] = "synthetic"
+    synthetic: SyntheticTaskConfig = Field(default_factory=SyntheticTaskConfig)
+    dataset: DatasetConfig | None = None
+    reward: str = Field("exact_numeric", description="Reward function by registered name: exact_numeric | math_verify.")
+
+    @model_validator(mode="after")
+    def _dataset_given(self) -> "DataConfig":
+        if self.source == "dataset" and self.dataset is None:
+            raise ValueError("data.source is 'dataset' but data.dataset is missing: add data.dataset.path (and fields)")
+        return self
+
+
+# --------------------------------------------------------------------------- rollout / algorithm
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["hf", "vllm"] = "hf"
+    prompts_per_step: int = Field(8, gt=0, description="Prompts per rollout batch.")
+    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt.")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off.")
+    max_new_tokens: int = Field(8, gt=0)
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+
+
+class ClipConfig(_Strict):
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower PPO clip: ratio >= 1 - eps_low.")
+    eps_high: float = Field(0.2, ge=0.0, description="Upper PPO clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
+    dual_c: float | None = Field(None, gt=1.0, description="Dual-clip bound c for A < 0 (verl clip_ratio_c, 3.0); None = off.")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(3e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "warmup_constant", "cosine"] = "warmup_constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(200, gt=0, description="Rollout steps (each: one rollout batch, ppo_epochs x mini_batches updates).")
+    ppo_epochs: int = Field(1, gt=0)
+    mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
+    micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
+    eval_every: int = Field(20, gt=0)
+    eval_at_start: bool = True
+    checkpoint_every: int = Field(50, ge=0, description="0 = only at the end.")
+    log_every: int = Field(1, gt=0)
+    output_dir: str = "runs/default"
+    resume: bool = Field(True, description="Resume from output_dir/checkpoint if it exists.")
+
+
+class EvalConfig(_Strict):
+    num_prompts: int = Field(64, gt=0)
+    n_samples: int = Field(8, gt=0, description="n: samples per prompt for the unbiased pass@k estimator.")
+    k: list[int] = Field(default_factory=lambda: [1, 8])
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(None, gt=0, description="None = rollout.max_new_tokens.")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "EvalConfig":
+        for k in self.k:
+            if k < 1 or k > self.n_samples:
+                raise ValueError(
+                    f"eval.k contains {k}, but pass@k needs 1 <= k <= eval.n_samples ({self.n_samples}): "
+                    f"lower k or raise eval.n_samples"
+                )
+        return self
+
+
+# --------------------------------------------------------------------------- entropy interventions
+
+
+class AnchorConfig(_Strict):
+    source: Literal["initial", "previous", "fixed"] = Field(
+        "initial", description="initial: measured once on the first rollout batch; previous: last step's mean entropy; fixed: value."
+    )
+    ratio: float | None = Field(None, gt=0.0, description="target = ratio x source; None = the method's default (SIREN 1.0, AER tau 0.5).")
+    value: float | None = Field(None, ge=0.0, description="The anchor when source is 'fixed'.")
+
+    @model_validator(mode="after")
+    def _fixed_needs_value(self) -> "AnchorConfig":
+        if self.source == "fixed" and self.value is None:
+            raise ValueError("entropy.anchor.source is 'fixed' but entropy.anchor.value is missing: give the target entropy in nats")
+        return self
+
+
+class BonusConfig(_Strict):
+    coef: float = Field(1e-3, ge=0.0, description="beta: L = L_pg - beta * agg(H).")
+
+
+class SirenConfig(_Strict):
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus mass for the entropy (code 0.8; summary says 0.95).")
+    top_k: int = Field(10000, gt=0, description="Cap on the nucleus search (entropy_topk).")
+    peak_quantile: float = Field(0.8, ge=0.0, lt=1.0, description="Keep positions strictly above this quantile of nucleus entropy.")
+    peak_scope: Literal["response", "batch"] = "response"
+    coef: float = Field(0.005, ge=0.0, description="beta in L = L_pg + beta (H_sel - H_target)^2.")
+    agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
+
+
+class AERConfig(_Strict):
+    rho: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty threshold: prompts with group accuracy <= rho are regularized.")
+    allocation: Literal["threshold", "linear"] = "threshold"
+    alpha_init: float = Field(1e-3, ge=0.0)
+    alpha_lr: float = Field(1e-3, ge=0.0, description="eta_alpha in alpha <- clip(alpha + eta (H* - H_t), 0, alpha_max).")
+    alpha_max: float = Field(1e-2, ge=0.0)
+
+
+class SteerConfig(_Strict):
+    w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
+    mapping: Literal["exp", "linear"] = "exp"
+    w_max: float = Field(1.2, ge=0.0, description="Upper weight of the linear mapping (release 1.2); exp clamps to 1.")
+    omega_floor: float = Field(0.02, gt=0.0)
+    omega_form: Literal["code", "paper"] = "code"
+    normalize_over: Literal["micro_batch", "batch"] = "micro_batch"
+
+    @model_validator(mode="after")
+    def _w_max_ge_w_min(self) -> "SteerConfig":
+        if self.mapping == "linear" and self.w_max < self.w_min:
+            raise ValueError(f"entropy.steer.w_max ({self.w_max}) < w_min ({self.w_min}): the linear mapping needs w_max >= w_min")
+        return self
+
+
+class ForkingConfig(_Strict):
+    top_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Fraction of highest-entropy tokens that get the PG gradient.")
+    scope: Literal["batch", "response"] = "batch"
+
+
+class ClipCovConfig(_Strict):
+    ratio: float = Field(2e-4, gt=0.0, le=1.0)
+    lower: float = 1.0
+    upper: float = 5.0
+
+
+class KLCovConfig(_Strict):
+    ratio: float = Field(2e-4, gt=0.0, le=1.0)
+    coef: float = Field(1.0, ge=0.0)
+
+
+class EntropyAdvantageConfig(_Strict):
+    alpha: float = Field(0.4, ge=0.0)
+    kappa: float = Field(2.0, gt=0.0)
+
+
+EntropyMethodName = Literal[
+    "none", "entropy_bonus", "siren", "aer", "steer", "forking_tokens", "clip_cov", "kl_cov", "entropy_advantage"
+]
+
+
+class EntropyConfig(_Strict):
+    method: EntropyMethodName = "none"
+    chunk_size: int = Field(1024, gt=0, description="Positions per chunk when computing entropies from logits.")
+    anchor: AnchorConfig = Field(default_factory=AnchorConfig)
+    bonus: BonusConfig = Field(default_factory=BonusConfig)
+    siren: SirenConfig = Field(default_factory=SirenConfig)
+    aer: AERConfig = Field(default_factory=AERConfig)
+    steer: SteerConfig = Field(default_factory=SteerConfig)
+    forking: ForkingConfig = Field(default_factory=ForkingConfig)
+    clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
+    kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
+    entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    advantage: Literal["grpo", "dr_grpo"] = "grpo"
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    entropy: EntropyConfig = Field(default_factory=EntropyConfig)
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "RunConfig":
+        if self.rollout.prompts_per_step % self.train.mini_batches:
+            raise ValueError(
+                f"train.mini_batches ({self.train.mini_batches}) must divide rollout.prompts_per_step "
+                f"({self.rollout.prompts_per_step}): mini-batches hold whole groups"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A run config is invalid. ``str(error)`` is a user-facing message naming each bad field."""
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
+        loc = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "<root>")
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Run config' for the accepted keys)"
+        elif item["type"] == "missing":
+            msg = "required field is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        got = item.get("input")
+        got_text = "" if item["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    """Validate a plain dict as a RunConfig, raising ConfigError with one line per bad field."""
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(f"invalid run config {source}:\n{format_validation_error(error)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"run config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"run config {path} must be a mapping of fields, got {type(data).__name__}")
+    return parse_config(data, str(path))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def resolve_model_path(path: str) -> str:
+    """Map 'builtin:NAME' to the shipped asset folder; leave local paths and hub ids as they are."""
+    if path.startswith(BUILTIN_PREFIX):
+        name = path[len(BUILTIN_PREFIX):]
+        folder = ASSETS_DIR / name
+        if not folder.is_dir():
+            shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
+            raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped} (build it with scripts/build_tiny_model.py)")
+        return str(folder)
+    return path
