@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+PREEMPTED = "preempted"
+"""A stop reason that asks the trainer to save a checkpoint before it stops (Slurm preemption)."""
+
 
 class Reporter:
     """Base class: every hook is a no-op. Subclass and override what you need."""

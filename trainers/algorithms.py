@@ -1,0 +1,130 @@
+"""GRPO's math as pure tensor functions, registered by name (the verl ``core_algos`` pattern).
+
+Notation (``shared/methods.md`` section 0): responses o_i in groups of G per prompt, tokens t,
+r_{i,t} = pi(o_t|s)/pi_old(o_t|s), A_i the group-relative advantage, M_{i,t} the loss mask.
+
+- Advantages  ``grpo``:    A_i = (R_i - mean_G R) / (std_G R + 1e-6), std unbiased (torch.std);
+              ``dr_grpo``: A_i = R_i - mean_G R.          Groups of size 1: mean 0, std 1.
+- PPO loss    l = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)); dual clip for A < 0:
+              l = min(l, -A c). r = exp(clamp(logp - logp_old, -20, 20)).
+- Aggregation ``token_mean``:              sum(l M) / sum(M)
+              ``seq_mean_token_mean``:     mean_i [ sum_t l M / sum_t M ]
+              ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T = padded length)
+- KL          k3 estimator: exp(ref - logp) - (ref - logp) - 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_advantage(name: str):
+    def wrap(fn):
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+    return wrap
+
+
+def register_aggregation(name: str):
+    def wrap(fn):
+        LOSS_AGGREGATIONS[name] = fn
+        return fn
+    return wrap
+
+
+def _group_stats(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std per group, broadcast back to [B]. Rewards are ordered group by group."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().reshape(-1, group_size)
+    if group_size == 1:
+        mean, std = torch.zeros_like(grouped), torch.ones_like(grouped)
+    else:
+        mean = grouped.mean(-1, keepdim=True).expand_as(grouped)
+        std = grouped.std(-1, keepdim=True).expand_as(grouped)
+    return mean.reshape(-1), std.reshape(-1)
+
+
+@register_advantage("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    mean, std = _group_stats(rewards, group_size)
+    return (rewards.float() - mean) / (std + eps)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    mean, _ = _group_stats(rewards, group_size)
+    return rewards.float() - mean
+
+
+def compute_advantages(kind: str, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if kind not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage: unknown estimator {kind!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[kind](rewards, group_size)
+
+
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                  eps_low: float, eps_high: float, dual_c: float | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token clipped surrogate loss and its [B, T] diagnostics (ratio, clipped_low, clipped_high).
+
+    ``clipped_low``: A < 0 and r < 1 - eps_low (the clipped branch is active, no gradient);
+    ``clipped_high``: A > 0 and r > 1 + eps_high; ``clipped_dual``: the dual-clip bound is active.
+    """
+    log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    token_loss = torch.maximum(unclipped, clipped)
+    clipped_dual = torch.zeros_like(ratio, dtype=torch.bool)
+    if dual_c is not None:
+        dual_bound = -advantages * dual_c
+        clipped_dual = (advantages < 0) & (token_loss > dual_bound)
+        token_loss = torch.where(advantages < 0, torch.minimum(token_loss, dual_bound), token_loss)
+    stats = {
+        "ratio": ratio.detach(),
+        "log_ratio": log_ratio.detach(),
+        "clipped_low": ((advantages < 0) & (ratio < 1.0 - eps_low)).detach(),
+        "clipped_high": ((advantages > 0) & (ratio > 1.0 + eps_high)).detach(),
+        "clipped_dual": clipped_dual.detach(),
+    }
+    return token_loss, stats
+
+
+@register_aggregation("token_mean")
+def token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (token_values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@register_aggregation("seq_mean_token_mean")
+def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    per_sequence = (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_sequence.mean()
+
+
+@register_aggregation("seq_mean_token_sum_norm")
+def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    per_sequence = (token_values * mask).sum(-1)
+    return per_sequence.mean() / mask.shape[-1]
+
+
+def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"loss_agg: unknown mode {mode!r}; registered: {sorted(LOSS_AGGREGATIONS)}")
+    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype))
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    delta = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    return torch.exp(delta) - delta - 1.0
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    mask = mask.to(values.dtype)
+    return float((values * mask).sum() / mask.sum().clamp(min=1.0))

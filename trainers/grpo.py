@@ -1,0 +1,494 @@
+"""GRPO on accelerate: the training loop every sweep trial runs.
+
+One rollout step reads as the algorithm does (``GRPOTrainer.train_step``):
+
+1. rollout      sample ``prompts_per_step`` prompts, G responses each, with the rollout engine
+2. reward       verifiable rewards, group-relative advantages (``advantage``: grpo | dr_grpo)
+3. old policy   one no-grad pass: log pi_old, full-vocabulary entropy, the intervention's features
+4. begin_step   the entropy intervention updates its state (anchors, coefficients)
+5. updates      ``ppo_epochs`` x ``mini_batches`` optimizer steps; per micro-batch: forward,
+                token advantages -> PPO clip loss -> token loss hook -> token weights -> loss mask
+                -> aggregate (``loss_agg``) -> + extra loss terms -> + KL -> backward
+6. end_step     the intervention's post-update state; metrics to the reporters
+
+The entropy interventions (``trainers/entropy``) plug in only at the named hooks in steps 3-6.
+Validation (pass@k, maj@k, mean@k, entropy) runs every ``eval_every`` steps on a fixed,
+seeded set. Checkpoints hold model, optimizer, scheduler, step, RNG and intervention state;
+a run resumes from ``output_dir/checkpoint`` and continues the same metrics stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
+from .config import RunConfig, dump_config, resolve_model_path
+from .entropy import MicroBatch, StepBatch, build_intervention
+from .entropy.ops import token_entropy, token_logprobs
+from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
+from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def make_accelerator(config: RunConfig):
+    """An Accelerator that really is distributed on CPU-only machines too.
+
+    A plain ``Accelerator()`` without CUDA silently runs every rank alone (DistributedType.NO);
+    ``cpu=True`` forms the gloo group. We check the world size against the launcher's.
+    """
+    from accelerate import Accelerator
+
+    on_cpu = not torch.cuda.is_available()
+    mixed = "bf16" if (config.model.dtype == "bfloat16" and not on_cpu) else "no"
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=mixed)
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise RuntimeError(
+            f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE is {expected}: on a CPU machine "
+            "launch with `accelerate launch --multi_gpu --num_processes N` and ACCELERATE_USE_CPU=true, or torchrun")
+    if on_cpu:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(accelerator.num_processes)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    return accelerator
+
+
+def load_policy(config: RunConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(config.model.path)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model, path
+
+
+def make_lr_lambda(config: RunConfig):
+    """Multiplier of optim.lr per rollout step (the scheduler steps once per rollout step, as verl's)."""
+    warmup, total, floor = config.optim.warmup_steps, config.train.steps, config.optim.min_lr_ratio
+    schedule = config.optim.schedule
+
+    def lr_lambda(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return lr_lambda
+
+
+def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    """A seed per (run, step, rank): a resumed run draws exactly the samples the first run would have."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt) % (2**63 - 1)
+
+
+class _MetricSums:
+    """Averages per-micro-batch metrics over a step."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, float], prefix: str = "") -> None:
+        for key, value in metrics.items():
+            self.sums[prefix + key] += float(value)
+            self.counts[prefix + key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class GRPOTrainer:
+    def __init__(self, config: RunConfig, reporters: Sequence[Reporter] = ()):
+        from .data import load_problems
+        from .rewards import get_reward
+
+        self.config = config
+        self.accelerator = make_accelerator(config)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.output_dir = Path(config.train.output_dir)
+        self._check_batch_shape()
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+
+        self.tokenizer, model, self.model_path = load_policy(config)
+        self.ref_model = None
+        if config.kl.beta > 0:
+            if config.kl.ref_path:
+                ref_config = config.model_copy(update={"model": config.model.model_copy(update={"path": config.kl.ref_path})})
+                _, self.ref_model, _ = load_policy(ref_config)
+            else:
+                self.ref_model = copy.deepcopy(model)
+            self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
+                                      weight_decay=config.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.engine = self._make_engine()
+
+        self.train_problems, self.val_problems = load_problems(config.data)
+        self.reward_fn = get_reward(config.data.reward)
+        self.intervention = build_intervention(config.entropy, run_config=config)
+        self.step = 0
+        reporters = list(reporters)
+        if self.is_main:
+            reporters.insert(0, JsonlReporter(self.output_dir / METRICS_FILE))
+        self.reporter = MultiReporter(reporters if self.is_main else [])
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _check_batch_shape(self) -> None:
+        prompts, minis = self.config.rollout.prompts_per_step, self.config.train.mini_batches
+        if prompts % self.world or (prompts // self.world) % minis:
+            raise ValueError(
+                f"rollout.prompts_per_step ({prompts}) must split evenly over {self.world} process(es) and then into "
+                f"train.mini_batches ({minis}) per process")
+
+    def _make_engine(self):
+        policy = self.accelerator.unwrap_model(self.model)
+        if self.config.rollout.engine == "vllm":
+            return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
+                                     self.config.rollout.vllm_gpu_memory_utilization, seed=self.config.seed)
+        return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
+
+    def _response_logits(self, model, rollout: Rollout) -> torch.Tensor:
+        """Temperature-scaled logits that predict each response token: [B, T, V]."""
+        device = self.accelerator.device
+        input_ids = rollout.input_ids.to(device)
+        attention_mask = rollout.attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+        return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / self.config.rollout.temperature
+
+    def _all_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average each metric over processes (keys may differ between ranks)."""
+        if self.world == 1:
+            return metrics
+        gathered: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(gathered, metrics)
+        keys = sorted({k for m in gathered for k in m})
+        return {k: sum(m[k] for m in gathered if k in m) / sum(1 for m in gathered if k in m) for k in keys}
+
+    def _broadcast_stop(self) -> str | None:
+        reason = [self.reporter.stop_reason() if self.is_main else None]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(reason, src=0)
+        return reason[0]
+
+    # ------------------------------------------------------------------ one rollout step
+
+    def _sample_problems(self, step: int):
+        rng = random.Random(step_seed(self.config.seed, step, 0, salt=1))
+        count = self.config.rollout.prompts_per_step
+        chosen = rng.sample(range(len(self.train_problems)), count) if count <= len(self.train_problems) \
+            else [rng.randrange(len(self.train_problems)) for _ in range(count)]
+        local = count // self.world
+        return [self.train_problems[i] for i in chosen[self.rank * local:(self.rank + 1) * local]]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        G = cfg.rollout.group_size
+        device = self.accelerator.device
+        t_start = time.perf_counter()
+        torch.manual_seed(step_seed(cfg.seed, step, self.rank))
+
+        # 1. rollout ------------------------------------------------------------------------
+        problems = self._sample_problems(step)
+        sampling = SamplingSettings(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
+        rollout = self.engine.generate([p.prompt for p in problems], G, sampling)
+
+        # 2. reward and advantages ---------------------------------------------------------------
+        answers = [p.answer for p in problems for _ in range(G)]
+        rewards = torch.tensor([self.reward_fn(c, a) for c, a in zip(rollout.completions, answers)], dtype=torch.float32)
+        advantages = compute_advantages(cfg.advantage, rewards, G)
+        group_accuracy = (rewards > 0).float().reshape(-1, G).mean(-1).repeat_interleave(G)
+        group_index = torch.arange(len(problems)).repeat_interleave(G)
+        t_rollout = time.perf_counter()
+
+        # 3. old-policy pass (no grad) -----------------------------------------------------------
+        response_mask = rollout.response_mask.float().to(device)
+        response_ids = rollout.response_ids.to(device)
+        old_logp, old_entropy, old_features = [], [], defaultdict(list)
+        micro = cfg.train.micro_batch_size or rollout.response_ids.shape[0]
+        with torch.no_grad():
+            for start in range(0, response_ids.shape[0], micro):
+                rows = torch.arange(start, min(start + micro, response_ids.shape[0]))
+                logits = self._response_logits(self.model, rollout.select(rows))
+                old_logp.append(token_logprobs(logits, response_ids[rows], cfg.entropy.chunk_size))
+                old_entropy.append(token_entropy(logits, cfg.entropy.chunk_size))
+                for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
+                    old_features[name].append(value)
+                del logits
+        step_batch = StepBatch(
+            step=step, response_mask=response_mask, old_logp=torch.cat(old_logp), old_entropy=torch.cat(old_entropy),
+            advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
+            group_accuracy=group_accuracy.to(device), old_features={k: torch.cat(v) for k, v in old_features.items()},
+            temperature=cfg.rollout.temperature)
+        ref_logp = self._reference_logprobs(rollout, response_ids) if self.ref_model is not None else None
+
+        # 4. intervention state for this step ----------------------------------------------------
+        sums = _MetricSums()
+        prefix = f"{self.intervention.name}/"
+        sums.add(self.intervention.begin_step(step_batch), prefix)
+
+        # 5. updates ----------------------------------------------------------------------------
+        grad_norms = []
+        local_prompts = len(problems)
+        prompts_per_mini = local_prompts // cfg.train.mini_batches
+        for epoch in range(cfg.train.ppo_epochs):
+            order = torch.randperm(local_prompts, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, self.rank, 2 + epoch)))
+            for mini in range(cfg.train.mini_batches):
+                prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
+                mini_rows = (prompt_ids[:, None] * G + torch.arange(G)[None, :]).reshape(-1)
+                micro_slices = [mini_rows[i:i + micro] for i in range(0, len(mini_rows), micro)]
+                self.optimizer.zero_grad(set_to_none=True)
+                for index, rows in enumerate(micro_slices):
+                    is_last = index == len(micro_slices) - 1
+                    context = self.accelerator.no_sync(self.model) if not is_last else contextlib.nullcontext()
+                    with context:
+                        loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp, len(micro_slices))
+                        self.accelerator.backward(loss / len(micro_slices))
+                    sums.add(micro_metrics)
+                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                grad_norms.append(float(grad_norm))
+                self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        sums.add(self.intervention.end_step(), prefix)
+        t_train = time.perf_counter()
+
+        # 6. metrics ------------------------------------------------------------------------------
+        lengths = rollout.response_mask.sum(-1).float()
+        grouped = rewards.reshape(-1, G)
+        metrics = {
+            "train/reward_mean": float(rewards.mean()),
+            "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "train/accuracy": float((rewards > 0).float().mean()),
+            "train/entropy": masked_mean(step_batch.old_entropy, response_mask),
+            "train/response_length": float(lengths.mean()),
+            "train/zero_variance_groups": float((grouped.std(-1) == 0).float().mean()) if G > 1 else 1.0,
+            "train/advantage_abs_mean": float(advantages.abs().mean()),
+            "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            "train/lr": lr,
+        }
+        metrics.update(sums.means())
+        metrics.update({"time/rollout": t_rollout - t_start, "time/train": t_train - t_rollout})
+        metrics = self._all_mean(metrics)
+        metrics["time/other"] = time.perf_counter() - t_train
+        metrics["time/step"] = time.perf_counter() - t_start
+        return metrics
+
+    def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self._response_logits(self.ref_model, rollout)
+            return token_logprobs(logits, response_ids, self.config.entropy.chunk_size)
+
+    def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch,
+                          ref_logp: torch.Tensor | None, num_micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        device = self.accelerator.device
+        rows_device = rows.to(device)
+        logits = self._response_logits(self.model, rollout.select(rows))
+        response_ids = rollout.response_ids[rows].to(device)
+        logp = token_logprobs(logits, response_ids, cfg.entropy.chunk_size)
+        mask = batch.response_mask[rows_device]
+        micro = MicroBatch(
+            logits=logits, logp=logp, old_logp=batch.old_logp[rows_device], old_entropy=batch.old_entropy[rows_device],
+            response_mask=mask, advantages=batch.advantages[rows_device][:, None].expand_as(logp),
+            group_accuracy=batch.group_accuracy[rows_device], rows=rows_device,
+            old_features={k: v[rows_device] for k, v in batch.old_features.items()},
+            num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size)
+        intervention = self.intervention
+        prefix = f"{intervention.name}/"
+        metrics: dict[str, float] = {}
+
+        advantages = intervention.token_advantages(micro)
+        token_loss, clip = ppo_clip_loss(logp, micro.old_logp, advantages, cfg.clip.eps_low, cfg.clip.eps_high, cfg.clip.dual_c)
+        token_loss, hook_metrics = intervention.modify_token_loss(micro, token_loss, advantages)
+        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
+        weights, hook_metrics = intervention.token_weights(micro)
+        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
+        if weights is not None:
+            token_loss = token_loss * weights.detach()
+        loss_mask, hook_metrics = intervention.loss_mask(micro)
+        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
+        loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
+        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask)
+        loss = pg_loss
+        extra, hook_metrics = intervention.extra_loss(micro)
+        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
+        if extra is not None:
+            loss = loss + extra
+            metrics["train/extra_loss"] = float(extra.detach())
+        if ref_logp is not None:
+            kl_ref = kl_k3(logp, ref_logp[rows_device])
+            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask)
+            metrics["train/kl_ref"] = masked_mean(kl_ref.detach(), mask)
+
+        metrics.update({
+            "train/pg_loss": float(pg_loss.detach()),
+            "train/loss": float(loss.detach()),
+            "train/clip_frac_low": masked_mean(clip["clipped_low"].float(), mask),
+            "train/clip_frac_high": masked_mean(clip["clipped_high"].float(), mask),
+            "train/clip_frac_dual": masked_mean(clip["clipped_dual"].float(), mask),
+            "train/ratio_mean": masked_mean(clip["ratio"], mask),
+            "train/kl_old": masked_mean(kl_k3(micro.old_logp, logp.detach()), mask),
+        })
+        return loss, metrics
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        from .evaluation import summarize_samples
+        from .rewards import extract_answer
+
+        cfg = self.config
+        torch.manual_seed(step_seed(cfg.seed, 0, self.rank, salt=99))
+        problems = self.val_problems[:cfg.eval.num_prompts][self.rank::self.world]
+        n = cfg.eval.n_samples
+        sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        per_prompt_correct, per_prompt_answers = [], []
+        entropy_sum, token_count = 0.0, 0.0
+        chunk = max(1, 256 // n)
+        policy = self.accelerator.unwrap_model(self.model)
+        for start in range(0, len(problems), chunk):
+            batch = problems[start:start + chunk]
+            rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
+            for i, problem in enumerate(batch):
+                completions = rollout.completions[i * n:(i + 1) * n]
+                per_prompt_correct.append([self.reward_fn(c, problem.answer) > 0 for c in completions])
+                per_prompt_answers.append([extract_answer(cfg.data.reward, c) for c in completions])
+            logits = self._response_logits(policy, rollout) * cfg.rollout.temperature / cfg.eval.temperature
+            entropy = token_entropy(logits, cfg.entropy.chunk_size)
+            mask = rollout.response_mask.float().to(entropy.device)
+            entropy_sum += float((entropy * mask).sum())
+            token_count += float(mask.sum())
+        policy.train()
+        local = summarize_samples(per_prompt_correct, per_prompt_answers, cfg.eval.k)
+        totals = {key: value * len(problems) for key, value in local.items()}
+        totals.update({"_prompts": float(len(problems)), "_entropy_sum": entropy_sum, "_tokens": token_count})
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, totals)
+            totals = {k: sum(g[k] for g in gathered) for k in totals}
+        prompts = max(totals.pop("_prompts"), 1.0)
+        entropy_sum, tokens = totals.pop("_entropy_sum"), totals.pop("_tokens")
+        metrics = {f"val/{key}": value / prompts for key, value in totals.items()}
+        metrics["val/entropy"] = entropy_sum / max(tokens, 1.0)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        final = self.output_dir / CHECKPOINT_DIR
+        staging = self.output_dir / (CHECKPOINT_DIR + ".tmp")
+        if self.is_main and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        if self.is_main:
+            torch.save(self.intervention.state_dict(), staging / "intervention.pt")
+            (staging / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": self.world}))
+            previous = self.output_dir / (CHECKPOINT_DIR + ".old")
+            if final.exists():
+                final.rename(previous)
+            staging.rename(final)
+            if previous.exists():
+                shutil.rmtree(previous)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self) -> bool:
+        folder = self.output_dir / CHECKPOINT_DIR
+        if not (folder / "trainer_state.json").exists():
+            return False
+        self.accelerator.load_state(str(folder))
+        state = json.loads((folder / "trainer_state.json").read_text())
+        self.step = int(state["step"])
+        self.intervention.load_state_dict(torch.load(folder / "intervention.pt", weights_only=False))
+        if self.is_main:
+            _truncate_metrics(self.output_dir / METRICS_FILE, self.step)
+        self.accelerator.wait_for_everyone()
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.config
+        resumed = cfg.train.resume and self.load_checkpoint()
+        if self.is_main:
+            dump_config(cfg, self.output_dir / "config.yaml")
+        self.reporter.on_start({"config": cfg.model_dump(mode="json"), "output_dir": str(self.output_dir),
+                                "resumed_from_step": self.step if resumed else 0, "num_processes": self.world})
+        last_validation: dict[str, float] = {}
+        stop_reason = None
+        if cfg.eval.eval_at_start and self.step == 0:
+            last_validation = self._validate()
+            stop_reason = self._broadcast_stop()
+        while stop_reason is None and self.step < cfg.train.steps:
+            metrics = self.train_step(self.step + 1)
+            self.step += 1
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                self.reporter.on_train_step(self.step, metrics)
+            if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                last_validation = self._validate()
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < cfg.train.steps:
+                self.save_checkpoint()
+            stop_reason = self._broadcast_stop()
+        if stop_reason is None or stop_reason == PREEMPTED:
+            self.save_checkpoint()
+        summary = {"status": "completed" if stop_reason is None else "stopped", "step": self.step,
+                   "stop_reason": stop_reason, "last_validation": last_validation, "output_dir": str(self.output_dir)}
+        self.reporter.on_end(summary)
+        return summary
+
+    def _validate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        metrics = self.evaluate()
+        metrics["time/eval"] = time.perf_counter() - started
+        self.reporter.on_validation(self.step, metrics)
+        return metrics
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records logged after the checkpoint we resume from, so the stream has no repeated steps."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
+    """Run (or resume) one GRPO training run; returns its summary. The sweeper's trial entry point."""
+    return GRPOTrainer(config, reporters).train()
