@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = train(config, [] if args.quiet else [ConsoleReporter()])
-    except (ConfigError, ValueError) as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if summary["status"] == "completed" else 3

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
-from .config import RunConfig, dump_config, resolve_model_path
+from .config import ConfigError, RunConfig, dump_config, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs
 from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
@@ -74,7 +74,12 @@ def load_policy(config: RunConfig):
 
     path = resolve_model_path(config.model.path)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise ConfigError(f"model.path: folder {path!r} does not exist; give a local model folder, a hub id, or 'builtin:tiny-arith'")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
+    except OSError as error:
+        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -151,6 +156,7 @@ class GRPOTrainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                       weight_decay=config.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
+        model.eval()  # no dropout anywhere: the old-policy pass and the update must see the same function (TRL's disable_dropout)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.engine = self._make_engine()
 
@@ -168,7 +174,7 @@ class GRPOTrainer:
     def _check_batch_shape(self) -> None:
         prompts, minis = self.config.rollout.prompts_per_step, self.config.train.mini_batches
         if prompts % self.world or (prompts // self.world) % minis:
-            raise ValueError(
+            raise ConfigError(
                 f"rollout.prompts_per_step ({prompts}) must split evenly over {self.world} process(es) and then into "
                 f"train.mini_batches ({minis}) per process")
 
@@ -370,14 +376,15 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        from .evaluation import summarize_samples
-        from .rewards import extract_answer
+        from .evaluation import evaluation_metrics
+        from .rewards import get_extractor
 
         cfg = self.config
         torch.manual_seed(step_seed(cfg.seed, 0, self.rank, salt=99))
         problems = self.val_problems[:cfg.eval.num_prompts][self.rank::self.world]
         n = cfg.eval.n_samples
         sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        extract_answer = get_extractor(cfg.data.reward)
         per_prompt_correct, per_prompt_answers = [], []
         entropy_sum, token_count = 0.0, 0.0
         chunk = max(1, 256 // n)
@@ -388,20 +395,19 @@ class GRPOTrainer:
             for i, problem in enumerate(batch):
                 completions = rollout.completions[i * n:(i + 1) * n]
                 per_prompt_correct.append([self.reward_fn(c, problem.answer) > 0 for c in completions])
-                per_prompt_answers.append([extract_answer(cfg.data.reward, c) for c in completions])
+                per_prompt_answers.append([extract_answer(c) for c in completions])
             logits = self._response_logits(policy, rollout) * cfg.rollout.temperature / cfg.eval.temperature
             entropy = token_entropy(logits, cfg.entropy.chunk_size)
             mask = rollout.response_mask.float().to(entropy.device)
             entropy_sum += float((entropy * mask).sum())
             token_count += float(mask.sum())
-        policy.train()
-        local = summarize_samples(per_prompt_correct, per_prompt_answers, cfg.eval.k)
+        local = evaluation_metrics(per_prompt_correct, per_prompt_answers, cfg.eval.k) if problems else {}
         totals = {key: value * len(problems) for key, value in local.items()}
         totals.update({"_prompts": float(len(problems)), "_entropy_sum": entropy_sum, "_tokens": token_count})
         if self.world > 1:
             gathered: list[Any] = [None] * self.world
             torch.distributed.all_gather_object(gathered, totals)
-            totals = {k: sum(g[k] for g in gathered) for k in totals}
+            totals = {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted({k for g in gathered for k in g})}
         prompts = max(totals.pop("_prompts"), 1.0)
         entropy_sum, tokens = totals.pop("_entropy_sum"), totals.pop("_tokens")
         metrics = {f"val/{key}": value / prompts for key, value in totals.items()}
