@@ -67,9 +67,10 @@ class EntropyIntervention:
 
     name: str = "none"
 
-    def __init__(self, config: Any = None, entropy_config: Any = None):
+    def __init__(self, config: Any = None, entropy_config: Any = None, run_config: Any = None):
         self.config = config                   # the method's own section (e.g. SirenConfig)
         self.entropy_config = entropy_config   # the whole EntropyConfig (anchor, chunk_size)
+        self.run_config = run_config           # the whole RunConfig (loss_agg, clip eps), None in unit tests
 
     # 1 -------------------------------------------------------------------------------------------
     def old_policy_features(self, logits: torch.Tensor, response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,8 +132,8 @@ def registered_interventions() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_intervention(entropy_config: Any) -> EntropyIntervention:
-    """The intervention named by ``entropy_config.method``, given its own config section."""
+def build_intervention(entropy_config: Any, run_config: Any = None) -> EntropyIntervention:
+    """The intervention named by ``entropy_config.method``, given its own config section and the run config."""
     from . import _load_all  # noqa: F401  (imports every method module so they register)
 
     name = entropy_config.method
@@ -140,4 +141,4 @@ def build_intervention(entropy_config: Any) -> EntropyIntervention:
         raise ValueError(f"entropy.method: unknown method {name!r}; registered: {registered_interventions()}")
     section_name = {"entropy_bonus": "bonus", "forking_tokens": "forking"}.get(name, name)
     section = getattr(entropy_config, section_name, None)
-    return _REGISTRY[name](section, entropy_config)
+    return _REGISTRY[name](section, entropy_config, run_config=run_config)
