@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests run against the real shipped tiny model (trainers/assets/tiny-arith)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_run_config(output_dir, **sections):
+    """A run config dict for a few-second run of the shipped model; ``sections`` override top-level keys."""
+    config = {
+        "seed": 0,
+        "model": {"path": os.environ.get("SWEEPER_TEST_MODEL", "builtin:tiny-arith")},
+        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6},
+        "train": {"steps": 4, "eval_every": 2, "mini_batches": 2, "ppo_epochs": 2, "checkpoint_every": 0,
+                  "output_dir": str(output_dir)},
+        "eval": {"num_prompts": 8, "n_samples": 4, "k": [1, 4]},
+        "optim": {"lr": 1e-4},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+def make_run_config(tmp_path):
+    def make(**sections):
+        return tiny_run_config(tmp_path / "run", **sections)
+    return make
