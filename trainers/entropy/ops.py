@@ -1,26 +1,90 @@
 """Entropy from logits, computed in chunks over positions.
 
 A [positions, vocab] logit block is turned into a float32 softmax one chunk of positions at a time,
-so a 152k vocabulary x 8k positions never materializes twice in float32. Gradients flow through
-when the input requires grad (each chunk keeps only what its backward needs).
+so a 152k vocabulary x 8k positions never materializes twice in float32. When the logits require
+grad, each chunk runs under activation checkpointing: autograd keeps only the chunk's input (a view
+of the logits that are stored anyway) and recomputes the chunk's softmax in the backward pass, so the
+float32 probabilities of all positions are never held at once for backward either.
+
+- ``token_entropy``    H = -sum_v p_v log p_v (full vocabulary).
+- ``nucleus_entropy``  SIREN's top-p entropy (arXiv 2509.25133, repo Linn3a/siren
+                       ``efficient_top_p_sampling``): entropy of the renormalized nucleus.
+- ``token_logprobs``   log p(token) per position.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def _map_position_chunks(fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
+                         chunk_size: int) -> torch.Tensor:
+    """Apply ``fn`` ([n, V] -> [n]) to chunks of ``chunk_size`` positions of ``logits`` [..., V]."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.shape[0] == 0:
+        return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
+    keep_graph = torch.is_grad_enabled() and flat.requires_grad
+    pieces = []
+    for start in range(0, flat.shape[0], chunk_size):
+        chunk = flat[start:start + chunk_size]
+        pieces.append(checkpoint(fn, chunk, use_reentrant=False) if keep_graph else fn(chunk))
+    return torch.cat(pieces).reshape(logits.shape[:-1])
+
+
+def _upcast(chunk: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16/float32 logits; float64 logits stay float64 (exact tests)."""
+    return chunk if chunk.dtype == torch.float64 else chunk.float()
+
+
+def _entropy_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
+    log_probs = torch.log_softmax(_upcast(chunk), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """H = -sum_v p_v log p_v for each position. logits [..., V] -> entropy [...] (float32)."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        chunk = flat[start:start + chunk_size].float()
-        log_probs = torch.log_softmax(chunk, dim=-1)
-        pieces.append(-(log_probs.exp() * log_probs).sum(-1))
-    if not pieces:
-        return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
-    return torch.cat(pieces).reshape(logits.shape[:-1])
+    """H = -sum_v p_v log p_v for each position. logits [..., V] -> entropy [...] (float32; float64 in,
+    float64 out)."""
+    return _map_position_chunks(_entropy_of_chunk, logits, chunk_size)
+
+
+def _nucleus_entropy_of_chunk(chunk: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    logits = _upcast(chunk)
+    probs = torch.softmax(logits, dim=-1)
+    k = min(top_k, logits.shape[-1])
+    top_indices = torch.topk(logits, k=k, dim=-1).indices                   # descending
+    top_probs = probs.gather(-1, top_indices)                                 # [n, K], differentiable
+    cumulative = torch.cumsum(top_probs.detach(), dim=-1)
+    threshold = torch.full((cumulative.shape[0], 1), top_p, dtype=cumulative.dtype, device=cumulative.device)
+    cutoff = torch.searchsorted(cumulative, threshold, right=False)           # n*: first c >= top_p
+    rank = torch.arange(k, device=logits.device)[None, :]
+    in_nucleus = (rank < cutoff).to(top_probs.dtype)                          # the crossing token is excluded
+    nucleus_probs = top_probs * in_nucleus
+    renormalized = nucleus_probs / (nucleus_probs.sum(-1, keepdim=True) + 1e-12)
+    return -(renormalized * torch.log(renormalized + 1e-12)).sum(-1)
+
+
+def nucleus_entropy(logits: torch.Tensor, top_p: float = 0.8, top_k: int = 10000,
+                    chunk_size: int = 1024) -> torch.Tensor:
+    """SIREN's top-p (nucleus) entropy per position. logits [..., V] -> [...] (float32; float64 stays).
+
+    p = softmax(logits); take the ``top_k`` largest probabilities in descending order, c = their
+    cumulative sum, n* = searchsorted(c, top_p, left) = the first index with c >= top_p. The nucleus N
+    is the n* tokens before that index (cumulative mass strictly below ``top_p``; the token that crosses
+    ``top_p`` is excluded). q_k = p_k / (sum_N p + 1e-12) on N, and H = -sum_k q_k log(q_k + 1e-12).
+    If the top-1 probability is >= ``top_p`` the nucleus is empty and H = 0. If the top-K mass never
+    reaches ``top_p`` (e.g. ``top_p`` = 1.0 and float rounding), all K tokens form the nucleus.
+    Gradients flow through the softmax into the logits (the nucleus membership itself is discrete).
+    """
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k <= 0:
+        raise ValueError(f"top_k must be a positive number of tokens, got {top_k}")
+    return _map_position_chunks(lambda chunk: _nucleus_entropy_of_chunk(chunk, top_p, top_k), logits, chunk_size)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -35,3 +99,22 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int =
     if not pieces:
         return flat.new_zeros(tokens.shape, dtype=torch.float32)
     return torch.cat(pieces).reshape(tokens.shape)
+
+
+def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(values * mask) / max(sum(mask), 1) as a tensor (keeps grad)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of a 1-D tensor with linear interpolation (``torch.quantile``'s default), without
+    ``torch.quantile``'s 16M-element input limit (a whole step batch can exceed it)."""
+    flat = values.reshape(-1)
+    if flat.numel() <= 1_000_000:
+        return torch.quantile(flat, q, interpolation="linear")
+    ordered = flat.sort().values
+    position = q * (ordered.numel() - 1)
+    low = int(position)
+    high = min(low + 1, ordered.numel() - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

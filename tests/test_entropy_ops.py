@@ -1,0 +1,158 @@
+"""Chunked entropies from logits: full-vocabulary and SIREN's nucleus entropy, against slow references
+(loops over positions and vocabulary), hand-computed values, edge cases, and chunking invariance."""
+
+import math
+
+import pytest
+import torch
+
+from trainers.entropy.ops import linear_quantile, nucleus_entropy, token_entropy
+
+
+def full_entropy_reference(row: torch.Tensor) -> torch.Tensor:
+    """-sum p log p for one position, one vocabulary entry at a time (differentiable)."""
+    top = max(row.tolist())
+    exps = [torch.exp(row[v] - top) for v in range(row.numel())]
+    total = sum(exps)
+    entropy = row.new_zeros(())
+    for e in exps:
+        p = e / total
+        entropy = entropy - p * torch.log(p)
+    return entropy
+
+
+def nucleus_entropy_reference(row: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """methods.md SIREN step 1 for one position: sort descending, walk the top-K while the running
+    mass stays strictly below top_p (the crossing token is excluded), renormalize, entropy."""
+    top = max(row.tolist())
+    exps = [torch.exp(row[v] - top) for v in range(row.numel())]
+    total = sum(exps)
+    probs = [e / total for e in exps]
+    order = sorted(range(row.numel()), key=lambda v: -row[v].item())[:top_k]
+    nucleus, running = [], 0.0
+    for v in order:
+        running += probs[v].item()
+        if running >= top_p:
+            break
+        nucleus.append(v)
+    mass = sum((probs[v] for v in nucleus), row.new_zeros(()))
+    entropy = row.new_zeros(())
+    for v in nucleus:
+        q = probs[v] / (mass + 1e-12)
+        entropy = entropy - q * torch.log(q + 1e-12)
+    return entropy
+
+
+def loop_over_positions(fn, logits: torch.Tensor) -> torch.Tensor:
+    flat = logits.reshape(-1, logits.shape[-1])
+    return torch.stack([fn(flat[i]) for i in range(flat.shape[0])]).reshape(logits.shape[:-1])
+
+
+@pytest.fixture
+def random_logits():
+    generator = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)[:, None, None]
+    return torch.randn(4, 5, 13, generator=generator, dtype=torch.float64) * scale
+
+
+def test_token_entropy_matches_loop_reference(random_logits):
+    expected = loop_over_positions(full_entropy_reference, random_logits)
+    torch.testing.assert_close(token_entropy(random_logits, chunk_size=7), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.8, 10000), (0.95, 10000), (0.5, 10000), (0.9, 4), (0.99, 13), (0.3, 2)])
+def test_nucleus_entropy_matches_loop_reference(random_logits, top_p, top_k):
+    # (top_p = 1.0 is left out: whether the last token "crosses" 1.0 depends on float rounding.)
+    expected = loop_over_positions(lambda row: nucleus_entropy_reference(row, top_p, top_k), random_logits)
+    got = nucleus_entropy(random_logits, top_p=top_p, top_k=top_k, chunk_size=6)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_nucleus_entropy_gradient_matches_loop_reference(random_logits):
+    weights = torch.randn(random_logits.shape[:-1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fast = random_logits.clone().requires_grad_(True)
+    (nucleus_entropy(fast, 0.8, 10000, chunk_size=3) * weights).sum().backward()
+    slow = random_logits.clone().requires_grad_(True)
+    (loop_over_positions(lambda row: nucleus_entropy_reference(row, 0.8, 10000), slow) * weights).sum().backward()
+    torch.testing.assert_close(fast.grad, slow.grad, rtol=1e-8, atol=1e-10)
+    assert fast.grad.abs().sum() > 0
+
+
+def test_nucleus_entropy_hand_computed():
+    # p = (0.5, 0.3, 0.2): cumulative 0.5, 0.8, 1.0.
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64))
+    # top_p = 0.9: the crossing token is the third (c = 1.0 >= 0.9) -> nucleus {0.5, 0.3} -> q = (0.625, 0.375)
+    expected = -(0.625 * math.log(0.625) + 0.375 * math.log(0.375))
+    assert nucleus_entropy(logits, top_p=0.9).item() == pytest.approx(expected, abs=1e-9)
+    # top_p = 0.6: the second token crosses (0.8 >= 0.6) -> nucleus {0.5} alone -> H = 0
+    assert nucleus_entropy(logits, top_p=0.6).item() == pytest.approx(0.0, abs=1e-9)
+    # top_k = 1 caps the search: the top-K mass never reaches 0.9, so all K tokens form the nucleus -> H = 0
+    assert nucleus_entropy(logits, top_p=0.9, top_k=1).item() == pytest.approx(0.0, abs=1e-9)
+    # top_k = 2, top_p = 0.95: mass 0.8 never reaches 0.95 -> the two tokens form the nucleus
+    assert nucleus_entropy(logits, top_p=0.95, top_k=2).item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_top1_probability_at_least_top_p_gives_zero_nucleus_entropy_and_zero_gradient():
+    logits = torch.tensor([[6.0, 0.0, 0.0, 0.0], [0.0, 0.2, 0.1, 0.3]], dtype=torch.float64, requires_grad=True)
+    top1 = torch.softmax(logits, -1).max(-1).values
+    assert top1[0] >= 0.95 and top1[1] < 0.95
+    entropy = nucleus_entropy(logits, top_p=0.95)
+    assert entropy[0].item() == 0.0
+    assert entropy[1].item() > 0.0
+    entropy[0].backward()
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("function", ["token", "nucleus"])
+def test_chunking_gives_identical_values_and_gradients(function):
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 7, 29, generator=generator) * 2.0
+    weights = torch.randn(3, 7, generator=generator)
+
+    def run(chunk_size):
+        logits = base.clone().requires_grad_(True)
+        if function == "token":
+            values = token_entropy(logits, chunk_size=chunk_size)
+        else:
+            values = nucleus_entropy(logits, top_p=0.8, top_k=20, chunk_size=chunk_size)
+        (values * weights).sum().backward()
+        return values.detach(), logits.grad
+
+    reference_values, reference_grad = run(10_000)
+    for chunk_size in (1, 3):
+        values, grad = run(chunk_size)
+        torch.testing.assert_close(values, reference_values, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(token_entropy(base, 1) if function == "token" else nucleus_entropy(base, 0.8, 20, 1),
+                                   reference_values, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_logits_are_computed_in_float32():
+    logits = torch.randn(2, 3, 17, generator=torch.Generator().manual_seed(4))
+    got = token_entropy(logits.bfloat16(), chunk_size=2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, token_entropy(logits.bfloat16().float()), rtol=0, atol=0)
+
+
+def test_invalid_arguments_name_the_argument():
+    logits = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="top_p"):
+        nucleus_entropy(logits, top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        nucleus_entropy(logits, top_p=1.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        token_entropy(logits, chunk_size=0)
+
+
+def test_linear_quantile_matches_torch_quantile_on_both_paths():
+    values = torch.randn(1_000_003, generator=torch.Generator().manual_seed(5))
+    for q in (0.0, 0.2, 0.8, 0.999):
+        expected = torch.quantile(values[:1000], q)
+        assert linear_quantile(values[:1000], q).item() == pytest.approx(expected.item(), abs=1e-6)
+        ordered = values.double().sort().values
+        position = q * (values.numel() - 1)
+        low = int(position)
+        high = min(low + 1, values.numel() - 1)
+        by_hand = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+        assert linear_quantile(values, q).item() == pytest.approx(by_hand.item(), abs=1e-5)
