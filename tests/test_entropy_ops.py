@@ -8,44 +8,7 @@ import torch
 
 from trainers.entropy.ops import linear_quantile, nucleus_entropy, token_entropy
 
-
-def full_entropy_reference(row: torch.Tensor) -> torch.Tensor:
-    """-sum p log p for one position, one vocabulary entry at a time (differentiable)."""
-    top = max(row.tolist())
-    exps = [torch.exp(row[v] - top) for v in range(row.numel())]
-    total = sum(exps)
-    entropy = row.new_zeros(())
-    for e in exps:
-        p = e / total
-        entropy = entropy - p * torch.log(p)
-    return entropy
-
-
-def nucleus_entropy_reference(row: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
-    """methods.md SIREN step 1 for one position: sort descending, walk the top-K while the running
-    mass stays strictly below top_p (the crossing token is excluded), renormalize, entropy."""
-    top = max(row.tolist())
-    exps = [torch.exp(row[v] - top) for v in range(row.numel())]
-    total = sum(exps)
-    probs = [e / total for e in exps]
-    order = sorted(range(row.numel()), key=lambda v: -row[v].item())[:top_k]
-    nucleus, running = [], 0.0
-    for v in order:
-        running += probs[v].item()
-        if running >= top_p:
-            break
-        nucleus.append(v)
-    mass = sum((probs[v] for v in nucleus), row.new_zeros(()))
-    entropy = row.new_zeros(())
-    for v in nucleus:
-        q = probs[v] / (mass + 1e-12)
-        entropy = entropy - q * torch.log(q + 1e-12)
-    return entropy
-
-
-def loop_over_positions(fn, logits: torch.Tensor) -> torch.Tensor:
-    flat = logits.reshape(-1, logits.shape[-1])
-    return torch.stack([fn(flat[i]) for i in range(flat.shape[0])]).reshape(logits.shape[:-1])
+from _entropy_batches import full_entropy_reference, loop_over_positions, nucleus_entropy_reference
 
 
 @pytest.fixture
