@@ -401,6 +401,11 @@ class TrialTracker:
         _ensure_sqlite_dir(uri)
         self._sync()
 
+    @property
+    def unsent_metrics(self) -> int:
+        """Metric values not (yet) in MLflow: buffered while the store is unreachable, plus any dropped."""
+        return len(self._pending) + self.dropped_metrics
+
     # ---- Reporter hooks
 
     def on_start(self, run_info: Mapping[str, Any]) -> None:
@@ -430,7 +435,7 @@ class TrialTracker:
         self._queue_tags({k: v for k, v in tags.items() if v is not None})
         self._terminal_status = STATE_TO_RUN_STATUS.get(state or "", None)
         self._sync(force=True)
-        lost = len(self._pending) + self.dropped_metrics
+        lost = self.unsent_metrics
         if lost or not self._setup_done:
             logger.warning(
                 "trial %d ended with MLflow unreachable: %d metric values not logged%s",
