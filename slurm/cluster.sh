@@ -230,7 +230,7 @@ write_configs() {
     local db_password
     db_password=$(<"$DB_PASSWORD_FILE")
 
-    write_if_changed "$SLURM_CONF_FILE" <<EOF && log "wrote $SLURM_CONF_FILE" || true
+    write_if_changed "$SLURM_CONF_FILE" <<EOF && { log "wrote $SLURM_CONF_FILE"; SLURM_CONF_CHANGED=1; } || true
 # Written by entropy-sweeper slurm/cluster.sh: a single-node test cluster. Do not edit; edit the script.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$host(127.0.0.1)
@@ -262,8 +262,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$def_mem_per_cpu
 SchedulerType=sched/backfill
-# schedule a batch job as soon as it is submitted (default waits up to ~3 s)
-SchedulerParameters=batch_sched_delay=0
+# schedule a batch job as soon as it is submitted (default waits up to ~3 s); run backfill every 5 s
+# (default 30 s) so that a requeued job starts soon after its begin time (requeue + cred_expire + 1)
+SchedulerParameters=batch_sched_delay=0,bf_interval=5
 # accounting: submitit reads final job states (CANCELLED, TIMEOUT, ...) from sacct
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -385,6 +386,9 @@ cmd_up() {
     local started=$EPOCHREALTIME
     install_packages
     make_dirs
+    local slurmctld_was_running=0
+    pid_alive slurmctld slurmctld && slurmctld_was_running=1
+    SLURM_CONF_CHANGED=0
     write_configs
     start_munge
     start_mariadb
@@ -392,6 +396,10 @@ cmd_up() {
     start_daemon slurmctld slurmctld env SLURM_CONF="$SLURM_CONF_FILE" /usr/sbin/slurmctld -D -i
     wait_until "slurmctld answers" 60 slurm_env scontrol ping ||
         die "slurmctld does not answer; see $LOG_DIR/slurmctld.log"
+    if ((slurmctld_was_running && SLURM_CONF_CHANGED)); then
+        log "slurm.conf changed while the cluster ran: scontrol reconfigure"
+        slurm_env scontrol reconfigure || die "scontrol reconfigure failed; run '$0 down' then '$0 up'"
+    fi
     start_daemon slurmd slurmd env SLURM_CONF="$SLURM_CONF_FILE" /usr/sbin/slurmd -D
     if ! wait_until "node $(hostname -s) is idle" "$UP_TIMEOUT_S" node_idle; then
         slurm_env sinfo -N -l >&2 || true
