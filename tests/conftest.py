@@ -39,3 +39,7 @@ def make_run_config(tmp_path):
     def make(**sections):
         return tiny_run_config(tmp_path / "run", **sections)
     return make
+
+
+# Fixtures for tests against the local Slurm test cluster (slurm/cluster.sh; see slurm/README.md).
+from slurm_fixtures import slurm_cluster, submitit_folder  # noqa: E402,F401
