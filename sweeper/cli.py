@@ -1,0 +1,247 @@
+"""The ``sweeper`` command: validate | run | status | export | train.
+
+    sweeper validate study.yaml                      check the spec, print the resolved space
+    sweeper run study.yaml [--dry-run] [--n-trials N] [--max-parallel P]
+    sweeper status study.yaml                        table of trials
+    sweeper export study.yaml -o best.yaml [--steps N] [--format native|trl|verl]
+    sweeper train run.yaml                           one training run (the trainer's own CLI)
+
+Bad input (spec, run config, flags) exits with code 2 and one clear paragraph on stderr, no
+traceback. Ctrl-C during ``run`` exits 130 (see ``--detach`` for what happens to running trials).
+Each subcommand is one ``(name, add_arguments, handler)`` entry of :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad flags or input: printed as one paragraph, exit 2."""
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .space import describe_space
+    from .spec import load_spec
+
+    spec = load_spec(args.study)
+    print(f"study {spec.study.name}: spec is valid")
+    for line in describe_spec(spec):
+        print(f"  {line}")
+    params = spec.space.params
+    print(f"space ({len(spec.sampled_params())} sampled, {len(params) - len(spec.sampled_params())} fixed):")
+    for line in describe_space(spec) or ["(empty: every trial runs the base config)"]:
+        print(f"  {line}")
+    return 0
+
+
+def describe_spec(spec: Any) -> list[str]:
+    o = spec.objective
+    objective = "; ".join(f"{x.metric} ({x.direction}, {x.aggregation}{f' {x.last_n}' if x.aggregation == 'mean_last_n' else ''})" for x in o)
+    s = spec.sampler
+    sampler = s.type + (f" seed {s.seed}" if s.seed is not None else "")
+    if s.type == "tpe":
+        liar = s.constant_liar if s.constant_liar is not None else spec.budget.max_parallel > 1
+        sampler += f", {'multivariate' if s.multivariate else 'independent'}{', group' if s.group else ''}, constant_liar {'on' if liar else 'off'}"
+    p = spec.pruner
+    pruner_opts = {k: v for k, v in p.model_dump().items() if k not in ("type", "health")}
+    pruner = p.type + (" (" + ", ".join(f"{k} {v}" for k, v in pruner_opts.items()) + ")" if pruner_opts else "")
+    health = []
+    if p.health.nan:
+        health.append("nan")
+    if p.health.collapse:
+        c = p.health.collapse
+        health.append(f"collapse < {c.fraction:g} x first for {c.patience} reports of {', '.join(c.metrics)}")
+    if p.health.explosion:
+        e = p.health.explosion
+        health.append(f"explosion > {e.multiple:g} x first for {e.patience} reports of {', '.join(e.metrics)}")
+    b = spec.budget
+    budget = f"{b.n_trials or 'unbounded'} trials, {b.max_parallel} in parallel, timeout {f'{b.timeout:g} s' if b.timeout else 'none'}"
+    steps = spec.trial_steps()
+    budget += f", {steps} steps per trial" + (" (budget.steps)" if b.steps else " (base train.steps)")
+    e = spec.executor
+    r = e.resources
+    executor = f"{e.type}: {e.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, time limit {r.timeout_min:g} min"
+    t = spec.tracking
+    tracking = f"MLflow {t.uri}, experiment {t.experiment}" if t.enabled else "off"
+    return [
+        f"folder    {spec.study_dir}",
+        f"storage   {spec.study.storage}",
+        f"objective {objective}",
+        f"base      {spec.base_source or 'inline'} (valid run config)",
+        f"sampler   {sampler}",
+        f"pruner    {pruner}",
+        f"health    {'; '.join(health) or 'off'}",
+        f"budget    {budget}",
+        f"executor  {executor}",
+        f"tracking  {tracking}",
+        f"enqueue   {len(spec.enqueue)} config(s) first" if spec.enqueue else "enqueue   none",
+    ]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--dry-run", action="store_true", help="print a few sampled trial configs and the resources; run nothing")
+    p.add_argument("--samples", type=int, default=3, help="configs shown by --dry-run (default 3)")
+    p.add_argument("--n-trials", type=int, help="override budget.n_trials (counts trials already in storage)")
+    p.add_argument("--max-parallel", type=int, help="override budget.max_parallel")
+    p.add_argument("--timeout", help="override budget.timeout (seconds, or 30m, 2h)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished trial)")
+    p.add_argument("--detach", action="store_true", help="on Ctrl-C leave running trials running (a re-run re-attaches); default: cancel and re-queue them")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .spec import load_spec, parse_duration
+
+    spec = load_spec(args.study)
+    for flag, value in (("--n-trials", args.n_trials), ("--max-parallel", args.max_parallel), ("--samples", args.samples)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    try:
+        timeout = parse_duration(args.timeout) if args.timeout else None
+    except ValueError as error:
+        raise UsageError(f"--timeout: {error}") from None
+    if args.dry_run:
+        return _dry_run(spec, args.samples)
+
+    from .driver import run_study
+
+    try:
+        report = run_study(
+            spec, n_trials=args.n_trials, max_parallel=args.max_parallel, timeout=timeout,
+            progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else "cancel",
+        )
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+    print(f"study {report.study_name}: {counts}")
+    if report.best_trial is not None:
+        print(f"best: trial {report.best_trial}, {spec.objective[0].metric} = {report.best_value:.4g}, params {report.best_params}")
+    print(f"folder: {report.study_dir}")
+    print(f"next: sweeper status {args.study}   |   sweeper export {args.study} -o best.yaml")
+    return 0
+
+
+def _dry_run(spec: Any, samples: int) -> int:
+    from .driver import dry_run
+
+    print(f"study {spec.study.name}: dry run, {samples} sampled config(s); nothing is launched, storage untouched")
+    for line in describe_spec(spec):
+        print(f"  {line}")
+    for entry in dry_run(spec, samples):
+        print(f"\ntrial {entry['number']}: sampled {entry['sampled'] or '{}'}")
+        if entry["skipped"]:
+            print(f"  not sampled (condition false): {', '.join(entry['skipped'])}")
+        if entry["rejected"]:
+            print(f"  REJECTED before launch: {entry['rejected']} (the driver would ask for another)")
+            continue
+        print("  config differs from base at:")
+        for path, value in entry["changed"].items():
+            print(f"    {path}: {value!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------- status / export / train
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--all", action="store_true", help="also list trials rejected before launch")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .status import study_status
+
+    print(study_status(load_spec(args.study), show_rejected=args.all))
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("-o", "--output", required=True, help="where to write the config (YAML)")
+    p.add_argument("--steps", type=int, help="override train.steps (e.g. a long run of the best config)")
+    p.add_argument("--format", default="native", choices=["native", "trl", "verl"],
+                   help="native: a run config for `sweeper train`; trl / verl: the same knobs under their names")
+    p.add_argument("--trial", type=int, help="export this trial instead of the best one")
+    p.add_argument("--pareto-index", type=int, help="multi-objective: the I-th trial of the Pareto front (sorted by the first objective)")
+    p.add_argument("--prefer", help="multi-objective: the Pareto-front trial best on this objective metric")
+    p.add_argument("--output-dir", help="train.output_dir of the exported config (default runs/<study>-trial<N>)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_best
+
+    path = export_best(args.study, args.output, steps=args.steps, fmt=args.format, trial=args.trial,
+                       pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir)
+    print(f"wrote {path}" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    from trainers.__main__ import main as trainer_main  # lazy: the only torch path of this CLI
+
+    return int(trainer_main(argv) or 0)
+
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
+    ("validate", "check a study spec and print the resolved space", _add_validate, _validate),
+    ("run", "run or resume a study (--dry-run: show sampled configs)", _add_run, _run),
+    ("status", "table of a study's trials", _add_status, _status),
+    ("export", "write the best trial's training config", _add_export, _export),
+    # issue 5 adds ("ui", ...) and ("report", ...) here
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweeper", description="Declarative sweeps of entropy hyperparameters for GRPO training.")
+    sub = parser.add_subparsers(dest="command", metavar="{validate,run,status,export,train}")
+    for name, help_text, add_arguments, handler in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    sub.add_parser("train", help="run one training config (same as python -m trainers)", add_help=False)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return _train(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on bad flags
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from trainers.config import ConfigError
+
+    from .spec import SpecError
+
+    try:
+        return args.handler(args)
+    except (SpecError, ConfigError, UsageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

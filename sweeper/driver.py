@@ -1,0 +1,631 @@
+"""The driver: an ask/tell loop that keeps ``max_parallel`` trials in flight.
+
+    report = run_study(spec)                 # or: sweeper run study.yaml
+
+Each round of the loop (every ``poll_interval`` seconds, 0.05 s by default):
+
+1. *refill*: while fewer than ``max_parallel`` trials are in flight and the budget allows, ask Optuna
+   for a trial, sample its config (:mod:`sweeper.space`), write ``trial.json`` and ``config.yaml`` in
+   ``<study dir>/trials/NNNNN/`` and submit :func:`sweeper.trial.run_trial` to the executor. The
+   trial's user attrs get ``job_id``, ``trial_dir``, ``config`` (the resolved config) and
+   ``log_paths``. A sampled config that breaks a constraint or the run-config schema is told FAIL
+   with user attr ``rejected`` and never launched.
+2. *reap*: every job that is done is turned into a final state from its ``outcome.json``: COMPLETE
+   (value), PRUNED (user attr ``prune_reason``: pass@k | entropy_collapse | entropy_explosion | nan),
+   or FAIL (``fail_reason``, ``stderr_tail``; also a job that died without writing an outcome). The
+   driver is the only place that ``tell``s Optuna. A freed slot is refilled in the same round: there
+   is no batch barrier.
+
+Resume: re-running the same study (same storage and name) keeps everything in storage. Trials left
+RUNNING by a dead driver are re-attached by their ``job_id`` when the job still runs (the local
+executor checks the pid), finished from their ``outcome.json`` when the job ended meanwhile, and
+otherwise told FAIL with user attrs ``lost`` and re-queued (``enqueue_trial`` with the same params,
+user attr ``requeued_from``). The budget (``n_trials``) counts every trial in storage that ran or
+runs, except rejected and lost ones (a lost trial's re-queued copy takes its place). Enqueued
+configs (``enqueue:`` in the spec) go first, once (``skip_if_exists``).
+
+A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver of the same study
+on the same host.
+
+Ctrl-C cancels the jobs in flight and records them as lost (re-queued on the next run); with
+``on_interrupt="detach"`` they keep running and the next run re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .executors import TrialJob, make_executor
+from .pruning import build_pruner
+from .samplers import build_sampler
+from .space import Rejected, resolve, sample
+from .spec import SpecError, StudySpec, load_spec
+from .storage import make_storage
+from .trial import CONFIG_FILE, TrialTicket, read_outcome
+
+MAX_CONSECUTIVE_REJECTIONS = 200
+STDERR_ATTR_CHARS = 4000
+LOCK_FILE = "driver.lock"
+
+
+@dataclass
+class InFlight:
+    number: int
+    trial_id: int
+    job: TrialJob
+    trial_dir: Path
+    submitted: float
+    reattached: bool = False
+
+
+@dataclass
+class StudyReport:
+    """What a run did (returned by :func:`run_study`)."""
+
+    study_name: str
+    study_dir: str
+    storage: str
+    counts: dict[str, int]                     # state -> trials in storage (rejected/lost excluded)
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    best_trial: int | None = None
+    launched: int = 0
+    finished: int = 0
+    rejected: int = 0
+    reattached: int = 0
+    requeued: int = 0
+    wall_seconds: float = 0.0
+    driver_seconds: float = 0.0                 # time spent in ask/sample/submit/tell (not waiting)
+    slot_busy_seconds: float = 0.0             # sum over trials of submit -> noticed done
+    max_parallel: int = 1
+    trial_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def slot_utilization(self) -> float:
+        return self.slot_busy_seconds / (self.max_parallel * self.wall_seconds) if self.wall_seconds else 0.0
+
+
+def _counts_as_budget(trial: Any) -> bool:
+    import optuna
+
+    if trial.user_attrs.get("rejected") or trial.user_attrs.get("lost"):
+        return False
+    return trial.state in (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.RUNNING,
+    )
+
+
+def open_study(spec: StudySpec, *, create: bool, max_parallel: int | None = None):
+    """Create or load the Optuna study with the spec's sampler and pruner. Returns (study, storage)."""
+    import optuna
+
+    storage = make_storage(spec.study.storage)
+    sampler = build_sampler(spec, max_parallel)
+    pruner = build_pruner(spec.pruner, spec.trial_steps())
+    if create:
+        study = optuna.create_study(
+            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner,
+            directions=spec.directions, load_if_exists=True,
+        )
+    else:
+        if spec.study.name not in optuna.get_all_study_names(storage):
+            raise SpecError(f"study {spec.study.name!r} is not in storage {spec.study.storage}: run `sweeper run` first")
+        study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != spec.directions:
+        raise SpecError(
+            f"objective: study {spec.study.name!r} in {spec.study.storage} has directions {stored}, the spec says "
+            f"{spec.directions}; a study's objectives cannot change: use a new study.name"
+        )
+    return study, storage
+
+
+class Driver:
+    """Runs one study to its budget. See the module docstring."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        *,
+        n_trials: int | None = None,
+        max_parallel: int | None = None,
+        timeout: float | None = None,
+        progress: bool | None = None,
+        poll_interval: float = 0.05,
+        on_interrupt: str = "cancel",
+        refresh_interval: float = 5.0,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.spec = spec
+        self.n_trials = n_trials if n_trials is not None else spec.budget.n_trials
+        self.max_parallel = max_parallel or spec.budget.max_parallel
+        if spec.executor.type == "debug":
+            self.max_parallel = 1
+        self.timeout = timeout if timeout is not None else spec.budget.timeout
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.poll_interval = poll_interval
+        if on_interrupt not in ("cancel", "detach"):
+            raise ValueError(f"on_interrupt must be 'cancel' or 'detach', got {on_interrupt!r}")
+        self.on_interrupt = on_interrupt
+        self.refresh_interval = refresh_interval
+        self._log = log
+        self.study_dir = spec.study_dir
+        self.in_flight: list[InFlight] = []
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self.best: tuple[float, int] | None = None
+        self.tracker = None
+        self.parent_run_id: str | None = None
+        self._bar = None
+        self._needs_refresh = False
+        self._last_refresh = 0.0
+        self._rejections_in_a_row = 0
+
+    # ------------------------------------------------------------------ logging / progress
+
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+        elif self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def _update_bar(self, advance: int = 0) -> None:
+        if self._bar is None:
+            return
+        best = f"{self.best[0]:.4g} (#{self.best[1]})" if self.best else "-"
+        self._bar.set_postfix_str(
+            f"running {len(self.in_flight)} complete {self.counts['COMPLETE']} pruned {self.counts['PRUNED']} "
+            f"failed {self.counts['FAIL']} best {best}", refresh=False,
+        )
+        self._bar.update(advance)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> StudyReport:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        started = time.time()
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self.study, self.storage = open_study(self.spec, create=True, max_parallel=self.max_parallel)
+            self.executor = make_executor(self.spec.executor)
+            self.report = StudyReport(self.spec.study.name, str(self.study_dir), self.spec.study.storage, {}, max_parallel=self.max_parallel)
+            self._start_tracking()
+            self._enqueue_fixed_configs()
+            self._recover()
+            already = self._count_stored()
+            self._init_bar(already)
+            try:
+                self._loop(started, already)
+            except KeyboardInterrupt:
+                self._interrupted()
+                raise
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
+            self.report.wall_seconds = time.time() - started
+            self._final_report()
+            self._end_tracking("FINISHED")
+            return self.report
+        finally:
+            self._release_lock()
+
+    def _loop(self, started: float, already: int) -> None:
+        launched_here = 0
+        deadline = started + self.timeout if self.timeout else math.inf
+        while True:
+            t0 = time.perf_counter()
+            # refill
+            while len(self.in_flight) < self.max_parallel and time.time() < deadline:
+                if self.n_trials is not None and already + launched_here >= self.n_trials:
+                    break
+                flight = self._launch()
+                launched_here += 1
+                self.in_flight.append(flight)
+                self._update_bar()
+                if self.spec.executor.type == "debug":
+                    break  # it already ran: reap it before the next one
+            self.report.driver_seconds += time.perf_counter() - t0
+            if not self.in_flight:
+                break
+            done = [f for f in self.in_flight if f.job.done()]
+            if not done:
+                if self._needs_refresh:
+                    self._refresh_tracking()
+                time.sleep(self.poll_interval)
+                continue
+            t1 = time.perf_counter()
+            for flight in done:
+                self.in_flight.remove(flight)
+                self._finish(flight)
+            self.report.driver_seconds += time.perf_counter() - t1
+
+    # ------------------------------------------------------------------ launch
+
+    def _launch(self) -> InFlight:
+        import optuna
+
+        while True:
+            trial = self.study.ask()
+            trial_dir = self.study_dir / "trials" / f"{trial.number:05d}"
+            try:
+                sampled = sample(self.spec, trial)
+                config = resolve(self.spec, sampled, output_dir=str(trial_dir / "run"))
+            except Rejected as rejection:
+                trial.set_user_attr("rejected", str(rejection))
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.report.rejected += 1
+                self._rejections_in_a_row += 1
+                if self._rejections_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
+                    raise SpecError(
+                        f"space: {self._rejections_in_a_row} sampled configs in a row were rejected (last: {rejection}); "
+                        f"the constraints leave almost no room: widen the ranges or loosen space.constraints"
+                    ) from None
+                continue
+            self._rejections_in_a_row = 0
+            break
+
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        sampled_paths = sampled.sampled_paths
+        ticket = TrialTicket(
+            storage=self.spec.study.storage,
+            study_name=self.spec.study.name,
+            trial_number=trial.number,
+            trial_id=trial._trial_id,
+            study_dir=str(self.study_dir),
+            entrypoint=self.spec.executor.entrypoint,
+            objectives=[o.model_dump() for o in self.spec.objective],
+            pruner=self.spec.pruner.model_dump(),
+            trial_steps=config["train"]["steps"],
+            sampled=sampled.sampled,
+            sampled_paths=sampled_paths,
+            tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
+        )
+        ticket.write(trial_dir)
+        trial.set_user_attr("trial_dir", str(trial_dir))
+        trial.set_user_attr("config", config)
+        try:
+            job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
+        except Exception as error:
+            trial.set_user_attr("fail_reason", f"submission failed: {type(error).__name__}: {error}")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        trial.set_user_attr("job_id", job.job_id)
+        logs = job.log_paths()
+        if logs:
+            trial.set_user_attr("log_paths", logs)
+        self.report.launched += 1
+        return InFlight(trial.number, trial._trial_id, job, trial_dir, time.time())
+
+    # ------------------------------------------------------------------ finish
+
+    def _finish(self, flight: InFlight) -> None:
+        import optuna
+
+        now = time.time()
+        self.report.slot_busy_seconds += now - flight.submitted
+        outcome = read_outcome(flight.trial_dir)
+        if outcome is None:
+            outcome = {
+                "state": "FAIL",
+                "fail_reason": "the trial process ended without an outcome (killed, out of memory, or past its time limit?)",
+            }
+        state = outcome.get("state", "FAIL")
+        attrs: dict[str, Any] = {}
+        stderr_tail = None
+        if state == "FAIL":
+            stderr_tail = (flight.job.failure_text() or outcome.get("traceback") or "")[-STDERR_ATTR_CHARS:]
+            attrs["fail_reason"] = outcome.get("fail_reason", "unknown")
+            attrs["stderr_tail"] = stderr_tail
+        elif state == "PRUNED":
+            attrs["prune_reason"] = outcome.get("prune_reason")
+            attrs["prune_message"] = outcome.get("message")
+            if outcome.get("pruned_at_step") is not None:
+                attrs["pruned_at_step"] = outcome["pruned_at_step"]
+        if outcome.get("step") is not None:
+            attrs["last_step"] = outcome["step"]
+        if outcome.get("seconds") is not None:
+            attrs["trial_seconds"] = round(float(outcome["seconds"]), 3)
+            self.report.trial_seconds.append(float(outcome["seconds"]))
+        frozen = self.storage.get_trial(flight.trial_id)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            self.log(f"trial {flight.number} was already {frozen.state.name} in storage; outcome {state} not recorded")
+            return
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(flight.trial_id, key, value)
+        values = outcome.get("values") if state == "COMPLETE" else None
+        if state == "COMPLETE":
+            self.study.tell(flight.number, values if self.spec.is_multi_objective else values[0], skip_if_finished=True)
+        else:
+            self.study.tell(flight.number, state=getattr(optuna.trial.TrialState, state), skip_if_finished=True)
+        self.counts[state] = self.counts.get(state, 0) + 1
+        self.report.finished += 1
+        if state == "COMPLETE" and not self.spec.is_multi_objective:
+            value = values[0]
+            better = self.best is None or (value > self.best[0] if self.spec.directions[0] == "maximize" else value < self.best[0])
+            if better:
+                self.best = (value, flight.number)
+        detail = {
+            "COMPLETE": lambda: "value " + ", ".join(f"{v:.4g}" for v in values),
+            "PRUNED": lambda: f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}",
+            "FAIL": lambda: attrs.get("fail_reason", ""),
+        }[state]()
+        self.log(f"trial {flight.number} {state}: {detail} ({now - flight.submitted:.1f} s)")
+        self._mark_tracking(flight, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
+        self._update_bar(1)
+
+    # ------------------------------------------------------------------ resume
+
+    def _enqueue_fixed_configs(self) -> None:
+        for params in self.spec.enqueue:
+            self.study.enqueue_trial(dict(params), user_attrs={"enqueued": True}, skip_if_exists=True)
+
+    def _recover(self) -> None:
+        """Re-attach, finish or re-queue the trials a previous driver left RUNNING."""
+        import optuna
+
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for trial in running:
+            trial_dir = Path(trial.user_attrs["trial_dir"]) if trial.user_attrs.get("trial_dir") else None
+            job_id = trial.user_attrs.get("job_id")
+            job = None
+            if trial_dir is not None:
+                if job_id is None:
+                    job_id = _find_local_job_id(trial_dir)
+                if job_id is not None:
+                    job = self.executor.reattach(str(job_id), trial_dir)
+            if job is not None and (not job.done() or read_outcome(trial_dir) is not None):
+                self.in_flight.append(InFlight(trial.number, trial._trial_id, job, trial_dir, time.time(), reattached=True))
+                self.report.reattached += 1
+                self.log(f"trial {trial.number}: re-attached to job {job.job_id}")
+                continue
+            self._lose(trial, "the driver stopped and the trial's job is gone (no outcome)", job)
+
+    def _lose(self, trial: Any, reason: str, job: TrialJob | None) -> None:
+        import optuna
+
+        tail = job.failure_text()[-STDERR_ATTR_CHARS:] if job is not None else ""
+        self.storage.set_trial_user_attr(trial._trial_id, "lost", True)
+        self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"lost: {reason}")
+        if tail:
+            self.storage.set_trial_user_attr(trial._trial_id, "stderr_tail", tail)
+        self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if trial.params:
+            self.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+        self.report.requeued += 1
+        self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
+        self._mark_tracking_by_id(trial._trial_id, "FAIL", None, f"lost: {reason}\n{tail}", None)
+
+    def _interrupted(self) -> None:
+        if self.on_interrupt == "detach":
+            self.log(f"interrupted: {len(self.in_flight)} trial(s) keep running; re-run the study to re-attach to them")
+            self._end_tracking("RUNNING")
+            return
+        self.log(f"interrupted: cancelling {len(self.in_flight)} trial(s); they are re-queued for the next run")
+        for flight in self.in_flight:
+            flight.job.cancel()
+        deadline = time.time() + 15
+        while time.time() < deadline and not all(f.job.done() for f in self.in_flight):
+            time.sleep(0.1)
+        for flight in self.in_flight:
+            self._lose(self.storage.get_trial(flight.trial_id), "cancelled: the driver was interrupted", None)
+        self.in_flight = []
+        self._end_tracking("KILLED")
+
+    def _count_stored(self) -> int:
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
+            if _counts_as_budget(trial) and trial.state.name in self.counts:
+                self.counts[trial.state.name] += 1
+        if not self.spec.is_multi_objective:
+            complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+            if complete:
+                pick = max if self.spec.directions[0] == "maximize" else min
+                best = pick(complete, key=lambda t: t.value)
+                self.best = (best.value, best.number)
+        return sum(1 for t in trials if _counts_as_budget(t))
+
+    # ------------------------------------------------------------------ lock
+
+    def _acquire_lock(self) -> None:
+        path = self.study_dir / LOCK_FILE
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        if path.exists():
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                other = {}
+            if other.get("host") == me["host"] and other.get("pid") and _alive(int(other["pid"])) and other["pid"] != me["pid"]:
+                raise SpecError(
+                    f"study {self.spec.study.name!r} is already being run by pid {other['pid']} on this host "
+                    f"({path}); wait for it, or stop it first"
+                )
+        path.write_text(json.dumps(me))
+
+    def _release_lock(self) -> None:
+        path = self.study_dir / LOCK_FILE
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    # ------------------------------------------------------------------ progress bar / summary
+
+    def _init_bar(self, already: int) -> None:
+        if not self.progress:
+            return
+        from tqdm import tqdm
+
+        finished = sum(self.counts.values())
+        self._bar = tqdm(total=self.n_trials, initial=finished, desc=self.spec.study.name, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self._update_bar()
+
+    def _final_report(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        counts: dict[str, int] = {}
+        for trial in trials:
+            if trial.user_attrs.get("rejected"):
+                counts["REJECTED"] = counts.get("REJECTED", 0) + 1
+            elif trial.user_attrs.get("lost"):
+                counts["LOST"] = counts.get("LOST", 0) + 1
+            else:
+                counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        self.report.counts = counts
+        if not self.spec.is_multi_objective:
+            try:
+                best = self.study.best_trial
+                self.report.best_value, self.report.best_params, self.report.best_trial = best.value, best.params, best.number
+            except ValueError:
+                pass
+        if counts.get("COMPLETE") is None and counts.get("FAIL"):
+            warnings.warn("no trial completed; see `sweeper status` for the failures", stacklevel=2)
+
+    # ------------------------------------------------------------------ tracking (sweeper.tracking, issue 5)
+
+    def _start_tracking(self) -> None:
+        if not self.spec.tracking.enabled:
+            return
+        try:
+            from .tracking import StudyTracker
+
+            t = self.spec.tracking
+            self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric)
+            self.parent_run_id = self.tracker.start()
+        except Exception as error:  # noqa: BLE001 - tracking never stops a study
+            warnings.warn(f"MLflow tracking is off for this run: {type(error).__name__}: {error}", stacklevel=2)
+            self.tracker = None
+
+    def _mark_tracking(self, flight: InFlight, state: str, prune_reason: str | None, stderr_tail: str | None, value: float | None) -> None:
+        self._mark_tracking_by_id(flight.trial_id, state, prune_reason, stderr_tail, value)
+
+    def _mark_tracking_by_id(self, trial_id: int, state: str, prune_reason: str | None, stderr_tail: str | None, value: float | None) -> None:
+        if self.tracker is None:
+            return
+        try:
+            from .tracking import mark_trial
+
+            run_id = self.storage.get_trial(trial_id).user_attrs.get("mlflow_run_id")
+            if run_id:
+                mark_trial(self.spec.tracking.uri, run_id, state, prune_reason, stderr_tail, value=value)
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"could not mark the trial's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+        self._needs_refresh = True
+
+    def _refresh_tracking(self, force: bool = False) -> None:
+        if self.tracker is None:
+            return
+        if not force and time.time() - self._last_refresh < self.refresh_interval:
+            return
+        self._needs_refresh = False
+        self._last_refresh = time.time()
+        try:
+            self.tracker.refresh(self.study)
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"could not refresh the study's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+
+    def _end_tracking(self, status: str) -> None:
+        if self.tracker is None:
+            return
+        self._refresh_tracking(force=True)
+        try:
+            self.tracker.end(status)
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"could not end the study's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _find_local_job_id(trial_dir: Path) -> str | None:
+    """A submitit folder's job id when the driver died before recording it (newest submission)."""
+    folder = trial_dir / "submitit"
+    pickles = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return pickles[-1].name.split("_", 1)[0] if pickles else None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def run_study(
+    spec: StudySpec | str | Path,
+    *,
+    n_trials: int | None = None,
+    max_parallel: int | None = None,
+    timeout: float | None = None,
+    progress: bool | None = None,
+    on_interrupt: str = "cancel",
+    poll_interval: float = 0.05,
+    log: Callable[[str], None] | None = None,
+) -> StudyReport:
+    """Run (or resume) a study to its budget; see :class:`Driver`. Returns a :class:`StudyReport`."""
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    driver = Driver(
+        spec, n_trials=n_trials, max_parallel=max_parallel, timeout=timeout, progress=progress,
+        on_interrupt=on_interrupt, poll_interval=poll_interval, log=log,
+    )
+    return driver.run()
+
+
+def dry_run(spec: StudySpec, n: int = 3) -> list[dict[str, Any]]:
+    """Sample ``n`` trial configs with the spec's sampler on an in-memory study (storage untouched).
+    Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
+    for params in spec.enqueue:
+        study.enqueue_trial(dict(params))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sampled = sample(spec, trial)
+        entry: dict[str, Any] = {"number": trial.number, "sampled": sampled.sampled, "skipped": sampled.skipped}
+        try:
+            config = resolve(spec, sampled, output_dir=str(spec.study_dir / "trials" / f"{trial.number:05d}" / "run"))
+            entry["changed"] = _changed(spec.base, config)
+            entry["rejected"] = None
+        except Rejected as rejection:
+            entry["changed"] = {}
+            entry["rejected"] = str(rejection)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        out.append(entry)
+    return out
+
+
+def _changed(base: dict[str, Any], config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    changed: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        old = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict):
+            changed.update(_changed(old or {}, value, f"{path}."))
+        elif value != old:
+            changed[path] = value
+    return changed

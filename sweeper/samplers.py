@@ -1,0 +1,54 @@
+"""Optuna samplers from a spec's ``sampler`` section.
+
+tpe (multivariate and grouped by default, so conditional knobs of different methods are modelled
+separately; ``constant_liar`` on when more than one trial is in flight), random, grid (the grid of
+:func:`sweeper.space.grid_search_space`), cmaes (needs the ``cmaes`` package; categorical knobs fall
+back to independent sampling), gp (Optuna's GP sampler imports torch and scipy in the driver) and
+nsga2 (multi-objective).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .spec import StudySpec
+
+
+def build_sampler(spec: StudySpec, max_parallel: int | None = None) -> Any:
+    import optuna
+
+    s = spec.sampler
+    parallel = (max_parallel or spec.budget.max_parallel) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.type == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=s.seed,
+                n_startup_trials=s.n_startup_trials,
+                n_ei_candidates=s.n_ei_candidates,
+                multivariate=s.multivariate,
+                group=s.group,
+                constant_liar=parallel if s.constant_liar is None else s.constant_liar,
+            )
+        if s.type == "random":
+            return optuna.samplers.RandomSampler(seed=s.seed)
+        if s.type == "grid":
+            from .space import grid_search_space
+
+            return optuna.samplers.GridSampler(grid_search_space(spec), seed=s.seed)
+        if s.type == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials, sigma0=s.sigma0, popsize=s.popsize)
+        if s.type == "gp":
+            return optuna.samplers.GPSampler(
+                seed=s.seed, n_startup_trials=s.n_startup_trials, deterministic_objective=s.deterministic_objective
+            )
+        if s.type == "nsga2":
+            return optuna.samplers.NSGAIISampler(
+                seed=s.seed,
+                population_size=s.population_size,
+                mutation_prob=s.mutation_prob,
+                crossover_prob=s.crossover_prob,
+                swapping_prob=s.swapping_prob,
+            )
+    raise ValueError(f"sampler.type {s.type!r} is not known")
