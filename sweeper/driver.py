@@ -152,6 +152,11 @@ class Driver:
     ):
         self.spec = spec
         self.n_trials = n_trials if n_trials is not None else spec.budget.n_trials
+        if spec.sampler.type == "grid":
+            from .samplers import grid_size
+
+            size = grid_size(spec)
+            self.n_trials = size if self.n_trials is None else min(self.n_trials, size)
         self.max_parallel = max_parallel or spec.budget.max_parallel
         if spec.executor.type == "debug":
             self.max_parallel = 1

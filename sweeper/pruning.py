@@ -197,5 +197,9 @@ def build_pruner(pruner: Any, trial_steps: int | None = None):
             bootstrap_count=pruner.bootstrap_count,
         )
     if kind == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=pruner.p_threshold, n_startup_steps=pruner.n_startup_steps)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=pruner.p_threshold, n_startup_steps=pruner.n_startup_steps)
     raise ValueError(f"pruner.type {kind!r} is not known")

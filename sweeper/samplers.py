@@ -2,7 +2,7 @@
 
 tpe (multivariate and grouped by default, so conditional knobs of different methods are modelled
 separately; ``constant_liar`` on when more than one trial is in flight), random, grid (the grid of
-:func:`sweeper.space.grid_search_space`), cmaes (needs the ``cmaes`` package; categorical knobs fall
+:func:`sweeper.space.grid_search_space`; the driver caps n_trials at the grid's size), cmaes (needs the ``cmaes`` package; categorical knobs fall
 back to independent sampling), gp (Optuna's GP sampler imports torch and scipy in the driver) and
 nsga2 (multi-objective).
 """
@@ -13,6 +13,33 @@ import warnings
 from typing import Any
 
 from .spec import StudySpec
+
+
+def grid_size(spec: StudySpec) -> int:
+    """Points in the grid (the driver caps a grid study's n_trials at this)."""
+    from .space import grid_search_space
+
+    size = 1
+    for values in grid_search_space(spec).values():
+        size *= len(values)
+    return size
+
+
+def _grid_sampler_class():
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose after_trial does not call study.stop() when the grid is exhausted:
+        that works only inside study.optimize(); here the driver's budget ends the study."""
+
+        def after_trial(self, study, trial, state, values) -> None:  # noqa: D401
+            return None
+
+    return AskTellGridSampler
+
+
+def _AskTellGridSampler(search_space, seed=None):
+    return _grid_sampler_class()(search_space, seed=seed)
 
 
 def build_sampler(spec: StudySpec, max_parallel: int | None = None) -> Any:
@@ -36,7 +63,7 @@ def build_sampler(spec: StudySpec, max_parallel: int | None = None) -> Any:
         if s.type == "grid":
             from .space import grid_search_space
 
-            return optuna.samplers.GridSampler(grid_search_space(spec), seed=s.seed)
+            return _AskTellGridSampler(grid_search_space(spec), seed=s.seed)
         if s.type == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials, sigma0=s.sigma0, popsize=s.popsize)
         if s.type == "gp":

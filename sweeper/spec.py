@@ -929,9 +929,13 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
         raise SpecError(f"{where} must be a mapping with keys study, objective, base, space, budget, ...; got {type(raw).__name__}")
 
     origins: dict[str, str] = {}
-    if "space" in raw:
-        raw["space"] = expand_space(raw["space"], folder, origins, stack=[source_file or "<spec>"])
     problems: list[str] = []
+    if "space" in raw:
+        try:
+            raw["space"] = expand_space(raw["space"], folder, origins, stack=[source_file or "<spec>"])
+        except SpecError as error:
+            problems.append(f"  {error}")
+            raw["space"] = {}
     try:
         base, base_source = _load_base(raw.get("base"), folder)
     except SpecError as error:
