@@ -27,9 +27,11 @@ so ``@`` is rejected. :func:`mlflow_key` maps ``@`` to ``_at_`` (``val/pass@8`` 
 ``val/maj@8`` -> ``val/maj_at_8``) and any other rejected character to ``_``; :func:`display_key`
 maps ``_at_<k>`` back for plot labels. Names that need no change are logged as they are.
 
-Run status when a trial ends (:func:`mark_trial`): COMPLETE -> FINISHED, PRUNED -> KILLED (stopped
-early on purpose; the UI's status filter then separates pruned from finished trials, and the
-``sweeper.state`` / ``sweeper.prune_reason`` tags say why), FAIL -> FAILED.
+Run status when a trial ends (:func:`mark_trial`): COMPLETE -> FINISHED, PRUNED -> FINISHED,
+FAIL -> FAILED. Pruning is the normal way most trials of a study end; the MLflow UI draws KILLED and
+FAILED with the same red cross, so pruned trials would bury the failures that need attention. The
+``sweeper.state`` tag (filter ``tags.`sweeper.state` = 'PRUNED'``), ``sweeper.prune_reason`` and the
+run description (``mlflow.note.content``, e.g. "PRUNED: entropy_collapse") tell them apart.
 
 Tracking never loses a trial: every call that talks to MLflow is guarded. If the store is
 unreachable, a :class:`TrackingUnavailableWarning` is emitted once per tracker, metrics are buffered
@@ -97,11 +99,11 @@ MAX_PARAM_VALUE = 6000  # characters
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 
-STATE_TO_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+STATE_TO_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 _RUN_STATUS_ALIASES = {
     "FINISHED": "FINISHED", "COMPLETED": "FINISHED", "COMPLETE": "FINISHED",
     "FAILED": "FAILED", "FAIL": "FAILED",
-    "KILLED": "KILLED", "INTERRUPTED": "KILLED", "STOPPED": "KILLED", "PRUNED": "KILLED",
+    "KILLED": "KILLED", "INTERRUPTED": "KILLED", "STOPPED": "KILLED",
 }
 _SUMMARY_STATUS_TO_STATE = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
 
@@ -174,6 +176,12 @@ def redact_uri(uri: str) -> str:
 def experiment_runs_url(base_url: str, experiment_id: str) -> str:
     """The runs table of an experiment in the MLflow 3 UI (the bare experiment URL opens a GenAI overview)."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """A run's page in the MLflow 3 UI (``tab``: "" for the overview, "artifacts", "model-metrics")."""
+    suffix = f"/{tab}" if tab else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{suffix}?workflowType=machine_learning"
 
 
 def _now_ms() -> int:
@@ -549,19 +557,25 @@ def mark_trial(
 
     Sets ``sweeper.state`` (and ``sweeper.prune_reason``), logs ``stderr_tail`` as ``stderr_tail.txt``
     (whenever given; the driver passes it for FAIL), logs ``value`` as the metric ``objective``, and
-    ends the run: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED. Other states (RUNNING,
-    WAITING) only set the tag. Never raises.
+    sets the run description to the state and reason, and ends the run: COMPLETE -> FINISHED,
+    PRUNED -> FINISHED (the tags tell it from COMPLETE), FAIL -> FAILED. Other states (RUNNING,
+    WAITING) only set the tags. Never raises.
     """
     if not run_id:
         return False
     state = str(state).upper()
     try:
         client = MlflowClient(tracking_uri=uri)
-        tags = [RunTag(TAG_STATE, state)]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        reason = prune_reason
+        if not reason and state == "FAIL" and stderr_tail:  # the error line, e.g. "RuntimeError: CUDA error ..."
+            reason = next((line.strip() for line in reversed(stderr_tail.splitlines()) if line.strip()), None)
+        note = state + (f": {_truncate(reason, 500)}" if reason else "") + (f" (objective {value:.6g})" if numeric else "")
+        tags = [RunTag(TAG_STATE, state), RunTag("mlflow.note.content", note)]
         if prune_reason:
             tags.append(RunTag(TAG_PRUNE_REASON, _truncate(str(prune_reason), MAX_TAG_VALUE)))
         metrics = []
-        if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if numeric:
             metrics.append(Metric("objective", float(value), _now_ms(), 0))
         client.log_batch(run_id, metrics=metrics, tags=tags)
         if stderr_tail:
@@ -685,6 +699,12 @@ class StudyTracker:
         metrics += [Metric(f"study/n_{state.lower()}", float(counts.get(state, 0)), now, step) for state in report.STATES]
         tags = {"sweeper.directions": ",".join(d.name.lower() for d in study.directions)}
         best = report.best_trial(study)
+        tags["mlflow.note.content"] = (
+            f"Study {self.study_name}: {step} trials ("
+            + ", ".join(f"{state} {counts[state]}" for state in report.STATES if counts.get(state)) + ")"
+            + (f". Best: trial {best.number} ({trial_run_name(best.number)}), value {best.value:.6g}." if best is not None else ".")
+            + " Plots and summary.md under Artifacts; trials are the child runs."
+        )
         if best is not None:
             metrics.append(Metric("study/best_value", float(best.value), now, step))
             tags.update({"sweeper.best_trial": str(best.number), "sweeper.best_value": repr(best.value)})

@@ -184,7 +184,7 @@ def test_trial_processes_never_lost_the_store(tracked_study):
 
 def test_states_statuses_and_tags(tracked_study):
     client = tracked_study.client
-    expected = {0: ("COMPLETE", "FINISHED"), 1: ("PRUNED", "KILLED"), 2: ("FAIL", "FAILED"),
+    expected = {0: ("COMPLETE", "FINISHED"), 1: ("PRUNED", "FINISHED"), 2: ("FAIL", "FAILED"),
                 3: ("COMPLETE", "FINISHED"), 4: ("FAIL", "FAILED")}  # 4: reconciled by refresh()
     for number, (state, status) in expected.items():
         run = client.get_run(tracked_study.run_ids[number])
@@ -199,7 +199,11 @@ def test_states_statuses_and_tags(tracked_study):
         assert tags["sweeper.output_dir"] == args["output_dir"]
         assert json.loads(tags["sweeper.metric_names"]) == {"val/pass@8": "val/pass_at_8", "val/pass@1": "val/pass_at_1"}
     assert client.get_run(tracked_study.run_ids[1]).data.tags[tracking.TAG_PRUNE_REASON] == "entropy_collapse"
+    assert client.get_run(tracked_study.run_ids[1]).data.tags["mlflow.note.content"] == "PRUNED: entropy_collapse"
+    assert client.get_run(tracked_study.run_ids[3]).data.tags["mlflow.note.content"] == "COMPLETE (objective 0.72)"
     assert tracking.TAG_PRUNE_REASON not in client.get_run(tracked_study.run_ids[0]).data.tags
+    assert client.get_run(tracked_study.run_ids[2]).data.tags["mlflow.note.content"] == (
+        "FAIL: RuntimeError: CUDA error: an illegal memory access was encountered (stand-in crash)")
     assert client.get_run(tracked_study.run_ids[3]).data.metrics["objective"] == pytest.approx(0.72)
 
 
@@ -277,6 +281,8 @@ def test_parent_summary_metrics_and_best_tags(tracked_study):
     assert (metrics["study/n_trials"], metrics["study/n_complete"], metrics["study/n_pruned"], metrics["study/n_fail"],
             metrics["study/n_running"]) == (5, 2, 1, 2, 0)
     assert tags["sweeper.best_trial"] == "3"
+    assert tags["mlflow.note.content"].startswith(
+        "Study tracking-test: 5 trials (COMPLETE 2, PRUNED 1, FAIL 2). Best: trial 3 (trial-0003), value 0.72.")
     assert tags["sweeper.best.entropy.method"] == "aer"
     assert tags["sweeper.best.clip.eps_high"] == "0.3"
     assert "sweeper.best.entropy.siren.top_p" not in tags
