@@ -22,7 +22,10 @@ executor checks the pid), finished from their ``outcome.json`` when the job ende
 otherwise told FAIL with user attrs ``lost`` and re-queued (``enqueue_trial`` with the same params,
 user attr ``requeued_from``). The budget (``n_trials``) counts every trial in storage that ran or
 runs, except rejected and lost ones (a lost trial's re-queued copy takes its place). Enqueued
-configs (``enqueue:`` in the spec) go first, once (``skip_if_exists``).
+configs (``enqueue:`` in the spec) go first, once per study (study user attr ``sweeper_enqueued``).
+
+A seeded sampler is re-seeded on resume with ``seed + trials in storage`` (otherwise it would
+suggest the first run's configs again).
 
 A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver of the same study
 on the same host.
@@ -125,6 +128,10 @@ def open_study(spec: StudySpec, *, create: bool, max_parallel: int | None = None
         if spec.study.name not in optuna.get_all_study_names(storage):
             raise SpecError(f"study {spec.study.name!r} is not in storage {spec.study.storage}: run `sweeper run` first")
         study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing and spec.sampler.seed is not None:
+        # a seeded sampler restarted on a resumed study would replay the first run's suggestions
+        study.sampler = build_sampler(spec, max_parallel, seed_offset=existing)
     stored = [d.name.lower() for d in study.directions]
     if stored != spec.directions:
         raise SpecError(
@@ -380,8 +387,13 @@ class Driver:
     # ------------------------------------------------------------------ resume
 
     def _enqueue_fixed_configs(self) -> None:
-        for params in self.spec.enqueue:
-            self.study.enqueue_trial(dict(params), user_attrs={"enqueued": True}, skip_if_exists=True)
+        """Enqueue the spec's fixed configs once per study: the study user attr ``sweeper_enqueued``
+        counts those already enqueued, so a re-run adds only entries appended to the spec since."""
+        done = int(self.study.user_attrs.get("sweeper_enqueued", 0))
+        for index, params in enumerate(self.spec.enqueue[done:], start=done):
+            self.study.enqueue_trial(dict(params), user_attrs={"enqueued": index})
+        if len(self.spec.enqueue) > done:
+            self.study.set_user_attr("sweeper_enqueued", len(self.spec.enqueue))
 
     def _recover(self) -> None:
         """Re-attach, finish or re-queue the trials a previous driver left RUNNING."""

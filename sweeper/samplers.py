@@ -42,10 +42,12 @@ def _AskTellGridSampler(search_space, seed=None):
     return _grid_sampler_class()(search_space, seed=seed)
 
 
-def build_sampler(spec: StudySpec, max_parallel: int | None = None) -> Any:
+def build_sampler(spec: StudySpec, max_parallel: int | None = None, seed_offset: int = 0) -> Any:
+    """``seed_offset``: added to the seed (the driver passes the number of trials already in storage,
+    so a resumed study does not replay the first run's suggestions)."""
     import optuna
 
-    s = spec.sampler
+    s = spec.sampler.model_copy(update={"seed": spec.sampler.seed + seed_offset}) if spec.sampler.seed is not None else spec.sampler
     parallel = (max_parallel or spec.budget.max_parallel) > 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
