@@ -63,7 +63,8 @@ def make_accelerator(config: RunConfig):
         raise RuntimeError(
             f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE is {expected}: on a CPU machine "
             "launch with `accelerate launch --multi_gpu --num_processes N` and ACCELERATE_USE_CPU=true, or torchrun")
-    if on_cpu:
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
+        # Without this each rank takes every core: oversubscribed OpenMP spins and runs several times slower.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(accelerator.num_processes)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     return accelerator
