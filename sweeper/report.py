@@ -41,6 +41,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f", "WAITING": "#bcbd22"}
 ENTROPY_METRIC = "train/entropy"
+MAX_LABELLED_LINES = 12
 
 # history of one trial: {metric name: [(step, value), ...]}
 Histories = Mapping[int, Mapping[str, Sequence[tuple[int, float]]]]
@@ -91,7 +92,7 @@ def plot_overlay(study: optuna.Study, histories: Histories, metric: str, path: P
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     best = best_trial(study)
     figure, ax = plt.subplots(figsize=(8.5, 4.8))
-    drawn = 0
+    drawn, ends = 0, []
     for number, series in sorted(histories.items()):
         points = series.get(metric) or []
         if not points:
@@ -102,12 +103,14 @@ def plot_overlay(study: optuna.Study, histories: Histories, metric: str, path: P
         ax.plot(steps, values, color=STATE_COLORS.get(state, "#333333"), lw=2.8 if is_best else 1.2,
                 alpha=1.0 if is_best else 0.75, marker="o" if len(points) <= 25 else None, markersize=3,
                 zorder=3 if is_best else 2)
-        ax.annotate((run_names or {}).get(number, f"#{number}"), (steps[-1], values[-1]), fontsize=7,
-                    xytext=(3, 0), textcoords="offset points", color=STATE_COLORS.get(state, "#333333"))
+        ends.append(((run_names or {}).get(number, f"#{number}"), steps[-1], values[-1], STATE_COLORS.get(state, "#333333")))
         drawn += 1
     if not drawn:
         plt.close(figure)
         return False
+    if drawn <= MAX_LABELLED_LINES:  # beyond that, names at the line ends are clutter
+        for name, x, y, color in ends:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 0), textcoords="offset points", color=color)
     present = sorted({states.get(n, "RUNNING") for n, s in histories.items() if s.get(metric)}, key=STATES.index)
     handles = [Line2D([], [], color=STATE_COLORS[s], lw=1.5, label=s) for s in present]
     if best is not None and histories.get(best.number, {}).get(metric):

@@ -438,8 +438,8 @@ class TrialTracker:
         tags = {"sweeper.end_step": summary.get("step")}
         if state is not None:
             tags[TAG_STATE] = state
-        if summary.get("stop_reason"):
-            tags[TAG_PRUNE_REASON] = summary["stop_reason"]
+        if summary.get("stop_reason"):  # the sweeper's reporter stops with "pruned:<reason>"
+            tags[TAG_PRUNE_REASON] = str(summary["stop_reason"]).removeprefix("pruned:")
         self._queue_tags({k: v for k, v in tags.items() if v is not None})
         self._terminal_status = STATE_TO_RUN_STATUS.get(state or "", None)
         self._sync(force=True)
@@ -738,22 +738,38 @@ class StudyTracker:
                 mark_trial(self.uri, run.info.run_id, state, reason, value=value)
 
     def log_export(self, path: str | Path) -> None:
-        """Log an exported config file (``sweeper export``) to the parent run under ``exports/``."""
-        if not self._ready(force=True):
-            return
+        """Log an exported config file (``sweeper export``) to the parent run under ``exports/``.
+
+        Works from a separate process after the study ended: the parent run is found by its tags
+        and keeps its status (it is created, and ended, only if the store has none).
+        """
         try:
-            self.client.log_artifact(self.parent_run_id, str(path), artifact_path="exports")
-            self.client.set_tag(self.parent_run_id, "sweeper.last_export", Path(path).name)
+            client = self.client
+            run_id = self.parent_run_id
+            if run_id is None:
+                experiment_id = get_or_create_experiment(client, self.uri, self.experiment, self.artifact_location)
+                run = find_study_run(client, experiment_id, self.study_name)
+                run_id = run.info.run_id if run is not None else None
+            created = run_id is None
+            if created:
+                run_id = self.start()
+            client.log_artifact(run_id, str(path), artifact_path="exports")
+            client.set_tag(run_id, "sweeper.last_export", Path(path).name)
+            if created:
+                self.end("FINISHED")
         except Exception as error:  # noqa: BLE001
             self._connection.failed(error)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Terminate the parent run: FINISHED, FAILED or KILLED (aliases: completed, failed, interrupted)."""
-        if self.parent_run_id is None:
-            return
+        """Terminate the parent run: FINISHED, FAILED or KILLED (aliases: completed, failed, interrupted).
+
+        RUNNING leaves it open (a driver detached from trials still in flight; the re-run resumes it).
+        """
         run_status = _RUN_STATUS_ALIASES.get(str(status).upper())
-        if run_status is None:
-            raise ValueError(f"StudyTracker.end: status {status!r} is not one of FINISHED, FAILED, KILLED")
+        if run_status is None and str(status).upper() != "RUNNING":
+            raise ValueError(f"StudyTracker.end: status {status!r} is not one of FINISHED, FAILED, KILLED, RUNNING")
+        if self.parent_run_id is None or run_status is None:
+            return
         try:
             self.client.set_terminated(self.parent_run_id, run_status)
         except Exception as error:  # noqa: BLE001
@@ -796,6 +812,9 @@ def write_study_report(study, out_dir: str | Path, uri: str | None = None, exper
     without them (or if MLflow is unreachable) the report has the Optuna plots only.
     """
     histories, run_names = None, None
+    db = sqlite_path(uri) if uri else None
+    if db is not None and not db.exists():
+        uri = None  # no tracking store yet; do not create one just to read it
     if uri and experiment:
         try:
             client = MlflowClient(tracking_uri=uri)

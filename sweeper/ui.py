@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sweeper.tracking import default_artifact_root, experiment_runs_url, redact_uri
+from sweeper.tracking import default_artifact_root, experiment_runs_url, redact_uri, sqlite_path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -187,6 +187,10 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
         else:
             print(experiment_runs_url(base, experiment_id), file=out)
         return 0
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        print(f"error: no MLflow store at {db} yet: run the study first (sweeper run)", file=sys.stderr)
+        return 1
     if port_in_use(host, port):
         print(f"error: port {port} on {host} is already in use: pass another one with --port", file=sys.stderr)
         return 2
@@ -194,10 +198,11 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
     artifact_root = default_artifact_root(tracking_uri)
     server = MlflowServer(tracking_uri, artifact_root, host=host, port=port, log_path=log_path)
 
-    def on_sigterm(signum, frame):
+    def on_stop_signal(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGINT too: a shell that starts a command in the background makes it ignore SIGINT
+    previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         server.start()
         print(f"starting MLflow UI for {tracking_uri} on {server.url} ...", file=out, flush=True)
@@ -218,4 +223,5 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
         return 1
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -304,11 +304,10 @@ def test_restart_resumes_the_same_parent_run(tracked_study):
 def test_log_export_lands_on_parent(tracked_study, tmp_path):
     exported = tmp_path / "best.yaml"
     exported.write_text("seed: 3\n")
-    tracker = StudyTracker(tracked_study.uri, EXPERIMENT, STUDY)
-    tracker.start()
-    tracker.log_export(exported)
-    tracker.end("FINISHED")
     client = tracked_study.client
+    status_before = client.get_run(tracked_study.parent_run_id).info.status
+    StudyTracker(tracked_study.uri, EXPERIMENT, STUDY).log_export(exported)  # as `sweeper export` does, later
+    assert client.get_run(tracked_study.parent_run_id).info.status == status_before
     assert [a.path for a in client.list_artifacts(tracked_study.parent_run_id, "exports")] == ["exports/best.yaml"]
     assert client.get_run(tracked_study.parent_run_id).data.tags["sweeper.last_export"] == "best.yaml"
 
