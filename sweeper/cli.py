@@ -1,9 +1,11 @@
-"""The ``sweeper`` command: validate | run | status | export | train.
+"""The ``sweeper`` command: validate | run | status | export | ui | report | train.
 
     sweeper validate study.yaml                      check the spec, print the resolved space
     sweeper run study.yaml [--dry-run] [--n-trials N] [--max-parallel P]
     sweeper status study.yaml                        table of trials
     sweeper export study.yaml -o best.yaml [--steps N] [--format native|trl|verl]
+    sweeper ui study.yaml [--port P]                 MLflow UI of the study on 127.0.0.1
+    sweeper report study.yaml -o DIR                 plots and a markdown summary
     sweeper train run.yaml                           one training run (the trainer's own CLI)
 
 Bad input (spec, run config, flags) exits with code 2 and one clear paragraph on stderr, no
@@ -200,19 +202,61 @@ def _train(argv: list[str]) -> int:
     return int(trainer_main(argv) or 0)
 
 
+# --------------------------------------------------------------------------- ui / report (MLflow, issue 5)
+
+
+def _add_ui(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--port", type=int, default=5000, help="port of the MLflow UI on 127.0.0.1 (default 5000)")
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .spec import load_spec
+    from .ui import cmd_ui
+
+    spec = load_spec(args.study)
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    if not spec.tracking.enabled:
+        raise UsageError(f"{args.study}: tracking.enabled is false, so this study has no MLflow store to show")
+    return cmd_ui(spec.tracking.uri, spec.tracking.experiment, port=args.port,
+                  log_path=Path(spec.study.dir) / "mlflow-ui.log")
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("-o", "--output", required=True, help="folder for summary.md, best_params.json and plots/")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .driver import open_study
+    from .spec import load_spec
+    from .tracking import write_study_report
+
+    spec = load_spec(args.study)
+    study, _ = open_study(spec, create=False)
+    uri = spec.tracking.uri if spec.tracking.enabled else None
+    summary = write_study_report(study, args.output, uri, spec.tracking.experiment, objective_metric=spec.objective[0].metric)
+    print(f"wrote {summary} (plots in {summary.parent / 'plots'})")
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
     ("validate", "check a study spec and print the resolved space", _add_validate, _validate),
     ("run", "run or resume a study (--dry-run: show sampled configs)", _add_run, _run),
     ("status", "table of a study's trials", _add_status, _status),
     ("export", "write the best trial's training config", _add_export, _export),
-    # issue 5 adds ("ui", ...) and ("report", ...) here
+    ("ui", "serve the study's MLflow runs on 127.0.0.1 and print their URL", _add_ui, _ui),
+    ("report", "write the study's plots and a markdown summary to a folder", _add_report, _report),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeper", description="Declarative sweeps of entropy hyperparameters for GRPO training.")
-    sub = parser.add_subparsers(dest="command", metavar="{validate,run,status,export,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{validate,run,status,export,ui,report,train}")
     for name, help_text, add_arguments, handler in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
