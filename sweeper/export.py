@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from trainers.config import parse_config
+from trainers.config import RunConfig, parse_config
 
 from .spec import SpecError, StudySpec, get_path, load_spec, set_path
 
@@ -154,9 +154,14 @@ def export_best(
         header += [f"format: {fmt} ({'TRL GRPOConfig arguments' if fmt == 'trl' else 'verl Hydra keys'}); "
                    f"model: {validated['model']['path']}"]
         header += [f"note: {n}" for n in notes]
-        if unmapped:
+        defaults = dict(_leaves(RunConfig().model_dump(mode="json")))
+        differ = [(p, v) for p, v in unmapped if p not in defaults or defaults[p] != v or p.startswith("entropy.")]
+        if differ:
             header.append(f"no {fmt} equivalent (set by hand or drop):")
-            header += [f"  {path} = {value!r}" for path, value in unmapped]
+            header += [f"  {path} = {value!r}" for path, value in differ]
+        if len(unmapped) > len(differ):
+            header.append(f"and {len(unmapped) - len(differ)} more knobs without a {fmt} equivalent, at their defaults: "
+                          + ", ".join(p for p, _ in unmapped if (p, _) not in differ))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("".join(f"# {line}\n" for line in header) + body)
@@ -372,7 +377,7 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
         put(f"{actor}.kl_loss_type", "low_var_kl")
     method = c["entropy"]["method"]
     put(f"{actor}.entropy_coeff", c["entropy"]["bonus"]["coef"] if method == "entropy_bonus" else 0.0,
-        "entropy.bonus.coef" if method == "entropy_bonus" else "entropy.method")
+        *(["entropy.bonus.coef"] if method == "entropy_bonus" else []))
     if method in ("none", "entropy_bonus"):
         used.add("entropy.method")
     if method == "clip_cov":

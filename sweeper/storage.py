@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,26 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
     if worker:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True)
     else:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = _create_rdb_storage(url, engine_kwargs)
     if url.startswith("sqlite:///"):
         _use_wal(storage)
     return storage
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """RDBStorage creates its tables on first use; two processes opening a new database at once race
+    ("table ... already exists"): the loser retries and finds the tables."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except OperationalError as error:
+            if "already exists" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _use_wal(storage: Any) -> None:

@@ -16,7 +16,8 @@ by the ordinary RunConfig fields, so any config the sweeper samples is a valid R
   ``model.path: "standin:die"`` SIGKILLs its own process after step 2 (no outcome, like an OOM kill).
 
 Wall time per step: ``STANDIN_STEP_SECONDS`` (env, default 0.01). ``STANDIN_START_SECONDS`` (env,
-default 0) is slept before the first report, like a model load.
+default 0) is slept before the first report, like a model load. With ``STANDIN_RELEASE_FILE`` set, a
+trial whose ``seed`` is 1 holds before its first step until that file exists (order tests without timing).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def train(config, reporters: Sequence[Any] = ()) -> dict[str, Any]:
     if config.train.eval_at_start:
         last_validation = validate(0)
         stop = reporter.stop_reason()
+    release = os.environ.get("STANDIN_RELEASE_FILE")
+    if release and config.seed == 1:
+        while not os.path.exists(release):
+            time.sleep(0.05)
     while stop is None and step < config.train.steps:
         time.sleep(step_seconds)
         step += 1

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,19 +120,39 @@ def test_failed_trials_record_reason_and_stderr_tail_and_the_study_goes_on(tmp_p
 
 
 def test_slots_are_refilled_the_moment_a_trial_ends(tmp_path):
-    # trial 0 is long (40 steps x 0.1 s); 1, 2, 3 are short: 2 and 3 must start while 0 still runs
+    # trial 0 (seed 1) holds until a release file exists; 1, 2, 3 are short. With P = 2, trials 2 and 3 can
+    # only run if the driver refills the slot of 1 while 0 still runs (a batch barrier would wait for 0).
+    release = tmp_path / "release"
     path = study_file(
-        tmp_path, step_seconds=0.1,
-        base={"train": {"steps": 4, "eval_every": 2}},
-        space={"params": {"train.steps": [40, 4]}},
-        enqueue=[{"train.steps": 40}, {"train.steps": 4}, {"train.steps": 4}, {"train.steps": 4}],
+        tmp_path,
+        space={"params": {"seed": [1, 0]}},
+        enqueue=[{"seed": 1}, {"seed": 0}, {"seed": 0}, {"seed": 0}],
         budget={"n_trials": 4, "max_parallel": 2},
+        executor={"type": "local", "entrypoint": STANDIN, "env": {"STANDIN_RELEASE_FILE": str(release)}},
     )
+    seen_before_release: list[set[int]] = []
+
+    def release_when_short_trials_are_done():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                complete = {t.number for t in trials_of(path) if t.state.name == "COMPLETE"}
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                complete = set()
+            if {1, 2, 3} <= complete:
+                break
+            time.sleep(0.2)
+        seen_before_release.append(complete)
+        release.touch()   # always release, so a failing driver cannot hang the test
+
+    releaser = threading.Thread(target=release_when_short_trials_are_done)
+    releaser.start()
     report = run_study(path, progress=False, log=quiet)
+    releaser.join()
     trials = trials_of(path)
+    assert seen_before_release == [{1, 2, 3}]            # done while trial 0 was still holding its slot
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    long_end = trials[0].datetime_complete
-    assert trials[2].datetime_start < long_end and trials[3].datetime_start < long_end
+    assert trials[0].datetime_complete > max(t.datetime_complete for t in trials[1:])
     # never more than max_parallel in flight
     events = sorted([(t.datetime_start, 1) for t in trials] + [(t.datetime_complete, -1) for t in trials])
     in_flight = peak = 0
