@@ -225,7 +225,8 @@ def summary_markdown(study: optuna.Study, written: Mapping[str, Path], skipped: 
     directions = ", ".join(d.name.lower() for d in study.directions)
     lines = [f"# Study `{study.study_name}`", ""]
     lines.append(f"- Objective: {objective_metric or 'value'} ({directions})")
-    lines.append(f"- Trials: {len(trials)} — " + ", ".join(f"{s} {counts[s]}" for s in STATES if counts.get(s)))
+    by_state = ", ".join(f"{s} {counts[s]}" for s in STATES if counts.get(s))
+    lines.append(f"- Trials: {len(trials)}" + (f" — {by_state}" if by_state else ""))
     best = best_trial(study)
     lines.append("")
     if best is not None:
