@@ -104,10 +104,10 @@ class ClipConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(3e-5, gt=0.0)
+    lr: float = Field(2e-5, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["constant", "warmup_constant", "cosine"] = "warmup_constant"
+    schedule: Literal["constant", "warmup_constant", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr.")
     max_grad_norm: float | None = Field(1.0, gt=0.0)
@@ -115,10 +115,10 @@ class OptimConfig(_Strict):
 
 class TrainConfig(_Strict):
     steps: int = Field(200, gt=0, description="Rollout steps (each: one rollout batch, ppo_epochs x mini_batches updates).")
-    ppo_epochs: int = Field(1, gt=0)
+    ppo_epochs: int = Field(2, gt=0)
     mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
     micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
-    eval_every: int = Field(20, gt=0)
+    eval_every: int = Field(25, gt=0)
     eval_at_start: bool = True
     checkpoint_every: int = Field(50, ge=0, description="0 = only at the end.")
     log_every: int = Field(1, gt=0)
