@@ -88,15 +88,18 @@ class StudyReport:
     rejected: int = 0
     reattached: int = 0
     requeued: int = 0
-    wall_seconds: float = 0.0
-    driver_seconds: float = 0.0                 # time spent in ask/sample/submit/tell (not waiting)
+    wall_seconds: float = 0.0                  # the whole run, setup included
+    loop_seconds: float = 0.0                  # first submission -> last trial told
+    driver_seconds: float = 0.0                # time spent in ask/sample/submit/tell (not waiting)
     slot_busy_seconds: float = 0.0             # sum over trials of submit -> noticed done
     max_parallel: int = 1
-    trial_seconds: list[float] = field(default_factory=list)
+    trial_seconds: list[float] = field(default_factory=list)            # inside the trial process
+    intervals: list[tuple[int, float, float]] = field(default_factory=list)  # (trial, submitted, noticed done)
 
     @property
     def slot_utilization(self) -> float:
-        return self.slot_busy_seconds / (self.max_parallel * self.wall_seconds) if self.wall_seconds else 0.0
+        """Busy slot-time / available slot-time over the loop (1.0 = a slot never waits on the driver)."""
+        return self.slot_busy_seconds / (self.max_parallel * self.loop_seconds) if self.loop_seconds else 0.0
 
 
 def _counts_as_budget(trial: Any) -> bool:
@@ -241,6 +244,7 @@ class Driver:
 
     def _loop(self, started: float, already: int) -> None:
         launched_here = 0
+        loop_start = None
         deadline = started + self.timeout if self.timeout else math.inf
         while True:
             t0 = time.perf_counter()
@@ -255,6 +259,8 @@ class Driver:
                 if self.spec.executor.type == "debug":
                     break  # it already ran: reap it before the next one
             self.report.driver_seconds += time.perf_counter() - t0
+            if loop_start is None and self.in_flight:
+                loop_start = min(f.submitted for f in self.in_flight)
             if not self.in_flight:
                 break
             done = [f for f in self.in_flight if f.job.done()]
@@ -268,6 +274,7 @@ class Driver:
                 self.in_flight.remove(flight)
                 self._finish(flight)
             self.report.driver_seconds += time.perf_counter() - t1
+            self.report.loop_seconds = time.time() - loop_start
 
     # ------------------------------------------------------------------ launch
 
@@ -334,6 +341,7 @@ class Driver:
 
         now = time.time()
         self.report.slot_busy_seconds += now - flight.submitted
+        self.report.intervals.append((flight.number, flight.submitted, now))
         outcome = read_outcome(flight.trial_dir)
         if outcome is None:
             outcome = {

@@ -267,3 +267,24 @@ def test_dry_run_samples_configs_without_touching_storage(tmp_path):
     assert result.stdout.count("\ntrial ") == 4 and "entropy.method" in result.stdout
     assert "cpu / 0 gpu per trial" in result.stdout
     assert not (tmp_path / "studies").exists()
+
+
+def test_ctrl_c_cancels_trials_in_flight_and_a_rerun_requeues_them(tmp_path):
+    path = study_file(tmp_path, step_seconds=0.15, base={"train": {"steps": 40, "eval_every": 2}},
+                      budget={"n_trials": 3, "max_parallel": 2})
+    driver = _start_driver(path)
+    in_flight = _wait_for_running(path, 2, driver)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=60) == 130
+    after_interrupt = {t.number: t for t in trials_of(path)}
+    for t in in_flight:
+        stopped = after_interrupt[t.number]
+        assert stopped.state.name == "FAIL" and stopped.user_attrs["lost"] is True
+        assert "cancelled: the driver was interrupted" in stopped.user_attrs["fail_reason"]
+    assert not (path.parent / "studies" / "s" / "driver.lock").exists()
+    report = run_study(path, progress=False, log=quiet)
+    trials = trials_of(path)
+    counted = [t for t in trials if not t.user_attrs.get("lost")]
+    assert len(counted) == 3 and all(t.state.name == "COMPLETE" for t in counted)
+    assert {t.user_attrs.get("requeued_from") for t in counted} >= {t.number for t in in_flight}
+    assert report.reattached == 0
