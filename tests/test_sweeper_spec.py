@@ -185,3 +185,20 @@ def test_include_cycle_is_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("include: a.yaml\nparams: {}\n")
     with pytest.raises(SpecError, match="includes itself"):
         load_spec(minimal(space={"include": "a.yaml"}), base_dir=tmp_path)
+
+
+def test_the_sweeper_never_imports_torch(tmp_path):
+    """A login node without torch can validate, run (drive), report and export: only the trial process
+    (sweeper.trial, inside run_trial) and `sweeper train` import the trainer."""
+    code = (
+        "import importlib, pkgutil, sys, sweeper\n"
+        "for m in pkgutil.iter_modules(sweeper.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('sweeper.' + m.name)\n"
+        "from sweeper.cli import main\n"
+        f"main(['validate', {str(write(tmp_path, minimal(space={'include': 'builtin:all_methods'})))!r}])\n"
+        "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers', 'accelerate'))\n"
+        "trainer = sorted(k for k in sys.modules if k.startswith('trainers.') and k not in ('trainers.config', 'trainers.reporting'))\n"
+        "assert not heavy and not trainer, (heavy, trainer)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
