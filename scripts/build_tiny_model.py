@@ -17,7 +17,7 @@ leaving RL room to improve it (and entropy to collapse).
 - At the end: pass@1 / pass@8 (unbiased, n=8, temperature 1.0) on the validation problems of the default
   task (and per level), written with the recipe to ``build_info.json``.
 
-Run (about 5-10 minutes on 2 CPU cores)::
+Run (600 steps of batch 256: about 6 minutes on 2 idle CPU cores, longer on a shared machine)::
 
     .venv/bin/python scripts/build_tiny_model.py            # writes trainers/assets/tiny-arith
     .venv/bin/python scripts/build_tiny_model.py --steps 20 --out /tmp/tiny   # a quick trial build
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task-seed", type=int, default=SyntheticTaskConfig().seed, help="seed of the train/validation split")
     parser.add_argument("--levels", default="1,2,3", help="task levels trained on")
     parser.add_argument("--eval-levels", default=",".join(map(str, SyntheticTaskConfig().levels)), help="levels of the reported pass@k")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=20)
