@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.config import resolve_model_path
+from trainers.config import SyntheticTaskConfig, resolve_model_path
 from trainers.data import synthetic_problems
-from trainers.config import SyntheticTaskConfig
 from trainers.evaluation import mean_pass_at_k
 from trainers.rewards import get_reward
 
