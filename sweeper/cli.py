@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, ConfigError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `sweeper status study.yaml | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
