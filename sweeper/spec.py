@@ -5,7 +5,8 @@ sampler, the pruner (with entropy-health rules), the budget, the executor and th
 
     study:
       name: siren-vs-steer            # also names the folder studies/<name> and the MLflow experiment
-      storage: null                   # default sqlite:///<study dir>/optuna.db; journal:///abs/path.log;
+      storage: null                   # default sqlite:///<study dir>/optuna.db (slurm: journal:///<study dir>/optuna.journal);
+                                      # journal:///abs/path.log;
                                       # any SQLAlchemy URL (postgresql://user@host/db)
       dir: null                       # default studies/<name>, next to this file
     objective:                        # or a list of them (multi-objective)
@@ -39,6 +40,8 @@ sampler, the pruner (with entropy-health rules), the budget, the executor and th
     executor:
       type: local                     # local (submitit, default) | debug (in-process) | slurm
       resources: {cpus_per_trial: 1, gpus_per_trial: 0, timeout_min: 240}
+      # slurm: profile: local-test (slurm/profiles/) plus partition, account, qos, time_limit_min, nodes,
+      # tasks_per_node, gpus_per_node, cpus_per_task, mem_gb, constraint, job_name, setup, python, ...
     tracking: {enabled: true, uri: null, experiment: null}
 
 Every relative path in a study file (``base``, ``include``, ``study.dir``, a relative
@@ -690,6 +693,11 @@ class _ExecutorBase(_Spec):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the trial process.")
+    on_interrupt: Literal["cancel", "detach"] = Field(
+        "cancel",
+        description="Ctrl-C on the driver: cancel the trials in flight (re-queued by the next run), or detach "
+        "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
+    )
 
     @field_validator("entrypoint")
     @classmethod
@@ -720,25 +728,48 @@ class DebugExecutorSpec(_ExecutorBase):
     type: Literal["debug"]
 
 
+SLURM_PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+SLURM_PROFILE_FIELDS = (
+    "partition", "account", "qos", "time_limit_min", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
+    "mem_gb", "constraint", "job_name", "additional_parameters", "setup", "python",
+)
+
+
 class SlurmExecutorSpec(_ExecutorBase):
-    """Slurm through submitit. Placeholder fields; the Slurm issue (6) owns their meaning."""
+    """Each trial is one Slurm job, submitted with submitit (docs/sweeper.md, slurm/README.md).
+
+    ``profile`` names a preset of these fields (``slurm/profiles/<name>.yaml``, or a YAML path relative
+    to the study file); fields given in the spec replace the profile's (``additional_parameters`` is
+    merged key by key). ``resources`` is not used: the Slurm fields say it per task and per node."""
 
     type: Literal["slurm"]
-    profile: str | None = Field(None, description="A cluster preset in slurm/ (issue 6).")
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int | None = Field(None, gt=0)
-    nodes: int = Field(1, gt=0)
-    tasks_per_node: int = Field(1, gt=0)
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int | None = Field(None, gt=0)
-    mem_gb: float | None = Field(None, gt=0)
-    constraint: str | None = None
-    job_name: str | None = None
-    additional_parameters: dict[str, Any] = Field(default_factory=dict)
-    setup: list[str] = Field(default_factory=list)
-    python: str | None = None
+    profile: str | None = Field(None, description="A preset of the fields below: local-test, gpu-a100, multi-node (slurm/profiles/) or a YAML path.")
+    partition: str | None = Field(None, description="Slurm partition (None: the cluster's default partition).")
+    account: str | None = Field(None, description="Account to charge (--account).")
+    qos: str | None = Field(None, description="Quality of service (--qos).")
+    time_limit_min: int = Field(240, gt=0, description="Wall-clock limit of each job, minutes; every job gets one, and a requeued trial gets it again.")
+    nodes: int = Field(1, gt=0, description="Nodes per trial.")
+    tasks_per_node: int = Field(1, gt=0, description="Processes per node; more than one task in all = a data-parallel trial (one rank per task).")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (--gpus-per-node).")
+    cpus_per_task: int = Field(1, gt=0, description="CPUs per task; also the trial's OMP_NUM_THREADS.")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per node, GB (None: the partition's default).")
+    constraint: str | None = Field(None, description="Node features (--constraint).")
+    job_name: str | None = Field(None, description="Slurm job name of every trial (None: <study name>-<trial number>).")
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch options: #SBATCH --key=value (true: --key).")
+    setup: list[str] = Field(default_factory=list, description="Shell lines of the batch script before the trial (module load, source venv/bin/activate, exports).")
+    python: str | None = Field(None, description="Interpreter on the nodes (shell variables expand there); None: the driver's sys.executable.")
+    signal_delay_s: int = Field(90, gt=0, description="USR2 this many seconds before the time limit: the trial checkpoints and is requeued.")
+    max_requeues: int = Field(3, ge=0, description="Times a trial that reaches its time limit is requeued from its checkpoint (submitit's max_num_timeout).")
+    state_poll_s: float = Field(10.0, gt=0, description="Seconds between sacct queries for jobs that end without a result (killed, cancelled).")
+
+    @model_validator(mode="after")
+    def _no_resources(self) -> "SlurmExecutorSpec":
+        if "resources" in self.model_fields_set:
+            raise ValueError(
+                "resources is not used by type slurm: set cpus_per_task, gpus_per_node, mem_gb and "
+                "time_limit_min (or name a profile) instead"
+            )
+        return self
 
 
 ExecutorSpec = Annotated[Union[LocalExecutorSpec, DebugExecutorSpec, SlurmExecutorSpec], Field(discriminator="type")]
@@ -942,6 +973,10 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
         problems += [line if line.startswith("  ") else f"  {line}" for line in str(error).splitlines()]
         base, base_source = RunConfig().model_dump(mode="json"), None
     raw["base"] = base
+    try:
+        raw = _apply_slurm_profile(raw, folder)
+    except SpecError as error:
+        problems.append(f"  {error}")
     raw = _resolve_paths(raw, folder)
 
     try:
@@ -953,7 +988,12 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
 
     study_dir = Path(spec.study.dir) if spec.study.dir else folder / "studies" / spec.study.name
     study_dir = study_dir.resolve()
-    storage = spec.study.storage or f"sqlite:///{study_dir / 'optuna.db'}"
+    if spec.study.storage:
+        storage = spec.study.storage
+    elif spec.executor.type == "slurm":  # trials on other nodes write to it: a file that needs no locking server
+        storage = f"journal://{study_dir / 'optuna.journal'}"
+    else:
+        storage = f"sqlite:///{study_dir / 'optuna.db'}"
     tracking = spec.tracking.model_copy(
         update={
             "uri": spec.tracking.uri or f"sqlite:///{study_dir / 'mlflow.db'}",
@@ -1052,6 +1092,36 @@ def _load_base(base: Any, folder: Path) -> tuple[dict[str, Any], str | None]:
         raise SpecError(lines) from None
     # the full config with defaults: `when` conditions and constraints read values the user left out
     return config.model_dump(mode="json"), source
+
+
+def resolve_slurm_profile(profile: str, folder: Path) -> Path:
+    """A profile name (``slurm/profiles/<name>.yaml``) or a YAML path relative to ``folder``."""
+    path = Path(profile).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in profile:
+        return path if path.is_absolute() else (folder / path).resolve()
+    return SLURM_PROFILES_DIR / f"{profile}.yaml"
+
+
+def _apply_slurm_profile(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """executor.profile -> the profile's fields under the spec's own (``additional_parameters`` merged by key)."""
+    executor = raw.get("executor")
+    if not isinstance(executor, dict) or executor.get("type") != "slurm" or not isinstance(executor.get("profile"), str):
+        return raw
+    path = resolve_slurm_profile(executor["profile"], folder)
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in SLURM_PROFILES_DIR.glob("*.yaml")))
+        raise SpecError(f"executor.profile: {executor['profile']!r}: no file {path}; shipped profiles: {shipped}, or give a YAML path")
+    profile = read_yaml(path, "executor.profile:")
+    if not isinstance(profile, dict):
+        raise SpecError(f"executor.profile: {path} must be a mapping of {', '.join(SLURM_PROFILE_FIELDS)}")
+    unknown = sorted(set(profile) - set(SLURM_PROFILE_FIELDS))
+    if unknown:
+        raise SpecError(f"executor.profile: {path} has unknown key(s) {unknown}; accepted: {', '.join(SLURM_PROFILE_FIELDS)}")
+    merged = {**profile, **executor}
+    if isinstance(profile.get("additional_parameters"), dict) and isinstance(executor.get("additional_parameters"), dict):
+        merged["additional_parameters"] = {**profile["additional_parameters"], **executor["additional_parameters"]}
+    raw["executor"] = merged
+    return raw
 
 
 def _resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:

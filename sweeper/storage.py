@@ -7,15 +7,29 @@
 * ``journal:///abs/path.log``: Optuna's journal storage on a file (JournalFileBackend, with its
   open-lock) -- for shared filesystems where SQLite locking is unreliable.
 * any other SQLAlchemy URL (``postgresql://user@host/db``): an RDB storage.
+
+Preflight for studies whose trials run on other machines (Slurm): :func:`check_cluster_storage`
+refuses a SQLite file on a network filesystem (NFS, CIFS/SMB, Lustre, GPFS, BeeGFS, CephFS, ...;
+found from the path's longest mount point in ``/proc/mounts``): SQLite's locking is unreliable there
+and concurrent writers from several nodes corrupt the database. The message names the alternatives.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 JOURNAL_PREFIX = "journal://"
+SQLITE_PREFIX = "sqlite:///"
+PROC_MOUNTS = "/proc/mounts"
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "ncpfs", "afs", "coda", "9p", "lustre", "gpfs", "mmfs",
+    "beegfs", "fhgfs", "ceph", "cephfs", "glusterfs", "panfs", "pvfs2", "orangefs", "ocfs2", "gfs2", "wekafs",
+    "quobyte", "sshfs", "s3fs", "gcsfuse", "juicefs", "davfs", "virtiofs", "vboxsf", "vmhgfs", "cvmfs",
+})
 
 
 def make_storage(url: str, *, worker: bool = False) -> Any:
@@ -82,3 +96,76 @@ def load_existing_study(storage_url: str, study_name: str, *, pruner: Any = None
     if study_name not in names:
         return None
     return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner, sampler=sampler)
+
+
+# --------------------------------------------------------------------------- preflight for cluster studies
+
+
+def _unescape_mount_field(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash in paths as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mounts(mounts_text: str) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of each line of a /proc/mounts-format text."""
+    mounts = []
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            mounts.append((_unescape_mount_field(fields[1]), fields[2]))
+    return mounts
+
+
+def filesystem_type(path: str | Path, mounts_text: str | None = None) -> str | None:
+    """The filesystem type holding ``path`` (which need not exist yet): the type of its longest mount
+    point in ``mounts_text`` (default: this machine's /proc/mounts; the last mount of a point wins)."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path(PROC_MOUNTS).read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(os.path.abspath(os.fspath(path)))
+    best: tuple[int, str] | None = None
+    for mount_point, fstype in parse_mounts(mounts_text):
+        point = mount_point.rstrip("/") or "/"
+        inside = target == point or target.startswith(point + "/") or point == "/"
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fstype)
+    return best[1] if best else None
+
+
+def is_network_filesystem(fstype: str | None) -> bool:
+    """True for network and cluster filesystems (``fuse.sshfs``, ``nfs4``, ``lustre``, ...)."""
+    if not fstype:
+        return False
+    name = fstype.lower().removeprefix("fuse.").removeprefix("fuseblk.")
+    return name in NETWORK_FILESYSTEMS or name.startswith(("nfs", "ceph", "gluster", "smb"))
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other URLs and in-memory databases)."""
+    if not url.startswith(SQLITE_PREFIX):
+        return None
+    db = url[len(SQLITE_PREFIX):].split("?", 1)[0]
+    return Path(db) if db and db != ":memory:" else None
+
+
+def check_cluster_storage(storage_url: str, *, field: str = "study.storage", mounts_text: str | None = None) -> None:
+    """Refuse a SQLite storage on a network filesystem for a study whose trials run on other nodes.
+
+    Raises ``SpecError`` naming ``field``, the file, its filesystem type and the alternatives."""
+    db = sqlite_file(storage_url)
+    if db is None:
+        return
+    fstype = filesystem_type(db, mounts_text)
+    if not is_network_filesystem(fstype):
+        return
+    from .spec import SpecError
+
+    journal = db.with_suffix(".journal")
+    raise SpecError(
+        f"{field}: {storage_url} is a SQLite file on a network filesystem ({fstype}); trials on other nodes "
+        f"write to it at once and SQLite locking is not reliable there (the database can be corrupted). Use "
+        f"Optuna's journal file storage on the shared path (storage: journal://{journal}; the default for "
+        f"executor type slurm when storage is not set), or a database server (storage: postgresql://user:password@host/db)"
+    )
