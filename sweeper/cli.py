@@ -76,6 +76,11 @@ def describe_spec(spec: Any) -> list[str]:
     e = spec.executor
     r = e.resources
     executor = f"{e.type}: {e.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, time limit {r.timeout_min:g} min"
+    if e.type == "slurm":
+        where = ", ".join(f"{k} {getattr(e, k)}" for k in ("partition", "account", "qos", "constraint") if getattr(e, k))
+        executor = (f"slurm{f' (profile {e.profile})' if e.profile else ''}: {e.entrypoint}, {where or 'default partition'}, "
+                    f"{e.nodes} node(s) x {e.tasks_per_node} task(s) x {e.cpus_per_task} cpu, {e.gpus_per_node} gpu/node, "
+                    f"{f'{e.mem_gb:g} GB/node, ' if e.mem_gb else ''}time limit {e.time_limit_min} min")
     t = spec.tracking
     tracking = f"MLflow {t.uri}, experiment {t.experiment}" if t.enabled else "off"
     return [
@@ -104,7 +109,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, help="override budget.max_parallel")
     p.add_argument("--timeout", help="override budget.timeout (seconds, or 30m, 2h)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished trial)")
-    p.add_argument("--detach", action="store_true", help="on Ctrl-C leave running trials running (a re-run re-attaches); default: cancel and re-queue them")
+    p.add_argument("--detach", action="store_true", help="on Ctrl-C leave running trials running (a re-run re-attaches); default: executor.on_interrupt (cancel and re-queue them)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = run_study(
             spec, n_trials=args.n_trials, max_parallel=args.max_parallel, timeout=timeout,
-            progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else "cancel",
+            progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else None,
         )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

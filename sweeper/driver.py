@@ -156,7 +156,7 @@ class Driver:
         timeout: float | None = None,
         progress: bool | None = None,
         poll_interval: float = 0.05,
-        on_interrupt: str = "cancel",
+        on_interrupt: str | None = None,
         refresh_interval: float = 5.0,
         log: Callable[[str], None] | None = None,
     ):
@@ -173,6 +173,7 @@ class Driver:
         self.timeout = timeout if timeout is not None else spec.budget.timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.poll_interval = poll_interval
+        on_interrupt = on_interrupt or spec.executor.on_interrupt
         if on_interrupt not in ("cancel", "detach"):
             raise ValueError(f"on_interrupt must be 'cancel' or 'detach', got {on_interrupt!r}")
         self.on_interrupt = on_interrupt
@@ -219,6 +220,7 @@ class Driver:
         self.study_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
+            preflight(self.spec)
             self.study, self.storage = open_study(self.spec, create=True, max_parallel=self.max_parallel)
             self.executor = make_executor(self.spec.executor)
             self.report = StudyReport(self.spec.study.name, str(self.study_dir), self.spec.study.storage, {}, max_parallel=self.max_parallel)
@@ -344,10 +346,10 @@ class Driver:
         self.report.intervals.append((flight.number, flight.submitted, now))
         outcome = read_outcome(flight.trial_dir)
         if outcome is None:
-            outcome = {
-                "state": "FAIL",
-                "fail_reason": "the trial process ended without an outcome (killed, out of memory, or past its time limit?)",
-            }
+            reason = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
+            if hasattr(flight.job, "end_reason"):  # Slurm: the job's state from sacct
+                reason = flight.job.end_reason()
+            outcome = {"state": "FAIL", "fail_reason": reason}
         state = outcome.get("state", "FAIL")
         attrs: dict[str, Any] = {}
         stderr_tail = None
@@ -417,7 +419,7 @@ class Driver:
                     job_id = _find_local_job_id(trial_dir)
                 if job_id is not None:
                     job = self.executor.reattach(str(job_id), trial_dir)
-            if job is not None and (not job.done() or read_outcome(trial_dir) is not None):
+            if job is not None and (getattr(job, "outlives_driver", False) or not job.done() or read_outcome(trial_dir) is not None):
                 self.in_flight.append(InFlight(trial.number, trial._trial_id, job, trial_dir, time.time(), reattached=True))
                 self.report.reattached += 1
                 self.log(f"trial {trial.number}: re-attached to job {job.job_id}")
@@ -577,6 +579,24 @@ class Driver:
             warnings.warn(f"could not end the study's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
 
 
+def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
+    """Checks before a study whose trials run on other machines (executor slurm): the Optuna storage
+    must not be a SQLite file on a network filesystem (SpecError naming the alternatives); a SQLite
+    MLflow store there only warns (tracking never stops a study)."""
+    if spec.executor.type != "slurm":
+        return
+    from .storage import check_cluster_storage, filesystem_type, is_network_filesystem, sqlite_file
+
+    check_cluster_storage(spec.study.storage, field="study.storage", mounts_text=mounts_text)
+    db = sqlite_file(spec.tracking.uri or "") if spec.tracking.enabled else None
+    if db is not None and is_network_filesystem(fstype := filesystem_type(db, mounts_text)):
+        warnings.warn(
+            f"tracking.uri: {spec.tracking.uri} is a SQLite file on a network filesystem ({fstype}); trials on "
+            f"several nodes writing to it may corrupt it: prefer an MLflow server (tracking.uri: http://host:5000)",
+            stacklevel=2,
+        )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -604,7 +624,7 @@ def run_study(
     max_parallel: int | None = None,
     timeout: float | None = None,
     progress: bool | None = None,
-    on_interrupt: str = "cancel",
+    on_interrupt: str | None = None,
     poll_interval: float = 0.05,
     log: Callable[[str], None] | None = None,
 ) -> StudyReport:

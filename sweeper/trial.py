@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -45,7 +46,10 @@ from .pruning import Verdict, build_pruner, first_verdict, health_rules
 TICKET_FILE = "trial.json"
 CONFIG_FILE = "config.yaml"
 OUTCOME_FILE = "outcome.json"
+METRICS_FILE = "metrics.jsonl"  # the trainer's metrics stream in its output_dir
 STOP_PREFIX = "pruned:"
+PREEMPTED = "preempted"  # = trainers.reporting.PREEMPTED: the trainer saves a checkpoint, then stops
+DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass
@@ -134,11 +138,38 @@ class TrialReporter:
         self.verdict_step: int | None = None
         self.last_step = 0
         self.summary: Mapping[str, Any] | None = None
+        self.num_processes = 1
+        self.resumed_from_step = 0
         self._storage_warned = False
 
     # ---- Reporter hooks
     def on_start(self, run_info: Mapping[str, Any]) -> None:
         self.last_step = int(run_info.get("resumed_from_step") or 0)
+        self.resumed_from_step = self.last_step
+        self.num_processes = int(run_info.get("num_processes") or 1)
+        if self.last_step and run_info.get("output_dir"):
+            self._replay(Path(run_info["output_dir"]) / METRICS_FILE, self.last_step)
+
+    def _replay(self, metrics_file: Path, up_to_step: int) -> None:
+        """A resumed run (requeued job) continues this trial: rebuild the metric histories and the
+        objective's validation values from the run's metrics.jsonl (the trainer has cut it at the
+        checkpoint's step), so health rules and aggregation see the whole trial. Optuna already holds
+        the intermediate values of those steps: nothing is reported again."""
+        from trainers.reporting import read_metrics
+
+        if not metrics_file.exists():
+            return
+        for record in read_metrics(metrics_file):
+            step = int(record.get("step", 0))
+            if step > up_to_step:
+                continue
+            metrics = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
+            self._record(metrics)
+            if record.get("kind") == "val":
+                self.objective_steps.append(step)
+                for i, objective in enumerate(self.objectives):
+                    value = metrics.get(objective["metric"])
+                    self.objective_values[i].append(float(value) if value is not None else math.nan)
 
     def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.last_step = step
@@ -148,6 +179,13 @@ class TrialReporter:
     def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
         self.last_step = step
         self._record(metrics)
+        if step == 0:
+            # The untrained base model: the same score for every trial, so it says nothing about the trial's
+            # config. Reported, it would be every trial's best value on a collapsing curve, and Optuna's
+            # median/percentile pruners (which compare a trial's best-so-far) could never prune. It still
+            # feeds the health rules above (their initial entropy).
+            self._judge(step)
+            return
         self.objective_steps.append(step)
         for i, objective in enumerate(self.objectives):
             value = metrics.get(objective["metric"])
@@ -199,6 +237,8 @@ class TrialReporter:
             "step": (summary or {}).get("step", self.last_step),
             "objective_history": {o["metric"]: list(zip(self.objective_steps, v)) for o, v in zip(self.objectives, self.objective_values)},
             "summary": _jsonable(summary or {}),
+            "num_processes": self.num_processes,        # data-parallel ranks of the training run
+            "resumed_from_step": self.resumed_from_step,  # > 0: this run continued a preempted job
         }
         if self.verdict is not None:
             partial = [aggregate(v, o) for o, v in zip(self.objectives, self.objective_values)]
@@ -257,13 +297,19 @@ def _job_environment() -> tuple[str | None, dict[str, str]]:
         return None, {}
 
 
-def run_trial(trial_dir: str | Path) -> dict[str, Any]:
+def run_trial(trial_dir: str | Path, preemption: threading.Event | None = None) -> dict[str, Any]:
     """Run one trial from its folder; write and return its outcome. Exceptions are recorded in
-    ``outcome.json`` (state FAIL with the traceback) and re-raised."""
+    ``outcome.json`` (state FAIL with the traceback) and re-raised.
+
+    ``preemption`` (set by :class:`CheckpointableTrial` on Slurm's checkpoint signal) makes the
+    trainer save a checkpoint and stop; the trial is then *not* over: nothing is written and
+    ``{"state": "PREEMPTED", "step": N}`` is returned, the requeued job resumes it."""
     trial_dir = Path(trial_dir)
     started = time.time()
     try:
-        outcome = _run(trial_dir)
+        outcome = _run(trial_dir, preemption)
+        if outcome.get("state") == "PREEMPTED":
+            return outcome
     except BaseException as error:
         outcome = {
             "state": "FAIL",
@@ -278,7 +324,7 @@ def run_trial(trial_dir: str | Path) -> dict[str, Any]:
     return outcome
 
 
-def _run(trial_dir: Path) -> dict[str, Any]:
+def _run(trial_dir: Path, preemption: threading.Event | None = None) -> dict[str, Any]:
     import optuna
     from pydantic import TypeAdapter
 
@@ -321,11 +367,16 @@ def _run(trial_dir: Path) -> dict[str, Any]:
     if ticket.tracking.get("enabled"):
         tracker = _trial_tracker(ticket, trial, config, job_id, log_paths, frozen.user_attrs.get("mlflow_run_id"))
         if tracker is not None:
-            reporters.insert(0, tracker)
+            reporters.insert(0, _OpenAcrossPreemption(tracker))
+    if preemption is not None:
+        reporters.append(PreemptionReporter(preemption))  # after the TrialReporter: a prune verdict wins
     reporters.append(ConsoleReporter(every=max(1, config.train.steps // 20)))
 
     print(f"[sweeper] trial {ticket.trial_number} of study {ticket.study_name}: {json.dumps(ticket.sampled, default=str)}", flush=True)
     summary = train(config, reporters)
+    if summary.get("stop_reason") == PREEMPTED:
+        print(f"[sweeper] trial {ticket.trial_number} preempted at step {summary.get('step')}: checkpoint saved, the job is requeued", flush=True)
+        return {"state": "PREEMPTED", "step": summary.get("step")}
     outcome = reporter.outcome(summary)
     print(f"[sweeper] trial {ticket.trial_number} {outcome['state']} at step {outcome.get('step')}", flush=True)
     return outcome
@@ -355,3 +406,152 @@ def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | N
         warnings.warn(f"MLflow tracking is off for this trial: {type(error).__name__}: {error}")
         return None
 
+
+
+# --------------------------------------------------------------------------- preemption (Slurm)
+
+
+class PreemptionReporter:
+    """Asks the trainer to checkpoint and stop once ``event`` is set (duck-typed Reporter)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_start(self, run_info: Mapping[str, Any]) -> None:
+        pass
+
+    def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def stop_reason(self) -> str | None:
+        return PREEMPTED if self.event.is_set() else None
+
+    def on_end(self, summary: Mapping[str, Any]) -> None:
+        pass
+
+
+class _OpenAcrossPreemption:
+    """The MLflow reporter, except that a preemption stop does not end the run: its metrics are
+    flushed and the run stays RUNNING for the requeued job, which re-opens it by run id."""
+
+    def __init__(self, tracker: Any):
+        self.tracker = tracker
+        self.run_id = getattr(tracker, "run_id", None)
+
+    def on_start(self, run_info: Mapping[str, Any]) -> None:
+        self.tracker.on_start(run_info)
+
+    def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.tracker.on_train_step(step, metrics)
+
+    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.tracker.on_validation(step, metrics)
+
+    def stop_reason(self) -> str | None:
+        return self.tracker.stop_reason()
+
+    def on_end(self, summary: Mapping[str, Any]) -> None:
+        if summary.get("stop_reason") == PREEMPTED:
+            summary = {"status": "preempted", "step": summary.get("step"), "stop_reason": None}  # flush, keep RUNNING
+        self.tracker.on_end(summary)
+
+
+def export_distributed_environment() -> tuple[int, int]:
+    """In a Slurm job with several tasks: export RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+    MASTER_ADDR and a per-job MASTER_PORT (submitit's TorchDistributedEnvironment; values inherited
+    from the submitting shell are dropped first, or two jobs on one node would share a port).
+    Returns (rank, world size); (0, 1) for a single-task job, which exports nothing."""
+    import submitit
+
+    job_env = submitit.JobEnvironment()
+    if job_env.num_tasks <= 1:
+        return 0, 1
+    for name in DISTRIBUTED_VARIABLES:
+        os.environ.pop(name, None)
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return dist_env.rank, dist_env.world_size
+
+
+def run_secondary_rank(trial_dir: str | Path) -> dict[str, Any]:
+    """Rank > 0 of a data-parallel trial: the same trainer on the same config, no reporters (the trainer
+    reports from rank 0 only and broadcasts rank 0's stop reason, so every rank stops together)."""
+    from trainers.config import load_config
+
+    trial_dir = Path(trial_dir)
+    ticket = TrialTicket.read(trial_dir)
+    config = load_config(trial_dir / CONFIG_FILE)
+    summary = load_entrypoint(ticket.entrypoint)(config, [])
+    return {"rank": int(os.environ.get("RANK", "0")), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "state": "PREEMPTED" if summary.get("stop_reason") == PREEMPTED else "DONE", "step": summary.get("step")}
+
+
+class CheckpointableTrial:
+    """The function a trial's Slurm job runs: ``CheckpointableTrial()(trial_dir)``.
+
+    A submitit *checkpointable* callable (it has ``checkpoint``, which is what submitit looks for;
+    see ``submitit.helpers.Checkpointable``). Rank 0 runs :func:`run_trial` in a worker thread, so that
+    the main thread is free for signals. On the checkpoint signal (USR2: preemption, or
+    ``signal_delay_s`` before the time limit) submitit calls :meth:`checkpoint` in the main thread: it
+    sets the preemption flag, the trainer saves ``output_dir/checkpoint`` at the end of its current
+    step and stops (all ranks together), and the method returns this callable for submitit to pickle
+    and requeue. The requeued job calls it again on the same folder: the trainer resumes from the
+    checkpoint, ``run_trial`` re-opens the same Optuna trial (still RUNNING: nobody told it) and the
+    same MLflow run (its id is a user attr of the trial). If the trial ended meanwhile (completed,
+    pruned, failed), ``checkpoint`` returns None and the job is not requeued.
+
+    With several tasks (``nodes * tasks_per_node > 1``) every task exports the torch.distributed
+    variables first; ranks > 0 run :func:`run_secondary_rank`.
+    """
+
+    def __init__(self, checkpoint_wait_s: float = 75.0):
+        self.checkpoint_wait_s = float(checkpoint_wait_s)
+        self.preemptions = 0
+        self._runtime: dict[str, Any] | None = None  # this process only: worker thread, flag, result
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"checkpoint_wait_s": self.checkpoint_wait_s, "preemptions": self.preemptions}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runtime = None
+
+    def __call__(self, trial_dir: str) -> dict[str, Any]:
+        rank, world = export_distributed_environment()
+        if rank != 0:
+            return run_secondary_rank(trial_dir)
+        runtime: dict[str, Any] = {"flag": threading.Event()}
+
+        def work() -> None:
+            try:
+                runtime["result"] = run_trial(trial_dir, preemption=runtime["flag"])
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+                runtime["error"] = error
+
+        runtime["thread"] = threading.Thread(target=work, name="trial", daemon=True)
+        self._runtime = runtime
+        runtime["thread"].start()
+        while runtime["thread"].is_alive():
+            runtime["thread"].join(0.5)  # the main thread wakes up for signals (submitit's checkpoint)
+        if "error" in runtime:
+            raise runtime["error"]
+        return runtime["result"]
+
+    def checkpoint(self, trial_dir: str) -> Any:
+        """Called by submitit in the signal handler: stop the trainer with a checkpoint; then requeue
+        (return a DelayedSubmission of this callable) unless the trial has ended by itself."""
+        import submitit
+
+        runtime = self._runtime
+        if runtime is not None:
+            runtime["flag"].set()
+            print(f"[sweeper] checkpoint signal: saving a checkpoint of {trial_dir} (waiting up to {self.checkpoint_wait_s:.0f} s)", flush=True)
+            runtime["thread"].join(self.checkpoint_wait_s)
+            if not runtime["thread"].is_alive() and (runtime.get("result") or {}).get("state") != "PREEMPTED":
+                return None  # it completed, was pruned or failed meanwhile: its outcome is written, no requeue
+            if runtime["thread"].is_alive():
+                print("[sweeper] the trainer did not stop in time: the requeued job resumes from its last checkpoint", flush=True)
+        self.preemptions += 1
+        return submitit.helpers.DelayedSubmission(self, trial_dir)  # pickled without its runtime
