@@ -165,7 +165,7 @@ class TrialReporter:
                 continue
             metrics = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
             self._record(metrics)
-            if record.get("kind") == "val":
+            if record.get("kind") == "val" and step > 0:  # step 0 is not an objective value (see on_validation)
                 self.objective_steps.append(step)
                 for i, objective in enumerate(self.objectives):
                     value = metrics.get(objective["metric"])
