@@ -407,8 +407,12 @@ class SlurmTrialJob:
         state = info.get("State") or self.job.watcher.get_state(self.job_id, mode="cache")
         word = (state.split() or ["UNKNOWN"])[0].upper()
         hint = SLURM_STATE_HINTS.get(word, "ended")
-        details = ", ".join(f"{label} {info[key]}" for label, key in (("exit code", "ExitCode"), ("ran", "Elapsed"),
-                            ("of", "Timelimit"), ("on", "NodeList")) if info.get(key))
+        details = [f"exit code {info['ExitCode']}"] if info.get("ExitCode") else []
+        if info.get("Elapsed"):
+            details.append(f"ran {info['Elapsed']}" + (f" of {info['Timelimit']}" if info.get("Timelimit") else ""))
+        if info.get("NodeList") and info["NodeList"] != "None assigned":
+            details.append(f"on {info['NodeList']}")
+        details = ", ".join(details)
         return f"Slurm job {self.job_id} {state}: {hint}, without writing an outcome" + (f" ({details})" if details else "")
 
     def failure_text(self) -> str:
