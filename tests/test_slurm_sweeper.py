@@ -8,9 +8,11 @@ model (a few steps) or, where a trial must run long or be steered, the stand-in 
 Covered: a 4-trial study completes with its results in storage and MLflow; a trial whose job is
 scancel'ed ends FAIL with the Slurm state as reason and the study goes on; a preempted trial (submitit's
 own signal sequence) checkpoints, is requeued and resumes from the checkpoint in the same Optuna trial
-and MLflow run; a 2-task trial trains data-parallel; a driver killed with SIGKILL mid-study re-attaches
-on re-run and loses nothing; Ctrl-C cancels the study's jobs; the storage preflight refuses SQLite on a
-network filesystem (fed a /proc/mounts-format line, which tests our parser); profiles and spec fields.
+and MLflow run (a 2-task trial: both ranks stop, checkpoint and resume together); a 2-task trial trains
+data-parallel; a driver killed with SIGKILL mid-study re-attaches on re-run and loses nothing; Ctrl-C
+cancels the study's jobs, or leaves them running with on_interrupt: detach; the storage preflight
+refuses SQLite on a network filesystem (fed a /proc/mounts-format line, which tests our parser);
+profiles and spec fields.
 
 Waits have deadlines only so that a broken cluster fails a test instead of hanging it; nothing asserts
 how long anything took.
@@ -288,7 +290,9 @@ def test_cancelled_job_fails_with_the_slurm_state_and_the_study_goes_on(slurm_cl
 @pytest.mark.slurm
 def test_preempted_trial_checkpoints_requeues_and_resumes_the_same_trial_and_run(slurm_cluster, tmp_path, background):
     steps = 8
+    # a 2-task (data-parallel) trial: both ranks must stop together, checkpoint, and resume
     path = study_file(tmp_path, "preempt", real_trainer=True, tracking={"enabled": True},
+                      executor={"tasks_per_node": 2, "cpus_per_task": 1},
                       base={**tiny_run_config(tmp_path / "unused"),
                             "train": {"steps": steps, "eval_every": 2, "mini_batches": 2, "ppo_epochs": 2, "checkpoint_every": 0}})
     driver = background(path)
@@ -311,6 +315,10 @@ def test_preempted_trial_checkpoints_requeues_and_resumes_the_same_trial_and_run
     assert 2 <= preempted_at < steps
     outcome = json.loads((folder.parent / "outcome.json").read_text())
     assert outcome["resumed_from_step"] == preempted_at                    # resumed from the checkpoint, not step 0
+    assert outcome["num_processes"] == 2
+    assert (folder / f"{job_id}_1_log.out").read_text().count("Starting with JobEnvironment") == 2
+    rank1 = submitit.SlurmJob(folder, job_id, tasks=(1,)).result()        # rank 1 resumed and finished with rank 0
+    assert rank1 == {"rank": 1, "world_size": 2, "state": "DONE", "step": steps}
 
     records = metrics_records(run_dir)
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
@@ -382,18 +390,25 @@ def test_driver_killed_mid_study_reattaches_on_rerun_and_loses_nothing(slurm_clu
 
 
 @pytest.mark.slurm
-def test_ctrl_c_cancels_the_studys_slurm_jobs(slurm_cluster, tmp_path, background):
+@pytest.mark.parametrize("on_interrupt", ["cancel", "detach"])
+def test_ctrl_c_cancels_the_studys_slurm_jobs_or_leaves_them_running(slurm_cluster, tmp_path, background, on_interrupt):
     path = study_file(tmp_path, "sigint", real_trainer=False, base={"train": {"steps": 3000, "eval_every": 10}},
-                      budget={"n_trials": 2, "max_parallel": 2}, executor={"env": {"STANDIN_STEP_SECONDS": "0.1"}})
+                      budget={"n_trials": 2, "max_parallel": 2},
+                      executor={"env": {"STANDIN_STEP_SECONDS": "0.1"}, "on_interrupt": on_interrupt})
     driver = background(path)
     jobs = wait_for(lambda: _running_jobs(path, 2) if driver.poll() is None else pytest.fail(driver.stdout.read()),
                     "two trials training")
     driver.send_signal(signal.SIGINT)
     output, _ = driver.communicate(timeout=120)
-    assert "interrupted: cancelling 2 trial(s)" in output
-    for job_id, _ in jobs:
-        assert final_sacct_states(job_id)[-1].startswith("CANCELLED")
     trials = trials_of(path)
-    assert [t.state.name for t in trials[:2]] == ["FAIL", "FAIL"]
-    assert all(t.user_attrs.get("lost") for t in trials[:2])               # re-queued for the next run
-    assert [t.state.name for t in trials[2:]] == ["WAITING", "WAITING"]
+    if on_interrupt == "cancel":
+        assert "interrupted: cancelling 2 trial(s)" in output
+        for job_id, _ in jobs:
+            assert final_sacct_states(job_id)[-1].startswith("CANCELLED")
+        assert [t.state.name for t in trials[:2]] == ["FAIL", "FAIL"]
+        assert all(t.user_attrs.get("lost") for t in trials[:2])           # re-queued for the next run
+        assert [t.state.name for t in trials[2:]] == ["WAITING", "WAITING"]
+    else:
+        assert "interrupted: 2 trial(s) keep running" in output
+        assert all(sacct_states(job_id)[-1] == "RUNNING" for job_id, _ in jobs)   # a re-run re-attaches to them
+        assert [t.state.name for t in trials] == ["RUNNING", "RUNNING"]
