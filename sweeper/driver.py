@@ -21,7 +21,9 @@ RUNNING by a dead driver are re-attached by their ``job_id`` when the job still 
 executor checks the pid), finished from their ``outcome.json`` when the job ended meanwhile, and
 otherwise told FAIL with user attrs ``lost`` and re-queued (``enqueue_trial`` with the same params,
 user attr ``requeued_from``). The budget (``n_trials``) counts every trial in storage that ran or
-runs, except rejected and lost ones (a lost trial's re-queued copy takes its place). Enqueued
+runs, except rejected and lost ones (a lost trial's re-queued copy takes its place). A Slurm job
+outlives its driver: it is re-attached whatever its state, and one that ended meanwhile is finished
+from its outcome or its sacct state (never "lost"). Enqueued
 configs (``enqueue:`` in the spec) go first, once per study (study user attr ``sweeper_enqueued``).
 
 A seeded sampler is re-seeded on resume with ``seed + trials in storage`` (otherwise it would
@@ -31,7 +33,10 @@ A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver
 on the same host.
 
 Ctrl-C cancels the jobs in flight and records them as lost (re-queued on the next run); with
-``on_interrupt="detach"`` they keep running and the next run re-attaches to them.
+``on_interrupt="detach"`` (default: the spec's ``executor.on_interrupt``) they keep running and the
+next run re-attaches to them.
+
+For a Slurm study, :func:`preflight` first refuses a SQLite storage on a network filesystem.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ objective value(s), prune reason, message) and returns the same dict. The *drive
 the final state, because only the driver sees every ending -- including a process killed by the OS
 or the scheduler, which writes nothing. One writer of final states keeps them consistent.
 
+On Slurm the job runs :class:`CheckpointableTrial` instead, which calls :func:`run_trial` on rank 0
+(in a worker thread, so the main thread can take submitit's checkpoint signal: the trainer then saves a
+checkpoint, nothing final is written, and the requeued job resumes the same trial) and runs the
+trainer without reporters on the other ranks of a data-parallel trial.
+
 This is the one module of ``sweeper/`` that imports the trainer (``trainers.config`` and the entry
 point), and only inside functions: importing it costs no torch.
 """
