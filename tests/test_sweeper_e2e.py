@@ -40,7 +40,7 @@ def test_real_trial_then_export_then_sweeper_train(tmp_path):
     trial = study.trials[0]
     assert trial.state.name == "COMPLETE", trial.user_attrs.get("stderr_tail")
     assert report.counts == {"COMPLETE": 1}
-    assert 0.0 <= trial.value <= 1.0 and sorted(trial.intermediate_values) == [0, 2, 4]
+    assert 0.0 <= trial.value <= 1.0 and sorted(trial.intermediate_values) == [2, 4]  # step 0 is not reported
     run_dir = Path(trial.user_attrs["trial_dir"]) / "run"
     assert (run_dir / "metrics.jsonl").exists()
 

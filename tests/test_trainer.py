@@ -151,3 +151,12 @@ def test_two_processes_train_data_parallel_and_agree_on_weights(tmp_path, make_r
 
     start = AutoModelForCausalLM.from_pretrained(resolve_model_path(config["model"]["path"])).state_dict()
     assert any(not torch.equal(start[k], w0[k]) for k in w0), "no update happened"
+
+
+def test_run_preempted_at_step_0_resumes_without_a_second_step_0_validation(make_run_config):
+    config = parse_config(make_run_config(train={"steps": 2, "eval_every": 2}))
+    first = train(config, [StopAt(0, PREEMPTED)])       # stops right after the step-0 validation
+    assert first["status"] == "stopped" and first["step"] == 0
+    assert train(config)["status"] == "completed"
+    records = read_metrics(Path(config.train.output_dir) / "metrics.jsonl")
+    assert [(r["kind"], r["step"]) for r in records] == [("val", 0), ("train", 1), ("train", 2), ("val", 2)]

@@ -460,7 +460,7 @@ class GRPOTrainer:
                                 "resumed_from_step": self.step if resumed else 0, "num_processes": self.world})
         last_validation: dict[str, float] = {}
         stop_reason = None
-        if cfg.train.eval_at_start and self.step == 0:
+        if cfg.train.eval_at_start and not resumed:  # a run resumed at step 0 already has its step-0 validation
             last_validation = self._validate()
             stop_reason = self._broadcast_stop()
         while stop_reason is None and self.step < cfg.train.steps:
