@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from conftest import tiny_run_config
+from _signals import default_sigint
 from slurm_fixtures import REPO_ROOT, slurm_cluster, submitit_folder  # noqa: F401  (pytest fixtures)
 from sweeper.driver import preflight, run_study
 from sweeper.executors import slurm_parameters
@@ -102,7 +103,8 @@ def background(tmp_path):
         code = ("import sys; from sweeper.driver import run_study; "
                 "run_study(sys.argv[1], progress=False, log=lambda m: print(m, flush=True))")
         process = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO_ROOT, env=dict(os.environ),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=default_sigint)
         started.append(process)
         return process
 

@@ -17,6 +17,7 @@ import optuna
 import pytest
 import yaml
 
+from _signals import default_sigint
 from sweeper.driver import run_study
 from sweeper.spec import load_spec
 from sweeper.storage import make_storage
@@ -191,7 +192,7 @@ def test_constraints_hold_for_every_launched_trial_and_rejections_do_not_count(t
 
 def _start_driver(path: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sweeper", "run", str(path), "--no-progress"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint, **popen)
 
 
 def _wait_for_running(path: Path, count: int, driver: subprocess.Popen, timeout: float = 90) -> list:
