@@ -129,6 +129,8 @@ def register_intervention(name: str):
 
 
 def registered_interventions() -> list[str]:
+    from . import _load_all  # noqa: F401  (imports every method module so they register)
+
     return sorted(_REGISTRY)
 
 
