@@ -119,3 +119,16 @@ def test_linear_quantile_matches_torch_quantile_on_both_paths():
         high = min(low + 1, values.numel() - 1)
         by_hand = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
         assert linear_quantile(values, q).item() == pytest.approx(by_hand.item(), abs=1e-5)
+
+
+def test_fused_logprobs_and_entropy_equal_the_separate_functions():
+    import torch
+    from trainers.entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 5, 11, generator=g) * 3
+    tokens = torch.randint(0, 11, (3, 5), generator=g)
+    for chunk_size in (1, 4, 1024):
+        logp, entropy = token_logprobs_and_entropy(logits, tokens, chunk_size)
+        assert torch.allclose(logp, token_logprobs(logits, tokens, chunk_size), atol=1e-6)
+        assert torch.allclose(entropy, token_entropy(logits, chunk_size), atol=1e-6)

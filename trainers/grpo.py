@@ -36,7 +36,7 @@ import torch
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
 from .config import ConfigError, RunConfig, dump_config, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
-from .entropy.ops import token_entropy, token_logprobs
+from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
 
@@ -186,15 +186,16 @@ class GRPOTrainer:
                                      self.config.rollout.vllm_gpu_memory_utilization, seed=self.config.seed)
         return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
 
-    def _response_logits(self, model, rollout: Rollout) -> torch.Tensor:
-        """Temperature-scaled logits that predict each response token: [B, T, V]."""
+    def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
+        """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V]."""
         device = self.accelerator.device
         input_ids = rollout.input_ids.to(device)
         attention_mask = rollout.attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
-        return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / self.config.rollout.temperature
+        temperature = self.config.rollout.temperature if temperature is None else temperature
+        return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / temperature
 
     def _all_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average each metric over processes (keys may differ between ranks)."""
@@ -250,8 +251,9 @@ class GRPOTrainer:
             for start in range(0, response_ids.shape[0], micro):
                 rows = torch.arange(start, min(start + micro, response_ids.shape[0]))
                 logits = self._response_logits(self.model, rollout.select(rows))
-                old_logp.append(token_logprobs(logits, response_ids[rows], cfg.entropy.chunk_size))
-                old_entropy.append(token_entropy(logits, cfg.entropy.chunk_size))
+                logp, entropy = token_logprobs_and_entropy(logits, response_ids[rows], cfg.entropy.chunk_size)
+                old_logp.append(logp)
+                old_entropy.append(entropy)
                 for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
                     old_features[name].append(value)
                 del logits
@@ -397,7 +399,7 @@ class GRPOTrainer:
                 completions = rollout.completions[i * n:(i + 1) * n]
                 per_prompt_correct.append([self.reward_fn(c, problem.answer) > 0 for c in completions])
                 per_prompt_answers.append([extract_answer(c) for c in completions])
-            logits = self._response_logits(policy, rollout) * cfg.rollout.temperature / cfg.eval.temperature
+            logits = self._response_logits(policy, rollout, cfg.eval.temperature)
             entropy = token_entropy(logits, cfg.entropy.chunk_size)
             mask = rollout.response_mask.float().to(entropy.device)
             entropy_sum += float((entropy * mask).sum())

@@ -101,6 +101,24 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int =
     return torch.cat(pieces).reshape(tokens.shape)
 
 
+@torch.no_grad()
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
+                               chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_logprobs, token_entropy)`` from one log-softmax per chunk, for the no-grad old-policy
+    pass (the two separate calls would each normalize the full vocabulary)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat_tokens = tokens.reshape(-1)
+    logps, entropies = [], []
+    for start in range(0, flat.shape[0], chunk_size):
+        log_probs = torch.log_softmax(_upcast(flat[start:start + chunk_size]), dim=-1)
+        logps.append(log_probs.gather(-1, flat_tokens[start:start + chunk_size, None]).squeeze(-1))
+        entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+    if not logps:
+        empty = flat.new_zeros(tokens.shape, dtype=torch.float32)
+        return empty, empty.clone()
+    return torch.cat(logps).reshape(tokens.shape), torch.cat(entropies).reshape(tokens.shape)
+
+
 def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum(values * mask) / max(sum(mask), 1) as a tensor (keeps grad)."""
     mask = mask.to(values.dtype)
