@@ -44,16 +44,16 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(url)
+    if url.startswith(SQLITE_PREFIX):
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     if worker:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True)
     else:
         storage = _create_rdb_storage(url, engine_kwargs)
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_PREFIX):
         _use_wal(storage)
     return storage
 
@@ -89,15 +89,51 @@ def _use_wal(storage: Any) -> None:
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
-def load_existing_study(storage_url: str, study_name: str, *, pruner: Any = None, sampler: Any = None):
-    """The study if it exists in the storage, else None (never creates one)."""
+def default_storage_url(study_dir: Path, executor_type: str) -> str:
+    """``sqlite:///<study dir>/optuna.db``; for executor ``slurm`` (trials on other nodes write to it) the
+    journal file ``journal://<study dir>/optuna.journal``, which needs no locking server."""
+    if executor_type == "slurm":
+        return f"{JOURNAL_PREFIX}{study_dir / 'optuna.journal'}"
+    return f"{SQLITE_PREFIX}{study_dir / 'optuna.db'}"
+
+
+def default_tracking_uri(study_dir: str | Path) -> str:
+    """``sqlite:///<abs study dir>/mlflow.db``: the default MLflow store, beside the study's Optuna storage."""
+    return f"{SQLITE_PREFIX}{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
+def open_study(spec: Any, *, create: bool, max_parallel: int | None = None):
+    """Create or load the Optuna study of a :class:`~sweeper.spec.StudySpec` with its sampler and pruner.
+    Returns (study, storage). ``create=False`` refuses a study that is not in the storage yet."""
     import optuna
 
-    storage = make_storage(storage_url)
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        return None
-    return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner, sampler=sampler)
+    from .pruning import build_pruner
+    from .samplers import build_sampler
+    from .schema import SpecError
+
+    storage = make_storage(spec.study.storage)
+    sampler = build_sampler(spec, max_parallel)
+    pruner = build_pruner(spec.pruner, spec.trial_steps())
+    if create:
+        study = optuna.create_study(
+            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner,
+            directions=spec.directions, load_if_exists=True,
+        )
+    else:
+        if spec.study.name not in optuna.get_all_study_names(storage):
+            raise SpecError(f"study {spec.study.name!r} is not in storage {spec.study.storage}: run `sweeper run` first")
+        study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing and spec.sampler.seed is not None:
+        # a seeded sampler restarted on a resumed study would replay the first run's suggestions
+        study.sampler = build_sampler(spec, max_parallel, seed_offset=existing)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != spec.directions:
+        raise SpecError(
+            f"objective: study {spec.study.name!r} in {spec.study.storage} has directions {stored}, the spec says "
+            f"{spec.directions}; a study's objectives cannot change: use a new study.name"
+        )
+    return study, storage
 
 
 # --------------------------------------------------------------------------- preflight for cluster studies
@@ -162,7 +198,7 @@ def check_cluster_storage(storage_url: str, *, field: str = "study.storage", mou
     fstype = filesystem_type(db, mounts_text)
     if not is_network_filesystem(fstype):
         return
-    from .spec import SpecError
+    from .schema import SpecError
 
     journal = db.with_suffix(".journal")
     raise SpecError(
