@@ -3,7 +3,8 @@
 # `exports` tests: .venv-verl (verl and its declared dependencies) and .venv-trl (TRL). They are separate from
 # .venv because their pins clash with this project's (verl pins transformers < 5.11). Idempotent: a stamp
 # file in each venv records what was installed, so a second run returns at once.
-# torch==2.13.0 goes in first and stays pinned (the CPU wheel; a plain `torch` would pull a CUDA build).
+# torch==2.13.0 goes in first and stays pinned (the CPU wheel; a plain `torch` would pull a CUDA build). --no-compile:
+# byte-compiling all of torch, ray and transformers at install costs minutes; Python compiles what the tests import.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -23,7 +24,7 @@ setup_env() {  # setup_env VENV REQUIREMENT...
   local pin
   pin=$(mktemp)
   echo "torch==2.13.0" > "$pin"
-  "$venv/bin/python" -m pip install -q -c "$pin" torch==2.13.0 pytest "$@"
+  "$venv/bin/python" -m pip install -q --no-compile -c "$pin" torch==2.13.0 "$@"
   rm -f "$pin"
   echo "$want" > "$stamp"
   echo "setup_exports: $venv installed ($want)"
@@ -32,6 +33,12 @@ setup_env() {  # setup_env VENV REQUIREMENT...
 case "${1:-all}" in
   verl) setup_env .venv-verl "$VERL_REQUIREMENT" ;;
   trl) setup_env .venv-trl "$TRL_REQUIREMENT" ;;
-  all) setup_env .venv-verl "$VERL_REQUIREMENT"; setup_env .venv-trl "$TRL_REQUIREMENT" ;;
+  all)  # both at once: pip spends most of its time unpacking wheels, so two installs overlap well on 2 cores
+    setup_env .venv-verl "$VERL_REQUIREMENT" & verl_pid=$!
+    setup_env .venv-trl "$TRL_REQUIREMENT" & trl_pid=$!
+    status=0
+    wait $verl_pid || status=$?
+    wait $trl_pid || status=$?
+    exit $status ;;
   *) echo "usage: $0 [verl|trl|all]" >&2; exit 2 ;;
 esac

@@ -402,11 +402,11 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
         put(f"{actor}.optim.min_lr_ratio", optim["min_lr_ratio"], "optim.min_lr_ratio")
         put(f"{actor}.optim.zero_indexed_step", warmup == 0)
         if warmup:
-            notes.append(f"differs: actor_rollout_ref.actor.optim.zero_indexed_step false makes verl's warmup (s+1)/{warmup} "
-                         f"as here, but its cosine then runs one step ahead: verl's lr at step s (from 0) is this "
-                         f"trainer's at s+1, i.e. lr x ({optim['min_lr_ratio']} + (1 - {optim['min_lr_ratio']}) "
-                         f"(1 + cos(pi (s + 1 - {warmup})/({c['train']['steps']} - {warmup})))/2) where it should be "
-                         f"cos(pi (s - {warmup})/...)")
+            floor, steps = optim["min_lr_ratio"], c["train"]["steps"]
+            notes.append(f"differs: actor_rollout_ref.actor.optim: after the warmup verl's cosine runs one step ahead "
+                         f"(zero_indexed_step: false, which makes its warmup (s+1)/{warmup} as here): at step s (from 0) "
+                         f"verl's lr is lr x ({floor} + (1 - {floor}) (1 + cos(pi (s + 1 - {warmup})/({steps} - {warmup})))/2); "
+                         f"the trial's was lr x ({floor} + (1 - {floor}) (1 + cos(pi (s - {warmup})/({steps} - {warmup})))/2)")
 
     # clip (verl's vanilla loss always applies dual-clip: an infinite bound turns it off)
     put(f"{actor}.clip_ratio_low", c["clip"]["eps_low"], "clip.eps_low")

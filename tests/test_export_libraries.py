@@ -144,6 +144,11 @@ def run_library(name: str, requests: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """Every variant written by ``export_text`` (what ``export_best`` writes), plus the files ``sweeper export
+    --format verl|trl`` writes for the best trial of a small study (name ``cli``)."""
+    from sweeper.cli import main
+    from test_sweeper_export import run_small_study
+
     folder = tmp_path_factory.mktemp("exports")
     files = {}
     for fmt in ("verl", "trl"):
@@ -151,20 +156,24 @@ def exported(tmp_path_factory):
             path = folder / f"{name}.{fmt}.yaml"
             path.write_text(export_text(config, fmt, [f"test variant {name}"]))
             files[fmt, name] = path
+    study = run_small_study(folder)
+    for fmt, version in (("verl", "0.9.1"), ("trl", "1.16.0")):
+        files[fmt, "cli"] = folder / f"best.{fmt}.yaml"
+        assert main(["export", str(study), "-o", str(files[fmt, "cli"]), "--format", fmt, "--target-version", version]) == 0
     return files
 
 
 @pytest.fixture(scope="module")
 def verl(exported):
     batch = {k: v.tolist() for k, v in mini_batch().items()}
-    return run_library("verl", {name: {"config": str(exported["verl", name]), "batch": batch if name in LOSS_VARIANTS else None}
-                                for name in VARIANTS})
+    return run_library("verl", {name: {"config": str(path), "batch": batch if name in LOSS_VARIANTS else None}
+                                for (fmt, name), path in exported.items() if fmt == "verl"})
 
 
 @pytest.fixture(scope="module")
 def trl(exported):
-    return run_library("trl", {name: {"config": str(exported["trl", name]), "model": model_path(config)}
-                               for name, config in VARIANTS.items()})
+    model = model_path(VARIANTS["clip_dual"])       # every variant, and the study, use the shipped model
+    return run_library("trl", {name: {"config": str(path), "model": model} for (fmt, name), path in exported.items() if fmt == "trl"})
 
 
 def header(path: Path) -> str:
@@ -215,7 +224,7 @@ def test_optimizer_and_schedule(verl, trl, exported):
     ours, theirs, warmup = our_lrs(config), verl["optim_cosine_warmup"]["lrs"], config["optim"]["warmup_steps"]
     assert theirs[:warmup] == pytest.approx(ours[:warmup], rel=1e-12)
     assert theirs[warmup:-1] == pytest.approx(ours[warmup + 1:], rel=1e-12)
-    assert "differs: actor_rollout_ref.actor.optim.zero_indexed_step false" in header(exported["verl", "optim_cosine_warmup"])
+    assert "differs: actor_rollout_ref.actor.optim: after the warmup verl's cosine runs one step ahead" in header(exported["verl", "optim_cosine_warmup"])
 
     # TRL steps its schedule per optimizer step (K per rollout step): it meets this trainer's lr at the first
     # optimizer step of each rollout step after the warmup, and reaches the warmup's values one rollout step later
@@ -364,21 +373,17 @@ def test_checkpoints(verl, trl):
 # --------------------------------------------------------------------------- the CLI path and the version check
 
 
-def test_sweeper_export_cli_files_start_in_both_libraries(tmp_path):
-    from sweeper.cli import main
-    from test_sweeper_export import run_small_study
-
-    study = run_small_study(tmp_path)
-    requests = {}
+def test_sweeper_export_cli_files_start_in_both_libraries(verl, trl, exported):
+    """The files the CLI writes for a study's best trial (a STEER study: its knobs are listed, not mapped)."""
+    assert verl["cli"]["rollout_registered"] and verl["cli"]["model_type"] == "llama"
+    assert verl["cli"]["resolved"]["actor_rollout_ref"]["actor"]["optim"]["lr_scheduler_type"] == "constant"
+    assert trl["cli"]["args"]["num_generations"] == 8 and trl["cli"]["trainer"]["model_type"] == "llama"
     for fmt in ("verl", "trl"):
-        out = tmp_path / f"best.{fmt}.yaml"
-        assert main(["export", str(study), "-o", str(out), "--format", fmt, "--target-version", {"verl": "0.9.1", "trl": "1.16.0"}[fmt]]) == 0
-        requests[fmt] = out
-    assert run_library("verl", {"cli": {"config": str(requests["verl"]), "batch": None}})["cli"]["rollout_registered"]
+        text = header(exported[fmt, "cli"])
+        assert "# trial: " in text and f"# target: {fmt} " in text and "(--target-version)" in text
+        assert "#   entropy.steer.w_min = " in text and "WARNING" not in text
     native = yaml.safe_load(export_text(VARIANTS["clip_dual"], "native", []))
     assert native["model"]["path"] == "builtin:tiny-arith"       # the native export keeps the builtin name
-    trl_result = run_library("trl", {"cli": {"config": str(requests["trl"]), "model": str(REPO / "trainers/assets/tiny-arith")}})
-    assert trl_result["cli"]["args"]["num_generations"] == 8
 
 
 def test_a_version_outside_the_supported_range_warns():
