@@ -292,9 +292,6 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
     put("eval_on_start", c["train"]["eval_at_start"], "train.eval_at_start")
     put("num_generations_eval", c["eval"]["n_samples"], "eval.n_samples")
     put("per_device_eval_batch_size", c["eval"]["n_samples"])   # one prompt's samples per eval batch (TRL checks it)
-    if c["train"]["steps"] % c["train"]["eval_every"]:
-        notes.append(f"differs: this trainer also validates after the last step ({c['train']['steps']}); TRL only every "
-                     f"eval_steps")
     if (c["eval"]["temperature"], c["eval"]["top_p"]) != (c["rollout"]["temperature"], c["rollout"]["top_p"]):
         notes.append(f"differs: TRL evaluates with the training sampling (temperature {c['rollout']['temperature']}, top_p "
                      f"{c['rollout']['top_p']}); the trial validated with temperature {c['eval']['temperature']}, top_p "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 import yaml
 
 from sweeper.export import export_text
-from sweeper.formats import batch_shape, model_path
+from sweeper.formats import batch_shape
 from trainers.algorithms import aggregate, kl_k3, ppo_clip_loss
 from trainers.config import RunConfig, parse_config
 from trainers.entropy.bonus import entropy_bonus_loss
@@ -172,8 +173,14 @@ def verl(exported):
 
 @pytest.fixture(scope="module")
 def trl(exported):
-    model = model_path(VARIANTS["clip_dual"])       # every variant, and the study, use the shipped model
-    return run_library("trl", {name: {"config": str(path), "model": model} for (fmt, name), path in exported.items() if fmt == "trl"})
+    """TRL gets the model the export names in its header (GRPOConfig has no model key)."""
+    requests = {}
+    for (fmt, name), path in exported.items():
+        if fmt == "trl":
+            model = re.search(r"GRPOTrainer\(model='([^']+)'", header(path))
+            assert model, f"{path.name}: no model in the header"
+            requests[name] = {"config": str(path), "model": model.group(1)}
+    return run_library("trl", requests)
 
 
 def header(path: Path) -> str:
@@ -200,6 +207,7 @@ def test_every_export_passes_verl_validation_and_builds_its_workers_configs(verl
 def test_every_export_builds_a_trl_grpo_trainer(trl):
     for name, result in trl.items():
         assert result["trl_version"].startswith("1.16."), name
+        assert result["model_path"] == str(REPO / "trainers" / "assets" / "tiny-arith"), name    # builtin: -> the folder
         assert result["trainer"]["model_type"] == "llama", name
         assert result["args"]["disable_dropout"] is True and result["optimizer"]["class"].startswith("AdamW"), name
 

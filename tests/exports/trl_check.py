@@ -68,6 +68,7 @@ def check(request: dict) -> dict:
              "bf16", "fp16", "disable_dropout", "trust_remote_code", "use_vllm")
     return {
         "trl_version": trl.__version__,
+        "model_path": trainer.model.config.name_or_path,
         "args": {name: getattr(args, name) for name in names},
         "trainer": {"loss_type": trainer.loss_type, "epsilon_low": trainer.epsilon_low, "epsilon_high": trainer.epsilon_high,
                     "beta": trainer.beta, "num_iterations": trainer.num_iterations, "num_generations": trainer.num_generations,
