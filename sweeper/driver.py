@@ -54,12 +54,11 @@ from typing import Any, Callable
 
 import yaml
 
-from .contract import (ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
+from .contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from .executors import TrialJob, make_executor
-from .samplers import build_sampler
-from .space import Rejected, leaves, resolve, sample
+from .space import Rejected, SampledConfig, resolve, sample
 from .spec import SpecError, StudySpec, load_spec
 from .storage import open_study
 
@@ -253,8 +252,7 @@ class Driver:
             trial = self.study.ask()
             trial_dir = trial_folder(self.study_dir, trial.number)
             try:
-                sampled = sample(self.spec, trial)
-                config = resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR))
+                sampled, config = self._trial_config(trial, trial_dir)
             except Rejected as rejection:
                 trial.set_user_attr(ATTR_REJECTED, str(rejection))
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -285,6 +283,8 @@ class Driver:
             sampled=sampled.sampled,
             sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
+            seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
+            baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
         )
         ticket.write(trial_dir)
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
@@ -301,6 +301,11 @@ class Driver:
             trial.set_user_attr(ATTR_LOG_PATHS, logs)
         self.report.launched += 1
         return InFlight(trial.number, trial_id, job, trial_dir, time.time())
+
+    def _trial_config(self, trial: Any, trial_dir: Path) -> tuple[SampledConfig, dict[str, Any]]:
+        """The trial's sampled values and its resolved run config (raises :class:`Rejected`)."""
+        sampled = sample(self.spec, trial)
+        return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR))
 
     def _trial_id(self, number: int) -> int:
         """The storage's id of trial ``number`` of this study (what a trial process opens its trial by)."""
@@ -356,8 +361,12 @@ class Driver:
         """Enqueue the spec's fixed configs once per study: the study user attr ``sweeper_enqueued``
         counts those already enqueued, so a re-run adds only entries appended to the spec since."""
         done = int(self.study.user_attrs.get("sweeper_enqueued", 0))
+        baseline = self.spec.baseline_params
+        if done == 0 and baseline is not None and baseline not in self.spec.enqueue:
+            self.study.enqueue_trial(dict(baseline), user_attrs={ATTR_BASELINE: True})  # run first, as the reference
         for index, params in enumerate(self.spec.enqueue[done:], start=done):
-            self.study.enqueue_trial(dict(params), user_attrs={ATTR_ENQUEUED: index})
+            marks = {ATTR_BASELINE: True} if params == baseline else {}
+            self.study.enqueue_trial(dict(params), user_attrs={ATTR_ENQUEUED: index, **marks})
         if len(self.spec.enqueue) > done:
             self.study.set_user_attr("sweeper_enqueued", len(self.spec.enqueue))
 
@@ -393,7 +402,8 @@ class Driver:
             self.storage.set_trial_user_attr(trial_id, ATTR_STDERR_TAIL, tail)
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if trial.params:
-            self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number})
+            marks = {ATTR_BASELINE: True} if trial.user_attrs.get(ATTR_BASELINE) else {}
+            self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number, **marks})
         self.report.requeued += 1
         self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
         self._mark_tracking(trial_id, trial.number, "FAIL", None, f"lost: {reason}\n{tail}", None)
@@ -571,30 +581,3 @@ def run_study(
         on_interrupt=on_interrupt, poll_interval=poll_interval, log=log,
     )
     return driver.run()
-
-
-def dry_run(spec: StudySpec, n: int = 3) -> list[dict[str, Any]]:
-    """Sample ``n`` trial configs with the spec's sampler on an in-memory study (storage untouched).
-    Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
-    for params in spec.enqueue:
-        study.enqueue_trial(dict(params))
-    base = leaves(spec.base)
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        sampled = sample(spec, trial)
-        entry: dict[str, Any] = {"number": trial.number, "sampled": sampled.sampled, "skipped": sampled.skipped}
-        try:
-            config = resolve(spec, sampled, output_dir=str(trial_folder(spec.study_dir, trial.number) / RUN_DIR))
-            entry["changed"] = {path: value for path, value in leaves(config).items() if base.get(path) != value}
-            entry["rejected"] = None
-        except Rejected as rejection:
-            entry["changed"] = {}
-            entry["rejected"] = str(rejection)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        out.append(entry)
-    return out

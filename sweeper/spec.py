@@ -119,6 +119,9 @@ class ObjectiveSpec(SpecModel):
     direction: Literal["maximize", "minimize"] = "maximize"
     aggregation: Literal["last", "best", "mean_last_n"] = "last"
     last_n: int = Field(3, gt=0, description="Validations averaged by mean_last_n.")
+    baseline: dict[str, Any] | None = Field(
+        None, description="The config results are measured against, by parameter name like an enqueue entry "
+        "(default: the first enqueue entry). It runs first and is not pruned on its score.")
 
     @field_validator("metric")
     @classmethod
@@ -149,6 +152,11 @@ class BudgetSpec(SpecModel):
     timeout: float | None = Field(None, gt=0, description="Seconds (or 30m, 2h) after which no new trial starts.")
     max_parallel: int = Field(1, gt=0, description="Trials in flight at once.")
     steps: int | None = Field(None, gt=0, description="Override train.steps for every trial.")
+    seeds: int = Field(
+        1, ge=1,
+        description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
+        "and its value is their mean, with the standard error over seeds.",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -220,7 +228,11 @@ class StudySpec(SpecModel):
                 )
             if self.sampler.type in SINGLE_OBJECTIVE_ONLY:
                 problems.append(f"sampler.type: {self.sampler.type!r} is single-objective; use nsga2, tpe, random or gp")
+        if self.budget.seeds > 1 and "seed" in {param_path(n, p) for n, p in self.space.params.items()}:
+            problems.append("budget.seeds: the space already sweeps `seed`; replicate seeds come from budget.seeds "
+                            "(seed, seed + 1, ...): remove one of the two")
         problems += self._check_param_values()
+        problems += self._check_baseline()
         problems += self._check_objective_metrics()
         problems += self._check_enqueue()
         if self.sampler.type == "grid":
@@ -273,21 +285,35 @@ class StudySpec(SpecModel):
                 )
         return problems
 
+    def _check_baseline(self) -> list[str]:
+        problems = [f"objective[{i}].baseline: give the baseline on the first objective only"
+                    for i, objective in enumerate(self.objective[1:], start=1) if objective.baseline is not None]
+        if self.objective[0].baseline is not None:
+            where = "objective.baseline" if len(self.objective) == 1 else "objective[0].baseline"
+            problems += self._check_params(self.objective[0].baseline, where)
+        return problems
+
     def _check_enqueue(self) -> list[str]:
         problems = []
-        params = self.space.params
         for i, entry in enumerate(self.enqueue):
-            for name, value in entry.items():
-                param = params.get(name)
-                where = f"enqueue[{i}].{name}"
-                if param is None or isinstance(param, FixedParam):
-                    sampled = ", ".join(self.space.sampled()) or "(none)"
-                    problems.append(f"{where}: not a sampled parameter of the space; sampled: {sampled}")
-                elif isinstance(param, CategoricalParam) and value not in param.choices:
-                    problems.append(f"{where}: {value!r} is not one of the choices {param.choices}")
-                elif isinstance(param, (FloatParam, IntParam)):
-                    if not isinstance(value, (int, float)) or isinstance(value, bool) or not param.low <= value <= param.high:
-                        problems.append(f"{where}: {value!r} is outside [{param.low}, {param.high}]")
+            problems += self._check_params(entry, f"enqueue[{i}]")
+        return problems
+
+    def _check_params(self, entry: dict[str, Any], at: str) -> list[str]:
+        """Parameter values by name (an enqueue entry, the baseline): each a sampled parameter, in its range."""
+        problems = []
+        params = self.space.params
+        for name, value in entry.items():
+            param = params.get(name)
+            where = f"{at}.{name}"
+            if param is None or isinstance(param, FixedParam):
+                sampled = ", ".join(self.space.sampled()) or "(none)"
+                problems.append(f"{where}: not a sampled parameter of the space; sampled: {sampled}")
+            elif isinstance(param, CategoricalParam) and value not in param.choices:
+                problems.append(f"{where}: {value!r} is not one of the choices {param.choices}")
+            elif isinstance(param, (FloatParam, IntParam)):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not param.low <= value <= param.high:
+                    problems.append(f"{where}: {value!r} is outside [{param.low}, {param.high}]")
         return problems
 
     # ---- resolved views
@@ -311,6 +337,12 @@ class StudySpec(SpecModel):
     @property
     def base_source(self) -> str | None:
         return self._base_source
+
+    @property
+    def baseline_params(self) -> dict[str, Any] | None:
+        """The baseline's parameter values: ``objective.baseline``, else the first enqueue entry, else None."""
+        explicit = self.objective[0].baseline
+        return dict(explicit) if explicit is not None else (dict(self.enqueue[0]) if self.enqueue else None)
 
     @property
     def param_origins(self) -> dict[str, str]:
