@@ -156,7 +156,8 @@ def unreachable_message(url: str, error: BaseException, field: str = "study.stor
     else:
         fix = (f"check that the database server runs and listens on {where}, and that this machine (and every "
                f"node that runs trials) can reach it")
-    return f"{field}: cannot connect to {redact_url(url)}: {detail_text}. {fix}"
+    end = "" if detail_text.endswith((".", "?", "!")) else "."
+    return f"{field}: cannot connect to {redact_url(url)}: {detail_text}{end} {fix[0].upper()}{fix[1:]}"
 
 
 def check_database_driver(url: str | None, field: str = "study.storage") -> None:

@@ -132,7 +132,7 @@ def test_run_on_a_server_that_cannot_be_reached_stops_before_launching(tmp_path)
     message = result.stderr.strip()
     assert message.startswith(f"error: study.storage: cannot connect to postgresql://sweeper:***@127.0.0.1:{port}/optuna:"), message
     assert "Connection refused" in message or "connection refused" in message.lower()
-    assert f"check that the database server runs and listens on 127.0.0.1:{port}" in message
+    assert f"Check that the database server runs and listens on 127.0.0.1:{port}, and that this machine" in message
     assert not (tmp_path / "studies" / "pg" / "trials").exists()       # nothing was launched
     assert time.monotonic() - started < 60
 
@@ -404,3 +404,30 @@ def test_slurm_study_on_postgres_four_in_parallel_resumed_by_a_driver_on_another
     assert _peak_in_flight(trials) == 4
     for trial in trials:
         _every_validation_recorded(trial, steps)
+
+
+def test_a_server_that_accepts_but_never_answers_times_out_with_the_same_clear_error(monkeypatch):
+    import socket
+
+    import sweeper.storage
+
+    monkeypatch.setattr(sweeper.storage, "CONNECT_TIMEOUT_S", 2)      # the default is 10 s
+    with socket.socket() as hung:                                      # the kernel accepts; nobody ever answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"postgresql://sweeper@127.0.0.1:{hung.getsockname()[1]}/optuna"
+        started = time.monotonic()
+        with pytest.raises(SpecError) as refused:
+            make_storage(url)
+    assert time.monotonic() - started < 30
+    message = str(refused.value)
+    assert message.startswith(f"study.storage: cannot connect to {url}:") and "timeout expired" in message, message
+
+
+def test_the_cluster_example_is_a_valid_multi_node_postgres_study():
+    spec = load_spec(REPO / "examples" / "cluster_postgres.yaml")
+    assert spec.study.storage == "postgresql://optuna@db.lab:5432/optuna"
+    assert spec.tracking.uri == "postgresql://mlflow@db.lab:5432/mlflow"
+    assert spec.tracking.artifact_location == "file:///shared/mlartifacts/siren-steer-7b"
+    assert spec.executor.type == "slurm" and spec.executor.nodes == 2 and spec.executor.tasks_per_node == 4
+    assert "export PGPASSFILE=$HOME/.pgpass" in spec.executor.setup
