@@ -11,7 +11,8 @@ atomic: creating a study whose name is new.
 generation; study names cannot contain ``:``, so it never collides with a user's study) whose
 system attr ``sweeper_driver_lease`` holds the owner: ``host``, ``pid``, ``process_start`` (the
 pid's start time in ``/proc``, against pid reuse), ``machine`` (boot id and pid namespace),
-``token`` (random, per process), ``acquired``, ``heartbeat`` (wall-clock seconds) and ``ttl``.
+``token`` (random, per process), ``acquired`` and ``ttl``; the attr ``sweeper_driver_heartbeat``
+holds the last heartbeat (wall-clock seconds; alone, so that a heartbeat appends little to a journal).
 The study's lease is its highest generation; a released lease is deleted, so a storage holds a
 marker only while a driver runs.
 
@@ -62,6 +63,7 @@ from .spec import SpecError
 
 LEASE_INFIX = ":driver-lease:"
 LEASE_ATTR = "sweeper_driver_lease"
+HEARTBEAT_ATTR = "sweeper_driver_heartbeat"
 TTL_ENV = "SWEEPER_DRIVER_LEASE_TTL"
 DEFAULT_TTL_S = 60.0
 OWNERLESS_GRACE_S = 10.0
@@ -167,6 +169,13 @@ class Owner:
         return False, f"no heartbeat for {age:.0f} s (ttl {ttl:g} s)"
 
 
+def _with_heartbeat(system_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    record = system_attrs.get(LEASE_ATTR)
+    if record is None:
+        return None
+    return {**record, "heartbeat": system_attrs.get(HEARTBEAT_ATTR, record.get("acquired", 0.0))}
+
+
 def describe_holder(record: dict[str, Any]) -> str:
     since = datetime.fromtimestamp(float(record.get("acquired", 0))).strftime("%Y-%m-%d %H:%M:%S")
     return f"pid {record.get('pid')} on host {record.get('host')} (since {since})"
@@ -232,7 +241,7 @@ class StudyLease:
     def _record_of(self, generation: int) -> dict[str, Any] | None:
         """The owner record of a generation (None: none yet); KeyError if the generation is gone."""
         study_id = self.storage.get_study_id_from_name(lease_study_name(self.study_name, generation))
-        return self.storage.get_study_system_attrs(study_id).get(LEASE_ATTR)
+        return _with_heartbeat(self.storage.get_study_system_attrs(study_id))
 
     def _await_owner(self, generation: int) -> dict[str, Any] | None:
         """The owner record of a generation just created by someone else; None if none came in time."""
@@ -255,7 +264,7 @@ class StudyLease:
             if leases:
                 top = max(leases)
                 try:
-                    record = leases[top].system_attrs.get(LEASE_ATTR) or self._await_owner(top)
+                    record = _with_heartbeat(leases[top].system_attrs) or self._await_owner(top)
                 except KeyError:
                     continue  # released or taken over while we looked: read again
                 if record is not None:
@@ -272,7 +281,7 @@ class StudyLease:
             now = time.time()
             o = self.owner
             self._record = {"host": o.host, "pid": o.pid, "process_start": o.process_start, "machine": o.machine,
-                            "token": o.token, "acquired": now, "heartbeat": now, "ttl": self.ttl}
+                            "token": o.token, "acquired": now, "ttl": self.ttl}
             with self._mutex:
                 self.storage.set_study_system_attr(study_id, LEASE_ATTR, self._record)
                 self.generation, self._study_id = candidate, study_id
@@ -314,8 +323,7 @@ class StudyLease:
                 return
             if not self._confirm():
                 return
-            self._record["heartbeat"] = time.time()
-            self.storage.set_study_system_attr(self._study_id, LEASE_ATTR, self._record)
+            self.storage.set_study_system_attr(self._study_id, HEARTBEAT_ATTR, time.time())
 
     def start_heartbeat(self) -> "StudyLease":
         def beat() -> None:
@@ -403,8 +411,10 @@ class StudyLease:
 def acquire_driver_lease(spec: Any, *, log: Callable[[str], None] | None = None) -> StudyLease:
     """The driver's lease on ``spec``'s study, heartbeat running (:class:`LeaseHeld` if another driver has it).
     It opens its own storage instance: the heartbeat thread must not share the driver's."""
-    from .storage import make_storage, redact_url
+    from .storage import check_cluster_storage, make_storage, redact_url
 
+    if spec.executor.type == "slurm":  # refuse SQLite on a network filesystem before opening it (driver.preflight)
+        check_cluster_storage(spec.study.storage, field="study.storage")
     storage = make_storage(spec.study.storage)
     lease = StudyLease(storage, spec.study.name, label=redact_url(spec.study.storage), log=log)
     return lease.acquire().start_heartbeat()

@@ -111,8 +111,7 @@ def test_a_generation_without_owner_is_awaited_then_taken_over(storage_url):
     storage = make_storage(storage_url)
     # a driver created the marker and its record follows a moment later: refused
     marker = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], lease_study_name("s", 0))
-    record = {"host": "node7", "pid": 1, "machine": "boot-of-node7/1", "token": "t", "acquired": time.time(),
-              "heartbeat": time.time(), "ttl": 30}
+    record = {"host": "node7", "pid": 1, "machine": "boot-of-node7/1", "token": "t", "acquired": time.time(), "ttl": 30}
     writer = threading.Timer(0.2, lambda: storage.set_study_system_attr(marker, LEASE_ATTR, record))
     writer.start()
     with pytest.raises(LeaseHeld, match="host node7"):
@@ -147,7 +146,7 @@ lease.release()
 """
 
 
-def race(storage_url: str, tmp_path: Path, drivers: int = 4) -> list[list[str]]:
+def race(storage_url: str, tmp_path: Path, drivers: int = 3) -> list[list[str]]:
     go, done = tmp_path / "go", tmp_path / "done"
     processes = [subprocess.Popen([sys.executable, "-c", RACER, storage_url, str(go), str(done)], cwd=REPO,
                                   stdout=subprocess.PIPE, text=True) for _ in range(drivers)]
@@ -167,8 +166,8 @@ def race(storage_url: str, tmp_path: Path, drivers: int = 4) -> list[list[str]]:
 
 
 def test_drivers_starting_at_the_same_moment_one_wins(storage_url, tmp_path):
-    results = race(storage_url, tmp_path)
-    assert sorted(r[0] for r in results) == ["refused", "refused", "refused", "won"], results
+    results = race(storage_url, tmp_path)                              # on a new storage: its tables are made too
+    assert sorted(r[0] for r in results) == ["refused", "refused", "won"], results
     assert [r for r in results if r[0] == "won"][0][1] == "0"
     assert lease_names(make_storage(storage_url)) == []
 
@@ -178,7 +177,7 @@ def test_drivers_taking_over_the_same_stale_lease_at_once_one_wins(storage_url, 
     StudyLease(storage, "s", ttl=0.3, owner=other_host()).acquire()    # a remote driver that died
     time.sleep(0.5)
     results = race(storage_url, tmp_path)
-    assert sorted(r[0] for r in results) == ["refused", "refused", "refused", "won"], results
+    assert sorted(r[0] for r in results) == ["refused", "refused", "won"], results
     assert [r for r in results if r[0] == "won"][0][1] == "1"
 
 
