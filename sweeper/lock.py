@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -378,13 +379,18 @@ class StudyLease:
     def _delete_own(self) -> None:
         record = self.storage.get_study_system_attrs(self._study_id).get(LEASE_ATTR) or {}
         if record.get("token") == self.owner.token:
-            self.storage.delete_study(self._study_id)
+            self._delete_quietly(self._study_id)
 
     def _delete_quietly(self, study_id: int) -> None:
-        try:
-            self.storage.delete_study(study_id)
-        except Exception:  # noqa: BLE001 - an older generation someone else already deleted
-            pass
+        """Delete a lease marker; another driver may delete the same one at the same moment (a new
+        holder deletes older generations): not an error, and SQLAlchemy's "expected to delete 1 row(s);
+        0 were matched" warning is not shown."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*expected to delete")
+            try:
+                self.storage.delete_study(study_id)
+            except Exception:  # noqa: BLE001 - gone already; a marker left behind is taken over once stale
+                pass
 
     def __enter__(self) -> "StudyLease":
         return self.acquire().start_heartbeat()
