@@ -33,10 +33,15 @@ log() { printf '[postgres.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 require_root() { [[ $(id -u) -eq 0 ]] || die "run as root (it installs a package and runs the server as user postgres)"; }
 
-# The newest installed server binaries (/usr/lib/postgresql/<major>/bin).
+# The server binaries (/usr/lib/postgresql/<major>/bin): the cluster's own major version once it
+# exists (a data dir only runs under its major), else the newest installed.
 bin_dir() {
     local major
-    major=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [[ -f $DATA_DIR/PG_VERSION && -x /usr/lib/postgresql/$(<"$DATA_DIR/PG_VERSION")/bin/postgres ]]; then
+        major=$(<"$DATA_DIR/PG_VERSION")
+    else
+        major=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1)
+    fi
     [[ -n $major && -x /usr/lib/postgresql/$major/bin/postgres ]] || return 1
     echo "/usr/lib/postgresql/$major/bin"
 }

@@ -312,7 +312,7 @@ def _lease_holder(path: Path) -> dict | None:
 def test_two_drivers_on_two_hosts_one_runs_the_other_is_refused_then_takes_over(postgres_database, tmp_path):
     if not _can_simulate_another_host():
         pytest.skip("`unshare --uts --pid` is not permitted here (needs root): cannot simulate another host")
-    steps = 40
+    steps = 24
     path = study_file(tmp_path, storage=postgres_database("optuna"), steps=steps, step_seconds=0.15,
                       budget={"n_trials": 4, "max_parallel": 2})
     # both at once: this host and node-b, each with its own driver process group (so it can be killed with its jobs)
