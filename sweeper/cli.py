@@ -42,8 +42,8 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"study {spec.study.name}: spec is valid")
     for line in describe_spec(spec):
         print(f"  {line}")
-    params = spec.space.params
-    print(f"space ({len(spec.sampled_params())} sampled, {len(params) - len(spec.sampled_params())} fixed):")
+    sampled = len(spec.space.sampled())
+    print(f"space ({sampled} sampled, {len(spec.space.params) - sampled} fixed):")
     for line in describe_space(spec) or ["(empty: every trial runs the base config)"]:
         print(f"  {line}")
     return 0
@@ -206,9 +206,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from trainers.__main__ import main as trainer_main  # lazy: the only torch path of this CLI
+    """``sweeper train`` is the trainer's own CLI: this process becomes ``python -m trainers ARGS`` (the
+    sweeper itself never imports the trainer, only the trial process does)."""
+    import os
 
-    return int(trainer_main(argv) or 0)
+    os.execv(sys.executable, [sys.executable, "-m", "trainers", *argv])
+    return EXIT_USAGE  # not reached
 
 
 # --------------------------------------------------------------------------- ui / report (MLflow, issue 5)
@@ -240,8 +243,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .driver import open_study
     from .spec import load_spec
+    from .storage import open_study
     from .tracking import write_study_report
 
     spec = load_spec(args.study)

@@ -60,7 +60,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .spec import SpecError
+from .schema import SpecError
 
 LEASE_INFIX = ":driver-lease:"
 LEASE_ATTR = "sweeper_driver_lease"

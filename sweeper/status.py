@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .contract import (ATTR_FAIL_REASON, ATTR_LAST_STEP, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_REJECTED,
+                       ATTR_REQUEUED_FROM, trial_state)
 from .spec import StudySpec
 
 
@@ -18,15 +20,15 @@ def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False) -> t
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        if attrs.get("rejected"):
-            state, reason = "REJECTED", attrs["rejected"]
-        elif attrs.get("lost"):
-            state, reason = "LOST", attrs.get("fail_reason", "lost")
+        state = trial_state(t)
+        if state == "REJECTED":
+            reason = attrs[ATTR_REJECTED]
+        elif state == "LOST":
+            reason = attrs.get(ATTR_FAIL_REASON, "lost")
         else:
-            state = t.state.name
-            reason = attrs.get("prune_reason") or attrs.get("fail_reason") or ""
-            if attrs.get("requeued_from") is not None:
-                reason = (reason + " " if reason else "") + f"(re-queued from {attrs['requeued_from']})"
+            reason = attrs.get(ATTR_PRUNE_REASON) or attrs.get(ATTR_FAIL_REASON) or ""
+            if attrs.get(ATTR_REQUEUED_FROM) is not None:
+                reason = (reason + " " if reason else "") + f"(re-queued from {attrs[ATTR_REQUEUED_FROM]})"
         counts[state] = counts.get(state, 0) + 1
         if state == "REJECTED" and not show_rejected:
             continue
@@ -34,7 +36,7 @@ def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False) -> t
             "number": t.number,
             "state": state,
             "values": list(t.values) if t.values else None,
-            "step": attrs.get("pruned_at_step") if state == "PRUNED" else attrs.get("last_step", t.last_step),
+            "step": attrs.get(ATTR_PRUNED_AT_STEP) if state == "PRUNED" else attrs.get(ATTR_LAST_STEP, t.last_step),
             "reason": reason,
             "params": dict(t.params),
         })
@@ -73,7 +75,7 @@ def _num(value: Any) -> str:
 
 
 def study_status(spec: StudySpec, *, show_rejected: bool = False) -> str:
-    from .driver import open_study
+    from .storage import open_study
 
     study, _ = open_study(spec, create=False)
     rows, counts = trial_rows(spec, study, show_rejected=show_rejected)

@@ -11,8 +11,8 @@
   >= 2.1 uses for a bare ``postgresql://``): :func:`check_database_driver` says so at ``load_spec``
   (so ``sweeper validate`` and ``run`` refuse it with the fix). A server that cannot be reached is a
   ``SpecError`` (exit 2, no traceback) from :func:`make_storage` naming the server, what the driver
-  said and the likely fix; the driver opens the storage before it launches anything; psycopg connections give up after
-  :data:`CONNECT_TIMEOUT_S` unless the URL sets ``connect_timeout``.
+  said and the likely fix; the driver opens the storage before it launches anything. psycopg
+  connections give up after :data:`CONNECT_TIMEOUT_S` unless the URL sets ``connect_timeout``.
 
 Preflight for studies whose trials run on other machines (Slurm): :func:`check_cluster_storage`
 refuses a SQLite file on a network filesystem (NFS, CIFS/SMB, Lustre, GPFS, BeeGFS, CephFS, ...;
@@ -60,10 +60,10 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(url)
+    if url.startswith(SQLITE_PREFIX):
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif _uses_psycopg(url) and "connect_timeout=" not in url:
         engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
@@ -73,12 +73,12 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
         else:
             storage = _create_rdb_storage(url, engine_kwargs)
     except Exception as error:  # noqa: BLE001 - only connection failures of a server are translated
-        if url.startswith("sqlite:") or not _is_connection_error(error):
+        if url.startswith(SQLITE_PREFIX) or not _is_connection_error(error):
             raise
-        from .spec import SpecError  # lazily: trial processes do not load the spec module
+        from .schema import SpecError
 
         raise SpecError(unreachable_message(url, error)) from None
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_PREFIX):
         _use_wal(storage)
     return storage
 
@@ -112,6 +112,53 @@ def _use_wal(storage: Any) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
+
+
+def default_storage_url(study_dir: Path, executor_type: str) -> str:
+    """``sqlite:///<study dir>/optuna.db``; for executor ``slurm`` (trials on other nodes write to it) the
+    journal file ``journal://<study dir>/optuna.journal``, which needs no locking server."""
+    if executor_type == "slurm":
+        return f"{JOURNAL_PREFIX}{study_dir / 'optuna.journal'}"
+    return f"{SQLITE_PREFIX}{study_dir / 'optuna.db'}"
+
+
+def default_tracking_uri(study_dir: str | Path) -> str:
+    """``sqlite:///<abs study dir>/mlflow.db``: the default MLflow store, beside the study's Optuna storage."""
+    return f"{SQLITE_PREFIX}{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
+def open_study(spec: Any, *, create: bool, max_parallel: int | None = None):
+    """Create or load the Optuna study of a :class:`~sweeper.spec.StudySpec` with its sampler and pruner.
+    Returns (study, storage). ``create=False`` refuses a study that is not in the storage yet."""
+    import optuna
+
+    from .pruning import build_pruner
+    from .samplers import build_sampler
+    from .schema import SpecError
+
+    storage = make_storage(spec.study.storage)
+    sampler = build_sampler(spec, max_parallel)
+    pruner = build_pruner(spec.pruner, spec.trial_steps())
+    if create:
+        study = optuna.create_study(
+            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner,
+            directions=spec.directions, load_if_exists=True,
+        )
+    else:
+        if spec.study.name not in optuna.get_all_study_names(storage):
+            raise SpecError(f"study {spec.study.name!r} is not in storage {redact_url(spec.study.storage)}: run `sweeper run` first")
+        study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing and spec.sampler.seed is not None:
+        # a seeded sampler restarted on a resumed study would replay the first run's suggestions
+        study.sampler = build_sampler(spec, max_parallel, seed_offset=existing)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != spec.directions:
+        raise SpecError(
+            f"objective: study {spec.study.name!r} in {redact_url(spec.study.storage)} has directions {stored}, the spec says "
+            f"{spec.directions}; a study's objectives cannot change: use a new study.name"
+        )
+    return study, storage
 
 
 # --------------------------------------------------------------------------- database servers
@@ -176,7 +223,7 @@ def check_database_driver(url: str | None, field: str = "study.storage") -> None
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from .spec import SpecError
+    from .schema import SpecError
 
     shown = redact_url(url)
     try:
@@ -198,17 +245,6 @@ def check_database_driver(url: str | None, field: str = "study.storage") -> None
             fix += f", or use psycopg 3: {base}+psycopg:// or {base}:// with pip install '{POSTGRES_EXTRA}'"
         raise SpecError(f"{field}: {shown} needs the database driver {module}{how}, which is not installed in "
                         f"{sys.executable}: {fix}") from None
-
-
-def load_existing_study(storage_url: str, study_name: str, *, pruner: Any = None, sampler: Any = None):
-    """The study if it exists in the storage, else None (never creates one)."""
-    import optuna
-
-    storage = make_storage(storage_url)
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        return None
-    return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner, sampler=sampler)
 
 
 # --------------------------------------------------------------------------- preflight for cluster studies
@@ -273,7 +309,7 @@ def check_cluster_storage(storage_url: str, *, field: str = "study.storage", mou
     fstype = filesystem_type(db, mounts_text)
     if not is_network_filesystem(fstype):
         return
-    from .spec import SpecError
+    from .schema import SpecError
 
     journal = db.with_suffix(".journal")
     raise SpecError(

@@ -1,12 +1,7 @@
 """The trial process: one Optuna trial = one training run in its own process.
 
-The driver writes two files in the trial's folder (``<study dir>/trials/NNNNN/``) and submits
-:func:`run_trial` with that folder as its only argument:
-
-* ``config.yaml``: the trial's complete RunConfig (``sweeper train config.yaml`` reruns it by hand);
-* ``trial.json``: a :class:`TrialTicket`: storage URL, study name, trial number and id, objective(s),
-  pruner spec (the pruner is *not* stored in Optuna's storage: a process that re-opened the study
-  with the default pruner would silently never prune), health rules, tracking, trainer entry point.
+The driver writes the trial's folder (``config.yaml`` and ``trial.json``: :mod:`sweeper.contract`) and
+submits :func:`run_trial` with that folder as its only argument.
 
 :func:`run_trial` re-opens the study from storage with the same pruner, wraps a
 :class:`TrialReporter` (plus the MLflow ``TrialTracker`` when tracking is on) around the trainer,
@@ -15,18 +10,18 @@ the objective metric as an Optuna intermediate value at that step and asks ``sho
 at every report it runs the health rules. A verdict makes ``stop_reason()`` return
 ``"pruned:<reason>"`` and the trainer stops cleanly after the current step.
 
-The worker never ``tell``s Optuna: it writes ``outcome.json`` (state COMPLETE / PRUNED / FAIL,
-objective value(s), prune reason, message) and returns the same dict. The *driver* tells Optuna
-the final state, because only the driver sees every ending -- including a process killed by the OS
-or the scheduler, which writes nothing. One writer of final states keeps them consistent.
+The worker never ``tell``s Optuna: it writes ``outcome.json`` (an :class:`~sweeper.contract.Outcome`:
+COMPLETE / PRUNED / FAIL, objective value(s), prune reason, message) and returns it. The *driver* tells
+Optuna the final state, because only the driver sees every ending -- including a process killed by the
+OS or the scheduler, which writes nothing. One writer of final states keeps them consistent.
 
 On Slurm the job runs :class:`CheckpointableTrial` instead, which calls :func:`run_trial` on rank 0
 (in a worker thread, so the main thread can take submitit's checkpoint signal: the trainer then saves a
 checkpoint, nothing final is written, and the requeued job resumes the same trial) and runs the
 trainer without reporters on the other ranks of a data-parallel trial.
 
-This is the one module of ``sweeper/`` that imports the trainer (``trainers.config`` and the entry
-point), and only inside functions: importing it costs no torch.
+This is the one module of ``sweeper/`` that imports trainer modules beyond ``trainers.config`` (the
+entry point, ``trainers.reporting``), and only inside functions: importing it costs no torch.
 """
 
 from __future__ import annotations
@@ -42,60 +37,15 @@ import time
 import traceback
 import warnings
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from trainers.reporting import METRICS_FILE, PREEMPTED, ConsoleReporter, read_metrics
+
+from .contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, STOP_PREFIX, Outcome, TrialTicket
 from .pruning import Verdict, build_pruner, first_verdict, health_rules
 
-TICKET_FILE = "trial.json"
-CONFIG_FILE = "config.yaml"
-OUTCOME_FILE = "outcome.json"
-METRICS_FILE = "metrics.jsonl"  # the trainer's metrics stream in its output_dir
-STOP_PREFIX = "pruned:"
-PREEMPTED = "preempted"  # = trainers.reporting.PREEMPTED: the trainer saves a checkpoint, then stops
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@dataclass
-class TrialTicket:
-    """Everything a trial process needs besides its config (``trial.json``)."""
-
-    storage: str
-    study_name: str
-    trial_number: int
-    trial_id: int
-    study_dir: str
-    entrypoint: str
-    objectives: list[dict[str, Any]]                     # ObjectiveSpec dumps
-    pruner: dict[str, Any]                                # PrunerSpec dump (includes health)
-    trial_steps: int
-    sampled: dict[str, Any] = field(default_factory=dict)   # Optuna name -> value
-    sampled_paths: dict[str, Any] = field(default_factory=dict)  # config path -> value, sampled ones only
-    tracking: dict[str, Any] = field(default_factory=dict)  # enabled, uri, experiment, parent_run_id
-
-    def write(self, trial_dir: Path) -> None:
-        _atomic_write(trial_dir / TICKET_FILE, json.dumps(asdict(self), indent=2, default=str))
-
-    @classmethod
-    def read(cls, trial_dir: Path) -> "TrialTicket":
-        return cls(**json.loads((trial_dir / TICKET_FILE).read_text()))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_outcome(trial_dir: Path) -> dict[str, Any] | None:
-    path = Path(trial_dir) / OUTCOME_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def aggregate(values: Sequence[float], objective: Mapping[str, Any]) -> float | None:
@@ -160,8 +110,6 @@ class TrialReporter:
         objective's validation values from the run's metrics.jsonl (the trainer has cut it at the
         checkpoint's step), so health rules and aggregation see the whole trial. Optuna already holds
         the intermediate values of those steps: nothing is reported again."""
-        from trainers.reporting import read_metrics
-
         if not metrics_file.exists():
             return
         for record in read_metrics(metrics_file):
@@ -236,33 +184,34 @@ class TrialReporter:
         self.verdict_step = step
         print(f"[sweeper] trial {getattr(self.trial, 'number', '?')} pruned at step {step}: {verdict.reason}: {verdict.message}", flush=True)
 
-    def outcome(self, summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    def outcome(self, summary: Mapping[str, Any] | None) -> Outcome:
         """COMPLETE with the aggregated objective(s), PRUNED with the reason, or FAIL."""
         base = {
             "step": (summary or {}).get("step", self.last_step),
             "objective_history": {o["metric"]: list(zip(self.objective_steps, v)) for o, v in zip(self.objectives, self.objective_values)},
             "summary": _jsonable(summary or {}),
-            "num_processes": self.num_processes,        # data-parallel ranks of the training run
-            "resumed_from_step": self.resumed_from_step,  # > 0: this run continued a preempted job
+            "num_processes": self.num_processes,
+            "resumed_from_step": self.resumed_from_step,
         }
         if self.verdict is not None:
             partial = [aggregate(v, o) for o, v in zip(self.objectives, self.objective_values)]
-            return {**base, "state": "PRUNED", "prune_reason": self.verdict.reason, "message": self.verdict.message,
-                    "values": None, "partial_values": partial, "pruned_at_step": self.verdict_step}
+            return Outcome("PRUNED", prune_reason=self.verdict.reason, message=self.verdict.message,
+                           partial_values=partial, pruned_at_step=self.verdict_step, **base)
         status = (summary or {}).get("status", "completed")
         if status != "completed":
             reason = (summary or {}).get("stop_reason")
-            return {**base, "state": "FAIL", "fail_reason": f"the trainer ended with status {status!r} (stop_reason {reason!r})"}
+            return Outcome("FAIL", fail_reason=f"the trainer ended with status {status!r} (stop_reason {reason!r})", **base)
         values = []
         for objective, series in zip(self.objectives, self.objective_values):
             value = aggregate(series, objective)
             if value is None:
                 seen = sorted(k for k in self.history if k.startswith("val/"))
-                return {**base, "state": "FAIL", "fail_reason": f"objective metric {objective['metric']!r} was never reported; validation metrics seen: {seen or 'none (no validation ran)'}"}
+                return Outcome("FAIL", fail_reason=f"objective metric {objective['metric']!r} was never reported; "
+                                                   f"validation metrics seen: {seen or 'none (no validation ran)'}", **base)
             if not math.isfinite(value):
-                return {**base, "state": "FAIL", "fail_reason": f"objective {objective['metric']} is {value}"}
+                return Outcome("FAIL", fail_reason=f"objective {objective['metric']} is {value}", **base)
             values.append(value)
-        return {**base, "state": "COMPLETE", "values": values}
+        return Outcome("COMPLETE", values=values, **base)
 
 
 def _jsonable(data: Any) -> Any:
@@ -302,57 +251,48 @@ def _job_environment() -> tuple[str | None, dict[str, str]]:
         return None, {}
 
 
-def run_trial(trial_dir: str | Path, preemption: threading.Event | None = None) -> dict[str, Any]:
+def run_trial(trial_dir: str | Path, preemption: threading.Event | None = None) -> Outcome:
     """Run one trial from its folder; write and return its outcome. Exceptions are recorded in
     ``outcome.json`` (state FAIL with the traceback) and re-raised.
 
     ``preemption`` (set by :class:`CheckpointableTrial` on Slurm's checkpoint signal) makes the
-    trainer save a checkpoint and stop; the trial is then *not* over: nothing is written and
-    ``{"state": "PREEMPTED", "step": N}`` is returned, the requeued job resumes it."""
+    trainer save a checkpoint and stop; the trial is then *not* over: nothing is written and an
+    outcome with state PREEMPTED is returned, the requeued job resumes it."""
     trial_dir = Path(trial_dir)
     started = time.time()
     try:
         outcome = _run(trial_dir, preemption)
-        if outcome.get("state") == "PREEMPTED":
+        if outcome.state == "PREEMPTED":
             return outcome
     except BaseException as error:
-        outcome = {
-            "state": "FAIL",
-            "fail_reason": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc()[-8000:],
-            "seconds": time.time() - started,
-        }
-        _atomic_write(trial_dir / OUTCOME_FILE, json.dumps(outcome, indent=2, default=str))
+        Outcome("FAIL", fail_reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-8000:],
+                seconds=time.time() - started).write(trial_dir)
         raise
-    outcome["seconds"] = time.time() - started
-    _atomic_write(trial_dir / OUTCOME_FILE, json.dumps(outcome, indent=2, default=str))
+    outcome.seconds = time.time() - started
+    outcome.write(trial_dir)
     return outcome
 
 
-def _run(trial_dir: Path, preemption: threading.Event | None = None) -> dict[str, Any]:
+def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
     import optuna
     from pydantic import TypeAdapter
 
     from trainers.config import load_config
-    from trainers.reporting import ConsoleReporter
 
-    from .spec import PrunerSpec
+    from .pruning import PrunerSpec
+    from .storage import make_storage
 
     ticket = TrialTicket.read(trial_dir)
     config = load_config(trial_dir / CONFIG_FILE)
     train = load_entrypoint(ticket.entrypoint)
     pruner_spec = TypeAdapter(PrunerSpec).validate_python(ticket.pruner)
 
-    from .storage import make_storage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=ticket.study_name,
-        storage=make_storage(ticket.storage, worker=True),
-        pruner=build_pruner(pruner_spec, ticket.trial_steps),
-    )
+    storage = make_storage(ticket.storage, worker=True)
+    study = optuna.load_study(study_name=ticket.study_name, storage=storage,
+                              pruner=build_pruner(pruner_spec, ticket.trial_steps))
     trial = optuna.trial.Trial(study, ticket.trial_id)
-    frozen = study._storage.get_trial(ticket.trial_id)
+    frozen = storage.get_trial(ticket.trial_id)
     if frozen.state != optuna.trial.TrialState.RUNNING:
         raise RuntimeError(f"trial {ticket.trial_number} is {frozen.state.name} in storage, not RUNNING: nothing to run")
 
@@ -370,7 +310,7 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> dict[str
     log_paths["output_dir"] = config.train.output_dir
     reporters: list[Any] = [reporter]
     if ticket.tracking.get("enabled"):
-        tracker = _trial_tracker(ticket, trial, config, job_id, log_paths, frozen.user_attrs.get("mlflow_run_id"))
+        tracker = _trial_tracker(ticket, trial, config, job_id, log_paths, frozen.user_attrs.get(ATTR_MLFLOW_RUN_ID))
         if tracker is not None:
             reporters.insert(0, _OpenAcrossPreemption(tracker))
     if preemption is not None:
@@ -381,9 +321,9 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> dict[str
     summary = train(config, reporters)
     if summary.get("stop_reason") == PREEMPTED:
         print(f"[sweeper] trial {ticket.trial_number} preempted at step {summary.get('step')}: checkpoint saved, the job is requeued", flush=True)
-        return {"state": "PREEMPTED", "step": summary.get("step")}
+        return Outcome("PREEMPTED", step=summary.get("step"))
     outcome = reporter.outcome(summary)
-    print(f"[sweeper] trial {ticket.trial_number} {outcome['state']} at step {outcome.get('step')}", flush=True)
+    print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
     return outcome
 
 
@@ -404,8 +344,8 @@ def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | N
             log_paths=log_paths,
             run_id=run_id,
         )
-        if getattr(tracker, "run_id", None):
-            trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        if tracker.run_id:
+            trial.set_user_attr(ATTR_MLFLOW_RUN_ID, tracker.run_id)
         return tracker
     except Exception as error:  # noqa: BLE001 - tracking never loses a trial
         warnings.warn(f"MLflow tracking is off for this trial: {type(error).__name__}: {error}")
@@ -444,7 +384,7 @@ class _OpenAcrossPreemption:
 
     def __init__(self, tracker: Any):
         self.tracker = tracker
-        self.run_id = getattr(tracker, "run_id", None)
+        self.run_id = tracker.run_id
 
     def on_start(self, run_info: Mapping[str, Any]) -> None:
         self.tracker.on_start(run_info)
@@ -554,7 +494,8 @@ class CheckpointableTrial:
             runtime["flag"].set()
             print(f"[sweeper] checkpoint signal: saving a checkpoint of {trial_dir} (waiting up to {self.checkpoint_wait_s:.0f} s)", flush=True)
             runtime["thread"].join(self.checkpoint_wait_s)
-            if not runtime["thread"].is_alive() and (runtime.get("result") or {}).get("state") != "PREEMPTED":
+            result = runtime.get("result")
+            if not runtime["thread"].is_alive() and (result is None or result.state != "PREEMPTED"):
                 return None  # it completed, was pruned or failed meanwhile: its outcome is written, no requeue
             if runtime["thread"].is_alive():
                 print("[sweeper] the trainer did not stop in time: the requeued job resumes from its last checkpoint", flush=True)
