@@ -85,10 +85,14 @@ def describe_spec(spec: Any) -> list[str]:
                     f"{e.nodes} node(s) x {e.tasks_per_node} task(s) x {e.cpus_per_task} cpu, {e.gpus_per_node} gpu/node, "
                     f"{f'{e.mem_gb:g} GB/node, ' if e.mem_gb else ''}time limit {e.time_limit_min} min")
     t = spec.tracking
-    tracking = f"MLflow {t.uri}, experiment {t.experiment}" if t.enabled else "off"
+    from .storage import redact_url  # a password in a database URL is not printed
+
+    tracking = f"MLflow {redact_url(t.uri)}, experiment {t.experiment}" if t.enabled else "off"
+    if t.enabled and t.artifact_location:
+        tracking += f", artifacts {t.artifact_location}"
     return [
         f"folder    {spec.study_dir}",
-        f"storage   {spec.study.storage}",
+        f"storage   {redact_url(spec.study.storage)}",
         f"objective {objective}",
         f"base      {spec.base_source or 'inline'} (valid run config)",
         f"sampler   {sampler}",

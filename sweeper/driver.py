@@ -29,8 +29,10 @@ configs (``enqueue:`` in the spec) go first, once per study (study user attr ``s
 A seeded sampler is re-seeded on resume with ``seed + trials in storage`` (otherwise it would
 suggest the first run's configs again).
 
-A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver of the same study
-on the same host.
+One driver per study, across hosts: the driver holds a lease kept in the study's own storage
+(:mod:`sweeper.lock`; owner host/pid and a heartbeat). A second driver is refused while the lease is
+live, and takes over the lease of a dead one (same machine: at once; another host: once its
+heartbeat is older than the lease ttl).
 
 Ctrl-C cancels the jobs in flight and records them as lost (re-queued on the next run); with
 ``on_interrupt="detach"`` (default: the spec's ``executor.on_interrupt``) they keep running and the
@@ -41,10 +43,7 @@ For a Slurm study, :func:`preflight` first refuses a SQLite storage on a network
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 import sys
 import time
 import warnings
@@ -64,7 +63,6 @@ from .storage import open_study
 
 MAX_CONSECUTIVE_REJECTIONS = 200
 STDERR_ATTR_CHARS = 4000
-LOCK_FILE = "driver.lock"
 NO_OUTCOME = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
 
 
@@ -214,6 +212,7 @@ class Driver:
         loop_start = None
         deadline = started + self.timeout if self.timeout else math.inf
         while True:
+            self._lease.check()  # LeaseLost if another driver took the study over (sweeper.lock)
             t0 = time.perf_counter()
             # refill
             while len(self.in_flight) < self.max_parallel and time.time() < deadline:
@@ -440,27 +439,14 @@ class Driver:
     # ------------------------------------------------------------------ lock
 
     def _acquire_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        if path.exists():
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, ValueError):
-                other = {}
-            if other.get("host") == me["host"] and other.get("pid") and _alive(int(other["pid"])) and other["pid"] != me["pid"]:
-                raise SpecError(
-                    f"study {self.spec.study.name!r} is already being run by pid {other['pid']} on this host "
-                    f"({path}); wait for it, or stop it first"
-                )
-        path.write_text(json.dumps(me))
+        from .lock import acquire_driver_lease
+
+        self._lease = acquire_driver_lease(self.spec, log=self.log)  # LeaseHeld (a SpecError) if another driver runs
 
     def _release_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        if getattr(self, "_lease", None) is not None:
+            self._lease.release()
+            self._lease = None
 
     # ------------------------------------------------------------------ progress bar / summary
 
@@ -493,7 +479,8 @@ class Driver:
         from .tracking import StudyTracker
 
         t = self.spec.tracking
-        self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric)
+        self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric,
+                                    artifact_location=t.artifact_location)
         self.parent_run_id = self.tracker.start()
 
     def _mark_tracking(self, trial_id: int, number: int, state: str, prune_reason: str | None, stderr_tail: str | None,
@@ -540,16 +527,6 @@ def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
             f"several nodes writing to it may corrupt it: prefer an MLflow server (tracking.uri: http://host:5000)",
             stacklevel=2,
         )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _find_local_job_id(trial_dir: Path) -> str | None:

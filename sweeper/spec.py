@@ -42,7 +42,7 @@ sampler, the pruner (with entropy-health rules), the budget, the executor and th
       resources: {cpus_per_trial: 1, gpus_per_trial: 0, timeout_min: 240}
       # slurm: profile: local-test (slurm/profiles/) plus partition, account, qos, time_limit_min, nodes,
       # tasks_per_node, gpus_per_node, cpus_per_task, mem_gb, constraint, job_name, setup, python, ...
-    tracking: {enabled: true, uri: null, experiment: null}
+    tracking: {enabled: true, uri: null, experiment: null, artifact_location: null}
 
 Every relative path in a study file (``base``, ``include``, ``study.dir``, a relative
 ``journal://`` or ``sqlite:///`` path, a ``file.py:function`` entrypoint) is resolved against the
@@ -174,6 +174,10 @@ class TrackingSpec(SpecModel):
     enabled: bool = True
     uri: str | None = Field(None, description="None = sqlite:///<study dir>/mlflow.db.")
     experiment: str | None = Field(None, description="None = the study name.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts: a path (relative to the study file) or a URI. "
+                          "None = <dir of mlflow.db>/mlartifacts/<experiment> for SQLite, <study dir>/mlartifacts/"
+                          "<experiment> for a database server (postgresql://...), the server's choice for http(s)://.")
 
 
 # --------------------------------------------------------------------------- the study spec
@@ -411,6 +415,8 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
             "experiment": spec.tracking.experiment or spec.study.name,
         }
     )
+    tracking = tracking.model_copy(update={"artifact_location": _artifact_location(tracking, study_dir, folder)})
+    _check_database_drivers(storage, tracking)
     spec = spec.model_copy(
         update={"study": spec.study.model_copy(update={"dir": str(study_dir), "storage": storage}), "tracking": tracking}
     )
@@ -418,6 +424,32 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
     spec._base_source = base_source
     spec._param_origins = origins
     return spec
+
+
+def _artifact_location(tracking: TrackingSpec, study_dir: Path, folder: Path) -> str | None:
+    """``tracking.artifact_location`` made absolute (a path is relative to the study file); for a
+    database-server store (postgresql://...), default ``<study dir>/mlartifacts/<experiment>`` (MLflow
+    would otherwise use ./mlruns of whatever directory a process runs in)."""
+    location = tracking.artifact_location
+    if location:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):  # a URI: file:///..., s3://..., mlflow-artifacts:/...
+            return location
+        return (folder / Path(location).expanduser()).resolve().as_uri()
+    scheme = (tracking.uri or "").split("://", 1)[0].split("+", 1)[0]
+    if "://" in (tracking.uri or "") and scheme in ("postgresql", "mysql", "mssql"):
+        slug = re.sub(r"[^\w.-]+", "_", tracking.experiment or "").strip("._") or "experiment"
+        return (study_dir / "mlartifacts" / slug).as_uri()
+    return None
+
+
+def _check_database_drivers(storage: str, tracking: TrackingSpec) -> None:
+    """The database driver of the Optuna storage and of the MLflow store must be importable
+    (``SpecError`` naming the package, e.g. ``entropy-sweeper[postgres]``)."""
+    from .storage import check_database_driver
+
+    check_database_driver(storage, "study.storage")
+    if tracking.enabled:
+        check_database_driver(tracking.uri, "tracking.uri")
 
 
 def _load_base(base: Any, folder: Path) -> tuple[dict[str, Any], str | None]:
