@@ -26,6 +26,7 @@ import copy
 import datetime as _dt
 import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ import yaml
 
 from trainers.config import RunConfig, parse_config
 
-from .contract import ATTR_CONFIG
+from .compare import Gain, baseline_trial, paired_gain
+from .contract import ATTR_CONFIG, objective_estimate
 from .formats import model_path, target_version as describe_target, to_trl, to_verl
 from .space import get_path, leaves, set_path
 from .spec import SpecError, StudySpec, load_spec
@@ -122,7 +124,23 @@ def trial_config(spec: StudySpec, frozen: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- export
 
 
-def export_best(
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_trial` wrote: the file, the trial, and its paired gain over the study's baseline."""
+
+    path: Path
+    trial: int
+    gain: Gain | None
+    baseline: int | None
+
+
+def export_best(spec: StudySpec | str | Path, output: str | Path, **options: Any) -> Path:
+    """Write the chosen trial's config to ``output`` (see the module docstring and :func:`export_trial`
+    for the options). Returns the path."""
+    return export_trial(spec, output, **options).path
+
+
+def export_trial(
     spec: StudySpec | str | Path,
     output: str | Path,
     *,
@@ -133,12 +151,15 @@ def export_best(
     prefer: str | None = None,
     output_dir: str | None = None,
     target_version: str | None = None,
-) -> Path:
-    """Write the chosen trial's config to ``output`` (see the module docstring). Returns the path."""
+) -> Exported:
+    """Write the chosen trial's config to ``output`` with its provenance and its paired gain over the study's
+    baseline (a warning when that gain is not significant)."""
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
+    if spec.source_file and Path(output).resolve() == Path(spec.source_file):
+        raise SpecError(f"-o {output} would overwrite the study file {spec.source_file}: write the config elsewhere")
     from .storage import open_study
 
     study, _ = open_study(spec, create=False)
@@ -152,12 +173,29 @@ def export_best(
     set_path(config, "train.output_dir", output_dir or f"runs/{spec.study.name}-trial{frozen.number}")
     validated = parse_config(config, f"exported trial {frozen.number}").model_dump(mode="json")
 
-    text = export_text(validated, fmt, provenance_lines(spec, frozen, trial_steps, steps), target_version)
+    header = provenance_lines(spec, frozen, trial_steps, steps)
+    baseline = baseline_trial(study)
+    gain = None
+    if baseline is not None and not spec.is_multi_objective and frozen.state.name == "COMPLETE":
+        header.append(f"baseline: trial {baseline.number} ({_params_text(baseline.params)}), "
+                      f"{spec.objective[0].metric} = {objective_estimate(baseline).text()}")
+        if baseline.number != frozen.number:
+            gain = paired_gain(frozen, baseline, spec.directions[0])
+            header.append(f"gain over the baseline: {gain.text()}" if gain else "gain over the baseline: no per-prompt results to pair")
+            if gain is not None and gain.unit == "prompts":
+                header.append("  (one seed each: the interval does not include training randomness; "
+                              "`sweeper verify` reruns both with fresh seeds)")
+    elif not spec.is_multi_objective:
+        header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
+    text = export_text(validated, fmt, header, target_version)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     _log_export(spec, output)
-    return output
+    if gain is not None and not gain.difference.significant:
+        warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
+                      f"{gain.text()}", stacklevel=2)
+    return Exported(output, frozen.number, gain, baseline.number if baseline is not None else None)
 
 
 def export_text(validated: dict[str, Any], fmt: str, header: list[str], target_version: str | None = None) -> str:
@@ -203,10 +241,11 @@ def format_lines(fmt: str, validated: dict[str, Any], version: str | None = None
 
 def provenance_lines(spec: StudySpec, frozen: Any, trial_steps: Any, steps: int | None) -> list[str]:
     if frozen.values:
-        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {v:.6g}" for o, v in zip(spec.objective, frozen.values))
+        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {objective_estimate(frozen, i).text(6)}"
+                          for i, o in enumerate(spec.objective))
     else:
         value = "none"
-    sampled = ", ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items()) or "(none)"
+    sampled = _params_text(frozen.params)
     lines = [
         f"exported by entropy-sweeper {package_version()} on {_dt.datetime.now().isoformat(timespec='seconds')}",
         f"git commit: {git_commit() or 'unknown'}",
@@ -225,6 +264,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "(none)"
+
+
 def _log_export(spec: StudySpec, output: Path) -> None:
     if not spec.tracking.enabled:
         return
@@ -234,6 +277,4 @@ def _log_export(spec: StudySpec, output: Path) -> None:
         tracker = StudyTracker(spec.tracking.uri, spec.tracking.experiment, spec.study.name)
         tracker.log_export(output)
     except Exception as error:  # noqa: BLE001 - tracking never blocks an export
-        import warnings
-
         warnings.warn(f"could not log the export to MLflow: {type(error).__name__}: {error}", stacklevel=2)
