@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from trainers.algorithms import ppo_clip_loss
 from trainers.config import RunConfig
 from trainers.entropy import build_intervention
 from trainers.entropy.clip_cov import clip_cov_selection, token_covariance
@@ -124,8 +125,9 @@ def test_clip_cov_candidates_and_count_match_loop_reference():
     candidates = {p for p, c in cov.items() if 0.5 < c < 4.0 and not clipped[p]}
     assert candidates and any(clipped.values())
     for ratio in (2e-4, 0.1, 1.0):
-        chosen, got_candidates = clip_cov_selection(advantages, logp, old_logp, mask, 0.2, 0.28, ratio, 0.5, 4.0,
-                                                    torch.Generator().manual_seed(0))
+        _, clip_stats = ppo_clip_loss(logp, old_logp, advantages, 0.2, 0.28)   # the step's own PPO loss statistics
+        chosen, got_candidates = clip_cov_selection(advantages, logp, mask, clip_stats["clipped_term_larger"], ratio,
+                                                    0.5, 4.0, torch.Generator().manual_seed(0))
         assert {tuple(p) for p in torch.nonzero(got_candidates).tolist()} == candidates
         picked = {tuple(p) for p in torch.nonzero(chosen).tolist()}
         assert picked <= candidates

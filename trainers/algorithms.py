@@ -71,27 +71,37 @@ def compute_advantages(kind: str, rewards: torch.Tensor, group_size: int) -> tor
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                   eps_low: float, eps_high: float, dual_c: float | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token clipped surrogate loss and its [B, T] diagnostics (ratio, clipped_low, clipped_high).
+    """Per-token clipped surrogate loss and its [B, T] diagnostics (no grad), which the GRPO step also
+    hands to the entropy hooks (``MicroBatch.clip_stats``):
 
+    ``ratio``, ``log_ratio``: r and log r (clamped to [-20, 20]);
     ``clipped_low``: A < 0 and r < 1 - eps_low (the clipped branch is active, no gradient);
-    ``clipped_high``: A > 0 and r > 1 + eps_high; ``clipped_dual``: the dual-clip bound is active.
+    ``clipped_high``: A > 0 and r > 1 + eps_high; ``clipped_dual``: the dual-clip bound is active;
+    ``clipped``: any of the three: the token's loss has no gradient through r (STEER's I_clip = 0);
+    ``clipped_term_larger``: -A clip(r) > -A r, the clipped term strictly wins the max, dual clip not
+    considered (Clip-Cov's "already clipped" test, as verl's ``compute_policy_loss_clip_cov``).
     """
     log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     token_loss = torch.maximum(unclipped, clipped)
+    clipped_term_larger = clipped > unclipped
     clipped_dual = torch.zeros_like(ratio, dtype=torch.bool)
     if dual_c is not None:
         dual_bound = -advantages * dual_c
         clipped_dual = (advantages < 0) & (token_loss > dual_bound)
         token_loss = torch.where(advantages < 0, torch.minimum(token_loss, dual_bound), token_loss)
+    clipped_low = ((advantages < 0) & (ratio < 1.0 - eps_low)).detach()
+    clipped_high = ((advantages > 0) & (ratio > 1.0 + eps_high)).detach()
     stats = {
         "ratio": ratio.detach(),
         "log_ratio": log_ratio.detach(),
-        "clipped_low": ((advantages < 0) & (ratio < 1.0 - eps_low)).detach(),
-        "clipped_high": ((advantages > 0) & (ratio > 1.0 + eps_high)).detach(),
+        "clipped_low": clipped_low,
+        "clipped_high": clipped_high,
         "clipped_dual": clipped_dual.detach(),
+        "clipped": clipped_low | clipped_high | clipped_dual.detach(),
+        "clipped_term_larger": clipped_term_larger.detach(),
     }
     return token_loss, stats
 

@@ -12,7 +12,7 @@ login node.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -148,6 +148,25 @@ class EvalConfig(_Strict):
 # --------------------------------------------------------------------------- entropy interventions
 
 
+class MethodSection(_Strict):
+    """The config section of one entropy method (``entropy.<section>``). Subclasses name the method
+    (``method``, the ``entropy.method`` value) and any shared sections it also reads (``reads``, e.g.
+    ``("anchor",)``); ``entropy.method``'s accepted values and :data:`METHOD_SECTIONS` are derived
+    from these classes and :class:`EntropyConfig`'s fields, so a new method needs its section here
+    (a subclass and one field of EntropyConfig) and its module under ``trainers/entropy/``, nothing else."""
+
+    method: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()
+    _defined: ClassVar[list[type["MethodSection"]]] = []
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "method" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: a MethodSection names its entropy.method (method: ClassVar[str] = ...)")
+        MethodSection._defined.append(cls)
+
+
 class AnchorConfig(_Strict):
     source: Literal["initial", "previous", "fixed"] = Field(
         "initial", description="initial: measured once on the first rollout batch; previous: last step's mean entropy; fixed: value."
@@ -162,11 +181,16 @@ class AnchorConfig(_Strict):
         return self
 
 
-class BonusConfig(_Strict):
+class BonusConfig(MethodSection):
+    method = "entropy_bonus"
+
     coef: float = Field(1e-3, ge=0.0, description="beta: L = L_pg - beta * agg(H).")
 
 
-class SirenConfig(_Strict):
+class SirenConfig(MethodSection):
+    method = "siren"
+    reads = ("anchor",)
+
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus mass for the entropy (code 0.8; summary says 0.95).")
     top_k: int = Field(10000, gt=0, description="Cap on the nucleus search (entropy_topk).")
     peak_quantile: float = Field(0.8, ge=0.0, lt=1.0, description="Keep positions strictly above this quantile of nucleus entropy.")
@@ -175,7 +199,10 @@ class SirenConfig(_Strict):
     agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
 
 
-class AERConfig(_Strict):
+class AERConfig(MethodSection):
+    method = "aer"
+    reads = ("anchor",)
+
     rho: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty threshold: prompts with group accuracy <= rho are regularized.")
     allocation: Literal["threshold", "linear"] = "threshold"
     alpha_init: float = Field(1e-3, ge=0.0)
@@ -183,7 +210,9 @@ class AERConfig(_Strict):
     alpha_max: float = Field(1e-2, ge=0.0)
 
 
-class SteerConfig(_Strict):
+class SteerConfig(MethodSection):
+    method = "steer"
+
     w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
     mapping: Literal["exp", "linear"] = "exp"
     w_max: float = Field(1.2, ge=0.0, description="Upper weight of the linear mapping (release 1.2); exp clamps to 1.")
@@ -198,30 +227,37 @@ class SteerConfig(_Strict):
         return self
 
 
-class ForkingConfig(_Strict):
+class ForkingConfig(MethodSection):
+    method = "forking_tokens"
+
     top_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Fraction of highest-entropy tokens that get the PG gradient.")
     scope: Literal["batch", "response"] = "batch"
 
 
-class ClipCovConfig(_Strict):
+class ClipCovConfig(MethodSection):
+    method = "clip_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     lower: float = 1.0
     upper: float = 5.0
 
 
-class KLCovConfig(_Strict):
+class KLCovConfig(MethodSection):
+    method = "kl_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
 
 
-class EntropyAdvantageConfig(_Strict):
+class EntropyAdvantageConfig(MethodSection):
+    method = "entropy_advantage"
+
     alpha: float = Field(0.4, ge=0.0)
     kappa: float = Field(2.0, gt=0.0)
 
 
-EntropyMethodName = Literal[
-    "none", "entropy_bonus", "siren", "aer", "steer", "forking_tokens", "clip_cov", "kl_cov", "entropy_advantage"
-]
+# "none" (plain GRPO) and one name per method section, in the order the sections are defined above.
+EntropyMethodName = Literal[("none", *(section.method for section in MethodSection._defined))]  # type: ignore[valid-type]
 
 
 class EntropyConfig(_Strict):
@@ -236,6 +272,28 @@ class EntropyConfig(_Strict):
     clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
     entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+
+def _method_sections() -> dict[str, tuple[str, ...]]:
+    """entropy.method -> the EntropyConfig sections it reads (its own first), from the section classes."""
+    sections: dict[str, tuple[str, ...]] = {"none": ()}
+    for field_name, field in EntropyConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, MethodSection):
+            if section.method in sections:
+                raise TypeError(f"EntropyConfig: two sections for entropy.method {section.method!r}")
+            missing = [name for name in section.reads if name not in EntropyConfig.model_fields]
+            if missing:
+                raise TypeError(f"{section.__name__}.reads names {missing}, which are not EntropyConfig fields")
+            sections[section.method] = (field_name, *section.reads)
+    unplaced = [s.__name__ for s in MethodSection._defined if s.method not in sections]
+    if unplaced:
+        raise TypeError(f"method sections {unplaced} are not fields of EntropyConfig: add one field each")
+    return sections
+
+
+# Torch-free: the sweeper reads it to tell which entropy.* sections a trial's method uses.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = _method_sections()
 
 
 # --------------------------------------------------------------------------- the run

@@ -283,8 +283,12 @@ class GRPOTrainer:
                 for index, rows in enumerate(micro_slices):
                     is_last = index == len(micro_slices) - 1
                     context = self.accelerator.no_sync(self.model) if not is_last else contextlib.nullcontext()
+                    # one seed per (step, update, global micro-batch): rank r's j-th slice is global slice r*n + j
+                    seed = step_seed(cfg.seed, step, self.rank * len(micro_slices) + index,
+                                     salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
-                        loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp, len(micro_slices))
+                        loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
+                                                                     len(micro_slices), seed)
                         self.accelerator.backward(loss / len(micro_slices))
                     sums.add(micro_metrics)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
@@ -322,8 +326,8 @@ class GRPOTrainer:
             logits = self._response_logits(self.ref_model, rollout)
             return token_logprobs(logits, response_ids, self.config.entropy.chunk_size)
 
-    def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch,
-                          ref_logp: torch.Tensor | None, num_micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
+                          num_micro: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         device = self.accelerator.device
         rows_device = rows.to(device)
@@ -336,13 +340,14 @@ class GRPOTrainer:
             response_mask=mask, advantages=batch.advantages[rows_device][:, None].expand_as(logp),
             group_accuracy=batch.group_accuracy[rows_device], rows=rows_device,
             old_features={k: v[rows_device] for k, v in batch.old_features.items()},
-            num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size)
+            num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size, seed=seed)
         intervention = self.intervention
         prefix = f"{intervention.name}/"
         metrics: dict[str, float] = {}
 
         advantages = intervention.token_advantages(micro)
         token_loss, clip = ppo_clip_loss(logp, micro.old_logp, advantages, cfg.clip.eps_low, cfg.clip.eps_high, cfg.clip.dual_c)
+        micro.clip_stats = clip  # the hooks below read which tokens are clipped from here
         token_loss, hook_metrics = intervention.modify_token_loss(micro, token_loss, advantages)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         weights, hook_metrics = intervention.token_weights(micro)

@@ -19,10 +19,11 @@ moderate (no token is zeroed; most weights stay near 1). All under no_grad; the 
 
 The code form drops the paper's sign and one factor (1 - x); only |Omega| / max|Omega| enters the
 weights, so the sign is irrelevant there. I_clip (paper form only) is 0 for tokens whose PPO loss is on
-a clipped branch (zero gradient), computed from the micro-batch with the run's ``clip`` settings by
-``trainers.algorithms.ppo_clip_loss``: A > 0 and r > 1 + eps_high, A < 0 and r < 1 - eps_low, or the
-dual-clip bound active (A < 0, r beyond ``clip.dual_c``). The code form has no I_clip: clipped tokens
-already get no gradient but still enter the max-normalization.
+a clipped branch (zero gradient): the ``clipped`` statistic of the step's own PPO loss
+(``trainers.algorithms.ppo_clip_loss`` with the run's ``clip`` settings, handed over in
+``MicroBatch.clip_stats``): A > 0 and r > 1 + eps_high, A < 0 and r < 1 - eps_low, or the dual-clip
+bound active (A < 0, r beyond ``clip.dual_c``). The code form has no I_clip: clipped tokens already get
+no gradient but still enter the max-normalization.
 
 Hyperparameters (``entropy.steer.*``; release defaults from run/run_exp.sh, run_linear.sh):
 
@@ -121,26 +122,15 @@ def steer_weights(omega: torch.Tensor, mask: torch.Tensor, w_min: float, mapping
         return weights
 
 
-def ppo_clip_active(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, eps_low: float,
-                    eps_high: float, dual_c: float | None = None) -> torch.Tensor:
-    """True where the trainer's PPO loss is on a clipped branch (no gradient): the I_clip = 0 tokens."""
-    from ..algorithms import ppo_clip_loss
-
-    with torch.no_grad():
-        _, stats = ppo_clip_loss(logp.detach(), old_logp.detach(), advantages.detach(), eps_low, eps_high, dual_c)
-        return stats["clipped_low"] | stats["clipped_high"] | stats["clipped_dual"]
-
-
 @register_intervention("steer")
 class Steer(EntropyIntervention):
     """STEER at the hooks: token_weights (and begin_step for step-level normalization)."""
 
     def __init__(self, config: Any = None, entropy_config: Any = None, run_config: Any = None):
-        from ..config import ClipConfig, SteerConfig
+        from ..config import SteerConfig
 
         config = config if config is not None else SteerConfig()
         super().__init__(config, entropy_config, run_config)
-        self.clip = run_config.clip if run_config is not None else ClipConfig()
         self._step_range: tuple[float, float] | None = None
 
     def begin_step(self, batch: StepBatch) -> dict[str, float]:
@@ -154,10 +144,7 @@ class Steer(EntropyIntervention):
 
     def token_weights(self, micro: MicroBatch) -> tuple[torch.Tensor | None, dict[str, float]]:
         cfg = self.config
-        clip_active = None
-        if cfg.omega_form == "paper":
-            clip_active = ppo_clip_active(micro.logp, micro.old_logp, micro.advantages, self.clip.eps_low,
-                                          self.clip.eps_high, self.clip.dual_c)
+        clip_active = micro.require_clip_stats("steer")["clipped"] if cfg.omega_form == "paper" else None
         omega = steer_omega(micro.logp.detach().exp(), micro.old_logp.exp(), micro.old_entropy, micro.advantages,
                             cfg.omega_form, clip_active)
         omega_max = omega_min = None
