@@ -132,3 +132,29 @@ def test_fused_logprobs_and_entropy_equal_the_separate_functions():
         logp, entropy = token_logprobs_and_entropy(logits, tokens, chunk_size)
         assert torch.allclose(logp, token_logprobs(logits, tokens, chunk_size), atol=1e-6)
         assert torch.allclose(entropy, token_entropy(logits, chunk_size), atol=1e-6)
+
+
+def test_minus_infinity_logits_give_finite_entropies_and_gradients():
+    """Top-k masking or banned ids put -inf in the logits: those entries have p = 0 and add nothing
+    (0 log 0 = 0) to the entropy or its gradient, instead of turning them into NaN."""
+    from trainers.entropy.ops import token_logprobs, token_logprobs_and_entropy
+
+    generator = torch.Generator().manual_seed(4)
+    finite = torch.randn(3, 4, 9, generator=generator, dtype=torch.float64)
+    banned = torch.zeros_like(finite, dtype=torch.bool)
+    banned[..., 6:] = True                      # three banned ids everywhere
+    banned[0, 1, 1:6] = True                    # and a position where only id 0 is left (H = 0)
+    logits = finite.masked_fill(banned, float("-inf"))
+    expected = torch.stack([full_entropy_reference(row[~mask]) if (~mask).sum() > 1 else row.new_zeros(())
+                            for row, mask in zip(finite.reshape(-1, 9), banned.reshape(-1, 9))]).reshape(3, 4)
+    leaf = logits.clone().requires_grad_(True)
+    entropy = token_entropy(leaf, chunk_size=5)
+    torch.testing.assert_close(entropy.detach(), expected, rtol=1e-10, atol=1e-12)
+    entropy.sum().backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad[banned] == 0).all()
+    tokens = torch.zeros(3, 4, dtype=torch.long)   # id 0 is never banned
+    logp, fused_entropy = token_logprobs_and_entropy(logits, tokens, chunk_size=5)
+    torch.testing.assert_close(fused_entropy, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logp, token_logprobs(logits, tokens, chunk_size=5), check_dtype=False)
+    assert torch.isfinite(logp).all()
+    assert torch.isfinite(nucleus_entropy(logits, top_p=0.8, top_k=9, chunk_size=5)).all()

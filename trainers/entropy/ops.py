@@ -41,9 +41,15 @@ def _upcast(chunk: torch.Tensor) -> torch.Tensor:
     return chunk if chunk.dtype == torch.float64 else chunk.float()
 
 
+def _entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """-sum_v p_v log p_v with 0 log 0 = 0: a logit of -inf (top-k masking, banned ids) has p = 0 and
+    log p = -inf, whose product would be NaN; such terms are 0 (value and gradient)."""
+    probs = log_probs.exp()
+    return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+
+
 def _entropy_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
-    log_probs = torch.log_softmax(_upcast(chunk), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(-1)
+    return _entropy_from_log_probs(torch.log_softmax(_upcast(chunk), dim=-1))
 
 
 def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -112,7 +118,7 @@ def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
     for start in range(0, flat.shape[0], chunk_size):
         log_probs = torch.log_softmax(_upcast(flat[start:start + chunk_size]), dim=-1)
         logps.append(log_probs.gather(-1, flat_tokens[start:start + chunk_size, None]).squeeze(-1))
-        entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+        entropies.append(_entropy_from_log_probs(log_probs))
     if not logps:
         empty = flat.new_zeros(tokens.shape, dtype=torch.float32)
         return empty, empty.clone()
