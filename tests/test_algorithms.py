@@ -117,6 +117,16 @@ def test_aggregations_by_hand():
     assert aggregate("seq_mean_token_sum_norm", VALUES, MASK).item() == pytest.approx(1.25)
 
 
+def test_dr_grpo_normalizer_is_a_constant_length_not_the_padding():
+    # mean(6, 4) / 10 = 0.5, however many pad columns the batch carries; the other modes ignore it
+    padded_values = torch.cat([VALUES, torch.full((2, 3), 7.0)], dim=1)
+    padded_mask = torch.cat([MASK, torch.zeros(2, 3)], dim=1)
+    for values, mask in ((VALUES, MASK), (padded_values, padded_mask)):
+        assert aggregate("seq_mean_token_sum_norm", values, mask, norm_length=10).item() == pytest.approx(0.5)
+        assert aggregate("token_mean", values, mask, norm_length=10).item() == pytest.approx(2.5)
+        assert aggregate("seq_mean_token_mean", values, mask, norm_length=10).item() == pytest.approx(3.0)
+
+
 def test_aggregations_match_brute_force_on_random_input():
     g = torch.Generator().manual_seed(3)
     values = torch.randn(6, 9, generator=g)

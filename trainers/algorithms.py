@@ -9,7 +9,8 @@ r_{i,t} = pi(o_t|s)/pi_old(o_t|s), A_i the group-relative advantage, M_{i,t} the
               l = min(l, -A c). r = exp(clamp(logp - logp_old, -20, 20)).
 - Aggregation ``token_mean``:              sum(l M) / sum(M)
               ``seq_mean_token_mean``:     mean_i [ sum_t l M / sum_t M ]
-              ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T = padded length)
+              ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T a constant: the trainer
+                                           passes rollout.max_new_tokens, as verl pads to the maximum length)
 - KL          k3 estimator: exp(ref - logp) - (ref - logp) - 1.
 """
 
@@ -107,26 +108,30 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
 
 
 @register_aggregation("token_mean")
-def token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
     return (token_values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
     per_sequence = (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_sequence.mean()
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+    """mean_i [ sum_t l M ] / norm_length; ``norm_length`` None = the padded length ``mask.shape[-1]``."""
     per_sequence = (token_values * mask).sum(-1)
-    return per_sequence.mean() / mask.shape[-1]
+    return per_sequence.mean() / (mask.shape[-1] if norm_length is None else norm_length)
 
 
-def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+    """Aggregate [B, T] token values over ``mask`` with ``loss_agg`` mode ``mode``. ``norm_length``: Dr.GRPO's
+    constant T (``seq_mean_token_sum_norm``; the trainer passes ``rollout.max_new_tokens``), ignored by the
+    other modes."""
     if mode not in LOSS_AGGREGATIONS:
         raise ValueError(f"loss_agg: unknown mode {mode!r}; registered: {sorted(LOSS_AGGREGATIONS)}")
-    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype))
+    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype), norm_length)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

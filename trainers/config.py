@@ -320,7 +320,31 @@ class RunConfig(_Strict):
                 f"train.mini_batches ({self.train.mini_batches}) must divide rollout.prompts_per_step "
                 f"({self.rollout.prompts_per_step}): mini-batches hold whole groups"
             )
+        micro_batch_error = micro_batch_size_error(self, processes=1)
+        if micro_batch_error:
+            raise ValueError(micro_batch_error)
         return self
+
+
+def micro_batch_size_error(config: RunConfig, processes: int) -> str | None:
+    """Why ``train.micro_batch_size`` does not split each process's mini-batch into equal slices, or None.
+
+    A shorter last slice changes the loss of every ``loss_agg`` mode (the step averages the micro-batch
+    losses), so it is refused, as verl does. The config checks one process; the trainer checks its own
+    process count."""
+    micro = config.train.micro_batch_size
+    prompts = config.rollout.prompts_per_step
+    if micro is None or prompts % (processes * config.train.mini_batches):
+        return None
+    rows = prompts // processes // config.train.mini_batches * config.rollout.group_size
+    if rows % micro == 0:
+        return None
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    where = "" if processes == 1 else f" on each of {processes} processes"
+    return (f"train.micro_batch_size ({micro}) must divide the {rows} responses of a mini-batch{where} "
+            f"(rollout.prompts_per_step {prompts}{f' / {processes} processes' if processes > 1 else ''} / "
+            f"train.mini_batches {config.train.mini_batches} x rollout.group_size {config.rollout.group_size}): "
+            f"a shorter last micro-batch changes the loss; use one of {divisors}")
 
 
 class ConfigError(ValueError):

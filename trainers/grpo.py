@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
-from .config import ConfigError, RunConfig, dump_config, resolve_model_path
+from .config import ConfigError, RunConfig, dump_config, micro_batch_size_error, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
@@ -106,6 +106,18 @@ def make_lr_lambda(config: RunConfig):
     return lr_lambda
 
 
+def check_batch_shape(config: RunConfig, processes: int) -> None:
+    """The step batch splits into whole groups per process, mini-batch and equal micro-batches."""
+    prompts, minis = config.rollout.prompts_per_step, config.train.mini_batches
+    if prompts % processes or (prompts // processes) % minis:
+        raise ConfigError(
+            f"rollout.prompts_per_step ({prompts}) must split evenly over {processes} process(es) and then into "
+            f"train.mini_batches ({minis}) per process")
+    error = micro_batch_size_error(config, processes)
+    if error:
+        raise ConfigError(error)
+
+
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     """A seed per (run, step, rank): a resumed run draws exactly the samples the first run would have."""
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt) % (2**63 - 1)
@@ -173,11 +185,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ plumbing
 
     def _check_batch_shape(self) -> None:
-        prompts, minis = self.config.rollout.prompts_per_step, self.config.train.mini_batches
-        if prompts % self.world or (prompts // self.world) % minis:
-            raise ConfigError(
-                f"rollout.prompts_per_step ({prompts}) must split evenly over {self.world} process(es) and then into "
-                f"train.mini_batches ({minis}) per process")
+        check_batch_shape(self.config, self.world)
 
     def _make_engine(self):
         policy = self.accelerator.unwrap_model(self.model)
@@ -357,7 +365,7 @@ class GRPOTrainer:
         loss_mask, hook_metrics = intervention.loss_mask(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
-        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask)
+        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask, cfg.rollout.max_new_tokens)
         loss = pg_loss
         extra, hook_metrics = intervention.extra_loss(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
@@ -366,7 +374,7 @@ class GRPOTrainer:
             metrics["train/extra_loss"] = float(extra.detach())
         if ref_logp is not None:
             kl_ref = kl_k3(logp, ref_logp[rows_device])
-            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask)
+            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask, cfg.rollout.max_new_tokens)
             metrics["train/kl_ref"] = masked_mean(kl_ref.detach(), mask)
 
         metrics.update({

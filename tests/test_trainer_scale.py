@@ -1,0 +1,81 @@
+"""The trainer at real scale, on this CPU box: the loss does not depend on how a batch is padded or
+split into micro-batches (where the README says so), bad batch shapes are refused, bf16 runs keep float32
+master weights."""
+
+import pytest
+import torch
+
+from trainers.config import ConfigError, parse_config
+from trainers.grpo import GRPOTrainer, check_batch_shape
+from trainers.rollout import Rollout
+
+
+class ExtraPadding:
+    """The trainer's own rollout engine, with ``columns`` more pad tokens after every response (what a rank
+    whose longest response is longer, or an engine that pads to the maximum length, hands the step)."""
+
+    def __init__(self, engine, pad_id: int, columns: int):
+        self.engine, self.pad_id, self.columns = engine, pad_id, columns
+
+    def generate(self, prompts, n, sampling):
+        rollout = self.engine.generate(prompts, n, sampling)
+        rows = rollout.response_ids.shape[0]
+        return Rollout(rollout.prompt_ids, rollout.prompt_mask,
+                       torch.cat([rollout.response_ids, torch.full((rows, self.columns), self.pad_id)], dim=1),
+                       torch.cat([rollout.response_mask, torch.zeros(rows, self.columns, dtype=rollout.response_mask.dtype)], dim=1),
+                       rollout.completions)
+
+
+def one_step(config, columns: int = 0):
+    trainer = GRPOTrainer(parse_config(config))
+    if columns:
+        trainer.engine = ExtraPadding(trainer.engine, trainer.tokenizer.pad_token_id, columns)
+    metrics = trainer.train_step(1)
+    return metrics, {k: v.grad.detach().clone() for k, v in trainer.model.named_parameters()}
+
+
+def assert_same_gradients(got, expected, rtol=1e-4):
+    """Equal up to float reordering: each tensor's difference is small against the gradient's scale.
+    (Gradients, not updated weights: Adam's first step is lr * g / (|g| + eps), which turns float noise in
+    a near-zero gradient into a full lr-sized difference.)"""
+    scale = max(float(g.abs().max()) for g in expected.values())
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=rtol * scale, msg=name)
+
+
+def test_dr_grpo_normalizer_is_the_configured_maximum_length_not_the_longest_response(make_run_config):
+    """Dr.GRPO divides by a constant (verl pads to the configured maximum): rollout.max_new_tokens."""
+    config = make_run_config(loss_agg="seq_mean_token_sum_norm", advantage="dr_grpo", kl={"beta": 0.05},
+                             entropy={"method": "entropy_bonus", "bonus": {"coef": 0.01}},
+                             train={"steps": 1, "mini_batches": 1, "ppo_epochs": 1})
+    plain, plain_grads = one_step(config)
+    padded, padded_grads = one_step(config, columns=5)
+    for key in ("train/loss", "train/pg_loss", "entropy_bonus/bonus", "train/kl_ref"):
+        assert padded[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-7), key
+    assert_same_gradients(padded_grads, plain_grads)
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_sequence_mean_modes_are_invariant_to_the_micro_batch_size(make_run_config, loss_agg):
+    """The README's claim: with equal micro-batches, seq_mean_token_mean and seq_mean_token_sum_norm give
+    the same update whatever train.micro_batch_size is (token_mean averages per-micro-batch token means)."""
+    base = dict(loss_agg=loss_agg, rollout={"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6},
+                train={"steps": 1, "mini_batches": 1, "ppo_epochs": 1})
+    whole, whole_grads = one_step(make_run_config(**base))
+    split, split_grads = one_step(make_run_config(**{**base, "train": {**base["train"], "micro_batch_size": 4}}))
+    assert split["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-5, abs=1e-7)
+    assert_same_gradients(split_grads, whole_grads)
+
+
+def test_micro_batch_size_that_leaves_a_short_last_slice_is_refused():
+    """6 responses per mini-batch in slices of 4 would leave a slice of 2: refused, naming the field."""
+    with pytest.raises(ConfigError) as error:
+        parse_config({"rollout": {"prompts_per_step": 3, "group_size": 2}, "train": {"mini_batches": 1, "micro_batch_size": 4}})
+    message = str(error.value)
+    assert "train.micro_batch_size (4)" in message and "6 responses" in message and "[1, 2, 3, 6]" in message
+    parse_config({"rollout": {"prompts_per_step": 3, "group_size": 2}, "train": {"mini_batches": 1, "micro_batch_size": 3}})
+    # per process: 4 prompts x 3 = 12 rows on one process, 6 on each of two: 4 divides 12 but not 6
+    config = parse_config({"rollout": {"prompts_per_step": 4, "group_size": 3}, "train": {"mini_batches": 1, "micro_batch_size": 4}})
+    check_batch_shape(config, 1)
+    with pytest.raises(ConfigError, match=r"train.micro_batch_size \(4\).*each of 2 processes"):
+        check_batch_shape(config, 2)
