@@ -35,7 +35,8 @@ def valid_positions(mask):
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_entropy_bonus_matches_loop_reference(loss_agg):
-    bonus = build("entropy_bonus", {"coef": 0.01}, loss_agg=loss_agg)
+    # rollout.max_new_tokens = the padded length of this batch (7): Dr.GRPO divides by the former
+    bonus = build("entropy_bonus", {"coef": 0.01}, loss_agg=loss_agg, rollout={"max_new_tokens": 7})
     rollout = random_rollout(seed=20)
     batch = step_batch(rollout)
     rows = [0, 1, 2, 5, 9]
@@ -52,7 +53,7 @@ def test_entropy_bonus_matches_loop_reference(loss_agg):
         aggregate = sum(sum(r) for r in per_row) / sum(len(r) for r in per_row)
     elif loss_agg == "seq_mean_token_mean":
         aggregate = sum(sum(r) / len(r) for r in per_row) / len(per_row)
-    else:   # Dr.GRPO: token sums, mean over sequences, divided by the padded length
+    else:   # Dr.GRPO: token sums, mean over sequences, divided by the padded length (= max_new_tokens)
         aggregate = sum(sum(r) for r in per_row) / len(per_row) / mask.shape[1]
     expected = -0.01 * aggregate
     expected.backward()
