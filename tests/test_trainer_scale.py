@@ -79,3 +79,17 @@ def test_micro_batch_size_that_leaves_a_short_last_slice_is_refused():
     check_batch_shape(config, 1)
     with pytest.raises(ConfigError, match=r"train.micro_batch_size \(4\).*each of 2 processes"):
         check_batch_shape(config, 2)
+
+
+def test_ppo_epochs_defaults_to_the_papers_one_and_the_shipped_runs_say_two():
+    from pathlib import Path
+
+    import yaml
+
+    from trainers.config import RunConfig, load_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert RunConfig().train.ppo_epochs == 1
+    assert load_config(examples / "tiny_grpo.yaml").train.ppo_epochs == 2
+    quickstart_base = yaml.safe_load((examples / "quickstart.yaml").read_text())["base"]
+    assert parse_config(quickstart_base).train.ppo_epochs == 2

@@ -115,7 +115,7 @@ class OptimConfig(_Strict):
 
 class TrainConfig(_Strict):
     steps: int = Field(200, gt=0, description="Rollout steps (each: one rollout batch, ppo_epochs x mini_batches updates).")
-    ppo_epochs: int = Field(2, gt=0)
+    ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch (the methods' papers: 1; the shipped runs: 2).")
     mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
     micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
     eval_every: int = Field(25, gt=0)
