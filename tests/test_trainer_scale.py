@@ -7,7 +7,7 @@ import torch
 
 from trainers.config import ConfigError, parse_config
 from trainers.grpo import GRPOTrainer, check_batch_shape
-from trainers.rollout import Rollout
+from trainers.rollout import Rollout, SamplingSettings
 
 
 class ExtraPadding:
@@ -93,3 +93,28 @@ def test_ppo_epochs_defaults_to_the_papers_one_and_the_shipped_runs_say_two():
     assert load_config(examples / "tiny_grpo.yaml").train.ppo_epochs == 2
     quickstart_base = yaml.safe_load((examples / "quickstart.yaml").read_text())["base"]
     assert parse_config(quickstart_base).train.ppo_epochs == 2
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_keep_float32_master_weights_that_move_at_lr_1e_6(make_run_config, dtype):
+    """bf16 weights of size ~0.02 have a spacing of ~1e-4: AdamW steps of lr 1e-6 round away and nothing
+    learns. The trainer keeps float32 weights and optimizer state and autocasts its forwards to ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    from trainers.config import resolve_model_path
+
+    config = parse_config(make_run_config(model={"path": "builtin:tiny-arith", "dtype": dtype}, optim={"lr": 1e-6},
+                                          train={"steps": 2, "mini_batches": 2, "ppo_epochs": 2}))
+    trainer = GRPOTrainer(config)
+    start = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.model.path)).state_dict()
+    trainer.train_step(1)
+    trainer.train_step(2)
+    weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert all(value.dtype == torch.float32 for value in weights.values())
+    changed = sum(int((weights[k] != start[k]).sum()) for k in weights) / sum(v.numel() for v in weights.values())
+    assert changed > 0.5, f"only {changed:.1%} of the weights moved"
+    states = [s for s in trainer.optimizer.state_dict()["state"].values()]
+    assert states and all(s["exp_avg"].dtype == torch.float32 and s["exp_avg_sq"].dtype == torch.float32 for s in states)
+    rollout = trainer.engine.generate(["1+1="], 2, SamplingSettings())
+    assert trainer._response_logits(trainer.model, rollout).dtype == getattr(torch, dtype)   # the forward ran in dtype
+    assert trainer.grad_scaler.is_enabled() == (dtype == "float16")

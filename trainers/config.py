@@ -33,7 +33,11 @@ class ModelConfig(_Strict):
         "builtin:tiny-arith",
         description="AutoModelForCausalLM path or hub id; 'builtin:NAME' picks a model shipped in trainers/assets.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Compute dtype of the forward passes (autocast); the weights and optimizer state stay float32 "
+                    "(master weights); float16 adds loss scaling.",
+    )
     chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
     trust_remote_code: bool = False
 

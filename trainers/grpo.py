@@ -56,8 +56,11 @@ def make_accelerator(config: RunConfig):
     from accelerate import Accelerator
 
     on_cpu = not torch.cuda.is_available()
-    mixed = "bf16" if (config.model.dtype == "bfloat16" and not on_cpu) else "no"
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=mixed)
+    # mixed_precision "no": the trainer keeps float32 master weights and autocasts its forwards itself
+    # (GRPOTrainer.autocast), so logits stay in the compute dtype (accelerate's bf16 mode would also cast every
+    # forward's output to float32: a full-vocabulary float32 copy). step_scheduler_with_optimizer=False: the
+    # scheduler steps once per rollout step on every rank (accelerate would step it num_processes times).
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision="no", step_scheduler_with_optimizer=False)
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
@@ -70,11 +73,16 @@ def make_accelerator(config: RunConfig):
     return accelerator
 
 
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_policy(config: RunConfig):
+    """Tokenizer, model and resolved path. The weights are float32 whatever ``model.dtype`` says: they are the
+    optimizer's master weights (AdamW steps of lr 1e-6 on bf16 weights of size ~0.02 round away entirely);
+    ``model.dtype`` is the compute dtype the trainer autocasts its forward passes to."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(config.model.path)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
     if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
         raise ConfigError(f"model.path: folder {path!r} does not exist; give a local model folder, a hub id, or 'builtin:tiny-arith'")
     try:
@@ -84,7 +92,7 @@ def load_policy(config: RunConfig):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=config.model.trust_remote_code)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model, path
@@ -171,6 +179,11 @@ class GRPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
         model.eval()  # no dropout anywhere: the old-policy pass and the update must see the same function (TRL's disable_dropout)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.compute_dtype = COMPUTE_DTYPES[config.model.dtype]
+        # float16 needs loss scaling (its gradients underflow); a disabled scaler passes everything through
+        self.grad_scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=self.compute_dtype == torch.float16)
+        if self.grad_scaler.is_enabled():
+            self.accelerator.register_for_checkpointing(self.grad_scaler)
         self.engine = self._make_engine()
 
         self.train_problems, self.val_problems = load_problems(config.data)
@@ -183,6 +196,12 @@ class GRPOTrainer:
         self.reporter = MultiReporter(reporters if self.is_main else [])
 
     # ------------------------------------------------------------------ plumbing
+
+    def autocast(self):
+        """The forward passes' compute dtype (``model.dtype``) over the float32 master weights."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=self.compute_dtype)
 
     def _check_batch_shape(self) -> None:
         check_batch_shape(self.config, self.world)
@@ -200,7 +219,8 @@ class GRPOTrainer:
         input_ids = rollout.input_ids.to(device)
         attention_mask = rollout.attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        with self.autocast():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         temperature = self.config.rollout.temperature if temperature is None else temperature
         return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / temperature
@@ -240,7 +260,8 @@ class GRPOTrainer:
         # 1. rollout ------------------------------------------------------------------------
         problems = self._sample_problems(step)
         sampling = SamplingSettings(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
-        rollout = self.engine.generate([p.prompt for p in problems], G, sampling)
+        with self.autocast():
+            rollout = self.engine.generate([p.prompt for p in problems], G, sampling)
 
         # 2. reward and advantages ---------------------------------------------------------------
         answers = [p.answer for p in problems for _ in range(G)]
@@ -297,12 +318,14 @@ class GRPOTrainer:
                     with context:
                         loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
                                                                      len(micro_slices), seed)
-                        self.accelerator.backward(loss / len(micro_slices))
+                        self.accelerator.backward(self.grad_scaler.scale(loss / len(micro_slices)))
                     sums.add(micro_metrics)
+                self.grad_scaler.unscale_(self.optimizer)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
                 grad_norms.append(float(grad_norm))
-                self.optimizer.step()
+                self.grad_scaler.step(self.optimizer)   # float16: skipped when the gradients overflowed
+                self.grad_scaler.update()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         sums.add(self.intervention.end_step(), prefix)
@@ -407,7 +430,8 @@ class GRPOTrainer:
         policy = self.accelerator.unwrap_model(self.model)
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
-            rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
+            with self.autocast():
+                rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
             for i, problem in enumerate(batch):
                 completions = rollout.completions[i * n:(i + 1) * n]
                 per_prompt_correct.append([self.reward_fn(c, problem.answer) > 0 for c in completions])
