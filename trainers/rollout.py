@@ -23,6 +23,7 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 8
+    seed: int | None = None         # None: the engine's current random state; else a fixed draw for this call
 
 
 @dataclass
@@ -99,6 +100,8 @@ class HFRolloutEngine:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         try:
             output = self.model.generate(
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True,
