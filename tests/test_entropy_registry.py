@@ -67,7 +67,7 @@ def test_fixed_anchor_needs_a_value():
 
 # --------------------------------------------------------------------------- a method = its module + its config section
 
-SHARED_MODULES = {"base", "ops", "anchor", "collectives"}   # modules of trainers/entropy that are not a method
+SHARED_MODULES = {"base", "ops", "anchor"}   # modules of trainers/entropy that are not a method
 
 
 def test_methods_are_discovered_by_module_and_each_has_a_config_section():

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
+from .collectives import global_ratio
 from .config import ConfigError, RunConfig, dump_config, micro_batch_size_error, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
@@ -292,7 +293,7 @@ class GRPOTrainer:
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
             group_accuracy=group_accuracy.to(device), old_features={k: torch.cat(v) for k, v in old_features.items()},
             temperature=cfg.rollout.temperature)
-        ref_logp = self._reference_logprobs(rollout, response_ids) if self.ref_model is not None else None
+        ref_logp = self._reference_logprobs(rollout, response_ids, micro) if self.ref_model is not None else None
 
         # 4. intervention state for this step ----------------------------------------------------
         sums = _MetricSums()
@@ -306,7 +307,9 @@ class GRPOTrainer:
         for epoch in range(cfg.train.ppo_epochs):
             order = torch.randperm(local_prompts, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, self.rank, 2 + epoch)))
             for mini in range(cfg.train.mini_batches):
-                prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
+                # the shuffle picks each mini-batch's prompts; inside it the rows keep their order, so micro-batch j
+                # of one process holds what process j of several would (the data-parallel split of the same batch)
+                prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini].sort().values
                 mini_rows = (prompt_ids[:, None] * G + torch.arange(G)[None, :]).reshape(-1)
                 micro_slices = [mini_rows[i:i + micro] for i in range(0, len(mini_rows), micro)]
                 self.optimizer.zero_grad(set_to_none=True)
@@ -339,7 +342,7 @@ class GRPOTrainer:
             "train/reward_mean": float(rewards.mean()),
             "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "train/accuracy": float((rewards > 0).float().mean()),
-            "train/entropy": masked_mean(step_batch.old_entropy, response_mask),
+            "train/entropy": global_ratio((step_batch.old_entropy * response_mask).sum(), response_mask.sum()),
             "train/response_length": float(lengths.mean()),
             "train/zero_variance_groups": float((grouped.std(-1) == 0).float().mean()) if G > 1 else 1.0,
             "train/advantage_abs_mean": float(advantages.abs().mean()),
@@ -353,10 +356,16 @@ class GRPOTrainer:
         metrics["time/step"] = time.perf_counter() - t_start
         return metrics
 
-    def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self._response_logits(self.ref_model, rollout)
-            return token_logprobs(logits, response_ids, self.config.entropy.chunk_size)
+    @torch.no_grad()
+    def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
+        """log pi_ref of the sampled tokens, ``rows_per_forward`` sequences per forward (as the old-policy pass)."""
+        pieces = []
+        for start in range(0, response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+            logits = self._response_logits(self.ref_model, rollout.select(rows))
+            pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
+            del logits
+        return torch.cat(pieces)
 
     def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
                           num_micro: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:

@@ -35,7 +35,8 @@ Hyperparameters (``entropy.steer.*``; release defaults from run/run_exp.sh, run_
   realized entropy change better).
 - ``normalize_over``: ``micro_batch`` (code: max/min over the valid tokens of the current micro-batch)
   | ``batch``: max/min of |Omega| over the valid tokens of the whole step batch, computed once in
-  ``begin_step`` with x = pi_old (the current policy equals the old one at the start of the step). The
+  ``begin_step`` with x = pi_old (the current policy equals the old one at the start of the step; with
+  several processes, over every process's shard, all-reduced). The
   current-policy x drifts over later mini-batches, so a token's |Omega| can then exceed that step-level
   max; the clamp keeps its weight in [w_min, 1] (exp) or [w_min, w_max] (linear).
 - The backbone the release uses: GRPO, token-mean, ``clip.eps_low`` 0.2, ``clip.eps_high`` 0.28,
@@ -50,6 +51,7 @@ from typing import Any
 
 import torch
 
+from ..collectives import global_max
 from .base import EntropyIntervention, MicroBatch, StepBatch, register_intervention
 
 OMEGA_FORMS = ("code", "paper")
@@ -139,7 +141,11 @@ class Steer(EntropyIntervention):
         p_old = batch.old_logp.exp()
         advantages = batch.advantages[:, None].expand_as(batch.old_logp)
         omega = steer_omega(p_old, p_old, batch.old_entropy, advantages, self.config.omega_form)
-        self._step_range = omega_range(omega, batch.response_mask)
+        local = omega_range(omega, batch.response_mask) or (float("-inf"), float("inf"))
+        # the range over the whole step batch: every process's shard (max of maxima, min of minima)
+        extremes = torch.tensor([local[0], -local[1]], dtype=torch.float64, device=omega.device)
+        largest, smallest = global_max(extremes).tolist()
+        self._step_range = None if largest == float("-inf") else (largest, -smallest)
         return {} if self._step_range is None else {"omega_abs_max_step": self._step_range[0]}
 
     def token_weights(self, micro: MicroBatch) -> tuple[torch.Tensor | None, dict[str, float]]:
