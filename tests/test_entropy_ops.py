@@ -158,3 +158,29 @@ def test_minus_infinity_logits_give_finite_entropies_and_gradients():
     torch.testing.assert_close(logp, token_logprobs(logits, tokens, chunk_size=5), check_dtype=False)
     assert torch.isfinite(logp).all()
     assert torch.isfinite(nucleus_entropy(logits, top_p=0.8, top_k=9, chunk_size=5)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_token_logprobs_values_and_gradients_match_autograd_reference(dtype):
+    """The chunked log-prob (which rebuilds each chunk's softmax in the backward pass instead of keeping
+    float32 copies) against plain autograd through log_softmax in float64."""
+    from trainers.entropy.ops import token_logprobs
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(3, 7, 13, generator=g, dtype=torch.float64) * 3
+    base[0, 0, 5] = float("-inf")                       # a banned id that is never sampled
+    tokens = torch.randint(0, 5, (3, 7), generator=g)
+    upstream = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    reference_leaf = base.to(dtype).double().requires_grad_(True)
+    expected = torch.log_softmax(reference_leaf, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * upstream).sum().backward()
+    tolerance = {torch.float64: 1e-6, torch.float32: 1e-6, torch.bfloat16: 1e-5}[dtype]
+    for chunk_size in (1, 4, 1024):
+        leaf = base.to(dtype).requires_grad_(True)
+        logp = token_logprobs(leaf, tokens, chunk_size)
+        assert logp.dtype == torch.float32
+        torch.testing.assert_close(logp.double(), expected.detach(), rtol=tolerance, atol=tolerance)
+        (logp * upstream.float()).sum().backward()
+        assert leaf.grad.dtype == dtype and torch.isfinite(leaf.grad).all()
+        torch.testing.assert_close(leaf.grad.double(), reference_leaf.grad,
+                                   rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2 if dtype == torch.bfloat16 else 1e-6)

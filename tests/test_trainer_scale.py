@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainers.config import ConfigError, parse_config
-from trainers.grpo import GRPOTrainer, check_batch_shape
+from trainers.grpo import GRPOTrainer
+from trainers.setup import check_batch_shape
 from trainers.rollout import Rollout, SamplingSettings
 
 
@@ -118,3 +119,17 @@ def test_half_precision_runs_keep_float32_master_weights_that_move_at_lr_1e_6(ma
     rollout = trainer.engine.generate(["1+1="], 2, SamplingSettings())
     assert trainer._response_logits(trainer.model, rollout).dtype == getattr(torch, dtype)   # the forward ran in dtype
     assert trainer.grad_scaler.is_enabled() == (dtype == "float16")
+
+
+def test_response_logits_from_only_the_response_positions_equal_the_sliced_full_logits(make_run_config, monkeypatch):
+    """With ``logits_to_keep`` the model projects only the positions that predict the response (no
+    [B, P + T, V] block): the same logits as slicing the full output, at temperature 1 and not."""
+    import trainers.grpo
+
+    trainer = GRPOTrainer(parse_config(make_run_config()))
+    rollout = trainer.engine.generate(["1+2=", "13+4="], 3, SamplingSettings(max_new_tokens=6))
+    kept = {t: trainer._response_logits(trainer.model, rollout, t) for t in (1.0, 0.7)}
+    monkeypatch.setattr(trainers.grpo, "takes_logits_to_keep", lambda model: False)
+    for temperature, logits in kept.items():
+        assert logits.is_contiguous() and logits.shape[:2] == rollout.response_ids.shape
+        torch.testing.assert_close(logits, trainer._response_logits(trainer.model, rollout, temperature), rtol=1e-6, atol=1e-6)

@@ -23,8 +23,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
-import os
 import random
 import shutil
 import time
@@ -36,101 +34,16 @@ import torch
 
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
 from .collectives import global_ratio
-from .config import ConfigError, RunConfig, dump_config, micro_batch_size_error, resolve_model_path
+from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
+from .setup import (COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed,
+                    takes_logits_to_keep)
 
 CHECKPOINT_DIR = "checkpoint"
 EVAL_PROMPTS_PER_CALL = 256  # validation sequences (prompts x n) per generate call, at least one prompt
-
-
-# --------------------------------------------------------------------------- setup helpers
-
-
-def make_accelerator(config: RunConfig):
-    """An Accelerator that really is distributed on CPU-only machines too.
-
-    A plain ``Accelerator()`` without CUDA silently runs every rank alone (DistributedType.NO);
-    ``cpu=True`` forms the gloo group. We check the world size against the launcher's.
-    """
-    from accelerate import Accelerator
-
-    on_cpu = not torch.cuda.is_available()
-    # mixed_precision "no": the trainer keeps float32 master weights and autocasts its forwards itself
-    # (GRPOTrainer.autocast), so logits stay in the compute dtype (accelerate's bf16 mode would also cast every
-    # forward's output to float32: a full-vocabulary float32 copy). step_scheduler_with_optimizer=False: the
-    # scheduler steps once per rollout step on every rank (accelerate would step it num_processes times).
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision="no", step_scheduler_with_optimizer=False)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
-        raise RuntimeError(
-            f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE is {expected}: on a CPU machine "
-            "launch with `accelerate launch --multi_gpu --num_processes N` and ACCELERATE_USE_CPU=true, or torchrun")
-    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
-        # Without this each rank takes every core: oversubscribed OpenMP spins and runs several times slower.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(accelerator.num_processes)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    return accelerator
-
-
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_policy(config: RunConfig):
-    """Tokenizer, model and resolved path. The weights are float32 whatever ``model.dtype`` says: they are the
-    optimizer's master weights (AdamW steps of lr 1e-6 on bf16 weights of size ~0.02 round away entirely);
-    ``model.dtype`` is the compute dtype the trainer autocasts its forward passes to."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(config.model.path)
-    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise ConfigError(f"model.path: folder {path!r} does not exist; give a local model folder, a hub id, or 'builtin:tiny-arith'")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-    except OSError as error:
-        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=config.model.trust_remote_code)
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model, path
-
-
-def make_lr_lambda(config: RunConfig):
-    """Multiplier of optim.lr per rollout step (the scheduler steps once per rollout step, as verl's)."""
-    warmup, total, floor = config.optim.warmup_steps, config.train.steps, config.optim.min_lr_ratio
-    schedule = config.optim.schedule
-
-    def lr_lambda(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return lr_lambda
-
-
-def check_batch_shape(config: RunConfig, processes: int) -> None:
-    """The step batch splits into whole groups per process, mini-batch and equal micro-batches."""
-    prompts, minis = config.rollout.prompts_per_step, config.train.mini_batches
-    if prompts % processes or (prompts // processes) % minis:
-        raise ConfigError(
-            f"rollout.prompts_per_step ({prompts}) must split evenly over {processes} process(es) and then into "
-            f"train.mini_batches ({minis}) per process")
-    error = micro_batch_size_error(config, processes)
-    if error:
-        raise ConfigError(error)
-
-
-def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
-    """A seed per (run, step, rank): a resumed run draws exactly the samples the first run would have."""
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt) % (2**63 - 1)
 
 
 class _MetricSums:
@@ -216,16 +129,26 @@ class GRPOTrainer:
         return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
-        """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V]."""
+        """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V],
+        contiguous, in the compute dtype.
+
+        A model that takes ``logits_to_keep`` (transformers' causal LMs) projects only the T positions that
+        predict the response: no [B, P + T, V] block and no sliced copy of it; the temperature is applied in
+        place (the vocabulary projection's backward does not need its output)."""
         device = self.accelerator.device
         input_ids = rollout.input_ids.to(device)
         attention_mask = rollout.attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with self.autocast():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         temperature = self.config.rollout.temperature if temperature is None else temperature
-        return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / temperature
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        with self.autocast():
+            if takes_logits_to_keep(self.accelerator.unwrap_model(model)):
+                keep = torch.arange(prompt_len - 1, prompt_len + response_len - 1, device=device)
+                logits = model(**inputs, logits_to_keep=keep).logits
+                return logits.div_(temperature) if temperature != 1.0 else logits
+            logits = model(**inputs).logits[:, prompt_len - 1:prompt_len + response_len - 1, :]
+            return logits / temperature if temperature != 1.0 else logits.contiguous()
 
     def _all_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average each metric over processes (keys may differ between ranks)."""
@@ -276,23 +199,12 @@ class GRPOTrainer:
         # 3. old-policy pass (no grad) -----------------------------------------------------------
         response_mask = rollout.response_mask.float().to(device)
         response_ids = rollout.response_ids.to(device)
-        old_logp, old_entropy, old_features = [], [], defaultdict(list)
         micro = cfg.train.micro_batch_size or rollout.response_ids.shape[0]
-        with torch.no_grad():
-            for start in range(0, response_ids.shape[0], micro):
-                rows = torch.arange(start, min(start + micro, response_ids.shape[0]))
-                logits = self._response_logits(self.model, rollout.select(rows))
-                logp, entropy = token_logprobs_and_entropy(logits, response_ids[rows], cfg.entropy.chunk_size)
-                old_logp.append(logp)
-                old_entropy.append(entropy)
-                for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
-                    old_features[name].append(value)
-                del logits
+        old_logp, old_entropy, old_features = self._old_policy_pass(rollout, response_ids, response_mask, micro)
         step_batch = StepBatch(
-            step=step, response_mask=response_mask, old_logp=torch.cat(old_logp), old_entropy=torch.cat(old_entropy),
+            step=step, response_mask=response_mask, old_logp=old_logp, old_entropy=old_entropy,
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
-            group_accuracy=group_accuracy.to(device), old_features={k: torch.cat(v) for k, v in old_features.items()},
-            temperature=cfg.rollout.temperature)
+            group_accuracy=group_accuracy.to(device), old_features=old_features, temperature=cfg.rollout.temperature)
         ref_logp = self._reference_logprobs(rollout, response_ids, micro) if self.ref_model is not None else None
 
         # 4. intervention state for this step ----------------------------------------------------
@@ -355,6 +267,34 @@ class GRPOTrainer:
         metrics["time/other"] = time.perf_counter() - t_train
         metrics["time/step"] = time.perf_counter() - t_start
         return metrics
+
+    @torch.no_grad()
+    def _old_policy_pass(self, rollout: Rollout, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                         rows_per_forward: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """log pi_old of the sampled tokens, the full-vocabulary entropy and the intervention's features, from
+        one forward per ``rows_per_forward`` sequences (one log-softmax per chunk of positions)."""
+        old_logp, old_entropy, old_features = [], [], defaultdict(list)
+        for start in range(0, response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+            logits = self._response_logits(self.model, rollout.select(rows))
+            logp, entropy = token_logprobs_and_entropy(logits, response_ids[rows], self.config.entropy.chunk_size)
+            old_logp.append(logp)
+            old_entropy.append(entropy)
+            for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
+                old_features[name].append(value)
+            del logits
+        return torch.cat(old_logp), torch.cat(old_entropy), {k: torch.cat(v) for k, v in old_features.items()}
+
+    @torch.no_grad()
+    def _token_entropies(self, model, rollout: Rollout, temperature: float, rows_per_forward: int) -> torch.Tensor:
+        """Full-vocabulary entropy at each response position [B, T], ``rows_per_forward`` sequences per forward."""
+        pieces = []
+        for start in range(0, rollout.response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, rollout.response_ids.shape[0]))
+            logits = self._response_logits(model, rollout.select(rows), temperature)
+            pieces.append(token_entropy(logits, self.config.entropy.chunk_size))
+            del logits
+        return torch.cat(pieces)
 
     @torch.no_grad()
     def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
@@ -449,8 +389,9 @@ class GRPOTrainer:
                                         seed=step_seed(cfg.eval.seed, 0, 0, salt=chunk_index))
             with self.autocast():
                 rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
-            logits = self._response_logits(policy, rollout, cfg.eval.temperature)
-            entropy = token_entropy(logits, cfg.entropy.chunk_size)
+            # one forward per train.micro_batch_size sequences, as in training (None: the whole chunk at once)
+            entropy = self._token_entropies(policy, rollout, cfg.eval.temperature,
+                                            cfg.train.micro_batch_size or rollout.response_ids.shape[0])
             mask = rollout.response_mask.float().to(entropy.device)
             entropy_sums, token_counts = (entropy * mask).sum(-1).reshape(-1, n).sum(-1), mask.sum(-1).reshape(-1, n).sum(-1)
             for i, (index, problem) in enumerate(zip(indices, batch)):

@@ -93,18 +93,49 @@ def nucleus_entropy(logits: torch.Tensor, top_p: float = 0.8, top_k: int = 10000
     return _map_position_chunks(lambda chunk: _nucleus_entropy_of_chunk(chunk, top_p, top_k), logits, chunk_size)
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """log p(token) = z_token - logsumexp(z) over [N, V] logits, chunk by chunk in float32.
+
+    Autograd through ``chunk.float()`` would keep a float32 copy of every chunk until the backward pass
+    (for bf16 logits: twice the logits' own memory). This function keeps only the logits (alive anyway)
+    and the per-position logsumexp, and rebuilds each chunk's softmax in the backward pass:
+    d log p(token) / dz = onehot(token) - softmax(z)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        logp = torch.empty(tokens.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(logp)
+        for start in range(0, logits.shape[0], chunk_size):
+            chunk = logits[start:start + chunk_size].float()
+            lse[start:start + chunk_size] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(-1, tokens[start:start + chunk_size, None]).squeeze(-1)
+            logp[start:start + chunk_size] = picked - lse[start:start + chunk_size]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.chunk_size = chunk_size
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            grad = grad_logp[start:stop, None].float()
+            chunk_grad = torch.exp(logits[start:stop].float() - lse[start:stop, None]).mul_(-grad)
+            chunk_grad.scatter_add_(-1, tokens[start:stop, None], grad)
+            grad_logits[start:stop] = chunk_grad
+        return grad_logits, None, None
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """log p(token) per position. logits [..., V], tokens [...] -> [...] (float32)."""
+    """log p(token) per position. logits [..., V], tokens [...] -> [...] (float32), computed in float32
+    chunks of ``chunk_size`` positions; with grad, memory beyond the logits is one chunk's float32 block."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
     flat = logits.reshape(-1, logits.shape[-1])
-    flat_tokens = tokens.reshape(-1)
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        chunk = flat[start:start + chunk_size].float()
-        picked = chunk.gather(-1, flat_tokens[start:start + chunk_size, None]).squeeze(-1)
-        pieces.append(picked - torch.logsumexp(chunk, dim=-1))
-    if not pieces:
+    if flat.shape[0] == 0:
         return flat.new_zeros(tokens.shape, dtype=torch.float32)
-    return torch.cat(pieces).reshape(tokens.shape)
+    return _TokenLogprobs.apply(flat, tokens.reshape(-1), chunk_size).reshape(tokens.shape)
 
 
 @torch.no_grad()
