@@ -119,6 +119,12 @@ def test_half_precision_runs_keep_float32_master_weights_that_move_at_lr_1e_6(ma
     rollout = trainer.engine.generate(["1+1="], 2, SamplingSettings())
     assert trainer._response_logits(trainer.model, rollout).dtype == getattr(torch, dtype)   # the forward ran in dtype
     assert trainer.grad_scaler.is_enabled() == (dtype == "float16")
+    if dtype == "float16":   # the loss scale is part of the checkpoint
+        trainer.grad_scaler.update(1024.0)
+        trainer.step = 2
+        trainer.save_checkpoint()
+        resumed = GRPOTrainer(config)
+        assert resumed.load_checkpoint() and resumed.grad_scaler.get_scale() == 1024.0
 
 
 def test_response_logits_from_only_the_response_positions_equal_the_sliced_full_logits(make_run_config, monkeypatch):
@@ -133,3 +139,23 @@ def test_response_logits_from_only_the_response_positions_equal_the_sliced_full_
     for temperature, logits in kept.items():
         assert logits.is_contiguous() and logits.shape[:2] == rollout.response_ids.shape
         torch.testing.assert_close(logits, trainer._response_logits(trainer.model, rollout, temperature), rtol=1e-6, atol=1e-6)
+
+
+def test_every_forward_pass_holds_at_most_a_micro_batch_of_sequences(make_run_config):
+    """The old-policy, reference, training and validation-entropy forwards each take at most
+    train.micro_batch_size sequences (at 152k vocabulary x 3k tokens one more sequence is ~1 GB of logits)."""
+    config = parse_config(make_run_config(kl={"beta": 0.05}, train={"steps": 1, "micro_batch_size": 2},
+                                          eval={"num_prompts": 4, "n_samples": 4, "k": [1, 4]}))
+    trainer = GRPOTrainer(config)
+    seen: list[tuple[str, int]] = []
+    forward = trainer._response_logits
+
+    def recording(model, rollout, *args, **kwargs):
+        seen.append(("reference" if model is trainer.ref_model else "policy", rollout.response_ids.shape[0]))
+        return forward(model, rollout, *args, **kwargs)
+
+    trainer._response_logits = recording
+    trainer.train_step(1)
+    trainer.evaluate()
+    assert {kind for kind, _ in seen} == {"policy", "reference"}
+    assert max(rows for _, rows in seen) <= 2, seen
