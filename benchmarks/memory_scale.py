@@ -148,8 +148,8 @@ def main() -> None:
               f"{torch.get_num_threads()} threads")
         print(f"L (logits of one forward) = {logits / MIB:,.0f} MiB, F (one float32 chunk block) = {block / MIB:,.0f} MiB, "
               f"parameter gradients = {param_grads / MIB:,.0f} MiB")
-        print(f"| pass | peak rise (MiB) | bound (MiB) | peak / bound | s |")
-        print(f"|---|---|---|---|---|")
+        print("| pass | peak rise (MiB) | bound (MiB) | peak / bound | s |")
+        print("|---|---|---|---|---|")
         for name, peak, bound, seconds in rows_out:
             print(f"| {name} | {peak / MIB:,.0f} | {bound / MIB:,.0f} | {peak / bound:.2f} | {seconds:.1f} |")
     finally:
