@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv, the system parts the end-to-end tests use (Debian's chromium,
-# the local Slurm test cluster), then runs the whole suite. Extra arguments go to pytest.
+# the local Slurm test cluster, the local PostgreSQL test server), then runs the whole suite.
+# Extra arguments go to pytest. A PostgreSQL server started here is stopped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,8 +10,12 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   fi
   bash slurm/cluster.sh up
+  if ! bash scripts/postgres.sh status >/dev/null 2>&1; then
+    bash scripts/postgres.sh up
+    trap 'bash scripts/postgres.sh down' EXIT
+  fi
 else
-  echo "test: not root; browser and Slurm tests need chromium and slurm/cluster.sh up (they skip with a reason otherwise)"
+  echo "test: not root; browser, Slurm and PostgreSQL tests need chromium, slurm/cluster.sh up and scripts/postgres.sh up (they skip with a reason otherwise)"
 fi
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest tests -ra "$@"
+.venv/bin/python -m pytest tests -ra "$@"
