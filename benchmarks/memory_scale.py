@@ -16,7 +16,7 @@ block of ``chunk_size`` C positions:
     training micro-batch (forward and backward):        3 L + 4 F + parameter gradients
 
 Run: ``python benchmarks/memory_scale.py [--dtype bfloat16|float32] [--response-tokens 3072] [--chunk-size 1024]``
-(about 3 GB of memory at the defaults; Linux only). Not a test: it prints the figures and the ratios.
+(about 5 GB of memory at the defaults; Linux only). Not a test: it prints the figures and the ratios.
 """
 
 from __future__ import annotations
