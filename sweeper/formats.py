@@ -29,7 +29,7 @@ import copy
 import math
 from typing import Any
 
-from trainers.config import resolve_model_path
+from trainers.config import METHOD_SECTIONS, resolve_model_path
 
 from .space import leaves, set_path
 
@@ -43,11 +43,7 @@ _LOSS_AGG_VERL = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-t
                   "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
 _VERL_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # knobs that only matter for a given entropy.method (to be replaced by trainers.config.METHOD_SECTIONS)
-_METHOD_SECTIONS = {
-    "entropy_bonus": ["bonus"], "siren": ["siren", "anchor"], "aer": ["aer", "anchor"], "steer": ["steer"],
-    "forking_tokens": ["forking"], "clip_cov": ["clip_cov"], "kl_cov": ["kl_cov"], "entropy_advantage": ["entropy_advantage"],
-}
-_ENTROPY_SECTIONS = {"bonus", "siren", "aer", "steer", "forking", "clip_cov", "kl_cov", "entropy_advantage", "anchor"}
+_ENTROPY_SECTIONS = {section for sections in METHOD_SECTIONS.values() for section in sections}  # knobs of some method
 
 
 # --------------------------------------------------------------------------- target versions
@@ -113,7 +109,7 @@ def _relevant(path: str, config: dict[str, Any]) -> bool:
     """Leave out knobs of entropy methods that are not in use, and engine details that do not transfer."""
     parts = path.split(".")
     if parts[0] == "entropy" and len(parts) > 2 and parts[1] in _ENTROPY_SECTIONS:
-        return parts[1] in _METHOD_SECTIONS.get(config["entropy"]["method"], [])
+        return parts[1] in METHOD_SECTIONS.get(config["entropy"]["method"], ())
     if path == "rollout.vllm_gpu_memory_utilization":
         return config["rollout"]["engine"] == "vllm"
     if path == "data.dataset" or path.startswith("data.dataset."):
