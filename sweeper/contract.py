@@ -38,6 +38,7 @@ OUTCOME_FILE = "outcome.json"
 RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
 SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
 REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
+STEP0_CACHE_DIR = "step0_cache"      # in the study folder: the untrained model's validation, computed once
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
 
 # Trial user attrs (Optuna storage) written by the driver and read by status, export and tracking.

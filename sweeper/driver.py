@@ -55,7 +55,7 @@ import yaml
 
 from .contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
-                       RUN_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
+                       RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from .executors import TrialJob, make_executor
 from .space import Rejected, SampledConfig, resolve, sample
 from .spec import SpecError, StudySpec, load_spec
@@ -304,7 +304,8 @@ class Driver:
     def _trial_config(self, trial: Any, trial_dir: Path) -> tuple[SampledConfig, dict[str, Any]]:
         """The trial's sampled values and its resolved run config (raises :class:`Rejected`)."""
         sampled = sample(self.spec, trial)
-        return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR))
+        return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR),
+                                step0_cache=str(self.study_dir / STEP0_CACHE_DIR))
 
     def _trial_id(self, number: int) -> int:
         """The storage's id of trial ``number`` of this study (what a trial process opens its trial by)."""

@@ -12,9 +12,12 @@ run (``correction: none`` tests each look at ``p_threshold``).
 
 What the test does and does not see: prompts are the paired units, so it accounts for which prompts are
 easy and for the sampling noise of each validation; it does not see the run-to-run randomness of training
-(two runs of one config with different seeds differ on every prompt in the same direction). Trials of a
-study share their training seed unless the space sweeps ``seed``; ``benchmarks/pruning_quality.py``
-measures the false-prune rate and the power of both cases.
+(two runs of one config with different seeds differ on every prompt in the same direction), and the
+incumbent is the luckiest run so far. ``min_difference`` (in the objective's units) prunes only a trial
+worse than the incumbent by more than that margin (the test of the differences shifted by it): set it to
+the run-to-run spread you expect (``sweeper verify`` measures it) to keep such randomness from pruning
+good configs. Trials of a study share their training seed unless the space sweeps ``seed``;
+``benchmarks/pruning_quality.py`` measures the false-prune rate and the power in both cases.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ class PairedPruner(optuna.pruners.BasePruner):
     Bonferroni correction are those from ``n_warmup_steps`` on; None = one look)."""
 
     def __init__(self, p_threshold: float = 0.05, n_startup_trials: int = 1, n_warmup_steps: int = 0,
-                 correction: str = "bonferroni", validation_steps: list[int] | None = None):
+                 correction: str = "bonferroni", validation_steps: list[int] | None = None, min_difference: float = 0.0):
         if not 0 < p_threshold < 1:
             raise ValueError(f"p_threshold must be in (0, 1), got {p_threshold}")
         if correction not in ("bonferroni", "none"):
             raise ValueError(f"correction must be 'bonferroni' or 'none', got {correction!r}")
+        if min_difference < 0:
+            raise ValueError(f"min_difference must be >= 0, got {min_difference}")
+        self.min_difference = min_difference
         self.p_threshold = p_threshold
         self.n_startup_trials = n_startup_trials
         self.n_warmup_steps = n_warmup_steps
@@ -63,7 +69,8 @@ class PairedPruner(optuna.pruners.BasePruner):
         if not theirs or len(theirs) != len(mine):
             return False  # the incumbent did not validate the same prompts at this step
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        p_value = wilcoxon_worse_p(mine, theirs) if maximize else wilcoxon_worse_p(theirs, mine)
+        margin = self.min_difference
+        p_value = wilcoxon_worse_p(mine, theirs, margin) if maximize else wilcoxon_worse_p(theirs, mine, margin)
         self.last_test = {"p": p_value, "threshold": self.threshold, "incumbent": incumbent.number, "step": step,
                           "prompts": len(mine)}
         return p_value < self.threshold
@@ -71,5 +78,6 @@ class PairedPruner(optuna.pruners.BasePruner):
     def explain(self) -> str:
         """Why the last call pruned: ``paired Wilcoxon p = 0.003 < 0.0083 vs trial 3 over 64 prompts``."""
         test = self.last_test or {}
+        margin = f" by more than {self.min_difference:g}" if self.min_difference else ""
         return (f"paired Wilcoxon p = {test.get('p', float('nan')):.2g} < {test.get('threshold', float('nan')):.2g} "
-                f"vs trial {test.get('incumbent')} (the incumbent) over {test.get('prompts')} prompts")
+                f"(worse{margin}) vs trial {test.get('incumbent')} (the incumbent) over {test.get('prompts')} prompts")

@@ -255,11 +255,14 @@ class PairedPrunerSpec(_PrunerSpec):
     n_startup_trials: int = Field(1, ge=1, description="Complete trials before any pruning (the first incumbent).")
     n_warmup_steps: int = Field(0, ge=0, description="Validations before this step are not judged.")
     correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Over the validations a trial is judged at.")
+    min_difference: float = Field(0.0, ge=0, description="Prune only a trial worse than the incumbent by more than this "
+                                  "(objective units): room for the run-to-run randomness of training.")
 
     def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
         from .paired_pruner import PairedPruner
 
-        return PairedPruner(self.p_threshold, self.n_startup_trials, self.n_warmup_steps, self.correction, validation_steps)
+        return PairedPruner(self.p_threshold, self.n_startup_trials, self.n_warmup_steps, self.correction, validation_steps,
+                            self.min_difference)
 
 
 PrunerSpec = Annotated[

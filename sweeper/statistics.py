@@ -16,8 +16,9 @@ validate the same prompts with the same sampling seeds, so two trials are compar
 * :func:`paired_difference`: the mean of ``a_i - b_i`` over paired units (prompts, or seeds) with its SE
   and a 95% interval ``mean +- t_{0.975, n-1} SE`` (Student's t).
 * :func:`wilcoxon_worse_p`: the p-value of the one-sided Wilcoxon signed-rank test that the paired
-  differences ``a_i - b_i`` are shifted below 0 ("a is worse than b" for a maximized objective); zero
-  differences are dropped (Wilcoxon's method), and p = 1 when none is left.
+  differences ``a_i - b_i`` are shifted below 0, or below ``-margin`` ("a is worse than b", by more than
+  the margin, for a maximized objective); zero differences are dropped (Wilcoxon's method), and p = 1
+  when none is left.
 
 Pure functions over plain sequences (scipy for the t and Wilcoxon distributions); no torch, no optuna.
 """
@@ -128,15 +129,16 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     return PairedDifference(mean, se, len(differences), mean - half, mean + half)
 
 
-def wilcoxon_worse_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """p-value of the one-sided Wilcoxon signed-rank test that ``a - b`` is shifted below 0, over paired units.
+def wilcoxon_worse_p(a: Sequence[float], b: Sequence[float], margin: float = 0.0) -> float:
+    """p-value of the one-sided Wilcoxon signed-rank test that ``a - b`` is shifted below ``-margin``, over
+    paired units (``margin`` > 0: "a is worse than b by more than the margin"; the test of ``a - b + margin``).
 
     Zero differences are dropped; with none left, p = 1 (no evidence). Exact null distribution for fewer
     than 50 nonzero differences without ties, the normal approximation (with tie correction) otherwise
     (scipy's ``method="auto"``)."""
     if len(a) != len(b):
         raise ValueError(f"wilcoxon_worse_p: paired sequences differ in length ({len(a)} and {len(b)})")
-    differences = [x - y for x, y in zip(a, b) if x != y]
+    differences = [d for d in (x - y + margin for x, y in zip(a, b)) if d != 0]
     if not differences:
         return 1.0
     from scipy.stats import wilcoxon

@@ -62,3 +62,10 @@ def test_wilcoxon_one_sided_exact_values():
     assert wilcoxon_worse_p([1, 1, 0, 0], [1, 1, 1, 2]) == pytest.approx(1 / 4)
     assert wilcoxon_worse_p([0.5, 0.5], [0.5, 0.5]) == 1.0                   # no difference: no evidence
     assert wilcoxon_worse_p([1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == pytest.approx(1.0)   # better, not worse
+
+
+def test_wilcoxon_with_a_margin_tests_worse_by_more_than_it():
+    a, b = [0.5, 0.4, 0.3, 0.2, 0.1], [0.6, 0.5, 0.4, 0.3, 0.2]                 # a - b = -0.1 on every unit
+    assert wilcoxon_worse_p(a, b) == pytest.approx(1 / 32)
+    assert wilcoxon_worse_p(a, b, margin=0.05) == pytest.approx(1 / 32)       # -0.05 each: still all below
+    assert wilcoxon_worse_p(a, b, margin=0.2) == pytest.approx(1.0)           # +0.1 each: not worse by 0.2

@@ -146,6 +146,12 @@ class EvalConfig(_Strict):
         description="Sampling seed of every validation, independent of the run's seed: runs and trials that "
         "validate the same prompts draw the same random numbers, so they are compared prompt by prompt.",
     )
+    step0_cache: str | None = Field(
+        None,
+        description="A folder where the step-0 validation of the untrained model is kept and reused by every run "
+        "that starts from the same model and validates the same way (trainers/validation_cache.py); the sweeper "
+        "sets <study dir>/step0_cache. None = validate at step 0 every time.",
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "EvalConfig":

@@ -41,6 +41,7 @@ from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Re
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
 from .setup import (COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed,
                     takes_logits_to_keep)
+from .validation_cache import read_step0, step0_key, write_step0
 
 CHECKPOINT_DIR = "checkpoint"
 EVAL_PROMPTS_PER_CALL = 256  # validation sequences (prompts x n) per generate call, at least one prompt
@@ -484,10 +485,24 @@ class GRPOTrainer:
 
     def _validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        metrics, per_prompt = self.evaluate()
+        cached = self._step0_from_cache() if self.step == 0 and self.config.eval.step0_cache else None
+        if cached is not None:
+            metrics, per_prompt = dict(cached["metrics"]), {**cached["per_prompt"], "step": 0}
+        else:
+            metrics, per_prompt = self.evaluate()
+            if self.step == 0 and self.config.eval.step0_cache and self.is_main:
+                write_step0(self.config.eval.step0_cache, self._step0_key, metrics, per_prompt)
         metrics["time/eval"] = time.perf_counter() - started
         self.reporter.on_validation(self.step, metrics, per_prompt)
         return metrics
+
+    def _step0_from_cache(self) -> dict[str, Any] | None:
+        """The cached step-0 validation of this model and validation (rank 0 reads it, every rank gets it)."""
+        self._step0_key = step0_key(self.config, self.model_path)
+        cached = [read_step0(self.config.eval.step0_cache, self._step0_key) if self.is_main else None]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(cached, src=0)
+        return cached[0]
 
 
 def prompt_digest(problems: Sequence[Any]) -> str:
