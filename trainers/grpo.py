@@ -38,7 +38,7 @@ from .config import ConfigError, RunConfig, dump_config, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
-from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
+from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
@@ -183,7 +183,7 @@ class GRPOTrainer:
         policy = self.accelerator.unwrap_model(self.model)
         if self.config.rollout.engine == "vllm":
             return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
-                                     self.config.rollout.vllm_gpu_memory_utilization, seed=self.config.seed)
+                                     vllm_engine_args(self.config))
         return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
