@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv, the system parts the end-to-end tests use (Debian's chromium,
-# the local Slurm test cluster), then runs the whole suite. Extra arguments go to pytest.
+# The test command: sets up .venv and .venv-vllm, the system parts the end-to-end tests use (Debian's
+# chromium, the local Slurm test cluster), then runs the whole suite: every test but the vLLM ones in .venv,
+# the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm. Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_vllm.sh
 if [ "$(id -u)" = 0 ]; then
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
@@ -13,4 +15,12 @@ else
   echo "test: not root; browser and Slurm tests need chromium and slurm/cluster.sh up (they skip with a reason otherwise)"
 fi
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest tests -ra "$@"
+status=0
+.venv/bin/python -m pytest tests -ra -m "not vllm" "$@" || status=$?
+vllm_status=0
+.venv-vllm/bin/python -m pytest tests -ra -m vllm "$@" || vllm_status=$?
+# pytest's 5 (no test selected) is a failure for the full run, not when extra arguments chose other tests
+if [ "$vllm_status" = 5 ] && [ "$#" -gt 0 ]; then vllm_status=0; fi
+if [ "$status" = 5 ] && [ "$#" -gt 0 ]; then status=0; fi
+[ "$status" = 0 ] || exit "$status"
+exit "$vllm_status"
