@@ -91,6 +91,7 @@ TAG_PARENT = "mlflow.parentRunId"
 SAMPLED_PARAM_PREFIX = "sampled/"
 CONFIG_ARTIFACT = "config/trial_config.yaml"
 STDERR_ARTIFACT = "stderr_tail.txt"
+PER_PROMPT_ARTIFACT = "per_prompt/step_{step:06d}.json"  # one validation's per-prompt results
 
 ENTROPY_METRIC = "train/entropy"
 
@@ -402,6 +403,7 @@ class TrialTracker:
         self.dropped_metrics = 0
         self._pending: list[Metric] = []
         self._pending_tags: dict[str, str] = {}
+        self._pending_artifacts: dict[str, str] = {}  # artifact path -> text
         self._renamed: dict[str, str] = {}
         self._setup_done = False
         self._terminal_status: str | None = None
@@ -426,8 +428,10 @@ class TrialTracker:
         self._queue_metrics(step, metrics)
         self._sync()
 
-    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
         self._queue_metrics(step, metrics)
+        if per_prompt is not None:
+            self._pending_artifacts[PER_PROMPT_ARTIFACT.format(step=int(step))] = json.dumps(dict(per_prompt))
         self._sync()
 
     def stop_reason(self) -> str | None:
@@ -536,6 +540,9 @@ class TrialTracker:
             for chunk in _chunks(tags, MAX_PARAMS_PER_BATCH):
                 client.log_batch(self.run_id, tags=chunk)
             self._pending_tags.clear()
+        for path in list(self._pending_artifacts):
+            client.log_text(self.run_id, self._pending_artifacts[path], path)
+            del self._pending_artifacts[path]
         while self._pending:
             chunk = self._pending[:MAX_METRICS_PER_BATCH]
             client.log_batch(self.run_id, metrics=chunk)

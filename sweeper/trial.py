@@ -181,7 +181,7 @@ class TrialReporter:
         self._record(metrics)
         self._judge(step)
 
-    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
         self.last_step = step
         self._record(metrics)
         if step == 0:
@@ -428,7 +428,7 @@ class PreemptionReporter:
     def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
         pass
 
-    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
         pass
 
     def stop_reason(self) -> str | None:
@@ -452,8 +452,8 @@ class _OpenAcrossPreemption:
     def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.tracker.on_train_step(step, metrics)
 
-    def on_validation(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.tracker.on_validation(step, metrics)
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
+        self.tracker.on_validation(step, metrics, per_prompt)
 
     def stop_reason(self) -> str | None:
         return self.tracker.stop_reason()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import Counter
 from math import comb
@@ -11,6 +12,9 @@ import pytest
 
 from trainers.evaluation import (
     evaluation_metrics,
+    per_prompt_metrics,
+    standard_error,
+    standard_errors,
     maj_at_k,
     majority_vote,
     mean_at_k,
@@ -148,3 +152,29 @@ def test_evaluation_metrics_keys_and_values():
     assert metrics["pass@2"] == pytest.approx(0.5)
     assert metrics["mean@2"] == pytest.approx(0.25)
     assert metrics["maj@2"] == pytest.approx(0.5)  # prompt 0: tie -> "3" (first) is right
+
+
+# --------------------------------------------------------------------------- per prompt
+
+
+def test_per_prompt_metrics_hand_computed():
+    correct = [[True, False, True, False], [False, False, False, False], [True, True, True, True]]
+    answers = [["4", "5", "4", "5"], ["1", "2", "2", None], ["7", "7", "7", "7"]]
+    per_prompt = per_prompt_metrics(correct, answers, [1, 2])
+    assert per_prompt["pass@1"] == pytest.approx([0.5, 0.0, 1.0])
+    # pass@2 with c of 4: 1 - C(4-c, 2)/C(4, 2): c=2 -> 1 - 1/6
+    assert per_prompt["pass@2"] == pytest.approx([5 / 6, 0.0, 1.0])
+    assert per_prompt["maj@1"] == [1.0, 0.0, 1.0]
+    assert per_prompt["maj@2"] == [1.0, 0.0, 1.0]  # prompt 0: tie "4"/"5" -> "4", right
+    assert per_prompt["mean@2"] == pytest.approx([0.5, 0.0, 1.0])
+    means = evaluation_metrics(correct, answers, [1, 2])
+    assert means == {name: pytest.approx(sum(v) / 3) for name, v in per_prompt.items()}
+
+
+def test_standard_error_hand_computed():
+    # values 0, 0.5, 1: mean 0.5, sample variance (0.25 + 0 + 0.25) / 2 = 0.25, SE = sqrt(0.25 / 3)
+    assert standard_error([0.0, 0.5, 1.0]) == pytest.approx(math.sqrt(0.25 / 3))
+    assert standard_error([0.3, 0.3]) == 0.0
+    assert math.isnan(standard_error([0.7]))
+    errors = standard_errors({"pass@1": [0.0, 0.5, 1.0], "pass@8": [1.0]})
+    assert errors == {"pass@1_se": pytest.approx(math.sqrt(0.25 / 3))}  # one prompt: no SE reported

@@ -13,7 +13,7 @@ import yaml
 
 from trainers.config import parse_config
 from trainers.grpo import GRPOTrainer, train
-from trainers.reporting import PREEMPTED, Reporter, read_metrics
+from trainers.reporting import PREEMPTED, Reporter, read_metrics, read_per_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -45,6 +45,19 @@ def test_short_run_completes_with_every_metric(make_run_config):
     assert any(abs(r["train/ratio_mean"] - 1.0) > 1e-6 or r["train/kl_old"] > 0 for r in train_records)
     assert (out / "checkpoint" / "trainer_state.json").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == 4
+
+    # per-prompt results: one record per validation, consistent with the reported means and standard errors
+    per_prompt = read_per_prompt(out / "per_prompt.jsonl")
+    assert [r["step"] for r in per_prompt] == [0, 2, 4]
+    for record, metrics in zip(per_prompt, val_records):
+        assert record["n_samples"] == 4 and record["k"] == [1, 4] and len(record["correct"]) == 8
+        assert set(record["per_prompt"]) == {"pass@1", "pass@4", "maj@1", "maj@4", "mean@1", "mean@4", "entropy"}
+        assert record["per_prompt"]["pass@1"] == pytest.approx([c / 4 for c in record["correct"]])
+        for name in ("pass@1", "pass@4", "maj@4"):
+            values = record["per_prompt"][name]
+            assert metrics[f"val/{name}"] == pytest.approx(sum(values) / 8, abs=1e-6)
+            mean = sum(values) / 8
+            assert metrics[f"val/{name}_se"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 7 / 8) ** 0.5, abs=1e-6)
 
 
 class StopAt(Reporter):
@@ -78,12 +91,30 @@ def test_preempted_run_resumes_to_the_same_state(tmp_path, make_run_config):
     a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     b = read_metrics(tmp_path / "interrupted" / "metrics.jsonl")
     assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]  # no repeated or lost steps
+    pa, pb = (read_per_prompt(tmp_path / name / "per_prompt.jsonl") for name in ("straight", "interrupted"))
+    assert [r["step"] for r in pa] == [r["step"] for r in pb] == [0, 2, 4]
+    assert [r["correct"] for r in pa] == [r["correct"] for r in pb]
     for ra, rb in zip(a, b):
         for key in ("train/reward_mean", "train/entropy", "train/loss", "val/pass@1", "val/entropy"):
             if key in ra:
                 assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
     wa, wb = _weights(tmp_path / "straight"), _weights(tmp_path / "interrupted")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_validation_is_paired_across_run_seeds(tmp_path, make_run_config):
+    """Validation samples depend on eval.seed, not on the run's seed: two runs of the untrained model with
+    different seeds give identical per-prompt results (same prompts, same random numbers); another
+    eval.seed draws other samples."""
+    def step0(seed, eval_seed, name):
+        config = parse_config(make_run_config(seed=seed, eval={"seed": eval_seed},
+                                              train={"steps": 1, "eval_every": 1, "output_dir": str(tmp_path / name)}))
+        return GRPOTrainer(config).evaluate()[1]
+
+    a, b, other = step0(0, 0, "a"), step0(7, 0, "b"), step0(0, 3, "c")
+    assert a["prompt_digest"] == b["prompt_digest"] == other["prompt_digest"]
+    assert a["per_prompt"] == b["per_prompt"] and a["correct"] == b["correct"]
+    assert a["per_prompt"]["entropy"] != other["per_prompt"]["entropy"]
 
 
 def test_pruning_stop_reason_stops_without_error(make_run_config):
@@ -132,7 +163,8 @@ with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
 def test_two_processes_train_data_parallel_and_agree_on_weights(tmp_path, make_run_config):
     config = make_run_config(rollout={"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6},
                              train={"steps": 2, "mini_batches": 2, "ppo_epochs": 1, "eval_every": 2,
-                                    "output_dir": str(tmp_path / "run")})
+                                    "output_dir": str(tmp_path / "run")},
+                             eval={"num_prompts": 16, "n_samples": 32, "k": [1, 32]})  # 2 validation chunks: one per rank
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -151,6 +183,14 @@ def test_two_processes_train_data_parallel_and_agree_on_weights(tmp_path, make_r
 
     start = AutoModelForCausalLM.from_pretrained(resolve_model_path(config["model"]["path"])).state_dict()
     assert any(not torch.equal(start[k], w0[k]) for k in w0), "no update happened"
+
+    # the step-0 validation on 2 processes = on 1 process, prompt by prompt (seeds follow chunks, not ranks)
+    two = read_per_prompt(tmp_path / "run" / "per_prompt.jsonl")[0]
+    one = GRPOTrainer(parse_config({**config, "train": {**config["train"], "output_dir": str(tmp_path / "one")}})).evaluate()[1]
+    assert two["step"] == one["step"] == 0 and len(one["correct"]) == 16
+    assert two["correct"] == one["correct"] and two["per_prompt"].keys() == one["per_prompt"].keys()
+    for name, values in one["per_prompt"].items():
+        assert two["per_prompt"][name] == pytest.approx(values, abs=1e-5), name
 
 
 def test_run_preempted_at_step_0_resumes_without_a_second_step_0_validation(make_run_config):

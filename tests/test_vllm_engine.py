@@ -94,6 +94,12 @@ def test_seeded_sampling_is_reproducible():
     assert torch.equal(draws[0].response_ids, draws[1].response_ids)
     assert torch.equal(draws[0].sampled_logprobs, draws[1].sampled_logprobs)
     assert not torch.equal(draws[0].response_ids, draws[2].response_ids)
+    # SamplingSettings.seed (validation's) fixes the draw whatever torch's global state
+    fixed = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        fixed.append(engine.generate(prompts, 8, SamplingSettings(1.0, 1.0, 0, 8, seed=11)))
+    assert torch.equal(fixed[0].response_ids, fixed[1].response_ids)
     # the G samples of one prompt are G draws, not one draw repeated
     groups = draws[0].response_ids.reshape(len(prompts), 8, -1)
     assert sum(len({tuple(row.tolist()) for row in group}) > 1 for group in groups) >= len(prompts) // 2

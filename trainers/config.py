@@ -137,6 +137,11 @@ class EvalConfig(_Strict):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, gt=0, description="None = rollout.max_new_tokens.")
+    seed: int = Field(
+        0,
+        description="Sampling seed of every validation, independent of the run's seed: runs and trials that "
+        "validate the same prompts draw the same random numbers, so they are compared prompt by prompt.",
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "EvalConfig":

@@ -15,10 +15,16 @@ None = no answer stated), then calls :func:`evaluation_metrics`.
 - mean@k: mean correctness of the first k samples, averaged over prompts (mean@n = plain accuracy).
 
 maj@k and mean@k use the first k samples (one draw), not an average over all k-subsets.
+
+Per prompt: :func:`per_prompt_metrics` gives each prompt's pass@k, maj@k and mean@k (the metrics above
+are their means over prompts), and :func:`standard_error` the standard error of such a mean over
+prompts, s / sqrt(P) with s the sample standard deviation (ddof 1). Two runs validated on the same
+prompts (and the same sampling seeds) are compared prompt by prompt from these values.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 
@@ -75,17 +81,22 @@ def majority_vote(answers: Sequence[str | None]) -> int | None:
     return first_index[winner]
 
 
+def _majority_correct(answers: Sequence[str | None], correct: Sequence[object]) -> float:
+    winner = majority_vote(answers)
+    return float(winner is not None and bool(correct[winner]))
+
+
+def _check_shapes(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[object]]) -> None:
+    if len(answers) != len(correct) or any(len(a) != len(c) for a, c in zip(answers, correct)):
+        raise ValueError("answers and correct must have the same shape (prompts x samples)")
+
+
 def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[object]], k: int) -> float:
     """Fraction of prompts whose majority answer among the first k samples is correct."""
     n = _num_samples(correct)
     _check_k(n, k)
-    if len(answers) != len(correct) or any(len(a) != len(c) for a, c in zip(answers, correct)):
-        raise ValueError("maj_at_k: answers and correct must have the same shape (prompts x samples)")
-    solved = 0
-    for prompt_answers, prompt_correct in zip(answers, correct):
-        winner = majority_vote(prompt_answers[:k])
-        solved += winner is not None and bool(prompt_correct[winner])
-    return solved / len(correct)
+    _check_shapes(answers, correct)
+    return sum(_majority_correct(a[:k], c) for a, c in zip(answers, correct)) / len(correct)
 
 
 def mean_at_k(correct: Sequence[Sequence[object]], k: int) -> float:
@@ -95,13 +106,42 @@ def mean_at_k(correct: Sequence[Sequence[object]], k: int) -> float:
     return sum(sum(1 for value in row[:k] if value) / k for row in correct) / len(correct)
 
 
+def per_prompt_metrics(
+    correct: Sequence[Sequence[object]], answers: Sequence[Sequence[str | None]], ks: Sequence[int]
+) -> dict[str, list[float]]:
+    """``{"pass@k": [value of prompt 0, prompt 1, ...], "maj@k": [...], "mean@k": [...]}`` for every k in
+    ``ks``: each prompt's own estimate; their means over prompts are :func:`evaluation_metrics`."""
+    n = _num_samples(correct)
+    _check_shapes(answers, correct)
+    counts = [sum(1 for value in row if value) for row in correct]
+    metrics: dict[str, list[float]] = {}
+    for k in ks:
+        _check_k(n, k)
+        metrics[f"pass@{k}"] = [pass_at_k(n, c, k) for c in counts]
+        metrics[f"maj@{k}"] = [_majority_correct(a[:k], c) for a, c in zip(answers, correct)]
+        metrics[f"mean@{k}"] = [sum(1 for value in row[:k] if value) / k for row in correct]
+    return metrics
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of ``values``: s / sqrt(len), s the sample standard deviation (ddof 1).
+    NaN for fewer than 2 values (no spread can be estimated from one)."""
+    count = len(values)
+    if count < 2:
+        return math.nan
+    mean = sum(values) / count
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1)
+    return math.sqrt(variance / count)
+
+
 def evaluation_metrics(
     correct: Sequence[Sequence[object]], answers: Sequence[Sequence[str | None]], ks: Sequence[int]
 ) -> dict[str, float]:
-    """``{"pass@k": ..., "maj@k": ..., "mean@k": ...}`` for every k in ``ks`` (the trainer prefixes ``val/``)."""
-    metrics: dict[str, float] = {}
-    for k in ks:
-        metrics[f"pass@{k}"] = mean_pass_at_k(correct, k)
-        metrics[f"maj@{k}"] = maj_at_k(answers, correct, k)
-        metrics[f"mean@{k}"] = mean_at_k(correct, k)
-    return metrics
+    """``{"pass@k": ..., "maj@k": ..., "mean@k": ...}`` for every k in ``ks`` (the trainer prefixes ``val/``):
+    the means over prompts of :func:`per_prompt_metrics`."""
+    return {name: sum(values) / len(values) for name, values in per_prompt_metrics(correct, answers, ks).items()}
+
+
+def standard_errors(per_prompt: dict[str, Sequence[float]]) -> dict[str, float]:
+    """``{"<metric>_se": standard error over prompts}`` for each per-prompt metric with 2 prompts or more."""
+    return {f"{name}_se": standard_error(values) for name, values in per_prompt.items() if len(values) > 1}

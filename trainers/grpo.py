@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -37,11 +38,11 @@ from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_c
 from .config import ConfigError, RunConfig, dump_config, resolve_model_path
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
-from .reporting import PREEMPTED, JsonlReporter, MultiReporter, Reporter
+from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
 
 CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.jsonl"
+EVAL_PROMPTS_PER_CALL = 256  # validation sequences (prompts x n) per generate call, at least one prompt
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -378,44 +379,56 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ validation
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        from .evaluation import evaluation_metrics
+    def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """Validate on the first ``eval.num_prompts`` validation prompts: ``(metrics, per_prompt)``.
+
+        The prompts are cut into chunks of ``EVAL_PROMPTS_PER_CALL // n`` prompts; chunk c is sampled with seed
+        ``step_seed(eval.seed, 0, 0, salt=c)`` by rank ``c % world``. So a prompt's samples depend on the
+        policy, the prompt set, ``eval.n_samples`` and ``eval.seed`` only: not on the run's seed, the step or
+        the number of processes. Runs and trials compared on these prompts share their random numbers."""
+        from .evaluation import evaluation_metrics, per_prompt_metrics, standard_errors
         from .rewards import get_extractor
 
         cfg = self.config
-        torch.manual_seed(step_seed(cfg.seed, 0, self.rank, salt=99))
-        problems = self.val_problems[:cfg.eval.num_prompts][self.rank::self.world]
+        problems = self.val_problems[:cfg.eval.num_prompts]
         n = cfg.eval.n_samples
-        sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        per_call = max(1, EVAL_PROMPTS_PER_CALL // n)
+        chunks = [range(start, min(start + per_call, len(problems))) for start in range(0, len(problems), per_call)]
         extract_answer = get_extractor(cfg.data.reward)
-        per_prompt_correct, per_prompt_answers = [], []
-        entropy_sum, token_count = 0.0, 0.0
-        chunk = max(1, 256 // n)
         policy = self.accelerator.unwrap_model(self.model)
-        for start in range(0, len(problems), chunk):
-            batch = problems[start:start + chunk]
+        local: list[tuple[int, list[bool], list[str | None], float, float]] = []  # prompt, correct, answers, entropy sum, tokens
+        for chunk_index in range(self.rank, len(chunks), self.world):
+            indices = chunks[chunk_index]
+            batch = [problems[i] for i in indices]
+            sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                                        seed=step_seed(cfg.eval.seed, 0, 0, salt=chunk_index))
             rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
-            for i, problem in enumerate(batch):
-                completions = rollout.completions[i * n:(i + 1) * n]
-                per_prompt_correct.append([self.reward_fn(c, problem.answer) > 0 for c in completions])
-                per_prompt_answers.append([extract_answer(c) for c in completions])
             logits = self._response_logits(policy, rollout, cfg.eval.temperature)
             entropy = token_entropy(logits, cfg.entropy.chunk_size)
             mask = rollout.response_mask.float().to(entropy.device)
-            entropy_sum += float((entropy * mask).sum())
-            token_count += float(mask.sum())
-        local = evaluation_metrics(per_prompt_correct, per_prompt_answers, cfg.eval.k) if problems else {}
-        totals = {key: value * len(problems) for key, value in local.items()}
-        totals.update({"_prompts": float(len(problems)), "_entropy_sum": entropy_sum, "_tokens": token_count})
+            entropy_sums, token_counts = (entropy * mask).sum(-1).reshape(-1, n).sum(-1), mask.sum(-1).reshape(-1, n).sum(-1)
+            for i, (index, problem) in enumerate(zip(indices, batch)):
+                completions = rollout.completions[i * n:(i + 1) * n]
+                local.append((index, [self.reward_fn(c, problem.answer) > 0 for c in completions],
+                              [extract_answer(c) for c in completions], float(entropy_sums[i]), float(token_counts[i])))
         if self.world > 1:
             gathered: list[Any] = [None] * self.world
-            torch.distributed.all_gather_object(gathered, totals)
-            totals = {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted({k for g in gathered for k in g})}
-        prompts = max(totals.pop("_prompts"), 1.0)
-        entropy_sum, tokens = totals.pop("_entropy_sum"), totals.pop("_tokens")
-        metrics = {f"val/{key}": value / prompts for key, value in totals.items()}
+            torch.distributed.all_gather_object(gathered, local)
+            local = [row for rows in gathered for row in rows]
+        rows = sorted(local)
+        correct, answers = [row[1] for row in rows], [row[2] for row in rows]
+        entropy_sum, tokens = sum(row[3] for row in rows), sum(row[4] for row in rows)
+        per_prompt = per_prompt_metrics(correct, answers, cfg.eval.k) if rows else {}
+        metrics = {f"val/{key}": value for key, value in evaluation_metrics(correct, answers, cfg.eval.k).items()} if rows else {}
+        metrics.update({f"val/{key}": value for key, value in standard_errors(per_prompt).items()})
         metrics["val/entropy"] = entropy_sum / max(tokens, 1.0)
-        return metrics
+        per_prompt["entropy"] = [row[3] / max(row[4], 1.0) for row in rows]
+        record = {
+            "step": self.step, "n_samples": n, "k": list(cfg.eval.k), "eval_seed": cfg.eval.seed,
+            "prompt_digest": prompt_digest(problems), "correct": [sum(row[1]) for row in rows],
+            "per_prompt": {key: [round(v, 6) for v in values] for key, values in per_prompt.items()},
+        }
+        return metrics, record
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -447,7 +460,7 @@ class GRPOTrainer:
         self.step = int(state["step"])
         self.intervention.load_state_dict(torch.load(folder / "intervention.pt", weights_only=False))
         if self.is_main:
-            _truncate_metrics(self.output_dir / METRICS_FILE, self.step)
+            truncate_after(self.output_dir, self.step)
         self.accelerator.wait_for_everyone()
         return True
 
@@ -484,18 +497,18 @@ class GRPOTrainer:
 
     def _validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        metrics = self.evaluate()
+        metrics, per_prompt = self.evaluate()
         metrics["time/eval"] = time.perf_counter() - started
-        self.reporter.on_validation(self.step, metrics)
+        self.reporter.on_validation(self.step, metrics, per_prompt)
         return metrics
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after the checkpoint we resume from, so the stream has no repeated steps."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+def prompt_digest(problems: Sequence[Any]) -> str:
+    """A short hash of the validation prompts and answers, in order: equal digests = the same prompts."""
+    digest = hashlib.sha1()
+    for problem in problems:
+        digest.update(f"{problem.prompt}\x1f{problem.answer}\x1e".encode())
+    return digest.hexdigest()[:16]
 
 
 def train(config: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:

@@ -11,9 +11,9 @@ generation config's ``eos_token_id`` list) and keep the stop token in the respon
   machine), imported lazily, colocated in the trainer's process; the policy's weights are pushed into
   it before each rollout. Its response mask is built from the token count vLLM returns.
 
-Both engines draw their randomness from torch's global generator, which the trainer seeds per
-(seed, step, rank): the same seed gives the same samples, so a resumed run draws what an
-uninterrupted one would.
+Both engines draw their randomness from ``SamplingSettings.seed`` when it is set (validation), else
+from torch's global generator, which the trainer seeds per (seed, step, rank): the same seed gives the
+same samples, so a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 8
+    seed: int | None = None         # None: the engine's current random state; else a fixed draw for this call
 
 
 @dataclass
@@ -143,6 +144,8 @@ class HFRolloutEngine:
         stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         was_training = self.model.training
         self.model.eval()
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         try:
             output = self.model.generate(
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True,
@@ -292,8 +295,10 @@ class VLLMRolloutEngine:
         prompt_ids, prompt_mask = _tokenize_prompts(self.tokenizer, texts)
         # vLLM gets the very prompt tokens the trainer's forward pass sees.
         requests = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(prompt_ids, prompt_mask)]
-        # One seed per prompt from torch's generator (seeded by the trainer per step); vLLM gives child j seed + j.
-        base_seed = int(torch.randint(0, 2**31 - 1 - n * len(prompts), ()))
+        # One seed per prompt, drawn from torch's generator (seeded by the trainer per step) or from sampling.seed;
+        # vLLM gives the j-th of a prompt's n samples that seed + j.
+        generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+        base_seed = int(torch.randint(0, 2**31 - 1 - n * len(prompts), (), generator=generator))
         params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
                                  max_tokens=sampling.max_new_tokens, seed=base_seed + i * n, logprobs=0, detokenize=False)
                   for i in range(len(prompts))]
