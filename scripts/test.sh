@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv and .venv-vllm, the system parts the end-to-end tests use (Debian's
-# chromium, the local Slurm test cluster), then runs the whole suite: every test but the vLLM ones in .venv,
-# the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm. Extra arguments go to both pytest runs.
+# chromium, the local Slurm test cluster, the local PostgreSQL test server), then runs the whole suite: every
+# test but the vLLM ones in .venv, the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm.
+# Extra arguments go to both pytest runs. A PostgreSQL server started here is stopped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,8 +12,12 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   fi
   bash slurm/cluster.sh up
+  if ! bash scripts/postgres.sh status >/dev/null 2>&1; then
+    bash scripts/postgres.sh up
+    trap 'bash scripts/postgres.sh down' EXIT
+  fi
 else
-  echo "test: not root; browser and Slurm tests need chromium and slurm/cluster.sh up (they skip with a reason otherwise)"
+  echo "test: not root; browser, Slurm and PostgreSQL tests need chromium, slurm/cluster.sh up and scripts/postgres.sh up (they skip with a reason otherwise)"
 fi
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0

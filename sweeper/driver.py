@@ -29,8 +29,10 @@ configs (``enqueue:`` in the spec) go first, once per study (study user attr ``s
 A seeded sampler is re-seeded on resume with ``seed + trials in storage`` (otherwise it would
 suggest the first run's configs again).
 
-A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver of the same study
-on the same host.
+One driver per study, across hosts: the driver holds a lease kept in the study's own storage
+(:mod:`sweeper.lock`; owner host/pid and a heartbeat). A second driver is refused while the lease is
+live, and takes over the lease of a dead one (same machine: at once; another host: once its
+heartbeat is older than the lease ttl).
 
 Ctrl-C cancels the jobs in flight and records them as lost (re-queued on the next run); with
 ``on_interrupt="detach"`` (default: the spec's ``executor.on_interrupt``) they keep running and the
@@ -41,10 +43,7 @@ For a Slurm study, :func:`preflight` first refuses a SQLite storage on a network
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 import sys
 import time
 import warnings
@@ -54,17 +53,17 @@ from typing import Any, Callable
 
 import yaml
 
+from .contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
+                       ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
+                       RUN_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from .executors import TrialJob, make_executor
-from .pruning import build_pruner
-from .samplers import build_sampler
-from .space import Rejected, resolve, sample
+from .space import Rejected, SampledConfig, resolve, sample
 from .spec import SpecError, StudySpec, load_spec
-from .storage import make_storage
-from .trial import CONFIG_FILE, TrialTicket, read_outcome
+from .storage import open_study
 
 MAX_CONSECUTIVE_REJECTIONS = 200
 STDERR_ATTR_CHARS = 4000
-LOCK_FILE = "driver.lock"
+NO_OUTCOME = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
 
 
 @dataclass
@@ -84,7 +83,7 @@ class StudyReport:
     study_name: str
     study_dir: str
     storage: str
-    counts: dict[str, int]                     # state -> trials in storage (rejected/lost excluded)
+    counts: dict[str, int]                     # state (sweeper.contract.trial_state) -> trials in storage
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     best_trial: int | None = None
@@ -105,48 +104,6 @@ class StudyReport:
     def slot_utilization(self) -> float:
         """Busy slot-time / available slot-time over the loop (1.0 = a slot never waits on the driver)."""
         return self.slot_busy_seconds / (self.max_parallel * self.loop_seconds) if self.loop_seconds else 0.0
-
-
-def _counts_as_budget(trial: Any) -> bool:
-    import optuna
-
-    if trial.user_attrs.get("rejected") or trial.user_attrs.get("lost"):
-        return False
-    return trial.state in (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.FAIL,
-        optuna.trial.TrialState.RUNNING,
-    )
-
-
-def open_study(spec: StudySpec, *, create: bool, max_parallel: int | None = None):
-    """Create or load the Optuna study with the spec's sampler and pruner. Returns (study, storage)."""
-    import optuna
-
-    storage = make_storage(spec.study.storage)
-    sampler = build_sampler(spec, max_parallel)
-    pruner = build_pruner(spec.pruner, spec.trial_steps())
-    if create:
-        study = optuna.create_study(
-            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner,
-            directions=spec.directions, load_if_exists=True,
-        )
-    else:
-        if spec.study.name not in optuna.get_all_study_names(storage):
-            raise SpecError(f"study {spec.study.name!r} is not in storage {spec.study.storage}: run `sweeper run` first")
-        study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
-    existing = len(study.get_trials(deepcopy=False))
-    if existing and spec.sampler.seed is not None:
-        # a seeded sampler restarted on a resumed study would replay the first run's suggestions
-        study.sampler = build_sampler(spec, max_parallel, seed_offset=existing)
-    stored = [d.name.lower() for d in study.directions]
-    if stored != spec.directions:
-        raise SpecError(
-            f"objective: study {spec.study.name!r} in {spec.study.storage} has directions {stored}, the spec says "
-            f"{spec.directions}; a study's objectives cannot change: use a new study.name"
-        )
-    return study, storage
 
 
 class Driver:
@@ -227,6 +184,7 @@ class Driver:
         try:
             preflight(self.spec)
             self.study, self.storage = open_study(self.spec, create=True, max_parallel=self.max_parallel)
+            self.study_id = self.storage.get_study_id_from_name(self.spec.study.name)
             self.executor = make_executor(self.spec.executor)
             self.report = StudyReport(self.spec.study.name, str(self.study_dir), self.spec.study.storage, {}, max_parallel=self.max_parallel)
             self._start_tracking()
@@ -254,6 +212,7 @@ class Driver:
         loop_start = None
         deadline = started + self.timeout if self.timeout else math.inf
         while True:
+            self._lease.check()  # LeaseLost if another driver took the study over (sweeper.lock)
             t0 = time.perf_counter()
             # refill
             while len(self.in_flight) < self.max_parallel and time.time() < deadline:
@@ -290,12 +249,11 @@ class Driver:
 
         while True:
             trial = self.study.ask()
-            trial_dir = self.study_dir / "trials" / f"{trial.number:05d}"
+            trial_dir = trial_folder(self.study_dir, trial.number)
             try:
-                sampled = sample(self.spec, trial)
-                config = resolve(self.spec, sampled, output_dir=str(trial_dir / "run"))
+                sampled, config = self._trial_config(trial, trial_dir)
             except Rejected as rejection:
-                trial.set_user_attr("rejected", str(rejection))
+                trial.set_user_attr(ATTR_REJECTED, str(rejection))
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 self.report.rejected += 1
                 self._rejections_in_a_row += 1
@@ -310,36 +268,47 @@ class Driver:
 
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-        sampled_paths = sampled.sampled_paths
+        trial_id = self._trial_id(trial.number)
         ticket = TrialTicket(
             storage=self.spec.study.storage,
             study_name=self.spec.study.name,
             trial_number=trial.number,
-            trial_id=trial._trial_id,
+            trial_id=trial_id,
             study_dir=str(self.study_dir),
             entrypoint=self.spec.executor.entrypoint,
             objectives=[o.model_dump() for o in self.spec.objective],
             pruner=self.spec.pruner.model_dump(),
             trial_steps=config["train"]["steps"],
             sampled=sampled.sampled,
-            sampled_paths=sampled_paths,
+            sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
+            seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
+            baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
         )
         ticket.write(trial_dir)
-        trial.set_user_attr("trial_dir", str(trial_dir))
-        trial.set_user_attr("config", config)
+        trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
+        trial.set_user_attr(ATTR_CONFIG, config)
         try:
             job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
         except Exception as error:
-            trial.set_user_attr("fail_reason", f"submission failed: {type(error).__name__}: {error}")
+            trial.set_user_attr(ATTR_FAIL_REASON, f"submission failed: {type(error).__name__}: {error}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        trial.set_user_attr("job_id", job.job_id)
+        trial.set_user_attr(ATTR_JOB_ID, job.job_id)
         logs = job.log_paths()
         if logs:
-            trial.set_user_attr("log_paths", logs)
+            trial.set_user_attr(ATTR_LOG_PATHS, logs)
         self.report.launched += 1
-        return InFlight(trial.number, trial._trial_id, job, trial_dir, time.time())
+        return InFlight(trial.number, trial_id, job, trial_dir, time.time())
+
+    def _trial_config(self, trial: Any, trial_dir: Path) -> tuple[SampledConfig, dict[str, Any]]:
+        """The trial's sampled values and its resolved run config (raises :class:`Rejected`)."""
+        sampled = sample(self.spec, trial)
+        return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR))
+
+    def _trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` of this study (what a trial process opens its trial by)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     # ------------------------------------------------------------------ finish
 
@@ -349,36 +318,22 @@ class Driver:
         now = time.time()
         self.report.slot_busy_seconds += now - flight.submitted
         self.report.intervals.append((flight.number, flight.submitted, now))
-        outcome = read_outcome(flight.trial_dir)
-        if outcome is None:
-            reason = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
-            if hasattr(flight.job, "end_reason"):  # Slurm: the job's state from sacct
-                reason = flight.job.end_reason()
-            outcome = {"state": "FAIL", "fail_reason": reason}
-        state = outcome.get("state", "FAIL")
-        attrs: dict[str, Any] = {}
+        outcome = Outcome.read(flight.trial_dir) or Outcome("FAIL", fail_reason=flight.job.end_reason() or NO_OUTCOME)
+        state = outcome.state
+        attrs = outcome.user_attrs()
         stderr_tail = None
         if state == "FAIL":
-            stderr_tail = (flight.job.failure_text() or outcome.get("traceback") or "")[-STDERR_ATTR_CHARS:]
-            attrs["fail_reason"] = outcome.get("fail_reason", "unknown")
-            attrs["stderr_tail"] = stderr_tail
-        elif state == "PRUNED":
-            attrs["prune_reason"] = outcome.get("prune_reason")
-            attrs["prune_message"] = outcome.get("message")
-            if outcome.get("pruned_at_step") is not None:
-                attrs["pruned_at_step"] = outcome["pruned_at_step"]
-        if outcome.get("step") is not None:
-            attrs["last_step"] = outcome["step"]
-        if outcome.get("seconds") is not None:
-            attrs["trial_seconds"] = round(float(outcome["seconds"]), 3)
-            self.report.trial_seconds.append(float(outcome["seconds"]))
+            stderr_tail = (flight.job.failure_text() or outcome.traceback or "")[-STDERR_ATTR_CHARS:]
+            attrs[ATTR_STDERR_TAIL] = stderr_tail
+        if outcome.seconds is not None:
+            self.report.trial_seconds.append(float(outcome.seconds))
         frozen = self.storage.get_trial(flight.trial_id)
         if frozen.state != optuna.trial.TrialState.RUNNING:
             self.log(f"trial {flight.number} was already {frozen.state.name} in storage; outcome {state} not recorded")
             return
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(flight.trial_id, key, value)
-        values = outcome.get("values") if state == "COMPLETE" else None
+        values = outcome.values if state == "COMPLETE" else None
         if state == "COMPLETE":
             self.study.tell(flight.number, values if self.spec.is_multi_objective else values[0], skip_if_finished=True)
         else:
@@ -396,7 +351,7 @@ class Driver:
             "FAIL": lambda: attrs.get("fail_reason", ""),
         }[state]()
         self.log(f"trial {flight.number} {state}: {detail} ({now - flight.submitted:.1f} s)")
-        self._mark_tracking(flight, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
+        self._mark_tracking(flight.trial_id, flight.number, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
         self._update_bar(1)
 
     # ------------------------------------------------------------------ resume
@@ -405,8 +360,12 @@ class Driver:
         """Enqueue the spec's fixed configs once per study: the study user attr ``sweeper_enqueued``
         counts those already enqueued, so a re-run adds only entries appended to the spec since."""
         done = int(self.study.user_attrs.get("sweeper_enqueued", 0))
+        baseline = self.spec.baseline_params
+        if done == 0 and baseline is not None and baseline not in self.spec.enqueue:
+            self.study.enqueue_trial(dict(baseline), user_attrs={ATTR_BASELINE: True})  # run first, as the reference
         for index, params in enumerate(self.spec.enqueue[done:], start=done):
-            self.study.enqueue_trial(dict(params), user_attrs={"enqueued": index})
+            marks = {ATTR_BASELINE: True} if params == baseline else {}
+            self.study.enqueue_trial(dict(params), user_attrs={ATTR_ENQUEUED: index, **marks})
         if len(self.spec.enqueue) > done:
             self.study.set_user_attr("sweeper_enqueued", len(self.spec.enqueue))
 
@@ -416,35 +375,37 @@ class Driver:
 
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for trial in running:
-            trial_dir = Path(trial.user_attrs["trial_dir"]) if trial.user_attrs.get("trial_dir") else None
-            job_id = trial.user_attrs.get("job_id")
+            trial_id = self._trial_id(trial.number)
+            trial_dir = Path(trial.user_attrs[ATTR_TRIAL_DIR]) if trial.user_attrs.get(ATTR_TRIAL_DIR) else None
+            job_id = trial.user_attrs.get(ATTR_JOB_ID)
             job = None
             if trial_dir is not None:
                 if job_id is None:
                     job_id = _find_local_job_id(trial_dir)
                 if job_id is not None:
                     job = self.executor.reattach(str(job_id), trial_dir)
-            if job is not None and (getattr(job, "outlives_driver", False) or not job.done() or read_outcome(trial_dir) is not None):
-                self.in_flight.append(InFlight(trial.number, trial._trial_id, job, trial_dir, time.time(), reattached=True))
+            if job is not None and (job.outlives_driver or not job.done() or Outcome.read(trial_dir) is not None):
+                self.in_flight.append(InFlight(trial.number, trial_id, job, trial_dir, time.time(), reattached=True))
                 self.report.reattached += 1
                 self.log(f"trial {trial.number}: re-attached to job {job.job_id}")
                 continue
-            self._lose(trial, "the driver stopped and the trial's job is gone (no outcome)", job)
+            self._lose(trial_id, trial, "the driver stopped and the trial's job is gone (no outcome)", job)
 
-    def _lose(self, trial: Any, reason: str, job: TrialJob | None) -> None:
+    def _lose(self, trial_id: int, trial: Any, reason: str, job: TrialJob | None) -> None:
         import optuna
 
         tail = job.failure_text()[-STDERR_ATTR_CHARS:] if job is not None else ""
-        self.storage.set_trial_user_attr(trial._trial_id, "lost", True)
-        self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"lost: {reason}")
+        self.storage.set_trial_user_attr(trial_id, ATTR_LOST, True)
+        self.storage.set_trial_user_attr(trial_id, ATTR_FAIL_REASON, f"lost: {reason}")
         if tail:
-            self.storage.set_trial_user_attr(trial._trial_id, "stderr_tail", tail)
+            self.storage.set_trial_user_attr(trial_id, ATTR_STDERR_TAIL, tail)
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if trial.params:
-            self.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+            marks = {ATTR_BASELINE: True} if trial.user_attrs.get(ATTR_BASELINE) else {}
+            self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number, **marks})
         self.report.requeued += 1
         self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
-        self._mark_tracking_by_id(trial._trial_id, "FAIL", None, f"lost: {reason}\n{tail}", None)
+        self._mark_tracking(trial_id, trial.number, "FAIL", None, f"lost: {reason}\n{tail}", None)
 
     def _interrupted(self) -> None:
         if self.on_interrupt == "detach":
@@ -458,47 +419,34 @@ class Driver:
         while time.time() < deadline and not all(f.job.done() for f in self.in_flight):
             time.sleep(0.1)
         for flight in self.in_flight:
-            self._lose(self.storage.get_trial(flight.trial_id), "cancelled: the driver was interrupted", None)
+            self._lose(flight.trial_id, self.storage.get_trial(flight.trial_id), "cancelled: the driver was interrupted", None)
         self.in_flight = []
         self._end_tracking("KILLED")
 
     def _count_stored(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
-        for trial in trials:
-            if _counts_as_budget(trial) and trial.state.name in self.counts:
-                self.counts[trial.state.name] += 1
+        stored = count_states(trials)
+        for state in self.counts:
+            self.counts[state] += stored[state]
         if not self.spec.is_multi_objective:
             complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
             if complete:
                 pick = max if self.spec.directions[0] == "maximize" else min
                 best = pick(complete, key=lambda t: t.value)
                 self.best = (best.value, best.number)
-        return sum(1 for t in trials if _counts_as_budget(t))
+        return sum(1 for t in trials if counts_as_budget(t))
 
     # ------------------------------------------------------------------ lock
 
     def _acquire_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        if path.exists():
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, ValueError):
-                other = {}
-            if other.get("host") == me["host"] and other.get("pid") and _alive(int(other["pid"])) and other["pid"] != me["pid"]:
-                raise SpecError(
-                    f"study {self.spec.study.name!r} is already being run by pid {other['pid']} on this host "
-                    f"({path}); wait for it, or stop it first"
-                )
-        path.write_text(json.dumps(me))
+        from .lock import acquire_driver_lease
+
+        self._lease = acquire_driver_lease(self.spec, log=self.log)  # LeaseHeld (a SpecError) if another driver runs
 
     def _release_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        if getattr(self, "_lease", None) is not None:
+            self._lease.release()
+            self._lease = None
 
     # ------------------------------------------------------------------ progress bar / summary
 
@@ -512,15 +460,7 @@ class Driver:
         self._update_bar()
 
     def _final_report(self) -> None:
-        trials = self.study.get_trials(deepcopy=False)
-        counts: dict[str, int] = {}
-        for trial in trials:
-            if trial.user_attrs.get("rejected"):
-                counts["REJECTED"] = counts.get("REJECTED", 0) + 1
-            elif trial.user_attrs.get("lost"):
-                counts["LOST"] = counts.get("LOST", 0) + 1
-            else:
-                counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        counts = {state: n for state, n in count_states(self.study.get_trials(deepcopy=False)).items() if n}
         self.report.counts = counts
         if not self.spec.is_multi_objective:
             try:
@@ -531,35 +471,28 @@ class Driver:
         if counts.get("COMPLETE") is None and counts.get("FAIL"):
             warnings.warn("no trial completed; see `sweeper status` for the failures", stacklevel=2)
 
-    # ------------------------------------------------------------------ tracking (sweeper.tracking, issue 5)
+    # ------------------------------------------------------------------ tracking (sweeper.tracking; never raises)
 
     def _start_tracking(self) -> None:
         if not self.spec.tracking.enabled:
             return
-        try:
-            from .tracking import StudyTracker
+        from .tracking import StudyTracker
 
-            t = self.spec.tracking
-            self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric)
-            self.parent_run_id = self.tracker.start()
-        except Exception as error:  # noqa: BLE001 - tracking never stops a study
-            warnings.warn(f"MLflow tracking is off for this run: {type(error).__name__}: {error}", stacklevel=2)
-            self.tracker = None
+        t = self.spec.tracking
+        self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric,
+                                    artifact_location=t.artifact_location)
+        self.parent_run_id = self.tracker.start()
 
-    def _mark_tracking(self, flight: InFlight, state: str, prune_reason: str | None, stderr_tail: str | None, value: float | None) -> None:
-        self._mark_tracking_by_id(flight.trial_id, state, prune_reason, stderr_tail, value)
-
-    def _mark_tracking_by_id(self, trial_id: int, state: str, prune_reason: str | None, stderr_tail: str | None, value: float | None) -> None:
+    def _mark_tracking(self, trial_id: int, number: int, state: str, prune_reason: str | None, stderr_tail: str | None,
+                       value: float | None) -> None:
+        """Record a trial's final state on its MLflow run (found by number when the trial could not record its id)."""
         if self.tracker is None:
             return
-        try:
-            from .tracking import mark_trial
+        from .tracking import mark_trial
 
-            run_id = self.storage.get_trial(trial_id).user_attrs.get("mlflow_run_id")
-            if run_id:
-                mark_trial(self.spec.tracking.uri, run_id, state, prune_reason, stderr_tail, value=value)
-        except Exception as error:  # noqa: BLE001
-            warnings.warn(f"could not mark the trial's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+        run_id = self.storage.get_trial(trial_id).user_attrs.get(ATTR_MLFLOW_RUN_ID) or self.tracker.trial_run_id(number)
+        if run_id:
+            mark_trial(self.spec.tracking.uri, run_id, state, prune_reason, stderr_tail, value=value)
         self._needs_refresh = True
 
     def _refresh_tracking(self, force: bool = False) -> None:
@@ -569,19 +502,13 @@ class Driver:
             return
         self._needs_refresh = False
         self._last_refresh = time.time()
-        try:
-            self.tracker.refresh(self.study)
-        except Exception as error:  # noqa: BLE001
-            warnings.warn(f"could not refresh the study's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+        self.tracker.refresh(self.study)
 
     def _end_tracking(self, status: str) -> None:
         if self.tracker is None:
             return
         self._refresh_tracking(force=True)
-        try:
-            self.tracker.end(status)
-        except Exception as error:  # noqa: BLE001
-            warnings.warn(f"could not end the study's MLflow run: {type(error).__name__}: {error}", stacklevel=2)
+        self.tracker.end(status)
 
 
 def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
@@ -602,19 +529,9 @@ def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _find_local_job_id(trial_dir: Path) -> str | None:
     """A submitit folder's job id when the driver died before recording it (newest submission)."""
-    folder = trial_dir / "submitit"
+    folder = trial_dir / SUBMITIT_DIR
     pickles = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     return pickles[-1].name.split("_", 1)[0] if pickles else None
 
@@ -641,41 +558,3 @@ def run_study(
         on_interrupt=on_interrupt, poll_interval=poll_interval, log=log,
     )
     return driver.run()
-
-
-def dry_run(spec: StudySpec, n: int = 3) -> list[dict[str, Any]]:
-    """Sample ``n`` trial configs with the spec's sampler on an in-memory study (storage untouched).
-    Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
-    for params in spec.enqueue:
-        study.enqueue_trial(dict(params))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        sampled = sample(spec, trial)
-        entry: dict[str, Any] = {"number": trial.number, "sampled": sampled.sampled, "skipped": sampled.skipped}
-        try:
-            config = resolve(spec, sampled, output_dir=str(spec.study_dir / "trials" / f"{trial.number:05d}" / "run"))
-            entry["changed"] = _changed(spec.base, config)
-            entry["rejected"] = None
-        except Rejected as rejection:
-            entry["changed"] = {}
-            entry["rejected"] = str(rejection)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        out.append(entry)
-    return out
-
-
-def _changed(base: dict[str, Any], config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    changed: dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        old = base.get(key) if isinstance(base, dict) else None
-        if isinstance(value, dict):
-            changed.update(_changed(old or {}, value, f"{path}."))
-        elif value != old:
-            changed[path] = value
-    return changed

@@ -14,8 +14,8 @@ front, chosen with ``pareto_index`` (index in the front sorted by the first obje
 ``prefer`` (the front member best on that objective metric); any trial with ``trial``.
 
 ``fmt="trl"`` / ``"verl"`` write the same knobs under TRL ``GRPOConfig`` argument names / verl
-Hydra keys where an equivalent exists, and list the knobs that have none in a comment block
-(e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl).
+Hydra keys where an equivalent exists (:mod:`sweeper.formats`), and list the knobs that have none in a
+comment block (e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import subprocess
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,11 @@ import yaml
 
 from trainers.config import RunConfig, parse_config
 
-from .spec import SpecError, StudySpec, get_path, load_spec, set_path
+from .compare import Gain, baseline_trial, paired_gain
+from .contract import ATTR_CONFIG, objective_estimate
+from .formats import to_trl, to_verl
+from .space import get_path, leaves, set_path
+from .spec import SpecError, StudySpec, load_spec
 
 FORMATS = ("native", "trl", "verl")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +109,7 @@ def choose_trial(study: Any, spec: StudySpec, *, trial: int | None = None, paret
 
 def trial_config(spec: StudySpec, frozen: Any) -> dict[str, Any]:
     """The config a trial ran: its ``config`` user attr, else re-derived from base + params."""
-    config = frozen.user_attrs.get("config")
+    config = frozen.user_attrs.get(ATTR_CONFIG)
     if isinstance(config, dict):
         return copy.deepcopy(config)
     import optuna
@@ -116,7 +122,23 @@ def trial_config(spec: StudySpec, frozen: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- export
 
 
-def export_best(
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_trial` wrote: the file, the trial, and its paired gain over the study's baseline."""
+
+    path: Path
+    trial: int
+    gain: Gain | None
+    baseline: int | None
+
+
+def export_best(spec: StudySpec | str | Path, output: str | Path, **options: Any) -> Path:
+    """Write the chosen trial's config to ``output`` (see the module docstring and :func:`export_trial`
+    for the options). Returns the path."""
+    return export_trial(spec, output, **options).path
+
+
+def export_trial(
     spec: StudySpec | str | Path,
     output: str | Path,
     *,
@@ -126,13 +148,16 @@ def export_best(
     pareto_index: int | None = None,
     prefer: str | None = None,
     output_dir: str | None = None,
-) -> Path:
-    """Write the chosen trial's config to ``output`` (see the module docstring). Returns the path."""
+) -> Exported:
+    """Write the chosen trial's config to ``output`` with its provenance and its paired gain over the study's
+    baseline (a warning when that gain is not significant)."""
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
-    from .driver import open_study
+    if spec.source_file and Path(output).resolve() == Path(spec.source_file):
+        raise SpecError(f"-o {output} would overwrite the study file {spec.source_file}: write the config elsewhere")
+    from .storage import open_study
 
     study, _ = open_study(spec, create=False)
     frozen = choose_trial(study, spec, trial=trial, pareto_index=pareto_index, prefer=prefer)
@@ -146,6 +171,19 @@ def export_best(
     validated = parse_config(config, f"exported trial {frozen.number}").model_dump(mode="json")
 
     header = provenance_lines(spec, frozen, trial_steps, steps)
+    baseline = baseline_trial(study)
+    gain = None
+    if baseline is not None and not spec.is_multi_objective and frozen.state.name == "COMPLETE":
+        header.append(f"baseline: trial {baseline.number} ({_params_text(baseline.params)}), "
+                      f"{spec.objective[0].metric} = {objective_estimate(baseline).text()}")
+        if baseline.number != frozen.number:
+            gain = paired_gain(frozen, baseline, spec.directions[0])
+            header.append(f"gain over the baseline: {gain.text()}" if gain else "gain over the baseline: no per-prompt results to pair")
+            if gain is not None and gain.unit == "prompts":
+                header.append("  (one seed each: the interval does not include training randomness; "
+                              "`sweeper verify` reruns both with fresh seeds)")
+    elif not spec.is_multi_objective:
+        header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
     if fmt == "native":
         body = yaml.safe_dump(validated, sort_keys=False)
     else:
@@ -154,7 +192,7 @@ def export_best(
         header += [f"format: {fmt} ({'TRL GRPOConfig arguments' if fmt == 'trl' else 'verl Hydra keys'}); "
                    f"model: {validated['model']['path']}"]
         header += [f"note: {n}" for n in notes]
-        defaults = dict(_leaves(RunConfig().model_dump(mode="json")))
+        defaults = leaves(RunConfig().model_dump(mode="json"))
         differ = [(p, v) for p, v in unmapped if p not in defaults or defaults[p] != v or p.startswith("entropy.")]
         if differ:
             header.append(f"no {fmt} equivalent (set by hand or drop):")
@@ -166,15 +204,19 @@ def export_best(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("".join(f"# {line}\n" for line in header) + body)
     _log_export(spec, output)
-    return output
+    if gain is not None and not gain.difference.significant:
+        warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
+                      f"{gain.text()}", stacklevel=2)
+    return Exported(output, frozen.number, gain, baseline.number if baseline is not None else None)
 
 
 def provenance_lines(spec: StudySpec, frozen: Any, trial_steps: Any, steps: int | None) -> list[str]:
     if frozen.values:
-        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {v:.6g}" for o, v in zip(spec.objective, frozen.values))
+        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {objective_estimate(frozen, i).text(6)}"
+                          for i, o in enumerate(spec.objective))
     else:
         value = "none"
-    sampled = ", ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items()) or "(none)"
+    sampled = _params_text(frozen.params)
     lines = [
         f"exported by entropy-sweeper {package_version()} on {_dt.datetime.now().isoformat(timespec='seconds')}",
         f"git commit: {git_commit() or 'unknown'}",
@@ -193,6 +235,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "(none)"
+
+
 def _log_export(spec: StudySpec, output: Path) -> None:
     if not spec.tracking.enabled:
         return
@@ -202,212 +248,4 @@ def _log_export(spec: StudySpec, output: Path) -> None:
         tracker = StudyTracker(spec.tracking.uri, spec.tracking.experiment, spec.study.name)
         tracker.log_export(output)
     except Exception as error:  # noqa: BLE001 - tracking never blocks an export
-        import warnings
-
         warnings.warn(f"could not log the export to MLflow: {type(error).__name__}: {error}", stacklevel=2)
-
-
-# --------------------------------------------------------------------------- other trainers' names
-
-_SCHEDULE_TRL = {"constant": "constant", "warmup_constant": "constant_with_warmup", "cosine": "cosine"}
-_LOSS_AGG_TRL = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
-_LOSS_AGG_VERL = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean", "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
-# knobs that only matter for a given entropy.method
-_METHOD_SECTIONS = {
-    "entropy_bonus": ["bonus"], "siren": ["siren", "anchor"], "aer": ["aer", "anchor"], "steer": ["steer"],
-    "forking_tokens": ["forking"], "clip_cov": ["clip_cov"], "kl_cov": ["kl_cov"], "entropy_advantage": ["entropy_advantage"],
-}
-_ENTROPY_SECTIONS = {"bonus", "siren", "aer", "steer", "forking", "clip_cov", "kl_cov", "entropy_advantage", "anchor"}
-
-
-def _leaves(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += _leaves(value, f"{path}.")
-        else:
-            out.append((path, value))
-    return out
-
-
-def _relevant(path: str, config: dict[str, Any]) -> bool:
-    """Leave out knobs of entropy methods that are not in use, and engine details that do not transfer."""
-    parts = path.split(".")
-    if parts[0] == "entropy" and len(parts) > 2 and parts[1] in _ENTROPY_SECTIONS:
-        return parts[1] in _METHOD_SECTIONS.get(config["entropy"]["method"], [])
-    if path == "rollout.vllm_gpu_memory_utilization":
-        return config["rollout"]["engine"] == "vllm"
-    if path == "data.dataset" or path.startswith("data.dataset."):
-        return config["data"]["source"] == "dataset"
-    if path.startswith("data.synthetic."):
-        return config["data"]["source"] == "synthetic"
-    return path not in ("entropy.chunk_size", "train.resume", "model.path")
-
-
-def _unmapped(config: dict[str, Any], used: set[str]) -> list[tuple[str, Any]]:
-    return [(p, v) for p, v in _leaves(config) if p not in used and _relevant(p, config)]
-
-
-def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
-    """RunConfig -> (TRL GRPOConfig kwargs, knobs without equivalent, notes)."""
-    c = config
-    out: dict[str, Any] = {}
-    used: set[str] = set()
-    notes: list[str] = []
-
-    def put(name: str, value: Any, *paths: str) -> None:
-        out[name] = value
-        used.update(paths)
-
-    put("output_dir", c["train"]["output_dir"], "train.output_dir")
-    put("seed", c["seed"], "seed")
-    put("max_steps", c["train"]["steps"], "train.steps")
-    put("learning_rate", c["optim"]["lr"], "optim.lr")
-    put("weight_decay", c["optim"]["weight_decay"], "optim.weight_decay")
-    put("adam_beta1", c["optim"]["betas"][0], "optim.betas")
-    put("adam_beta2", c["optim"]["betas"][1], "optim.betas")
-    put("warmup_steps", c["optim"]["warmup_steps"], "optim.warmup_steps")
-    if c["optim"]["schedule"] == "cosine" and c["optim"]["min_lr_ratio"] > 0:
-        put("lr_scheduler_type", "cosine_with_min_lr", "optim.schedule")
-        put("lr_scheduler_kwargs", {"min_lr_rate": c["optim"]["min_lr_ratio"]}, "optim.min_lr_ratio")
-    else:
-        put("lr_scheduler_type", _SCHEDULE_TRL[c["optim"]["schedule"]], "optim.schedule")
-        used.add("optim.min_lr_ratio")
-    if c["optim"]["max_grad_norm"] is not None:
-        put("max_grad_norm", c["optim"]["max_grad_norm"], "optim.max_grad_norm")
-    put("num_generations", c["rollout"]["group_size"], "rollout.group_size")
-    completions = c["rollout"]["prompts_per_step"] * c["rollout"]["group_size"]
-    per_optimizer_step = completions // c["train"]["mini_batches"]
-    micro = c["train"]["micro_batch_size"] or per_optimizer_step
-    put("per_device_train_batch_size", micro, "train.micro_batch_size")
-    put("gradient_accumulation_steps", max(1, per_optimizer_step // micro), "train.mini_batches")
-    put("steps_per_generation", c["train"]["mini_batches"], "rollout.prompts_per_step")
-    notes.append("batch sizes assume one device: per_device_train_batch_size x gradient_accumulation_steps = completions "
-                 "per optimizer step; divide by the number of GPUs")
-    put("num_iterations", c["train"]["ppo_epochs"], "train.ppo_epochs")
-    put("max_completion_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
-    put("temperature", c["rollout"]["temperature"], "rollout.temperature")
-    put("top_p", c["rollout"]["top_p"], "rollout.top_p")
-    put("top_k", c["rollout"]["top_k"] or None, "rollout.top_k")
-    put("use_vllm", c["rollout"]["engine"] == "vllm", "rollout.engine")
-    if c["rollout"]["engine"] == "vllm":
-        put("vllm_gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
-    put("epsilon", c["clip"]["eps_low"], "clip.eps_low")
-    put("epsilon_high", c["clip"]["eps_high"], "clip.eps_high")
-    if c["clip"]["dual_c"] is not None:
-        put("delta", c["clip"]["dual_c"], "clip.dual_c")
-        notes.append("clip.dual_c -> delta: TRL's two-sided clipping caps the ratio at delta (INTELLECT-2), the same bound "
-                     "dual-clip puts on negative-advantage tokens")
-    else:
-        used.add("clip.dual_c")
-    put("beta", c["kl"]["beta"], "kl.beta")
-    put("loss_type", _LOSS_AGG_TRL[c["loss_agg"]], "loss_agg")
-    if c["loss_agg"] == "seq_mean_token_sum_norm":
-        notes.append("loss_type dr_grpo divides by max_completion_length; here it divides by the padded length of the micro-batch")
-    put("scale_rewards", "group" if c["advantage"] == "grpo" else "none", "advantage")
-    if c["entropy"]["method"] == "forking_tokens":
-        put("top_entropy_quantile", c["entropy"]["forking"]["top_fraction"], "entropy.forking.top_fraction", "entropy.method")
-        if c["entropy"]["forking"]["scope"] != "batch":
-            notes.append("TRL's top_entropy_quantile thresholds over the batch; entropy.forking.scope 'response' has no equivalent")
-    elif c["entropy"]["method"] == "none":
-        used.add("entropy.method")
-    put("eval_strategy", "steps", "train.eval_every")
-    put("eval_steps", c["train"]["eval_every"], "train.eval_every")
-    put("save_steps", c["train"]["checkpoint_every"] or c["train"]["steps"], "train.checkpoint_every")
-    put("logging_steps", c["train"]["log_every"], "train.log_every")
-    put("bf16", c["model"]["dtype"] == "bfloat16", "model.dtype")
-    put("fp16", c["model"]["dtype"] == "float16", "model.dtype")
-    return out, _unmapped(config, used), notes
-
-
-def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
-    """RunConfig -> (verl Hydra overrides as a nested mapping, knobs without equivalent, notes)."""
-    c = config
-    flat: dict[str, Any] = {}
-    used: set[str] = set()
-    notes: list[str] = []
-
-    def put(key: str, value: Any, *paths: str) -> None:
-        flat[key] = value
-        used.update(paths)
-
-    actor, rollout = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
-    put("actor_rollout_ref.model.path", c["model"]["path"], "model.path")
-    put("algorithm.adv_estimator", "grpo")
-    put("algorithm.norm_adv_by_std_in_grpo", c["advantage"] == "grpo", "advantage")
-    put("data.train_batch_size", c["rollout"]["prompts_per_step"], "rollout.prompts_per_step")
-    put("data.max_response_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
-    put(f"{rollout}.n", c["rollout"]["group_size"], "rollout.group_size")
-    put(f"{rollout}.temperature", c["rollout"]["temperature"], "rollout.temperature")
-    put(f"{rollout}.top_p", c["rollout"]["top_p"], "rollout.top_p")
-    put(f"{rollout}.top_k", c["rollout"]["top_k"] or -1, "rollout.top_k")
-    put(f"{rollout}.name", "vllm" if c["rollout"]["engine"] == "vllm" else "hf", "rollout.engine")
-    if c["rollout"]["engine"] == "vllm":
-        put(f"{rollout}.gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
-    put(f"{rollout}.val_kwargs.n", c["eval"]["n_samples"], "eval.n_samples")
-    put(f"{rollout}.val_kwargs.temperature", c["eval"]["temperature"], "eval.temperature")
-    put(f"{rollout}.val_kwargs.top_p", c["eval"]["top_p"], "eval.top_p")
-    put(f"{rollout}.val_kwargs.do_sample", True)
-    put(f"{actor}.optim.lr", c["optim"]["lr"], "optim.lr")
-    put(f"{actor}.optim.weight_decay", c["optim"]["weight_decay"], "optim.weight_decay")
-    put(f"{actor}.optim.lr_warmup_steps", c["optim"]["warmup_steps"], "optim.warmup_steps")
-    if c["optim"]["schedule"] == "cosine":
-        put(f"{actor}.optim.warmup_style", "cosine", "optim.schedule")
-        put(f"{actor}.optim.min_lr_ratio", c["optim"]["min_lr_ratio"], "optim.min_lr_ratio")
-    else:
-        put(f"{actor}.optim.warmup_style", "constant", "optim.schedule", "optim.min_lr_ratio")
-    if c["optim"]["max_grad_norm"] is not None:
-        put(f"{actor}.grad_clip", c["optim"]["max_grad_norm"], "optim.max_grad_norm")
-    put(f"{actor}.ppo_epochs", c["train"]["ppo_epochs"], "train.ppo_epochs")
-    put(f"{actor}.ppo_mini_batch_size", c["rollout"]["prompts_per_step"] // c["train"]["mini_batches"], "train.mini_batches")
-    if c["train"]["micro_batch_size"]:
-        put(f"{actor}.ppo_micro_batch_size_per_gpu", c["train"]["micro_batch_size"], "train.micro_batch_size")
-    put(f"{actor}.clip_ratio_low", c["clip"]["eps_low"], "clip.eps_low")
-    put(f"{actor}.clip_ratio_high", c["clip"]["eps_high"], "clip.eps_high")
-    if c["clip"]["dual_c"] is not None:
-        put(f"{actor}.clip_ratio_c", c["clip"]["dual_c"], "clip.dual_c")
-    else:
-        used.add("clip.dual_c")
-        notes.append("verl always applies dual-clip (clip_ratio_c, default 3.0); this config has it off (clip.dual_c: null)")
-    put(f"{actor}.loss_agg_mode", _LOSS_AGG_VERL[c["loss_agg"]], "loss_agg")
-    put(f"{actor}.use_kl_loss", c["kl"]["beta"] > 0, "kl.beta")
-    if c["kl"]["beta"] > 0:
-        put(f"{actor}.kl_loss_coef", c["kl"]["beta"])
-        put(f"{actor}.kl_loss_type", "low_var_kl")
-    method = c["entropy"]["method"]
-    put(f"{actor}.entropy_coeff", c["entropy"]["bonus"]["coef"] if method == "entropy_bonus" else 0.0,
-        *(["entropy.bonus.coef"] if method == "entropy_bonus" else []))
-    if method in ("none", "entropy_bonus"):
-        used.add("entropy.method")
-    if method == "clip_cov":
-        put(f"{actor}.policy_loss.loss_mode", "clip_cov", "entropy.method")
-        put(f"{actor}.policy_loss.clip_cov_ratio", c["entropy"]["clip_cov"]["ratio"], "entropy.clip_cov.ratio")
-        put(f"{actor}.policy_loss.clip_cov_lb", c["entropy"]["clip_cov"]["lower"], "entropy.clip_cov.lower")
-        put(f"{actor}.policy_loss.clip_cov_ub", c["entropy"]["clip_cov"]["upper"], "entropy.clip_cov.upper")
-    elif method == "kl_cov":
-        put(f"{actor}.policy_loss.loss_mode", "kl_cov", "entropy.method")
-        put(f"{actor}.policy_loss.kl_cov_ratio", c["entropy"]["kl_cov"]["ratio"], "entropy.kl_cov.ratio")
-        put(f"{actor}.policy_loss.ppo_kl_coef", c["entropy"]["kl_cov"]["coef"], "entropy.kl_cov.coef")
-    put("trainer.total_training_steps", c["train"]["steps"], "train.steps")
-    put("trainer.test_freq", c["train"]["eval_every"], "train.eval_every")
-    put("trainer.val_before_train", c["train"]["eval_at_start"], "train.eval_at_start")
-    put("trainer.save_freq", c["train"]["checkpoint_every"] or -1, "train.checkpoint_every")
-    put("trainer.default_local_dir", c["train"]["output_dir"], "train.output_dir")
-    put("trainer.resume_mode", "auto" if c["train"]["resume"] else "disable", "train.resume")
-    if c["model"]["dtype"] != "float32":
-        notes.append(f"model.dtype {c['model']['dtype']}: verl sets precision through FSDP mixed-precision options")
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        set_path(nested, key, value)
-    notes.append("pass as Hydra overrides: " + " ".join(f"{k}={_hydra(v)}" for k, v in list(flat.items())[:3]) + " ...")
-    return nested, _unmapped(config, used), notes
-
-
-def _hydra(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-

@@ -1,11 +1,15 @@
-"""Pruning: Optuna's pruner from the spec, plus entropy-health rules that apply on top of any of them.
+"""Pruning: the ``pruner`` section's schema, Optuna's pruner built from it, and the entropy-health
+rules that apply on top of any pruner.
 
-The Optuna pruner (median, successive halving, hyperband, wilcoxon, none) judges the objective's
-intermediate values (reported at each validation) against other trials: a trial it stops records
-``prune_reason = "pass@k"`` (whatever the objective metric is: the name says "the score curve").
+The Optuna pruner (``median``, ``successive_halving``, ``hyperband``, ``wilcoxon``, ``none``) judges the
+objective's intermediate values (reported at each validation) against other trials: a trial it stops
+records ``prune_reason = "pass@k"`` (whatever the objective metric is: the name says "the score
+curve"). Each kind's fields are the Optuna pruner's own arguments (same names), passed through by
+:func:`build_pruner`. ``paired`` (:mod:`sweeper.paired_pruner`) compares a trial's per-prompt results with
+the incumbent's at the same step (a one-sided Wilcoxon signed-rank test over the validation prompts).
 
-The health rules judge a trial on its own metric histories, whatever the other trials did. Each is
-a small class with one method, pure over the histories::
+The health rules (``pruner.health``) judge a trial on its own metric histories, whatever the other
+trials did. Each rule is its own spec (frozen, validated) with one method, pure over the histories::
 
     rule.check(history) -> Verdict | None        # history: {metric name: [values in report order]}
 
@@ -30,10 +34,16 @@ Imports optuna only inside :func:`build_pruner`; the rules themselves are plain 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Protocol, Sequence, Union
+
+from pydantic import Field, field_validator
+
+from .schema import SpecModel
 
 PRUNE_REASONS = ("pass@k", "entropy_collapse", "entropy_explosion", "nan")
+DEFAULT_ENTROPY_METRICS = ("train/entropy", "val/entropy")
 
 
 @dataclass(frozen=True)
@@ -52,20 +62,15 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-class _RatioRule:
+class _RatioRule(SpecModel):
     """Shared logic: the last ``patience`` finite reports all beyond ``factor`` x the first one."""
 
-    reason = ""
-    word = ""
+    reason: ClassVar[str] = ""
+    word: ClassVar[str] = ""
 
-    def __init__(self, factor: float, patience: int, metrics: Sequence[str]):
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        if not metrics:
-            raise ValueError("metrics must name at least one metric, e.g. ['train/entropy', 'val/entropy']")
-        self.factor = float(factor)
-        self.patience = int(patience)
-        self.metrics = list(metrics)
+    @property
+    def factor(self) -> float:
+        raise NotImplementedError
 
     def _beyond(self, value: float, threshold: float) -> bool:
         raise NotImplementedError
@@ -93,11 +98,13 @@ class EntropyCollapse(_RatioRule):
 
     reason = "entropy_collapse"
     word = "below"
+    fraction: float = Field(0.3, gt=0, lt=1, description="Collapse when the metric is below fraction x its first value...")
+    patience: int = Field(3, gt=0, description="...for this many consecutive reports of that metric.")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTROPY_METRICS), min_length=1)
 
-    def __init__(self, fraction: float = 0.3, patience: int = 3, metrics: Sequence[str] = ("train/entropy", "val/entropy")):
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-        super().__init__(fraction, patience, metrics)
+    @property
+    def factor(self) -> float:
+        return self.fraction
 
     def _beyond(self, value: float, threshold: float) -> bool:
         return value < threshold
@@ -108,11 +115,13 @@ class EntropyExplosion(_RatioRule):
 
     reason = "entropy_explosion"
     word = "above"
+    multiple: float = Field(3.0, gt=1, description="Explosion when the metric is above multiple x its first value...")
+    patience: int = Field(3, gt=0, description="...for this many consecutive reports of that metric.")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTROPY_METRICS), min_length=1)
 
-    def __init__(self, multiple: float = 3.0, patience: int = 3, metrics: Sequence[str] = ("train/entropy", "val/entropy")):
-        if multiple <= 1:
-            raise ValueError(f"multiple must be > 1, got {multiple}")
-        super().__init__(multiple, patience, metrics)
+    @property
+    def factor(self) -> float:
+        return self.multiple
 
     def _beyond(self, value: float, threshold: float) -> bool:
         return value > threshold
@@ -142,20 +151,29 @@ class NonFinite:
         return None
 
 
-def health_rules(health: Any) -> list[HealthRule]:
+class HealthSpec(SpecModel):
+    """``pruner.health``: ``collapse`` and ``explosion`` are the rules themselves (``true`` = defaults)."""
+
+    collapse: EntropyCollapse | None = None
+    explosion: EntropyExplosion | None = None
+    nan: bool = Field(True, description="Prune a trial whose loss or any metric becomes NaN or inf.")
+
+    @field_validator("collapse", "explosion", mode="before")
+    @classmethod
+    def _bool_shorthand(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+
+def health_rules(health: HealthSpec | None) -> list[HealthRule]:
     """The rules a spec's ``pruner.health`` section asks for (NaN first: it explains the others)."""
-    rules: list[HealthRule] = []
     if health is None:
-        return rules
-    if health.nan:
-        rules.append(NonFinite())
-    if health.collapse is not None:
-        c = health.collapse
-        rules.append(EntropyCollapse(c.fraction, c.patience, c.metrics))
-    if health.explosion is not None:
-        e = health.explosion
-        rules.append(EntropyExplosion(e.multiple, e.patience, e.metrics))
-    return rules
+        return []
+    rules: list[HealthRule] = [NonFinite()] if health.nan else []
+    return rules + [rule for rule in (health.collapse, health.explosion) if rule is not None]
 
 
 def first_verdict(rules: Sequence[HealthRule], history: Mapping[str, Sequence[float]]) -> Verdict | None:
@@ -166,40 +184,97 @@ def first_verdict(rules: Sequence[HealthRule], history: Mapping[str, Sequence[fl
     return None
 
 
-def build_pruner(pruner: Any, trial_steps: int | None = None):
+# --------------------------------------------------------------------------- Optuna pruners
+
+
+class _PrunerSpec(SpecModel):
+    optuna_class: ClassVar[str]
+    health: HealthSpec = Field(default_factory=HealthSpec)
+
+    def optuna_arguments(self, trial_steps: int | None) -> dict[str, Any]:
+        """The Optuna pruner's arguments: this spec's own fields."""
+        return self.model_dump(exclude={"type", "health"})
+
+    def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
+        import optuna
+
+        return getattr(optuna.pruners, self.optuna_class)(**self.optuna_arguments(trial_steps))
+
+
+class NoPrunerSpec(_PrunerSpec):
+    optuna_class = "NopPruner"
+    type: Literal["none"]
+
+
+class MedianPrunerSpec(_PrunerSpec):
+    optuna_class = "MedianPruner"
+    type: Literal["median"]
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+    interval_steps: int = Field(1, gt=0)
+    n_min_trials: int = Field(1, gt=0)
+
+
+class SuccessiveHalvingPrunerSpec(_PrunerSpec):
+    optuna_class = "SuccessiveHalvingPruner"
+    type: Literal["successive_halving"]
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(4, ge=2)
+    min_early_stopping_rate: int = Field(0, ge=0)
+    bootstrap_count: int = Field(0, ge=0)
+
+
+class HyperbandPrunerSpec(_PrunerSpec):
+    optuna_class = "HyperbandPruner"
+    type: Literal["hyperband"]
+    min_resource: int = Field(1, gt=0)
+    max_resource: int | Literal["auto"] | None = Field(None, description="None = the trial's train.steps.")
+    reduction_factor: int = Field(3, ge=2)
+    bootstrap_count: int = Field(0, ge=0)
+
+    def optuna_arguments(self, trial_steps: int | None) -> dict[str, Any]:
+        arguments = super().optuna_arguments(trial_steps)
+        if self.max_resource is None:
+            arguments["max_resource"] = trial_steps or "auto"
+        return arguments
+
+
+class WilcoxonPrunerSpec(_PrunerSpec):
+    optuna_class = "WilcoxonPruner"
+    type: Literal["wilcoxon"]
+    p_threshold: float = Field(0.1, gt=0, lt=1)
+    n_startup_steps: int = Field(2, ge=0)
+
+
+class PairedPrunerSpec(_PrunerSpec):
+    """Prune a trial worse than the incumbent at the same step, by a paired test over the validation prompts."""
+
+    type: Literal["paired"]
+    p_threshold: float = Field(0.05, gt=0, lt=1, description="Prune when the one-sided p-value is below this "
+                               "(divided by the validations judged, with the Bonferroni correction).")
+    n_startup_trials: int = Field(1, ge=1, description="Complete trials before any pruning (the first incumbent).")
+    n_warmup_steps: int = Field(0, ge=0, description="Validations before this step are not judged.")
+    correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Over the validations a trial is judged at.")
+
+    def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
+        from .paired_pruner import PairedPruner
+
+        return PairedPruner(self.p_threshold, self.n_startup_trials, self.n_warmup_steps, self.correction, validation_steps)
+
+
+PrunerSpec = Annotated[
+    Union[NoPrunerSpec, MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, WilcoxonPrunerSpec,
+          PairedPrunerSpec],
+    Field(discriminator="type"),
+]
+
+
+def build_pruner(pruner: Any, trial_steps: int | None = None, validation_steps: list[int] | None = None):
     """The Optuna pruner for a spec's ``pruner`` section. Built identically in the driver and in
-    every trial process (Optuna does not store the pruner in the storage)."""
+    every trial process (Optuna does not store the pruner in the storage). ``validation_steps``: the steps a
+    trial validates at (the paired pruner's Bonferroni correction; the trial process passes them)."""
     import optuna
 
-    kind = pruner.type
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=pruner.n_startup_trials,
-            n_warmup_steps=pruner.n_warmup_steps,
-            interval_steps=pruner.interval_steps,
-            n_min_trials=pruner.n_min_trials,
-        )
-    if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=pruner.min_resource,
-            reduction_factor=pruner.reduction_factor,
-            min_early_stopping_rate=pruner.min_early_stopping_rate,
-            bootstrap_count=pruner.bootstrap_count,
-        )
-    if kind == "hyperband":
-        max_resource = pruner.max_resource if pruner.max_resource is not None else (trial_steps or "auto")
-        return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.min_resource,
-            max_resource=max_resource,
-            reduction_factor=pruner.reduction_factor,
-            bootstrap_count=pruner.bootstrap_count,
-        )
-    if kind == "wilcoxon":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(p_threshold=pruner.p_threshold, n_startup_steps=pruner.n_startup_steps)
-    raise ValueError(f"pruner.type {kind!r} is not known")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return pruner.build(trial_steps, validation_steps)

@@ -38,20 +38,15 @@ import optuna  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f", "WAITING": "#bcbd22"}
+from .contract import ATTR_PRUNE_REASON, STATES, count_states, objective_estimate, trial_state  # noqa: E402
+
+STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "REJECTED": "#9467bd", "LOST": "#8c564b",
+                "RUNNING": "#7f7f7f", "WAITING": "#bcbd22"}
 ENTROPY_METRIC = "train/entropy"
 MAX_LABELLED_LINES = 12
 
 # history of one trial: {metric name: [(step, value), ...]}
 Histories = Mapping[int, Mapping[str, Sequence[tuple[int, float]]]]
-
-
-def count_states(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    counts = {state: 0 for state in STATES}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -89,7 +84,7 @@ def _pass_metric(histories: Histories, objective_metric: str | None) -> str | No
 def plot_overlay(study: optuna.Study, histories: Histories, metric: str, path: Path,
                  run_names: Mapping[int, str] | None = None) -> bool:
     """One line per trial of ``metric`` against the step, coloured by the trial's state; the best is thick."""
-    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    states = {t.number: trial_state(t) for t in study.get_trials(deepcopy=False)}
     best = best_trial(study)
     figure, ax = plt.subplots(figsize=(8.5, 4.8))
     drawn, ends = 0, []
@@ -206,11 +201,16 @@ def _format_value(value: Any) -> str:
 
 
 def _trial_value(trial: optuna.trial.FrozenTrial) -> str:
+    """The objective(s) ± SE; for a pruned trial the value it last reported (Optuna's value of a pruned trial)."""
     if trial.values is None:
         return ""
-    text = ", ".join(_format_value(v) for v in trial.values)
-    # Optuna gives a pruned trial its last intermediate value
+    estimates = [objective_estimate(trial, i) for i in range(len(trial.values))]
+    text = ", ".join(_format_value(e.value) + (f" ± {e.se:.2g}" if math.isfinite(e.se) else "") for e in estimates)
     return f"{text} (last reported)" if trial.state == optuna.trial.TrialState.PRUNED else text
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _cell(text: Any) -> str:
@@ -231,7 +231,7 @@ def summary_markdown(study: optuna.Study, written: Mapping[str, Path], skipped: 
     lines.append("")
     if best is not None:
         name = (run_names or {}).get(best.number, f"trial-{best.number:04d}")
-        lines += [f"## Best: trial {best.number} (`{name}`), value {_format_value(best.value)}", "",
+        lines += [f"## Best: trial {best.number} (`{name}`), value {objective_estimate(best).text()}", "",
                   "| param | value |", "|---|---|"]
         lines += [f"| `{_cell(k)}` | {_cell(_format_value(v))} |" for k, v in sorted(best.params.items())]
     elif len(study.directions) > 1 and any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
@@ -243,9 +243,9 @@ def summary_markdown(study: optuna.Study, written: Mapping[str, Path], skipped: 
     for trial in trials:
         duration = f"{trial.duration.total_seconds():.0f} s" if trial.duration is not None else ""
         params = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(trial.params.items()))
-        reason = trial.user_attrs.get("prune_reason", "")
+        reason = trial.user_attrs.get(ATTR_PRUNE_REASON, "")
         name = (run_names or {}).get(trial.number, f"trial-{trial.number:04d}")
-        lines.append(f"| {trial.number} | {_cell(name)} | {trial.state.name} | {_trial_value(trial)} | {_cell(reason)} "
+        lines.append(f"| {trial.number} | {_cell(name)} | {trial_state(trial)} | {_trial_value(trial)} | {_cell(reason)} "
                      f"| {duration} | {_cell(params)} |")
     lines += ["", "## Plots", ""]
     for title, path in written.items():
@@ -267,8 +267,10 @@ def write_report(study: optuna.Study, out_dir: str | Path, histories: Histories 
     written, skipped = write_plots(study, out_dir / "plots", histories, objective_metric, run_names)
     best = best_trial(study)
     if best is not None:
+        estimate = objective_estimate(best)
         (out_dir / "best_params.json").write_text(json.dumps(
-            {"study": study.study_name, "trial": best.number, "value": best.value, "params": best.params},
+            {"study": study.study_name, "trial": best.number, "value": best.value, "se": _finite_or_none(estimate.se),
+             "prompts": estimate.prompts, "seeds": estimate.seeds, "params": best.params},
             indent=2, default=str) + "\n")
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(study, written, skipped, out_dir, objective_metric, run_names))

@@ -20,7 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sweeper.tracking import default_artifact_root, experiment_runs_url, redact_uri, sqlite_path
+from sweeper.storage import sqlite_file
+from sweeper.tracking.names import default_artifact_root, experiment_runs_url, redact_uri
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -187,7 +188,7 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
         else:
             print(experiment_runs_url(base, experiment_id), file=out)
         return 0
-    db = sqlite_path(tracking_uri)
+    db = sqlite_file(tracking_uri)
     if db is not None and not db.exists():
         print(f"error: no MLflow store at {db} yet: run the study first (sweeper run)", file=sys.stderr)
         return 1
@@ -205,7 +206,7 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
     previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         server.start()
-        print(f"starting MLflow UI for {tracking_uri} on {server.url} ...", file=out, flush=True)
+        print(f"starting MLflow UI for {redact_uri(tracking_uri)} on {server.url} ...", file=out, flush=True)
         server.wait_healthy()
         if experiment_id is None:
             print(f"no experiment {experiment!r} in this store yet (run the study first); MLflow UI: {server.url}", file=out)

@@ -63,3 +63,5 @@ def make_run_config(tmp_path):
 
 # Fixtures for tests against the local Slurm test cluster (slurm/cluster.sh; see slurm/README.md).
 from slurm_fixtures import slurm_cluster, submitit_folder  # noqa: E402,F401
+# Fixtures for tests against the local PostgreSQL test server (scripts/postgres.sh).
+from postgres_fixtures import postgres_database, postgres_server  # noqa: E402,F401

@@ -16,8 +16,15 @@ import optuna
 import pytest
 
 from sweeper import tracking
+from sweeper.storage import default_tracking_uri
 from sweeper.tracking import StudyTracker, TrialTracker, mark_trial
 from sweeper.ui import MlflowServer
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """A run's page in the MLflow 3 UI (``tab``: "" for the overview, "artifacts", "model-metrics")."""
+    suffix = f"/{tab}" if tab else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{suffix}?workflowType=machine_learning"
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -33,7 +40,7 @@ pytestmark = [
 
 
 def track_small_study(study_dir: Path) -> tuple[str, str]:
-    uri = tracking.default_tracking_uri(study_dir)
+    uri = default_tracking_uri(study_dir)
     study_tracker = StudyTracker(uri, STUDY, STUDY, objective_metric="val/pass@8")
     parent_run_id = study_tracker.start()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,7 +107,7 @@ def test_trial_runs_listed_under_the_study_run(tmp_path):
                 page.screenshot(path=str(ARTIFACTS / "mlflow_ui_study_runs.png"))
 
                 # a trial's run page: its params, tags and the link to its parent
-                page.goto(tracking.run_url(server.url, experiment_id, trial3_run_id))
+                page.goto(run_url(server.url, experiment_id, trial3_run_id))
                 expect(page.get_by_text("clip.eps_high", exact=True).first).to_be_visible(timeout=60_000)
                 expect(page.get_by_text("sampled/clip.eps_high", exact=True).first).to_be_visible()
                 expect(page.get_by_text("sweeper.state", exact=True).first).to_be_visible()
@@ -108,7 +115,7 @@ def test_trial_runs_listed_under_the_study_run(tmp_path):
                 page.screenshot(path=str(ARTIFACTS / "mlflow_ui_trial_run.png"))
 
                 # the study's plots on the parent run, served from the study folder's artifact store
-                page.goto(tracking.run_url(server.url, experiment_id, parent_run_id, "artifacts"))
+                page.goto(run_url(server.url, experiment_id, parent_run_id, "artifacts"))
                 page.get_by_text("plots", exact=True).first.click()
                 page.get_by_text("entropy_overlay.png", exact=True).first.click()
                 image = page.get_by_role("img", name="plots/entropy_overlay.png")

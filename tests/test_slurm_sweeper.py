@@ -36,7 +36,7 @@ from conftest import tiny_run_config
 from _signals import default_sigint
 from slurm_fixtures import REPO_ROOT, slurm_cluster, submitit_folder  # noqa: F401  (pytest fixtures)
 from sweeper.driver import preflight, run_study
-from sweeper.executors import slurm_parameters
+from sweeper.executors.slurm import slurm_parameters
 from sweeper.spec import SpecError, load_spec
 from sweeper.storage import filesystem_type, make_storage
 

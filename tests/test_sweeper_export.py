@@ -11,7 +11,8 @@ import yaml
 
 from sweeper.cli import main
 from sweeper.driver import run_study
-from sweeper.export import export_best, to_trl, to_verl
+from sweeper.export import export_best
+from sweeper.formats import to_trl, to_verl
 from sweeper.spec import SpecError, load_spec
 from trainers.config import RunConfig, load_config
 

@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from sweeper.pruning import EntropyCollapse, EntropyExplosion, NonFinite, build_pruner, first_verdict, health_rules
-from sweeper.spec import HealthSpec, load_spec
+from sweeper.pruning import HealthSpec
+from sweeper.spec import load_spec
 
 
 def test_collapse_needs_patience_consecutive_reports_below_fraction_of_first():

@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeper import tracking
+from sweeper.storage import default_tracking_uri
 from sweeper.tracking import StudyTracker, TrialTracker, mark_trial
 from trainers.config import RunConfig, config_to_dict
 
@@ -94,7 +95,7 @@ def parse_stub_output(stdout: str) -> tuple[str, list]:
 @pytest.fixture(scope="module")
 def tracked_study(tmp_path_factory):
     study_dir = tmp_path_factory.mktemp("study")
-    uri = tracking.default_tracking_uri(study_dir)
+    uri = default_tracking_uri(study_dir)
     study_tracker = StudyTracker(uri, EXPERIMENT, STUDY, objective_metric="val/pass@8")
     parent_run_id = study_tracker.start()
     assert parent_run_id is not None

@@ -27,7 +27,7 @@ from sweeper import tracking
 from sweeper.cli import main as sweeper_main
 from sweeper.driver import run_study
 from sweeper.spec import load_spec
-from sweeper.storage import make_storage
+from sweeper.storage import default_tracking_uri, make_storage
 from sweeper.ui import MlflowServer, _group_alive, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_run_report_and_ui_commands(tmp_path, capsys):
     path = study_file(tmp_path, "cli", {"enabled": True}, n_trials=2, step_seconds=0.01)
     run_study(path, progress=False, log=quiet)
     spec = load_spec(path)
-    assert spec.tracking.uri == tracking.default_tracking_uri(spec.study.dir)
+    assert spec.tracking.uri == default_tracking_uri(spec.study.dir)
     client = MlflowClient(tracking_uri=spec.tracking.uri)
     experiment = client.get_experiment_by_name("cli")
     parent = tracking.find_study_run(client, experiment.experiment_id, "cli")
@@ -162,3 +162,55 @@ def test_tracking_server_killed_mid_study_loses_no_trial(tmp_path, monkeypatch):
     assert any(issubclass(w.category, tracking.TrackingUnavailableWarning) for w in caught)
     trial_dirs = sorted((Path(load_spec(path).study.dir) / "trials").iterdir())
     assert len(trial_dirs) == 4
+
+
+def test_status_and_the_mlflow_study_run_count_every_trial_state_alike(tmp_path, capsys):
+    """A study with a lost, a rejected, a pruned, a failed and two complete trials: `sweeper status` and the
+    parent run's study/n_<state> metrics count them the same way (one classification of trial states)."""
+    release = tmp_path / "release"
+    hold = {"seed": 1, "clip.eps_high": 0.28, "entropy.method": "steer", "model.path": "builtin:tiny-arith"}
+    spec = {
+        "study": {"name": "states"},
+        "objective": {"metric": "val/pass@8"},
+        "base": {"train": {"steps": 6, "eval_every": 2}},
+        "space": {"params": {"seed": [1, 0], "clip.eps_high": [0.28, 0.5], "entropy.method": ["steer", "none"],
+                             "model.path": ["builtin:tiny-arith", "standin:crash"]},
+                  "constraints": ["clip.eps_high <= 0.4"]},
+        "enqueue": [hold,                                    # holds until `release` exists: lost with its driver
+                    {**hold, "seed": 0, "clip.eps_high": 0.5},   # rejected by the constraint
+                    {**hold, "seed": 0, "entropy.method": "none"},   # pruned: entropy collapse
+                    {**hold, "seed": 0, "model.path": "standin:crash"},   # failed
+                    {**hold, "seed": 0}],                    # complete (and the lost trial's re-queued copy)
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none", "health": {"collapse": {"fraction": 0.5, "patience": 1}}},
+        "budget": {"n_trials": 4, "max_parallel": 1},
+        "executor": {"type": "local", "entrypoint": STANDIN, "env": {"STANDIN_RELEASE_FILE": str(release)}},
+        "tracking": {"enabled": True},
+    }
+    path = tmp_path / "states.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    driver = subprocess.Popen([sys.executable, "-m", "sweeper", "run", str(path), "--no-progress"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "studies" / "states" / "trials" / "00000" / "submitit").glob("*_log.out")) or \
+                "[sweeper] trial 0" not in "".join(p.read_text() for p in (tmp_path / "studies" / "states" / "trials" / "00000" / "submitit").glob("*_log.out")):
+            assert time.time() < deadline and driver.poll() is None, "trial 0 never started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its trial: trial 0 is left RUNNING, its job gone
+        driver.wait()
+    release.touch()
+    run_study(path, progress=False, log=quiet)
+
+    spec = load_spec(path)
+    expected = {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "REJECTED": 1, "LOST": 1}
+    assert sweeper_main(["status", str(path)]) == 0
+    assert "trials: 2 complete, 1 fail, 1 lost, 1 pruned, 1 rejected" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=spec.tracking.uri)
+    experiment = client.get_experiment_by_name("states")
+    parent = tracking.find_study_run(client, experiment.experiment_id, "states")
+    metrics = parent.data.metrics
+    assert {state: int(metrics[f"study/n_{state.lower()}"]) for state in expected} == expected
+    assert metrics["study/n_running"] == 0 and metrics["study/n_trials"] == 6

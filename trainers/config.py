@@ -5,14 +5,18 @@ Every field here is a knob a study can sweep by its dotted path (``clip.eps_high
 The vocabulary follows ``shared/methods.md`` (``clip``, ``advantage``, ``loss_agg``,
 ``entropy.method``, ``entropy.anchor``...).
 
-This module imports neither torch nor optuna: the sweeper reads and writes these configs on a
+This module is the one contract between the trainer and the sweeper: the sweeper validates every trial
+config with it (and renders errors with its formatter) and imports no other trainer module outside the
+trial process. It imports neither torch nor optuna: the sweeper reads and writes these configs on a
 login node.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -278,21 +282,144 @@ class ConfigError(ValueError):
     """A run config is invalid. ``str(error)`` is a user-facing message naming each bad field."""
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+# --------------------------------------------------------------------------- errors
+# One model walker and one error formatter, for run configs and for the sweeper's study specs (which
+# embed a run config as their ``base``): an error names the field as the user wrote it, what is wrong,
+# and what is accepted.
+
+
+def _strip(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` -> X and ``X | None`` -> X (other unions are kept)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _strip(members[0])
+    return annotation
+
+
+def as_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through Annotated and Optional), or None."""
+    annotation = _strip(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def union_tags(annotation: Any) -> list[str]:
+    """The ``type`` literals of a discriminated union's members, in declaration order (e.g. a study's
+    sampler kinds); [] for anything else."""
+    tags: list[str] = []
+    annotation = _strip(annotation)
+    if get_origin(annotation) in (Union, UnionType):
+        for member in get_args(annotation):
+            model = as_model(member)
+            field = model.model_fields.get("type") if model else None
+            if field is not None:
+                tags += [str(tag) for tag in get_args(field.annotation)]
+    return tags
+
+
+def step_into(annotation: Any, part: Any) -> Any:
+    """The annotation one step below ``annotation`` along a pydantic location part (a field name, a list
+    index, a dict key or a union's ``type`` tag), or None when there is none."""
+    annotation = _strip(annotation)
+    model = as_model(annotation)
+    if model is not None:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field is not None else None
+    origin = get_origin(annotation)
+    if origin in (list, tuple):
+        return get_args(annotation)[0]
+    if origin is dict:
+        return get_args(annotation)[1]
+    if origin in (Union, UnionType):
+        for member in get_args(annotation):
+            member_model = as_model(member)
+            type_field = member_model.model_fields.get("type") if member_model else None
+            if type_field is not None and part in get_args(type_field.annotation):
+                return member_model
+        return annotation
+    return None
+
+
+def annotation_at(root: type[BaseModel], loc: Sequence[Any]) -> Any:
+    """The annotation at a pydantic error location below ``root`` (None when the walk leaves the schema)."""
+    annotation: Any = root
+    for part in loc:
+        if isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
+            continue
+        annotation = step_into(annotation, part)
+        if annotation is None:
+            return None
+    return annotation
+
+
+_INTERNAL_LOC_PREFIXES = ("function-", "list[", "dict[", "union[", "tagged-union[")
+
+
+def render_location(loc: Sequence[Any], data: Any = None) -> str:
+    """A pydantic location as the user wrote it: ``a.b``, ``[key]`` for keys holding a dot or a slash,
+    ``[i]`` for list items. Walked along ``data`` (the input), so union tags and pydantic's internal
+    markers, which are not in the data, are dropped."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            key = str(part)
+            out += f"[{key}]" if ("." in key or "/" in key) and out else (f".{key}" if out else key)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out += f"[{part}]"
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, int):
+            continue  # a single mapping normalized to a one-item list (a study's objective)
+        elif isinstance(node, dict) and node.get("type") == part:
+            continue  # a discriminated union's tag
+        elif isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+            node = None
+    return out
+
+
+def _names_a_field(line: str, root: type[BaseModel]) -> bool:
+    """True when a validator's message starts with a field path of ``root`` (``space.params[x]: ...``)."""
+    head = re.match(r"[A-Za-z_]\w*", line)
+    return bool(head) and head.group(0) in root.model_fields and line[head.end():head.end() + 1] in (".", "[", ":", " ")
+
+
+def format_validation_error(error: ValidationError, prefix: str = "", *, data: Any = None,
+                            root: type[BaseModel] | None = None) -> str:
+    """One line per error: ``  <field path>: <problem> [(got <value>)]``.
+
+    ``data`` is the validated input (paths are rendered along it), ``root`` the model validated (default
+    RunConfig; it gives the accepted keys of an unknown key and the kinds of a missing ``type``), and
+    ``prefix`` is put before every path (``base.`` for a study's run config)."""
+    root = root or RunConfig
     lines = []
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
-        loc = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "<root>")
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Run config' for the accepted keys)"
-        elif item["type"] == "missing":
+        loc, kind = item["loc"], item["type"]
+        path = prefix + render_location(loc, data) if loc else (prefix.rstrip(".") or "<root>")
+        msg = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if kind == "missing":
             msg = "required field is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        elif kind == "union_tag_not_found":
+            tags = union_tags(annotation_at(root, loc))
+            msg = f"missing 'type': one of {', '.join(tags)}" if tags else "missing 'type'"
+        elif kind == "union_tag_invalid":
+            ctx = item.get("ctx") or {}
+            msg = f"type {ctx.get('tag')!r} is not known; accepted: {ctx.get('expected_tags')}"
+        elif kind == "extra_forbidden":
+            model = as_model(annotation_at(root, loc[:-1]))
+            msg = "unknown key" + (f"; accepted: {', '.join(model.model_fields)}" if model else "")
         got = item.get("input")
-        got_text = "" if item["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{got_text}")
+        shown = kind not in ("missing", "value_error", "assertion_error") and not isinstance(got, (dict, list))
+        for line in msg.split("\n"):
+            if _names_a_field(line, root):
+                lines.append(f"  {prefix}{line}")  # the validator already names the field
+            else:
+                lines.append(f"  {path}: {line}" + (f" (got {got!r})" if shown else ""))
     return "\n".join(lines)
 
 
@@ -301,7 +428,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConf
     try:
         return RunConfig.model_validate(data or {})
     except ValidationError as error:
-        raise ConfigError(f"invalid run config {source}:\n{format_validation_error(error)}") from None
+        raise ConfigError(f"invalid run config {source}:\n{format_validation_error(error, data=data)}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -1,279 +1,108 @@
-"""Executors: where a trial process runs. Small classes behind one interface.
+"""Trials on a Slurm cluster: ``type: slurm``. Each trial is one Slurm job, submitted with submitit
+(docs/sweeper.md, slurm/README.md).
 
-    executor = make_executor(spec.executor)
-    job = executor.submit(trial_dir, job_name)      # starts sweeper.trial.run_trial(trial_dir)
-    job.done() -> bool                              # cheap, polled by the driver
-    job.failure_text() -> str                       # stderr tail / exception, when no outcome.json
-    job.end_reason() -> str                         # optional: why it ended without an outcome (Slurm state)
-    job.outlives_driver                             # optional: re-attach whatever its state (Slurm)
-    job.cancel()
-    executor.reattach(job_id, trial_dir) -> job | None   # a job started by a previous driver
+The job runs :class:`sweeper.trial.CheckpointableTrial` (rank 0 runs ``run_trial``; on submitit's
+checkpoint signal the trainer saves a checkpoint and the job is requeued, and the requeued job resumes
+the same Optuna trial and MLflow run). A job survives its driver; a re-run re-attaches to it by Slurm job
+id, whatever its state (sacct knows how it ended). A job that ends without an outcome FAILs with its
+Slurm state (CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL) as the reason
+(:meth:`SlurmTrialJob.end_reason`).
 
-* :class:`LocalExecutor` (``type: local``, the default): submitit's LocalExecutor, one process per
-  trial on this machine. The submitit folder is ``<trial dir>/submitit`` (one per trial, so job ids,
-  which are pids here, never collide). Logs: ``<trial dir>/submitit/<job id>_0_log.{out,err}``.
-  The trial gets ``OMP_NUM_THREADS`` = ``resources.cpus_per_trial`` and ``executor.env``.
-  A job survives its driver (the controller is not killed with it), so a re-run re-attaches to it by
-  pid: alive -> still in flight, gone -> its outcome.json (or its absence) says how it ended.
-* :class:`DebugExecutor` (``type: debug``): runs the trial in the driver's process, one at a time.
-* :class:`SlurmExecutor` (``type: slurm``): one Slurm job per trial through submitit's
-  AutoExecutor; the job runs :class:`sweeper.trial.CheckpointableTrial` (rank 0 runs ``run_trial``;
-  on submitit's checkpoint signal the trainer saves a checkpoint and the job is requeued, and the
-  requeued job resumes the same Optuna trial and MLflow run). A job survives its driver; a re-run
-  re-attaches to it by Slurm job id, whatever its state (sacct knows how it ended). A job that ends
-  without an outcome FAILs with its Slurm state (CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL) as the
-  reason (:meth:`SlurmTrialJob.end_reason`).
-
-A job's *outcome* is never read from submitit: the trial writes ``outcome.json`` itself (see
-:mod:`sweeper.trial`); a job that ends without one was killed, and the driver records it as FAIL
-with :meth:`failure_text`.
+``executor.profile`` names a preset of the spec's fields (``slurm/profiles/<name>.yaml``, or a YAML path
+relative to the study file): :func:`apply_profile` merges it under the spec's own fields before
+validation. The fields a profile may set are the ones marked ``profile`` below.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Literal
 
-from .spec import DebugExecutorSpec, LocalExecutorSpec, SlurmExecutorSpec
-from .trial import OUTCOME_FILE
+from pydantic import Field, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STDERR_TAIL_CHARS = 4000
+from ..contract import OUTCOME_FILE, SUBMITIT_DIR
+from ..schema import SpecError, read_yaml
+from .base import PROJECT_ROOT, STDERR_TAIL_CHARS, ExecutorSpecBase, TrialJob, tail, thread_environment
 
-
-class TrialJob(Protocol):
-    job_id: str | None
-
-    def done(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-    def failure_text(self) -> str: ...
-
-    def log_paths(self) -> dict[str, str]: ...
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+_PROFILE = {"profile": True}  # json_schema_extra of the fields a profile may set
 
 
-class Executor(Protocol):
-    name: str
+class SlurmExecutorSpec(ExecutorSpecBase):
+    """Each trial is one Slurm job, submitted with submitit (docs/sweeper.md, slurm/README.md).
 
-    def submit(self, trial_dir: Path, job_name: str) -> TrialJob: ...
+    ``profile`` names a preset of these fields (``slurm/profiles/<name>.yaml``, or a YAML path relative
+    to the study file); fields given in the spec replace the profile's (``additional_parameters`` is
+    merged key by key). ``resources`` is not used: the Slurm fields say it per task and per node."""
 
-    def reattach(self, job_id: str, trial_dir: Path) -> TrialJob | None: ...
+    type: Literal["slurm"]
+    profile: str | None = Field(None, description="A preset of the fields below: local-test, gpu-a100, multi-node (slurm/profiles/) or a YAML path.")
+    partition: str | None = Field(None, description="Slurm partition (None: the cluster's default partition).", json_schema_extra=_PROFILE)
+    account: str | None = Field(None, description="Account to charge (--account).", json_schema_extra=_PROFILE)
+    qos: str | None = Field(None, description="Quality of service (--qos).", json_schema_extra=_PROFILE)
+    time_limit_min: int = Field(240, gt=0, description="Wall-clock limit of each job, minutes; every job gets one, and a requeued trial gets it again.", json_schema_extra=_PROFILE)
+    nodes: int = Field(1, gt=0, description="Nodes per trial.", json_schema_extra=_PROFILE)
+    tasks_per_node: int = Field(1, gt=0, description="Processes per node; more than one task in all = a data-parallel trial (one rank per task).", json_schema_extra=_PROFILE)
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (--gpus-per-node).", json_schema_extra=_PROFILE)
+    cpus_per_task: int = Field(1, gt=0, description="CPUs per task; also the trial's OMP_NUM_THREADS.", json_schema_extra=_PROFILE)
+    mem_gb: float | None = Field(None, gt=0, description="Memory per node, GB (None: the partition's default).", json_schema_extra=_PROFILE)
+    constraint: str | None = Field(None, description="Node features (--constraint).", json_schema_extra=_PROFILE)
+    job_name: str | None = Field(None, description="Slurm job name of every trial (None: <study name>-<trial number>).", json_schema_extra=_PROFILE)
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch options: #SBATCH --key=value (true: --key).", json_schema_extra=_PROFILE)
+    setup: list[str] = Field(default_factory=list, description="Shell lines of the batch script before the trial (module load, source venv/bin/activate, exports).", json_schema_extra=_PROFILE)
+    python: str | None = Field(None, description="Interpreter on the nodes (shell variables expand there); None: the driver's sys.executable.", json_schema_extra=_PROFILE)
+    signal_delay_s: int = Field(90, gt=0, description="USR2 this many seconds before the time limit: the trial checkpoints and is requeued.")
+    max_requeues: int = Field(3, ge=0, description="Times a trial that reaches its time limit is requeued from its checkpoint (submitit's max_num_timeout).")
+    state_poll_s: float = Field(10.0, gt=0, description="Seconds between sacct queries for jobs that end without a result (killed, cancelled).")
 
-
-def tail(path: Path | str | None, chars: int = STDERR_TAIL_CHARS) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - chars))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def trial_environment(spec: Any) -> dict[str, str]:
-    """Environment variables of a trial process: thread counts from resources, the project on
-    PYTHONPATH (so the job can unpickle sweeper.trial without an install), then executor.env."""
-    threads = str(spec.resources.cpus_per_trial)
-    env = {
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(p for p in [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")] if p),
-    }
-    env.update(spec.env)
-    return env
-
-
-@contextlib.contextmanager
-def patched_environ(env: dict[str, str]) -> Iterator[None]:
-    """submitit's local controller copies os.environ at submit time: set the trial's variables
-    around the submit call only."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    @model_validator(mode="after")
+    def _no_resources(self) -> "SlurmExecutorSpec":
+        if "resources" in self.model_fields_set:
+            raise ValueError(
+                "resources is not used by type slurm: set cpus_per_task, gpus_per_node, mem_gb and "
+                "time_limit_min (or name a profile) instead"
+            )
+        return self
 
 
-# --------------------------------------------------------------------------- local (submitit)
+PROFILE_FIELDS = tuple(name for name, f in SlurmExecutorSpec.model_fields.items() if f.json_schema_extra == _PROFILE)
 
 
-class SubmititJob:
-    """A job submitted in this driver's lifetime."""
-
-    def __init__(self, job: Any):
-        self.job = job
-        self.job_id = str(job.job_id)
-
-    def done(self) -> bool:
-        return bool(self.job.done())
-
-    def cancel(self) -> None:
-        with contextlib.suppress(Exception):
-            self.job.cancel(check=False)
-
-    def log_paths(self) -> dict[str, str]:
-        return {"stdout": str(self.job.paths.stdout), "stderr": str(self.job.paths.stderr)}
-
-    def failure_text(self) -> str:
-        text = tail(self.job.paths.stderr)
-        state = ""
-        with contextlib.suppress(Exception):
-            state = self.job.state
-        return f"[job {self.job_id} state {state}]\n{text}" if state else text
+def resolve_profile(profile: str, folder: Path) -> Path:
+    """A profile name (``slurm/profiles/<name>.yaml``) or a YAML path relative to ``folder``."""
+    path = Path(profile).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in profile:
+        return path if path.is_absolute() else (folder / path).resolve()
+    return PROFILES_DIR / f"{profile}.yaml"
 
 
-def _pid_alive(pid: int, must_contain: str) -> bool:
-    """True if ``pid`` runs and its command line contains ``must_contain`` (guards pid reuse).
-    Zombies count as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            return must_contain in cmdline
-        except OSError:
-            return False
-    return True
-
-
-class ReattachedLocalJob:
-    """A local job started by an earlier driver: watched by pid (it is not our child)."""
-
-    def __init__(self, job_id: str, folder: Path):
-        self.job_id = job_id
-        self.folder = folder
-
-    def done(self) -> bool:
-        return not _pid_alive(int(self.job_id), str(self.folder))
-
-    def cancel(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
-            if _pid_alive(int(self.job_id), str(self.folder)):
-                os.kill(int(self.job_id), signal.SIGINT)
-
-    def log_paths(self) -> dict[str, str]:
-        return {"stdout": str(self.folder / f"{self.job_id}_0_log.out"), "stderr": str(self.folder / f"{self.job_id}_0_log.err")}
-
-    def failure_text(self) -> str:
-        return f"[job {self.job_id} (re-attached)]\n{tail(self.log_paths()['stderr'])}"
-
-
-class LocalExecutor:
-    """submitit LocalExecutor: one subprocess per trial."""
-
-    name = "local"
-
-    def __init__(self, spec: LocalExecutorSpec):
-        self.spec = spec
-
-    def _submitit_executor(self, folder: Path):
-        import submitit
-
-        executor = submitit.LocalExecutor(folder=folder, python=self.spec.python)
-        params: dict[str, Any] = {"timeout_min": self.spec.resources.timeout_min, "gpus_per_node": self.spec.resources.gpus_per_trial}
-        if self.spec.setup:
-            params["setup"] = list(self.spec.setup)
-        executor.update_parameters(**params)
+def apply_profile(executor: Any, folder: Path) -> Any:
+    """A raw ``executor`` mapping with ``type: slurm`` and a ``profile``: the profile's fields under the
+    spec's own (``additional_parameters`` merged by key). Anything else is returned as it is."""
+    if not isinstance(executor, dict) or executor.get("type") != "slurm" or not isinstance(executor.get("profile"), str):
         return executor
+    path = resolve_profile(executor["profile"], folder)
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise SpecError(f"executor.profile: {executor['profile']!r}: no file {path}; shipped profiles: {shipped}, or give a YAML path")
+    profile = read_yaml(path, "executor.profile:")
+    if not isinstance(profile, dict):
+        raise SpecError(f"executor.profile: {path} must be a mapping of {', '.join(PROFILE_FIELDS)}")
+    unknown = sorted(set(profile) - set(PROFILE_FIELDS))
+    if unknown:
+        raise SpecError(f"executor.profile: {path} has unknown key(s) {unknown}; accepted: {', '.join(PROFILE_FIELDS)}")
+    merged = {**profile, **executor}
+    if isinstance(profile.get("additional_parameters"), dict) and isinstance(executor.get("additional_parameters"), dict):
+        merged["additional_parameters"] = {**profile["additional_parameters"], **executor["additional_parameters"]}
+    return merged
 
-    def submit(self, trial_dir: Path, job_name: str) -> SubmititJob:
-        from .trial import run_trial
-
-        folder = Path(trial_dir) / "submitit"
-        executor = self._submitit_executor(folder)
-        with patched_environ(trial_environment(self.spec)):
-            job = executor.submit(run_trial, str(trial_dir))
-        return SubmititJob(job)
-
-    def reattach(self, job_id: str, trial_dir: Path) -> TrialJob | None:
-        folder = Path(trial_dir) / "submitit"
-        try:
-            int(job_id)
-        except (TypeError, ValueError):
-            return None
-        job = ReattachedLocalJob(str(job_id), folder)
-        return job
-
-
-# --------------------------------------------------------------------------- debug (in-process)
-
-
-class FinishedJob:
-    """A trial that already ran in-process."""
-
-    def __init__(self, job_id: str, error_text: str = ""):
-        self.job_id = job_id
-        self.error_text = error_text
-
-    def done(self) -> bool:
-        return True
-
-    def cancel(self) -> None:
-        pass
-
-    def log_paths(self) -> dict[str, str]:
-        return {}
-
-    def failure_text(self) -> str:
-        return self.error_text
-
-
-class DebugExecutor:
-    """Runs each trial inside the driver process, synchronously (max_parallel is 1)."""
-
-    name = "debug"
-
-    def __init__(self, spec: DebugExecutorSpec):
-        self.spec = spec
-
-    def submit(self, trial_dir: Path, job_name: str) -> FinishedJob:
-        from .trial import run_trial
-
-        env = trial_environment(self.spec)
-        env.pop("PYTHONPATH", None)
-        with patched_environ(env):
-            try:
-                run_trial(trial_dir)
-                return FinishedJob(f"debug-{os.getpid()}")
-            except BaseException as error:  # noqa: BLE001 - the outcome file records it
-                if isinstance(error, KeyboardInterrupt):
-                    raise
-                return FinishedJob(f"debug-{os.getpid()}", traceback.format_exc()[-STDERR_TAIL_CHARS:])
-
-    def reattach(self, job_id: str, trial_dir: Path) -> TrialJob | None:
-        return None  # an in-process trial dies with its driver
-
-
-# --------------------------------------------------------------------------- slurm
 
 SLURM_FINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "REVOKED",
@@ -297,10 +126,7 @@ SLURM_STATE_HINTS = {
 def slurm_job_exports(spec: SlurmExecutorSpec) -> list[str]:
     """Shell lines at the top of a trial's batch script: thread counts from cpus_per_task, the project
     on PYTHONPATH (the job unpickles sweeper.trial without an install), then executor.env."""
-    threads = str(spec.cpus_per_task)
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-           "TOKENIZERS_PARALLELISM": "false"}
-    lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in thread_environment(spec.cpus_per_task).items()]
     lines.append(f'export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines += [f"export {key}={shlex.quote(value)}" for key, value in spec.env.items()]
     return lines
@@ -446,8 +272,6 @@ class SlurmExecutor:
         self.spec = spec
         missing = [tool for tool in ("sbatch", "srun", "sacct", "scancel") if shutil.which(tool) is None]
         if missing:
-            from .spec import SpecError
-
             raise SpecError(
                 f"executor.type slurm: {', '.join(missing)} not found on PATH; run the driver where Slurm's client "
                 f"commands work (a login node; for the test cluster: eval \"$(slurm/cluster.sh env)\")"
@@ -470,17 +294,15 @@ class SlurmExecutor:
     def submit(self, trial_dir: Path, job_name: str) -> SlurmTrialJob:
         import submitit
 
-        from .trial import CheckpointableTrial
+        from ..trial import CheckpointableTrial
 
-        folder = Path(trial_dir) / "submitit"
+        folder = Path(trial_dir) / SUBMITIT_DIR
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=self.spec.max_requeues,
                                          slurm_python=self.python)
         executor.update_parameters(**slurm_parameters(self.spec, job_name))
         try:
             job = executor.submit(CheckpointableTrial(checkpoint_wait_s=self.checkpoint_wait_s), str(trial_dir))
         except submitit.core.utils.FailedJobError as error:
-            from .spec import SpecError
-
             raise SpecError(
                 f"executor: sbatch refused the job of {job_name}: {str(error).strip()} (check partition, account, qos, "
                 f"time_limit_min, gpus_per_node, mem_gb against `sinfo -s` and `sacctmgr show assoc user=$USER`)"
@@ -492,15 +314,6 @@ class SlurmExecutor:
         if not str(job_id).isdigit():
             return None
         self._last_refresh = -math.inf
-        return SlurmTrialJob(self, Path(trial_dir) / "submitit", str(job_id), Path(trial_dir))
+        return SlurmTrialJob(self, Path(trial_dir) / SUBMITIT_DIR, str(job_id), Path(trial_dir))
 
 
-def make_executor(spec: Any) -> Executor:
-    kind = spec.type
-    if kind == "local":
-        return LocalExecutor(spec)
-    if kind == "debug":
-        return DebugExecutor(spec)
-    if kind == "slurm":
-        return SlurmExecutor(spec)
-    raise ValueError(f"executor.type {kind!r} is not known")

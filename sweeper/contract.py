@@ -1,0 +1,227 @@
+"""The driver-trial contract: what the driver and a trial process hand each other, and the one
+classification of a trial's state that every report uses.
+
+A trial's folder is ``<study dir>/trials/NNNNN/`` (:func:`trial_folder`). The driver writes, before
+it submits the trial process:
+
+* ``config.yaml`` (:data:`CONFIG_FILE`): the trial's complete RunConfig (``sweeper train config.yaml``
+  reruns it by hand); the trainer's output folder is ``run/`` (:data:`RUN_DIR`);
+* ``trial.json`` (:data:`TICKET_FILE`): a :class:`TrialTicket`: storage URL, study name, trial number
+  and id, objective(s), pruner spec (the pruner is *not* stored in Optuna's storage: a process that
+  re-opened the study with the default pruner would silently never prune), tracking, trainer entry point.
+
+The trial process writes ``outcome.json`` (:data:`OUTCOME_FILE`): an :class:`Outcome` (COMPLETE with its
+value(s) and their standard errors, PRUNED with the reason, or FAIL with the error). A trial of a study
+with ``budget.seeds`` R > 1 runs its config once per seed (the first in ``run/``, seed s in ``run-seed<s>/``);
+the seeds it finished are in ``replicates.json`` (:data:`REPLICATES_FILE`) until its outcome is written. The executor's files are in ``submitit/``
+(:data:`SUBMITIT_DIR`). The driver alone tells Optuna a trial's final state, from the outcome, or FAIL
+when the process died without one.
+
+Every report of a study (``sweeper status``, ``sweeper report``, the driver's summary, the MLflow parent
+run) counts trials by :func:`trial_state`: Optuna's state, except that a trial told FAIL because it was
+rejected before launch is ``REJECTED`` and one lost with a dead driver (and re-queued) is ``LOST``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+TRIALS_DIR = "trials"
+TICKET_FILE = "trial.json"
+CONFIG_FILE = "config.yaml"
+OUTCOME_FILE = "outcome.json"
+RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
+SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
+REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
+STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
+
+# Trial user attrs (Optuna storage) written by the driver and read by status, export and tracking.
+ATTR_TRIAL_DIR = "trial_dir"
+ATTR_CONFIG = "config"
+ATTR_JOB_ID = "job_id"
+ATTR_LOG_PATHS = "log_paths"
+ATTR_REJECTED = "rejected"          # the reason a sampled config was refused before launch
+ATTR_LOST = "lost"                  # True: the driver stopped and the trial's job was gone
+ATTR_REQUEUED_FROM = "requeued_from"
+ATTR_ENQUEUED = "enqueued"
+ATTR_BASELINE = "baseline"          # True: the study's baseline config (objective.baseline or enqueue[0])
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_STDERR_TAIL = "stderr_tail"
+ATTR_PRUNE_REASON = "prune_reason"
+ATTR_PRUNED_AT_STEP = "pruned_at_step"
+ATTR_LAST_STEP = "last_step"
+ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
+ATTR_OBJECTIVE_SE = "objective_se"      # [SE of each objective value]: over seeds (R > 1) or over prompts
+ATTR_PROMPTS = "n_prompts"              # validation prompts behind each value
+ATTR_SEEDS = "seeds"                    # the training seeds the trial ran
+ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: per seed, the objective(s) and the
+                                        # first objective's per-prompt values (paired comparisons between trials)
+PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
+
+
+def per_prompt_attr(step: int) -> str:
+    """The trial user attr holding the first objective's per-prompt values at validation ``step``."""
+    return f"{PER_PROMPT_ATTR_PREFIX}{int(step)}"
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "REJECTED", "LOST", "RUNNING", "WAITING")
+BUDGET_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # the trials n_trials counts
+
+
+def trial_folder(study_dir: str | Path, number: int) -> Path:
+    return Path(study_dir) / TRIALS_DIR / f"{number:05d}"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the ticket
+
+
+@dataclass
+class TrialTicket:
+    """Everything a trial process needs besides its config (``trial.json``)."""
+
+    storage: str
+    study_name: str
+    trial_number: int
+    trial_id: int
+    study_dir: str
+    entrypoint: str
+    objectives: list[dict[str, Any]]                     # ObjectiveSpec dumps
+    pruner: dict[str, Any]                                # PrunerSpec dump (includes health)
+    trial_steps: int
+    sampled: dict[str, Any] = field(default_factory=dict)   # Optuna name -> value
+    sampled_paths: dict[str, Any] = field(default_factory=dict)  # config path -> value, sampled ones only
+    tracking: dict[str, Any] = field(default_factory=dict)  # enabled, uri, experiment, parent_run_id
+    seeds: list[int] = field(default_factory=list)          # training seeds to run (budget.seeds); [] = the config's
+    baseline: bool = False                                  # the study's baseline: no score-based pruning
+
+    def write(self, trial_dir: Path) -> None:
+        atomic_write(Path(trial_dir) / TICKET_FILE, json.dumps(asdict(self), indent=2, default=str))
+
+    @classmethod
+    def read(cls, trial_dir: Path) -> "TrialTicket":
+        return cls(**json.loads((Path(trial_dir) / TICKET_FILE).read_text()))
+
+
+# --------------------------------------------------------------------------- the outcome
+
+
+@dataclass
+class Outcome:
+    """How a trial process ended (``outcome.json``). ``PREEMPTED`` is never written: the requeued job
+    goes on with the same trial."""
+
+    state: Literal["COMPLETE", "PRUNED", "FAIL", "PREEMPTED"]
+    step: int | None = None                               # the last training step
+    values: list[float] | None = None                     # COMPLETE: the objective value(s)
+    partial_values: list[float | None] | None = None      # PRUNED: the objective(s) aggregated so far
+    prune_reason: str | None = None                       # PRUNED: pass@k | entropy_collapse | entropy_explosion | nan
+    message: str | None = None                            # PRUNED: what the pruner or rule saw
+    pruned_at_step: int | None = None
+    fail_reason: str | None = None                        # FAIL: one line
+    traceback: str | None = None                          # FAIL: an exception in the trial process
+    values_se: list[float | None] | None = None           # SE of each value (or partial value): seeds, else prompts
+    prompts: int | None = None                            # validation prompts behind the values
+    per_prompt: list[list[float] | None] | None = None    # one run: each objective's per-prompt values, aggregated
+    replicates: list[dict[str, Any]] | None = None        # per seed: {"seed", "values", "per_prompt"}
+    objective_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # the trainer's summary
+    num_processes: int = 1                                # data-parallel ranks of the training run
+    resumed_from_step: int = 0                            # > 0: this run continued a preempted job
+    seconds: float | None = None                          # inside the trial process
+
+    def write(self, trial_dir: Path) -> None:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        atomic_write(Path(trial_dir) / OUTCOME_FILE, json.dumps(data, indent=2, default=str))
+
+    @classmethod
+    def read(cls, trial_dir: Path) -> "Outcome | None":
+        """The outcome in ``trial_dir``, or None when there is none (yet) or it cannot be read."""
+        path = Path(trial_dir) / OUTCOME_FILE
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The trial user attrs the driver records for this outcome (the stderr tail is the driver's)."""
+        attrs: dict[str, Any] = {}
+        if self.state == "FAIL":
+            attrs[ATTR_FAIL_REASON] = self.fail_reason or "unknown"
+        elif self.state == "PRUNED":
+            attrs[ATTR_PRUNE_REASON] = self.prune_reason
+            attrs["prune_message"] = self.message
+            if self.pruned_at_step is not None:
+                attrs[ATTR_PRUNED_AT_STEP] = self.pruned_at_step
+        if self.values_se is not None:
+            attrs[ATTR_OBJECTIVE_SE] = self.values_se
+        if self.prompts is not None:
+            attrs[ATTR_PROMPTS] = self.prompts
+        if self.replicates:
+            attrs[ATTR_SEEDS] = [r["seed"] for r in self.replicates]
+            attrs[ATTR_REPLICATES] = self.replicates
+        if self.step is not None:
+            attrs[ATTR_LAST_STEP] = self.step
+        if self.seconds is not None:
+            attrs["trial_seconds"] = round(float(self.seconds), 3)
+        return attrs
+
+
+# --------------------------------------------------------------------------- states
+
+
+def trial_state(trial: Any) -> str:
+    """One of :data:`STATES` for an Optuna ``FrozenTrial``: its state, except REJECTED and LOST."""
+    attrs = trial.user_attrs
+    if attrs.get(ATTR_REJECTED):
+        return "REJECTED"
+    if attrs.get(ATTR_LOST):
+        return "LOST"
+    return trial.state.name
+
+
+def counts_as_budget(trial: Any) -> bool:
+    """Whether ``budget.n_trials`` counts the trial: everything that ran or runs, not the rejected or lost
+    (a lost trial's re-queued copy takes its place)."""
+    return trial_state(trial) in BUDGET_STATES
+
+
+def objective_estimate(trial: Any, index: int = 0) -> Any:
+    """A trial's value of objective ``index`` with its standard error (a :class:`sweeper.statistics.Estimate`),
+    or None when it has no value. COMPLETE: the objective (mean over seeds) and its recorded SE; PRUNED:
+    the last value it reported (Optuna's value of a pruned trial) with the SE over that validation's prompts."""
+    from .statistics import Estimate, mean_and_se
+
+    attrs = trial.user_attrs
+    if trial.values is None or index >= len(trial.values):
+        return None
+    value = float(trial.values[index])
+    if trial.state.name == "COMPLETE":
+        errors = attrs.get(ATTR_OBJECTIVE_SE) or []
+        se = errors[index] if index < len(errors) and errors[index] is not None else math.nan
+        return Estimate(value, float(se), int(attrs.get(ATTR_PROMPTS) or 0), len(attrs.get(ATTR_SEEDS) or [0]))
+    vector = attrs.get(per_prompt_attr(max(trial.intermediate_values))) if trial.intermediate_values and index == 0 else None
+    se = mean_and_se(vector)[1] if vector else math.nan
+    return Estimate(value, se, len(vector or []), 1)
+
+
+def count_states(trials: Iterable[Any]) -> dict[str, int]:
+    """{state: number of trials} for every state of :data:`STATES` (zeros included)."""
+    counts = {state: 0 for state in STATES}
+    for trial in trials:
+        state = trial_state(trial)
+        counts[state] = counts.get(state, 0) + 1
+    return counts
