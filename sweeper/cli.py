@@ -226,6 +226,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pareto-index", type=int, help="multi-objective: the I-th trial of the Pareto front (sorted by the first objective)")
     p.add_argument("--prefer", help="multi-objective: the Pareto-front trial best on this objective metric")
     p.add_argument("--output-dir", help="train.output_dir of the exported config (default runs/<study>-trial<N>)")
+    p.add_argument("--target-version", help="trl / verl: the library version the file is for (default: the one installed "
+                   "here, else the tested one); outside the supported range the export warns")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -236,7 +238,8 @@ def _export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exported = export_trial(args.study, args.output, steps=args.steps, fmt=args.format, trial=args.trial,
-                                pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir)
+                                pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir,
+                                target_version=args.target_version)
     path = exported.path
     print(f"wrote {path} (trial {exported.trial})" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
     if exported.gain is not None:

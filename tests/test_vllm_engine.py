@@ -20,9 +20,10 @@ from conftest import VLLM_TEST_ENGINE_ARGS, vllm_run_config
 from trainers.config import ASSETS_DIR, RunConfig, parse_config
 from trainers.data import load_problems
 from trainers.entropy.ops import token_logprobs
-from trainers.grpo import GRPOTrainer, load_policy
+from trainers.grpo import GRPOTrainer
 from trainers.rollout import (HFRolloutEngine, SamplingSettings, VLLMRolloutEngine, response_mask_from_ids,
                               vllm_engine_args)
+from trainers.setup import load_policy
 
 pytestmark = pytest.mark.vllm
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,7 +37,11 @@ class ModelConfig(_Strict):
         "builtin:tiny-arith",
         description="AutoModelForCausalLM path or hub id; 'builtin:NAME' picks a model shipped in trainers/assets.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Compute dtype of the forward passes (autocast); the weights and optimizer state stay float32 "
+                    "(master weights); float16 adds loss scaling.",
+    )
     chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
     trust_remote_code: bool = False
 
@@ -123,7 +127,7 @@ class OptimConfig(_Strict):
 
 class TrainConfig(_Strict):
     steps: int = Field(200, gt=0, description="Rollout steps (each: one rollout batch, ppo_epochs x mini_batches updates).")
-    ppo_epochs: int = Field(2, gt=0)
+    ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch (the methods' papers: 1; the shipped runs: 2).")
     mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
     micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
     eval_every: int = Field(25, gt=0)
@@ -161,6 +165,25 @@ class EvalConfig(_Strict):
 # --------------------------------------------------------------------------- entropy interventions
 
 
+class MethodSection(_Strict):
+    """The config section of one entropy method (``entropy.<section>``). Subclasses name the method
+    (``method``, the ``entropy.method`` value) and any shared sections it also reads (``reads``, e.g.
+    ``("anchor",)``); ``entropy.method``'s accepted values and :data:`METHOD_SECTIONS` are derived
+    from these classes and :class:`EntropyConfig`'s fields, so a new method needs its section here
+    (a subclass and one field of EntropyConfig) and its module under ``trainers/entropy/``, nothing else."""
+
+    method: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()
+    _defined: ClassVar[list[type["MethodSection"]]] = []
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "method" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: a MethodSection names its entropy.method (method: ClassVar[str] = ...)")
+        MethodSection._defined.append(cls)
+
+
 class AnchorConfig(_Strict):
     source: Literal["initial", "previous", "fixed"] = Field(
         "initial", description="initial: measured once on the first rollout batch; previous: last step's mean entropy; fixed: value."
@@ -175,11 +198,16 @@ class AnchorConfig(_Strict):
         return self
 
 
-class BonusConfig(_Strict):
+class BonusConfig(MethodSection):
+    method = "entropy_bonus"
+
     coef: float = Field(1e-3, ge=0.0, description="beta: L = L_pg - beta * agg(H).")
 
 
-class SirenConfig(_Strict):
+class SirenConfig(MethodSection):
+    method = "siren"
+    reads = ("anchor",)
+
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus mass for the entropy (code 0.8; summary says 0.95).")
     top_k: int = Field(10000, gt=0, description="Cap on the nucleus search (entropy_topk).")
     peak_quantile: float = Field(0.8, ge=0.0, lt=1.0, description="Keep positions strictly above this quantile of nucleus entropy.")
@@ -188,7 +216,10 @@ class SirenConfig(_Strict):
     agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
 
 
-class AERConfig(_Strict):
+class AERConfig(MethodSection):
+    method = "aer"
+    reads = ("anchor",)
+
     rho: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty threshold: prompts with group accuracy <= rho are regularized.")
     allocation: Literal["threshold", "linear"] = "threshold"
     alpha_init: float = Field(1e-3, ge=0.0)
@@ -196,7 +227,9 @@ class AERConfig(_Strict):
     alpha_max: float = Field(1e-2, ge=0.0)
 
 
-class SteerConfig(_Strict):
+class SteerConfig(MethodSection):
+    method = "steer"
+
     w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
     mapping: Literal["exp", "linear"] = "exp"
     w_max: float = Field(1.2, ge=0.0, description="Upper weight of the linear mapping (release 1.2); exp clamps to 1.")
@@ -211,30 +244,37 @@ class SteerConfig(_Strict):
         return self
 
 
-class ForkingConfig(_Strict):
+class ForkingConfig(MethodSection):
+    method = "forking_tokens"
+
     top_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Fraction of highest-entropy tokens that get the PG gradient.")
     scope: Literal["batch", "response"] = "batch"
 
 
-class ClipCovConfig(_Strict):
+class ClipCovConfig(MethodSection):
+    method = "clip_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     lower: float = 1.0
     upper: float = 5.0
 
 
-class KLCovConfig(_Strict):
+class KLCovConfig(MethodSection):
+    method = "kl_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
 
 
-class EntropyAdvantageConfig(_Strict):
+class EntropyAdvantageConfig(MethodSection):
+    method = "entropy_advantage"
+
     alpha: float = Field(0.4, ge=0.0)
     kappa: float = Field(2.0, gt=0.0)
 
 
-EntropyMethodName = Literal[
-    "none", "entropy_bonus", "siren", "aer", "steer", "forking_tokens", "clip_cov", "kl_cov", "entropy_advantage"
-]
+# "none" (plain GRPO) and one name per method section, in the order the sections are defined above.
+EntropyMethodName = Literal[("none", *(section.method for section in MethodSection._defined))]  # type: ignore[valid-type]
 
 
 class EntropyConfig(_Strict):
@@ -249,6 +289,28 @@ class EntropyConfig(_Strict):
     clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
     entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+
+def _method_sections() -> dict[str, tuple[str, ...]]:
+    """entropy.method -> the EntropyConfig sections it reads (its own first), from the section classes."""
+    sections: dict[str, tuple[str, ...]] = {"none": ()}
+    for field_name, field in EntropyConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, MethodSection):
+            if section.method in sections:
+                raise TypeError(f"EntropyConfig: two sections for entropy.method {section.method!r}")
+            missing = [name for name in section.reads if name not in EntropyConfig.model_fields]
+            if missing:
+                raise TypeError(f"{section.__name__}.reads names {missing}, which are not EntropyConfig fields")
+            sections[section.method] = (field_name, *section.reads)
+    unplaced = [s.__name__ for s in MethodSection._defined if s.method not in sections]
+    if unplaced:
+        raise TypeError(f"method sections {unplaced} are not fields of EntropyConfig: add one field each")
+    return sections
+
+
+# Torch-free: the sweeper reads it to tell which entropy.* sections a trial's method uses.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = _method_sections()
 
 
 # --------------------------------------------------------------------------- the run
@@ -275,7 +337,31 @@ class RunConfig(_Strict):
                 f"train.mini_batches ({self.train.mini_batches}) must divide rollout.prompts_per_step "
                 f"({self.rollout.prompts_per_step}): mini-batches hold whole groups"
             )
+        micro_batch_error = micro_batch_size_error(self, processes=1)
+        if micro_batch_error:
+            raise ValueError(micro_batch_error)
         return self
+
+
+def micro_batch_size_error(config: RunConfig, processes: int) -> str | None:
+    """Why ``train.micro_batch_size`` does not split each process's mini-batch into equal slices, or None.
+
+    A shorter last slice changes the loss of every ``loss_agg`` mode (the step averages the micro-batch
+    losses), so it is refused, as verl does. The config checks one process; the trainer checks its own
+    process count."""
+    micro = config.train.micro_batch_size
+    prompts = config.rollout.prompts_per_step
+    if micro is None or prompts % (processes * config.train.mini_batches):
+        return None
+    rows = prompts // processes // config.train.mini_batches * config.rollout.group_size
+    if rows % micro == 0:
+        return None
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    where = "" if processes == 1 else f" on each of {processes} processes"
+    return (f"train.micro_batch_size ({micro}) must divide the {rows} responses of a mini-batch{where} "
+            f"(rollout.prompts_per_step {prompts}{f' / {processes} processes' if processes > 1 else ''} / "
+            f"train.mini_batches {config.train.mini_batches} x rollout.group_size {config.rollout.group_size}): "
+            f"a shorter last micro-batch changes the loss; use one of {divisors}")
 
 
 class ConfigError(ValueError):
