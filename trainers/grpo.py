@@ -38,7 +38,7 @@ from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
-from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
+from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
 from .setup import (COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed,
                     takes_logits_to_keep)
 from .validation_cache import read_step0, step0_key, write_step0
@@ -126,7 +126,7 @@ class GRPOTrainer:
         policy = self.accelerator.unwrap_model(self.model)
         if self.config.rollout.engine == "vllm":
             return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
-                                     self.config.rollout.vllm_gpu_memory_utilization, seed=self.config.seed)
+                                     vllm_engine_args(self.config))
         return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
