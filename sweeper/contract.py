@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from .statistics import Estimate, mean_and_se
+
 TRIALS_DIR = "trials"
 TICKET_FILE = "trial.json"
 CONFIG_FILE = "config.yaml"
@@ -200,12 +202,10 @@ def counts_as_budget(trial: Any) -> bool:
     return trial_state(trial) in BUDGET_STATES
 
 
-def objective_estimate(trial: Any, index: int = 0) -> Any:
+def objective_estimate(trial: Any, index: int = 0) -> Estimate | None:
     """A trial's value of objective ``index`` with its standard error (a :class:`sweeper.statistics.Estimate`),
     or None when it has no value. COMPLETE: the objective (mean over seeds) and its recorded SE; PRUNED:
     the last value it reported (Optuna's value of a pruned trial) with the SE over that validation's prompts."""
-    from .statistics import Estimate, mean_and_se
-
     attrs = trial.user_attrs
     if trial.values is None or index >= len(trial.values):
         return None
