@@ -21,12 +21,37 @@ from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origi
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file
+
 BUILTIN_PREFIX = "builtin:"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
 
+def expects_number(annotation: Any) -> bool:
+    """True when a field takes numbers and no booleans (``int``, ``float | None``, ``int | Literal["auto"]``)."""
+    annotation = _strip(annotation)
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    members = [_strip(member) for member in members]
+    return any(m in (int, float) for m in members) and not any(m in (bool, str, Any) for m in members)
+
+
+def refuse_bool_as_number(model: type[BaseModel], value: Any, field_name: str | None) -> Any:
+    """pydantic reads ``true`` as 1 where a number is expected; YAML makes booleans of true/yes/on, so
+    ``n_trials: true`` would silently mean 1. Refuse it (for the run config and the study spec alike)."""
+    if isinstance(value, bool) and field_name and expects_number(model.model_fields[field_name].annotation):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()} (YAML reads true/false/yes/no/on/off as booleans)")
+    return value
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+    """Unknown keys refused; numbers finite (no inf, nan) and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        return refuse_bool_as_number(cls, value, info.field_name)
 
 
 # --------------------------------------------------------------------------- model / data
@@ -93,12 +118,22 @@ class DataConfig(_Strict):
 class RolloutConfig(_Strict):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_step: int = Field(8, gt=0, description="Prompts per rollout batch.")
-    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt.")
+    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt (>= 2: advantages are relative to the group).")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
     max_new_tokens: int = Field(8, gt=0)
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+
+    @field_validator("group_size")
+    @classmethod
+    def _a_group(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                f"{value} response per prompt gives every response a zero advantage (GRPO and Dr. GRPO compare "
+                f"each reward with its group's mean), so nothing is learned: use 2 or more (8 is usual)"
+            )
+        return value
 
 
 class ClipConfig(_Strict):
@@ -406,14 +441,19 @@ def format_validation_error(error: ValidationError, prefix: str = "", *, data: A
         elif kind == "union_tag_invalid":
             ctx = item.get("ctx") or {}
             msg = f"type {ctx.get('tag')!r} is not known; accepted: {ctx.get('expected_tags')}"
+        elif kind == "finite_number":
+            msg = "must be a finite number; inf and nan are not accepted"
         elif kind == "extra_forbidden":
             model = as_model(annotation_at(root, loc[:-1]))
             msg = "unknown key" + (f"; accepted: {', '.join(model.model_fields)}" if model else "")
         got = item.get("input")
         shown = kind not in ("missing", "value_error", "assertion_error") and not isinstance(got, (dict, list))
+        here = as_model(annotation_at(root, loc)) if kind == "value_error" and loc else None
         for line in msg.split("\n"):
             if _names_a_field(line, root):
                 lines.append(f"  {prefix}{line}")  # the validator already names the field
+            elif here is not None and line.split(":", 1)[0] in here.model_fields:
+                lines.append(f"  {path}.{line}")  # a model validator names one of its own fields
             else:
                 lines.append(f"  {path}: {line}" + (f" (got {got!r})" if shown else ""))
     return "\n".join(lines)
@@ -428,13 +468,12 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConf
 
 
 def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file (within :mod:`trainers.safe_yaml`'s limits); ConfigError otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"run config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+        data = read_yaml_file(path, "run config")
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"run config {path} must be a mapping of fields, got {type(data).__name__}")
     return parse_config(data, str(path))
