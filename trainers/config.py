@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origi
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
 from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file
 
 BUILTIN_PREFIX = "builtin:"
@@ -394,7 +395,7 @@ def render_location(loc: Sequence[Any], data: Any = None) -> str:
     markers, which are not in the data, are dropped."""
     out = ""
     node = data
-    for part in loc:
+    for index, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             key = str(part)
             out += f"[{key}]" if ("." in key or "/" in key) and out else (f".{key}" if out else key)
@@ -406,6 +407,8 @@ def render_location(loc: Sequence[Any], data: Any = None) -> str:
             continue  # a single mapping normalized to a one-item list (a study's objective)
         elif isinstance(node, dict) and node.get("type") == part:
             continue  # a discriminated union's tag
+        elif isinstance(node, dict) and "type" not in node and index + 1 < len(loc) and loc[index + 1] in node:
+            continue  # a union's tag filled in by a shorthand (``executor: {env: ...}`` is a local executor)
         elif isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
             continue
         else:
@@ -448,12 +451,13 @@ def format_validation_error(error: ValidationError, prefix: str = "", *, data: A
             msg = "unknown key" + (f"; accepted: {', '.join(model.model_fields)}" if model else "")
         got = item.get("input")
         shown = kind not in ("missing", "value_error", "assertion_error") and not isinstance(got, (dict, list))
-        here = as_model(annotation_at(root, loc)) if kind == "value_error" and loc else None
         for line in msg.split("\n"):
+            head, colon, rest = line.partition(":")
             if _names_a_field(line, root):
                 lines.append(f"  {prefix}{line}")  # the validator already names the field
-            elif here is not None and line.split(":", 1)[0] in here.model_fields:
-                lines.append(f"  {path}.{line}")  # a model validator names one of its own fields
+            elif kind == "value_error" and colon and isinstance(got, dict) and head in got:
+                # a validator of a mapping names one of its keys: "n_trials: ..." under budget
+                lines.append(f"  {path}{f'[{head}]' if '.' in head or '/' in head else f'.{head}'}:{rest}")
             else:
                 lines.append(f"  {path}: {line}" + (f" (got {got!r})" if shown else ""))
     return "\n".join(lines)
