@@ -34,6 +34,7 @@ CONFIG_FILE = "config.yaml"
 OUTCOME_FILE = "outcome.json"
 RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
 SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
+TRACKING_SPILL_FILE = "mlflow_unsent.json"  # what a trial could not send to MLflow; the driver sends it later
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
 
 # Trial user attrs (Optuna storage) written by the driver and read by status, export and tracking.

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 from trainers.reporting import METRICS_FILE, PREEMPTED, ConsoleReporter, read_metrics
 
-from .contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, STOP_PREFIX, Outcome, TrialTicket
+from .contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, STOP_PREFIX, TRACKING_SPILL_FILE, Outcome, TrialTicket
 from .pruning import Verdict, build_pruner, first_verdict, health_rules
 
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -343,6 +343,7 @@ def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | N
             job_id=job_id,
             log_paths=log_paths,
             run_id=run_id,
+            spill_path=Path(log_paths["trial_dir"]) / TRACKING_SPILL_FILE,
         )
         if tracker.run_id:
             trial.set_user_attr(ATTR_MLFLOW_RUN_ID, tracker.run_id)
