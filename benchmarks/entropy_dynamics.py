@@ -437,9 +437,10 @@ def initial_stats(base: dict[str, Any], out: Path) -> None:
             part = rollout.select(rows)
             logits = trainer._response_logits(trainer.model, part)
             mask = part.response_mask.float()
-            pg = aggregate(cfg.loss_agg, -advantages[rows][:, None] * token_logprobs(logits, part.response_ids), mask)
+            pg = aggregate(cfg.loss_agg, -advantages[rows][:, None] * token_logprobs(logits, part.response_ids), mask,
+                           cfg.rollout.max_new_tokens)
             pg_norms.append(grad_norm(pg))
-            entropy_norms.append(grad_norm(aggregate(cfg.loss_agg, token_entropy(logits), mask)))
+            entropy_norms.append(grad_norm(aggregate(cfg.loss_agg, token_entropy(logits), mask, cfg.rollout.max_new_tokens)))
         pg_mean, entropy_mean = sum(pg_norms) / len(pg_norms), sum(entropy_norms) / len(entropy_norms)
         print(f"  {responses:3d}-response mini-batches (mean of {len(pg_norms)}): |grad L_pg| {pg_mean:.2f}, "
               f"|grad token-mean H| {entropy_mean:.2f}, ratio {entropy_mean / pg_mean:.2f}")

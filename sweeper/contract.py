@@ -11,7 +11,9 @@ it submits the trial process:
   re-opened the study with the default pruner would silently never prune), tracking, trainer entry point.
 
 The trial process writes ``outcome.json`` (:data:`OUTCOME_FILE`): an :class:`Outcome` (COMPLETE with its
-value(s), PRUNED with the reason, or FAIL with the error). The executor's files are in ``submitit/``
+value(s) and their standard errors, PRUNED with the reason, or FAIL with the error). A trial of a study
+with ``budget.seeds`` R > 1 runs its config once per seed (the first in ``run/``, seed s in ``run-seed<s>/``);
+the seeds it finished are in ``replicates.json`` (:data:`REPLICATES_FILE`) until its outcome is written. The executor's files are in ``submitit/``
 (:data:`SUBMITIT_DIR`). The driver alone tells Optuna a trial's final state, from the outcome, or FAIL
 when the process died without one.
 
@@ -23,6 +25,7 @@ rejected before launch is ``REJECTED`` and one lost with a dead driver (and re-q
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,6 +38,8 @@ OUTCOME_FILE = "outcome.json"
 RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
 SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
 TRACKING_SPILL_FILE = "mlflow_unsent.json"  # what a trial could not send to MLflow; the driver sends it later
+REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
+STEP0_CACHE_DIR = "step0_cache"      # in the study folder: the untrained model's validation, computed once
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
 
 # Trial user attrs (Optuna storage) written by the driver and read by status, export and tracking.
@@ -46,12 +51,24 @@ ATTR_REJECTED = "rejected"          # the reason a sampled config was refused be
 ATTR_LOST = "lost"                  # True: the driver stopped and the trial's job was gone
 ATTR_REQUEUED_FROM = "requeued_from"
 ATTR_ENQUEUED = "enqueued"
+ATTR_BASELINE = "baseline"          # True: the study's baseline config (objective.baseline or enqueue[0])
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_STDERR_TAIL = "stderr_tail"
 ATTR_PRUNE_REASON = "prune_reason"
 ATTR_PRUNED_AT_STEP = "pruned_at_step"
 ATTR_LAST_STEP = "last_step"
 ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
+ATTR_OBJECTIVE_SE = "objective_se"      # [SE of each objective value]: over seeds (R > 1) or over prompts
+ATTR_PROMPTS = "n_prompts"              # validation prompts behind each value
+ATTR_SEEDS = "seeds"                    # the training seeds the trial ran
+ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: per seed, the objective(s) and the
+                                        # first objective's per-prompt values (paired comparisons between trials)
+PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
+
+
+def per_prompt_attr(step: int) -> str:
+    """The trial user attr holding the first objective's per-prompt values at validation ``step``."""
+    return f"{PER_PROMPT_ATTR_PREFIX}{int(step)}"
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "REJECTED", "LOST", "RUNNING", "WAITING")
 BUDGET_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # the trials n_trials counts
@@ -86,6 +103,8 @@ class TrialTicket:
     sampled: dict[str, Any] = field(default_factory=dict)   # Optuna name -> value
     sampled_paths: dict[str, Any] = field(default_factory=dict)  # config path -> value, sampled ones only
     tracking: dict[str, Any] = field(default_factory=dict)  # enabled, uri, experiment, parent_run_id
+    seeds: list[int] = field(default_factory=list)          # training seeds to run (budget.seeds); [] = the config's
+    baseline: bool = False                                  # the study's baseline: no score-based pruning
 
     def write(self, trial_dir: Path) -> None:
         atomic_write(Path(trial_dir) / TICKET_FILE, json.dumps(asdict(self), indent=2, default=str))
@@ -112,6 +131,10 @@ class Outcome:
     pruned_at_step: int | None = None
     fail_reason: str | None = None                        # FAIL: one line
     traceback: str | None = None                          # FAIL: an exception in the trial process
+    values_se: list[float | None] | None = None           # SE of each value (or partial value): seeds, else prompts
+    prompts: int | None = None                            # validation prompts behind the values
+    per_prompt: list[list[float] | None] | None = None    # one run: each objective's per-prompt values, aggregated
+    replicates: list[dict[str, Any]] | None = None        # per seed: {"seed", "values", "per_prompt"}
     objective_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)  # the trainer's summary
     num_processes: int = 1                                # data-parallel ranks of the training run
@@ -145,6 +168,13 @@ class Outcome:
             attrs["prune_message"] = self.message
             if self.pruned_at_step is not None:
                 attrs[ATTR_PRUNED_AT_STEP] = self.pruned_at_step
+        if self.values_se is not None:
+            attrs[ATTR_OBJECTIVE_SE] = self.values_se
+        if self.prompts is not None:
+            attrs[ATTR_PROMPTS] = self.prompts
+        if self.replicates:
+            attrs[ATTR_SEEDS] = [r["seed"] for r in self.replicates]
+            attrs[ATTR_REPLICATES] = self.replicates
         if self.step is not None:
             attrs[ATTR_LAST_STEP] = self.step
         if self.seconds is not None:
@@ -169,6 +199,25 @@ def counts_as_budget(trial: Any) -> bool:
     """Whether ``budget.n_trials`` counts the trial: everything that ran or runs, not the rejected or lost
     (a lost trial's re-queued copy takes its place)."""
     return trial_state(trial) in BUDGET_STATES
+
+
+def objective_estimate(trial: Any, index: int = 0) -> Any:
+    """A trial's value of objective ``index`` with its standard error (a :class:`sweeper.statistics.Estimate`),
+    or None when it has no value. COMPLETE: the objective (mean over seeds) and its recorded SE; PRUNED:
+    the last value it reported (Optuna's value of a pruned trial) with the SE over that validation's prompts."""
+    from .statistics import Estimate, mean_and_se
+
+    attrs = trial.user_attrs
+    if trial.values is None or index >= len(trial.values):
+        return None
+    value = float(trial.values[index])
+    if trial.state.name == "COMPLETE":
+        errors = attrs.get(ATTR_OBJECTIVE_SE) or []
+        se = errors[index] if index < len(errors) and errors[index] is not None else math.nan
+        return Estimate(value, float(se), int(attrs.get(ATTR_PROMPTS) or 0), len(attrs.get(ATTR_SEEDS) or [0]))
+    vector = attrs.get(per_prompt_attr(max(trial.intermediate_values))) if trial.intermediate_values and index == 0 else None
+    se = mean_and_se(vector)[1] if vector else math.nan
+    return Estimate(value, se, len(vector or []), 1)
 
 
 def count_states(trials: Iterable[Any]) -> dict[str, int]:

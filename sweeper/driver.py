@@ -29,8 +29,10 @@ configs (``enqueue:`` in the spec) go first, once per study (study user attr ``s
 A seeded sampler is re-seeded on resume with ``seed + trials in storage`` (otherwise it would
 suggest the first run's configs again).
 
-A lock file ``<study dir>/driver.lock`` (host, pid) refuses a second live driver of the same study
-on the same host.
+One driver per study, across hosts: the driver holds a lease kept in the study's own storage
+(:mod:`sweeper.lock`; owner host/pid and a heartbeat). A second driver is refused while the lease is
+live, and takes over the lease of a dead one (same machine: at once; another host: once its
+heartbeat is older than the lease ttl).
 
 Ctrl-C (and, under :func:`run_study`, SIGTERM and SIGHUP: :mod:`sweeper.interrupts`) cancels the jobs in
 flight and records them as lost (re-queued on the next run); with ``on_interrupt="detach"`` (default: the
@@ -41,10 +43,7 @@ For a Slurm study, :func:`preflight` first refuses a SQLite storage on a network
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 import sys
 import time
 import warnings
@@ -55,19 +54,17 @@ from typing import Any, Callable
 import yaml
 
 from .checks import check_launch
-from .contract import (ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
+from .contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
-                       RUN_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
+                       RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from .executors import TrialJob, make_executor
 from .interrupts import stop_signals_interrupt
-from .samplers import build_sampler
-from .space import Rejected, leaves, resolve, sample
+from .space import Rejected, SampledConfig, resolve, sample
 from .spec import SpecError, StudySpec, load_spec
 from .storage import open_study
 
 MAX_CONSECUTIVE_REJECTIONS = 200
 STDERR_ATTR_CHARS = 4000
-LOCK_FILE = "driver.lock"
 NO_OUTCOME = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
 
 
@@ -217,6 +214,7 @@ class Driver:
         loop_start = None
         deadline = started + self.timeout if self.timeout else math.inf
         while True:
+            self._lease.check()  # LeaseLost if another driver took the study over (sweeper.lock)
             t0 = time.perf_counter()
             # refill
             while len(self.in_flight) < self.max_parallel and time.time() < deadline:
@@ -255,8 +253,7 @@ class Driver:
             trial = self.study.ask()
             trial_dir = trial_folder(self.study_dir, trial.number)
             try:
-                sampled = sample(self.spec, trial)
-                config = resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR))
+                sampled, config = self._trial_config(trial, trial_dir)
             except Rejected as rejection:
                 trial.set_user_attr(ATTR_REJECTED, str(rejection))
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -287,6 +284,8 @@ class Driver:
             sampled=sampled.sampled,
             sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
+            seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
+            baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
         )
         ticket.write(trial_dir)
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
@@ -303,6 +302,12 @@ class Driver:
             trial.set_user_attr(ATTR_LOG_PATHS, logs)
         self.report.launched += 1
         return InFlight(trial.number, trial_id, job, trial_dir, time.time())
+
+    def _trial_config(self, trial: Any, trial_dir: Path) -> tuple[SampledConfig, dict[str, Any]]:
+        """The trial's sampled values and its resolved run config (raises :class:`Rejected`)."""
+        sampled = sample(self.spec, trial)
+        return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR),
+                                step0_cache=str(self.study_dir / STEP0_CACHE_DIR))
 
     def _trial_id(self, number: int) -> int:
         """The storage's id of trial ``number`` of this study (what a trial process opens its trial by)."""
@@ -358,8 +363,12 @@ class Driver:
         """Enqueue the spec's fixed configs once per study: the study user attr ``sweeper_enqueued``
         counts those already enqueued, so a re-run adds only entries appended to the spec since."""
         done = int(self.study.user_attrs.get("sweeper_enqueued", 0))
+        baseline = self.spec.baseline_params
+        if done == 0 and baseline is not None and baseline not in self.spec.enqueue:
+            self.study.enqueue_trial(dict(baseline), user_attrs={ATTR_BASELINE: True})  # run first, as the reference
         for index, params in enumerate(self.spec.enqueue[done:], start=done):
-            self.study.enqueue_trial(dict(params), user_attrs={ATTR_ENQUEUED: index})
+            marks = {ATTR_BASELINE: True} if params == baseline else {}
+            self.study.enqueue_trial(dict(params), user_attrs={ATTR_ENQUEUED: index, **marks})
         if len(self.spec.enqueue) > done:
             self.study.set_user_attr("sweeper_enqueued", len(self.spec.enqueue))
 
@@ -395,7 +404,8 @@ class Driver:
             self.storage.set_trial_user_attr(trial_id, ATTR_STDERR_TAIL, tail)
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if trial.params:
-            self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number})
+            marks = {ATTR_BASELINE: True} if trial.user_attrs.get(ATTR_BASELINE) else {}
+            self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number, **marks})
         self.report.requeued += 1
         self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
         self._mark_tracking(trial_id, trial.number, "FAIL", None, f"lost: {reason}\n{tail}", None)
@@ -432,27 +442,14 @@ class Driver:
     # ------------------------------------------------------------------ lock
 
     def _acquire_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        if path.exists():
-            try:
-                other = json.loads(path.read_text())
-            except (OSError, ValueError):
-                other = {}
-            if other.get("host") == me["host"] and other.get("pid") and _alive(int(other["pid"])) and other["pid"] != me["pid"]:
-                raise SpecError(
-                    f"study {self.spec.study.name!r} is already being run by pid {other['pid']} on this host "
-                    f"({path}); wait for it, or stop it first"
-                )
-        path.write_text(json.dumps(me))
+        from .lock import acquire_driver_lease
+
+        self._lease = acquire_driver_lease(self.spec, log=self.log)  # LeaseHeld (a SpecError) if another driver runs
 
     def _release_lock(self) -> None:
-        path = self.study_dir / LOCK_FILE
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        if getattr(self, "_lease", None) is not None:
+            self._lease.release()
+            self._lease = None
 
     # ------------------------------------------------------------------ progress bar / summary
 
@@ -485,7 +482,8 @@ class Driver:
         from .tracking import StudyTracker
 
         t = self.spec.tracking
-        self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric)
+        self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric,
+                                    artifact_location=t.artifact_location)
         self.parent_run_id = self.tracker.start()
 
     def _mark_tracking(self, trial_id: int, number: int, state: str, prune_reason: str | None, stderr_tail: str | None,
@@ -534,16 +532,6 @@ def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _find_local_job_id(trial_dir: Path) -> str | None:
     """A submitit folder's job id when the driver died before recording it (newest submission)."""
     folder = trial_dir / SUBMITIT_DIR
@@ -575,30 +563,3 @@ def run_study(
     )
     with stop_signals_interrupt():  # SIGTERM and SIGHUP stop it like Ctrl-C (sweeper.interrupts)
         return driver.run()
-
-
-def dry_run(spec: StudySpec, n: int = 3) -> list[dict[str, Any]]:
-    """Sample ``n`` trial configs with the spec's sampler on an in-memory study (storage untouched).
-    Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
-    for params in spec.enqueue:
-        study.enqueue_trial(dict(params))
-    base = leaves(spec.base)
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        sampled = sample(spec, trial)
-        entry: dict[str, Any] = {"number": trial.number, "sampled": sampled.sampled, "skipped": sampled.skipped}
-        try:
-            config = resolve(spec, sampled, output_dir=str(trial_folder(spec.study_dir, trial.number) / RUN_DIR))
-            entry["changed"] = {path: value for path, value in leaves(config).items() if base.get(path) != value}
-            entry["rejected"] = None
-        except Rejected as rejection:
-            entry["changed"] = {}
-            entry["rejected"] = str(rejection)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        out.append(entry)
-    return out

@@ -13,9 +13,11 @@ Which trial: single objective -> the best COMPLETE trial; multi-objective -> a m
 front, chosen with ``pareto_index`` (index in the front sorted by the first objective) or
 ``prefer`` (the front member best on that objective metric); any trial with ``trial``.
 
-``fmt="trl"`` / ``"verl"`` write the same knobs under TRL ``GRPOConfig`` argument names / verl
-Hydra keys where an equivalent exists (:mod:`sweeper.formats`), and list the knobs that have none in a
-comment block (e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl).
+``fmt="trl"`` / ``"verl"`` write the same knobs as TRL ``GRPOConfig`` arguments / a verl Hydra config
+where an equivalent exists (:mod:`sweeper.formats`), and in comments: the target library version (``target_version``,
+else the installed library, else the tested one; a version outside the supported range warns), every semantic
+difference with the value the trial ran with, and the knobs that have no equivalent (e.g. SIREN, AER and STEER
+knobs are not in upstream TRL or verl).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import subprocess
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,9 @@ import yaml
 
 from trainers.config import RunConfig, parse_config
 
-from .contract import ATTR_CONFIG
-from .formats import to_trl, to_verl
+from .compare import Gain, baseline_trial, paired_gain
+from .contract import ATTR_CONFIG, objective_estimate
+from .formats import model_path, target_version as describe_target, to_trl, to_verl
 from .space import get_path, leaves, set_path
 from .spec import SpecError, StudySpec, load_spec
 
@@ -119,7 +124,23 @@ def trial_config(spec: StudySpec, frozen: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- export
 
 
-def export_best(
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_trial` wrote: the file, the trial, and its paired gain over the study's baseline."""
+
+    path: Path
+    trial: int
+    gain: Gain | None
+    baseline: int | None
+
+
+def export_best(spec: StudySpec | str | Path, output: str | Path, **options: Any) -> Path:
+    """Write the chosen trial's config to ``output`` (see the module docstring and :func:`export_trial`
+    for the options). Returns the path."""
+    return export_trial(spec, output, **options).path
+
+
+def export_trial(
     spec: StudySpec | str | Path,
     output: str | Path,
     *,
@@ -129,12 +150,16 @@ def export_best(
     pareto_index: int | None = None,
     prefer: str | None = None,
     output_dir: str | None = None,
-) -> Path:
-    """Write the chosen trial's config to ``output`` (see the module docstring). Returns the path."""
+    target_version: str | None = None,
+) -> Exported:
+    """Write the chosen trial's config to ``output`` with its provenance and its paired gain over the study's
+    baseline (a warning when that gain is not significant)."""
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
+    if spec.source_file and Path(output).resolve() == Path(spec.source_file):
+        raise SpecError(f"-o {output} would overwrite the study file {spec.source_file}: write the config elsewhere")
     from .storage import open_study
 
     study, _ = open_study(spec, create=False)
@@ -149,35 +174,78 @@ def export_best(
     validated = parse_config(config, f"exported trial {frozen.number}").model_dump(mode="json")
 
     header = provenance_lines(spec, frozen, trial_steps, steps)
+    baseline = baseline_trial(study)
+    gain = None
+    if baseline is not None and not spec.is_multi_objective and frozen.state.name == "COMPLETE":
+        header.append(f"baseline: trial {baseline.number} ({_params_text(baseline.params)}), "
+                      f"{spec.objective[0].metric} = {objective_estimate(baseline).text()}")
+        if baseline.number != frozen.number:
+            gain = paired_gain(frozen, baseline, spec.directions[0])
+            header.append(f"gain over the baseline: {gain.text()}" if gain else "gain over the baseline: no per-prompt results to pair")
+            if gain is not None and gain.unit == "prompts":
+                header.append("  (one seed each: the interval does not include training randomness; "
+                              "`sweeper verify` reruns both with fresh seeds)")
+    elif not spec.is_multi_objective:
+        header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
+    text = export_text(validated, fmt, header, target_version)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    _log_export(spec, output)
+    if gain is not None and not gain.difference.significant:
+        warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
+                      f"{gain.text()}", stacklevel=2)
+    return Exported(output, frozen.number, gain, baseline.number if baseline is not None else None)
+
+
+def export_text(validated: dict[str, Any], fmt: str, header: list[str], target_version: str | None = None) -> str:
+    """The exported file: ``header`` lines as comments, then the run config (``native``) or its TRL / verl form
+    with the lines of :func:`format_lines` added to the header."""
     if fmt == "native":
         body = yaml.safe_dump(validated, sort_keys=False)
     else:
-        mapped, unmapped, notes = (to_trl if fmt == "trl" else to_verl)(validated)
-        body = yaml.safe_dump(mapped, sort_keys=False)
-        header += [f"format: {fmt} ({'TRL GRPOConfig arguments' if fmt == 'trl' else 'verl Hydra keys'}); "
-                   f"model: {validated['model']['path']}"]
-        header += [f"note: {n}" for n in notes]
-        defaults = leaves(RunConfig().model_dump(mode="json"))
-        differ = [(p, v) for p, v in unmapped if p not in defaults or defaults[p] != v or p.startswith("entropy.")]
-        if differ:
-            header.append(f"no {fmt} equivalent (set by hand or drop):")
-            header += [f"  {path} = {value!r}" for path, value in differ]
-        if len(unmapped) > len(differ):
-            header.append(f"and {len(unmapped) - len(differ)} more knobs without a {fmt} equivalent, at their defaults: "
-                          + ", ".join(p for p, _ in unmapped if (p, _) not in differ))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(f"# {line}\n" for line in header) + body)
-    _log_export(spec, output)
-    return output
+        header = [line for line in header if not line.startswith("run it: sweeper train")]
+        header = header + format_lines(fmt, validated, target_version)
+        body = yaml.safe_dump((to_trl if fmt == "trl" else to_verl)(validated)[0], sort_keys=False)
+    return "".join(f"# {line}\n" for line in header) + body
+
+
+def format_lines(fmt: str, validated: dict[str, Any], version: str | None = None) -> list[str]:
+    """Header comments of a TRL / verl export: target version, how to run it, notes and semantic differences
+    (``differs:``, with the value the trial ran), and the knobs without an equivalent."""
+    _, unmapped, notes = (to_trl if fmt == "trl" else to_verl)(validated)
+    target, warning = describe_target(fmt, version)
+    lines = [f"format: {fmt} ({'TRL GRPOConfig arguments' if fmt == 'trl' else 'a verl Hydra config over ppo_trainer'})",
+             target]
+    if warning:
+        warnings.warn(warning, stacklevel=3)
+        lines.append(f"WARNING: {warning}")
+    if fmt == "trl":
+        lines.append(f"run it: GRPOTrainer(model={model_path(validated)!r}, args=GRPOConfig(**yaml.safe_load(this file)), "
+                     "reward_funcs=..., train_dataset=..., eval_dataset=...)")
+    else:
+        lines.append("run it: python -m verl.trainer.main_ppo --config-path <this folder> --config-name <this file without "
+                     ".yaml> data.train_files=... data.val_files=...")
+    lines += [f"note: {n}" for n in notes if not n.startswith("differs:")]
+    lines += [n for n in notes if n.startswith("differs:")]
+    defaults = leaves(RunConfig().model_dump(mode="json"))
+    differ = [(p, v) for p, v in unmapped if p not in defaults or defaults[p] != v or p.startswith("entropy.")]
+    if differ:
+        lines.append(f"no {fmt} equivalent (set by hand or drop):")
+        lines += [f"  {path} = {value!r}" for path, value in differ]
+    if len(unmapped) > len(differ):
+        lines.append(f"and {len(unmapped) - len(differ)} more knobs without a {fmt} equivalent, at their defaults: "
+                     + ", ".join(p for p, v in unmapped if (p, v) not in differ))
+    return lines
 
 
 def provenance_lines(spec: StudySpec, frozen: Any, trial_steps: Any, steps: int | None) -> list[str]:
     if frozen.values:
-        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {v:.6g}" for o, v in zip(spec.objective, frozen.values))
+        value = ", ".join(f"{o.metric} ({o.direction}, {o.aggregation}) = {objective_estimate(frozen, i).text(6)}"
+                          for i, o in enumerate(spec.objective))
     else:
         value = "none"
-    sampled = ", ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items()) or "(none)"
+    sampled = _params_text(frozen.params)
     lines = [
         f"exported by entropy-sweeper {package_version()} on {_dt.datetime.now().isoformat(timespec='seconds')}",
         f"git commit: {git_commit() or 'unknown'}",
@@ -196,6 +264,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "(none)"
+
+
 def _log_export(spec: StudySpec, output: Path) -> None:
     if not spec.tracking.enabled:
         return
@@ -205,6 +277,4 @@ def _log_export(spec: StudySpec, output: Path) -> None:
         tracker = StudyTracker(spec.tracking.uri, spec.tracking.experiment, spec.study.name)
         tracker.log_export(output)
     except Exception as error:  # noqa: BLE001 - tracking never blocks an export
-        import warnings
-
         warnings.warn(f"could not log the export to MLflow: {type(error).__name__}: {error}", stacklevel=2)

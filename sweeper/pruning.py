@@ -5,7 +5,8 @@ The Optuna pruner (``median``, ``successive_halving``, ``hyperband``, ``wilcoxon
 objective's intermediate values (reported at each validation) against other trials: a trial it stops
 records ``prune_reason = "pass@k"`` (whatever the objective metric is: the name says "the score
 curve"). Each kind's fields are the Optuna pruner's own arguments (same names), passed through by
-:func:`build_pruner`.
+:func:`build_pruner`. ``paired`` (:mod:`sweeper.paired_pruner`) compares a trial's per-prompt results with
+the incumbent's at the same step (a one-sided Wilcoxon signed-rank test over the validation prompts).
 
 The health rules (``pruner.health``) judge a trial on its own metric histories, whatever the other
 trials did. Each rule is its own spec (frozen, validated) with one method, pure over the histories::
@@ -194,6 +195,11 @@ class _PrunerSpec(SpecModel):
         """The Optuna pruner's arguments: this spec's own fields."""
         return self.model_dump(exclude={"type", "health"})
 
+    def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
+        import optuna
+
+        return getattr(optuna.pruners, self.optuna_class)(**self.optuna_arguments(trial_steps))
+
 
 class NoPrunerSpec(_PrunerSpec):
     optuna_class = "NopPruner"
@@ -261,17 +267,38 @@ class WilcoxonPrunerSpec(_PrunerSpec):
     n_startup_steps: int = Field(2, ge=0)
 
 
+class PairedPrunerSpec(_PrunerSpec):
+    """Prune a trial worse than the incumbent at the same step, by a paired test over the validation prompts."""
+
+    type: Literal["paired"]
+    p_threshold: float = Field(0.05, gt=0, lt=1, description="Prune when the one-sided p-value is below this "
+                               "(divided by the validations judged, with the Bonferroni correction).")
+    n_startup_trials: int = Field(1, ge=1, description="Complete trials before any pruning (the first incumbent).")
+    n_warmup_steps: int = Field(0, ge=0, description="Validations before this step are not judged.")
+    correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Over the validations a trial is judged at.")
+    min_difference: float = Field(0.0, ge=0, description="Prune only a trial worse than the incumbent by more than this "
+                                  "(objective units): room for the run-to-run randomness of training.")
+
+    def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
+        from .paired_pruner import PairedPruner
+
+        return PairedPruner(self.p_threshold, self.n_startup_trials, self.n_warmup_steps, self.correction, validation_steps,
+                            self.min_difference)
+
+
 PrunerSpec = Annotated[
-    Union[NoPrunerSpec, MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, WilcoxonPrunerSpec],
+    Union[NoPrunerSpec, MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, WilcoxonPrunerSpec,
+          PairedPrunerSpec],
     Field(discriminator="type"),
 ]
 
 
-def build_pruner(pruner: Any, trial_steps: int | None = None):
+def build_pruner(pruner: Any, trial_steps: int | None = None, validation_steps: list[int] | None = None):
     """The Optuna pruner for a spec's ``pruner`` section. Built identically in the driver and in
-    every trial process (Optuna does not store the pruner in the storage)."""
+    every trial process (Optuna does not store the pruner in the storage). ``validation_steps``: the steps a
+    trial validates at (the paired pruner's Bonferroni correction; the trial process passes them)."""
     import optuna
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.pruners, pruner.optuna_class)(**pruner.optuna_arguments(trial_steps))
+        return pruner.build(trial_steps, validation_steps)

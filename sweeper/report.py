@@ -38,7 +38,7 @@ import optuna  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .contract import ATTR_PRUNE_REASON, STATES, count_states, trial_state  # noqa: E402
+from .contract import ATTR_PRUNE_REASON, STATES, count_states, objective_estimate, trial_state  # noqa: E402
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "REJECTED": "#9467bd", "LOST": "#8c564b",
                 "RUNNING": "#7f7f7f", "WAITING": "#bcbd22"}
@@ -201,11 +201,16 @@ def _format_value(value: Any) -> str:
 
 
 def _trial_value(trial: optuna.trial.FrozenTrial) -> str:
+    """The objective(s) ± SE; for a pruned trial the value it last reported (Optuna's value of a pruned trial)."""
     if trial.values is None:
         return ""
-    text = ", ".join(_format_value(v) for v in trial.values)
-    # Optuna gives a pruned trial its last intermediate value
+    estimates = [objective_estimate(trial, i) for i in range(len(trial.values))]
+    text = ", ".join(_format_value(e.value) + (f" ± {e.se:.2g}" if math.isfinite(e.se) else "") for e in estimates)
     return f"{text} (last reported)" if trial.state == optuna.trial.TrialState.PRUNED else text
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _cell(text: Any) -> str:
@@ -226,7 +231,7 @@ def summary_markdown(study: optuna.Study, written: Mapping[str, Path], skipped: 
     lines.append("")
     if best is not None:
         name = (run_names or {}).get(best.number, f"trial-{best.number:04d}")
-        lines += [f"## Best: trial {best.number} (`{name}`), value {_format_value(best.value)}", "",
+        lines += [f"## Best: trial {best.number} (`{name}`), value {objective_estimate(best).text()}", "",
                   "| param | value |", "|---|---|"]
         lines += [f"| `{_cell(k)}` | {_cell(_format_value(v))} |" for k, v in sorted(best.params.items())]
     elif len(study.directions) > 1 and any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
@@ -262,8 +267,10 @@ def write_report(study: optuna.Study, out_dir: str | Path, histories: Histories 
     written, skipped = write_plots(study, out_dir / "plots", histories, objective_metric, run_names)
     best = best_trial(study)
     if best is not None:
+        estimate = objective_estimate(best)
         (out_dir / "best_params.json").write_text(json.dumps(
-            {"study": study.study_name, "trial": best.number, "value": best.value, "params": best.params},
+            {"study": study.study_name, "trial": best.number, "value": best.value, "se": _finite_or_none(estimate.se),
+             "prompts": estimate.prompts, "seeds": estimate.seeds, "params": best.params},
             indent=2, default=str) + "\n")
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(study, written, skipped, out_dir, objective_metric, run_names))

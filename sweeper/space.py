@@ -506,14 +506,18 @@ def suggest(trial: Any, name: str, param: Any) -> Any:
     return copy.deepcopy(param.value)
 
 
-def resolve(spec: "StudySpec", sampled: SampledConfig, *, output_dir: str | None = None) -> dict[str, Any]:
-    """Apply the budget's step override and the trial's output folder, check the constraints, and
-    validate through ``parse_config``. Returns the RunConfig as plain data; raises :class:`Rejected`."""
+def resolve(spec: "StudySpec", sampled: SampledConfig, *, output_dir: str | None = None,
+            step0_cache: str | None = None) -> dict[str, Any]:
+    """Apply the budget's step override, the trial's output folder and the study's step-0 validation cache
+    (unless the base config names its own), check the constraints, and validate through ``parse_config``.
+    Returns the RunConfig as plain data; raises :class:`Rejected`."""
     config = copy.deepcopy(sampled.config)
     if spec.budget.steps:
         set_path(config, "train.steps", spec.budget.steps)
     if output_dir is not None:
         set_path(config, "train.output_dir", output_dir)
+    if step0_cache is not None and get_path(config, "eval.step0_cache") is None:
+        set_path(config, "eval.step0_cache", step0_cache)
     for constraint in spec.space.constraints:
         if condition_holds(constraint.when, config) and not evaluate_constraint(constraint.expr, config):
             shown = ", ".join(f"{p}={_short(get_path(config, p))}" for p in constraint.paths)

@@ -42,7 +42,7 @@ sampler, the pruner (with entropy-health rules), the budget, the executor and th
       resources: {cpus_per_trial: 1, gpus_per_trial: 0, timeout_min: 240}
       # slurm: profile: local-test (slurm/profiles/) plus partition, account, qos, time_limit_min, nodes,
       # tasks_per_node, gpus_per_node, cpus_per_task, mem_gb, constraint, job_name, setup, python, ...
-    tracking: {enabled: true, uri: null, experiment: null}
+    tracking: {enabled: true, uri: null, experiment: null, artifact_location: null}
 
 Every relative path in a study file (``base``, ``include``, ``study.dir``, a relative
 ``journal://`` or ``sqlite:///`` path, a ``file.py:function`` entrypoint) is resolved against the
@@ -119,6 +119,9 @@ class ObjectiveSpec(SpecModel):
     direction: Literal["maximize", "minimize"] = "maximize"
     aggregation: Literal["last", "best", "mean_last_n"] = "last"
     last_n: int = Field(3, gt=0, description="Validations averaged by mean_last_n.")
+    baseline: dict[str, Any] | None = Field(
+        None, description="The config results are measured against, by parameter name like an enqueue entry "
+        "(default: the first enqueue entry). It runs first and is not pruned on its score.")
 
     @field_validator("metric")
     @classmethod
@@ -149,6 +152,11 @@ class BudgetSpec(SpecModel):
     timeout: float | None = Field(None, gt=0, description="Seconds (or 30m, 2h) after which no new trial starts.")
     max_parallel: int = Field(1, gt=0, description="Trials in flight at once.")
     steps: int | None = Field(None, gt=0, description="Override train.steps for every trial.")
+    seeds: int = Field(
+        1, ge=1,
+        description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
+        "and its value is their mean, with the standard error over seeds.",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -166,6 +174,10 @@ class TrackingSpec(SpecModel):
     enabled: bool = True
     uri: str | None = Field(None, description="None = sqlite:///<study dir>/mlflow.db.")
     experiment: str | None = Field(None, description="None = the study name.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts: a path (relative to the study file) or a URI. "
+                          "None = <dir of mlflow.db>/mlartifacts/<experiment> for SQLite, <study dir>/mlartifacts/"
+                          "<experiment> for a database server (postgresql://...), the server's choice for http(s)://.")
 
 
 # --------------------------------------------------------------------------- the study spec
@@ -220,7 +232,11 @@ class StudySpec(SpecModel):
                 )
             if self.sampler.type in SINGLE_OBJECTIVE_ONLY:
                 problems.append(f"sampler.type: {self.sampler.type!r} is single-objective; use nsga2, tpe, random or gp")
+        if self.budget.seeds > 1 and "seed" in {param_path(n, p) for n, p in self.space.params.items()}:
+            problems.append("budget.seeds: the space already sweeps `seed`; replicate seeds come from budget.seeds "
+                            "(seed, seed + 1, ...): remove one of the two")
         problems += self._check_param_values()
+        problems += self._check_baseline()
         problems += self._check_objective_metrics()
         problems += self._check_enqueue()
         if self.sampler.type == "grid":
@@ -273,21 +289,35 @@ class StudySpec(SpecModel):
                 )
         return problems
 
+    def _check_baseline(self) -> list[str]:
+        problems = [f"objective[{i}].baseline: give the baseline on the first objective only"
+                    for i, objective in enumerate(self.objective[1:], start=1) if objective.baseline is not None]
+        if self.objective[0].baseline is not None:
+            where = "objective.baseline" if len(self.objective) == 1 else "objective[0].baseline"
+            problems += self._check_params(self.objective[0].baseline, where)
+        return problems
+
     def _check_enqueue(self) -> list[str]:
         problems = []
-        params = self.space.params
         for i, entry in enumerate(self.enqueue):
-            for name, value in entry.items():
-                param = params.get(name)
-                where = f"enqueue[{i}].{name}"
-                if param is None or isinstance(param, FixedParam):
-                    sampled = ", ".join(self.space.sampled()) or "(none)"
-                    problems.append(f"{where}: not a sampled parameter of the space; sampled: {sampled}")
-                elif isinstance(param, CategoricalParam) and value not in param.choices:
-                    problems.append(f"{where}: {value!r} is not one of the choices {param.choices}")
-                elif isinstance(param, (FloatParam, IntParam)):
-                    if not isinstance(value, (int, float)) or isinstance(value, bool) or not param.low <= value <= param.high:
-                        problems.append(f"{where}: {value!r} is outside [{param.low}, {param.high}]")
+            problems += self._check_params(entry, f"enqueue[{i}]")
+        return problems
+
+    def _check_params(self, entry: dict[str, Any], at: str) -> list[str]:
+        """Parameter values by name (an enqueue entry, the baseline): each a sampled parameter, in its range."""
+        problems = []
+        params = self.space.params
+        for name, value in entry.items():
+            param = params.get(name)
+            where = f"{at}.{name}"
+            if param is None or isinstance(param, FixedParam):
+                sampled = ", ".join(self.space.sampled()) or "(none)"
+                problems.append(f"{where}: not a sampled parameter of the space; sampled: {sampled}")
+            elif isinstance(param, CategoricalParam) and value not in param.choices:
+                problems.append(f"{where}: {value!r} is not one of the choices {param.choices}")
+            elif isinstance(param, (FloatParam, IntParam)):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not param.low <= value <= param.high:
+                    problems.append(f"{where}: {value!r} is outside [{param.low}, {param.high}]")
         return problems
 
     # ---- resolved views
@@ -311,6 +341,12 @@ class StudySpec(SpecModel):
     @property
     def base_source(self) -> str | None:
         return self._base_source
+
+    @property
+    def baseline_params(self) -> dict[str, Any] | None:
+        """The baseline's parameter values: ``objective.baseline``, else the first enqueue entry, else None."""
+        explicit = self.objective[0].baseline
+        return dict(explicit) if explicit is not None else (dict(self.enqueue[0]) if self.enqueue else None)
 
     @property
     def param_origins(self) -> dict[str, str]:
@@ -379,6 +415,8 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
             "experiment": spec.tracking.experiment or spec.study.name,
         }
     )
+    tracking = tracking.model_copy(update={"artifact_location": _artifact_location(tracking, study_dir, folder)})
+    _check_database_drivers(storage, tracking)
     spec = spec.model_copy(
         update={"study": spec.study.model_copy(update={"dir": str(study_dir), "storage": storage}), "tracking": tracking}
     )
@@ -386,6 +424,32 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
     spec._base_source = base_source
     spec._param_origins = origins
     return spec
+
+
+def _artifact_location(tracking: TrackingSpec, study_dir: Path, folder: Path) -> str | None:
+    """``tracking.artifact_location`` made absolute (a path is relative to the study file); for a
+    database-server store (postgresql://...), default ``<study dir>/mlartifacts/<experiment>`` (MLflow
+    would otherwise use ./mlruns of whatever directory a process runs in)."""
+    location = tracking.artifact_location
+    if location:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):  # a URI: file:///..., s3://..., mlflow-artifacts:/...
+            return location
+        return (folder / Path(location).expanduser()).resolve().as_uri()
+    scheme = (tracking.uri or "").split("://", 1)[0].split("+", 1)[0]
+    if "://" in (tracking.uri or "") and scheme in ("postgresql", "mysql", "mssql"):
+        slug = re.sub(r"[^\w.-]+", "_", tracking.experiment or "").strip("._") or "experiment"
+        return (study_dir / "mlartifacts" / slug).as_uri()
+    return None
+
+
+def _check_database_drivers(storage: str, tracking: TrackingSpec) -> None:
+    """The database driver of the Optuna storage and of the MLflow store must be importable
+    (``SpecError`` naming the package, e.g. ``entropy-sweeper[postgres]``)."""
+    from .storage import check_database_driver
+
+    check_database_driver(storage, "study.storage")
+    if tracking.enabled:
+        check_database_driver(tracking.uri, "tracking.uri")
 
 
 def _load_base(base: Any, folder: Path) -> tuple[dict[str, Any], str | None]:

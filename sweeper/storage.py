@@ -6,7 +6,13 @@
   needs a local filesystem; on a shared filesystem use the journal storage or a database server.
 * ``journal:///abs/path.log``: Optuna's journal storage on a file (JournalFileBackend, with its
   open-lock) -- for shared filesystems where SQLite locking is unreliable.
-* any other SQLAlchemy URL (``postgresql://user@host/db``): an RDB storage.
+* any other SQLAlchemy URL (``postgresql://user@host/db``): an RDB storage. Its database driver
+  must be installed (``pip install 'entropy-sweeper[postgres]'`` brings psycopg 3, which SQLAlchemy
+  >= 2.1 uses for a bare ``postgresql://``): :func:`check_database_driver` says so at ``load_spec``
+  (so ``sweeper validate`` and ``run`` refuse it with the fix). A server that cannot be reached is a
+  ``SpecError`` (exit 2, no traceback) from :func:`make_storage` naming the server, what the driver
+  said and the likely fix; the driver opens the storage before it launches anything. psycopg
+  connections give up after :data:`CONNECT_TIMEOUT_S` unless the URL sets ``connect_timeout``.
 
 Preflight for studies whose trials run on other machines (Slurm): :func:`check_cluster_storage`
 refuses a SQLite file on a network filesystem (NFS, CIFS/SMB, Lustre, GPFS, BeeGFS, CephFS, ...;
@@ -18,13 +24,23 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 JOURNAL_PREFIX = "journal://"
 SQLITE_PREFIX = "sqlite:///"
 PROC_MOUNTS = "/proc/mounts"
+POSTGRES_EXTRA = "entropy-sweeper[postgres]"
+CONNECT_TIMEOUT_S = 10
+# the pip package of a database driver module, for the error message (psycopg: the extra)
+DRIVER_PACKAGES = {"psycopg": f"'{POSTGRES_EXTRA}'", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+                   "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
+                   "pyodbc": "pyodbc", "pymssql": "pymssql", "oracledb": "oracledb", "cx_Oracle": "cx_Oracle"}
+# MLflow treats tracking URIs with these schemes (before any +driver) as SQLAlchemy database URLs
+MLFLOW_DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "ncpfs", "afs", "coda", "9p", "lustre", "gpfs", "mmfs",
     "beegfs", "fhgfs", "ceph", "cephfs", "glusterfs", "panfs", "pvfs2", "orangefs", "ocfs2", "gfs2", "wekafs",
@@ -49,10 +65,19 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    if worker:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True)
-    else:
-        storage = _create_rdb_storage(url, engine_kwargs)
+    elif _uses_psycopg(url) and "connect_timeout=" not in url:
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    try:
+        if worker:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True)
+        else:
+            storage = _create_rdb_storage(url, engine_kwargs)
+    except Exception as error:  # noqa: BLE001 - only connection failures of a server are translated
+        if url.startswith(SQLITE_PREFIX) or not _is_connection_error(error):
+            raise
+        from .schema import SpecError
+
+        raise SpecError(unreachable_message(url, error)) from None
     if url.startswith(SQLITE_PREFIX):
         _use_wal(storage)
     return storage
@@ -121,7 +146,7 @@ def open_study(spec: Any, *, create: bool, max_parallel: int | None = None):
         )
     else:
         if spec.study.name not in optuna.get_all_study_names(storage):
-            raise SpecError(f"study {spec.study.name!r} is not in storage {spec.study.storage}: run `sweeper run` first")
+            raise SpecError(f"study {spec.study.name!r} is not in storage {redact_url(spec.study.storage)}: run `sweeper run` first")
         study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
     existing = len(study.get_trials(deepcopy=False))
     if existing and spec.sampler.seed is not None:
@@ -130,10 +155,96 @@ def open_study(spec: Any, *, create: bool, max_parallel: int | None = None):
     stored = [d.name.lower() for d in study.directions]
     if stored != spec.directions:
         raise SpecError(
-            f"objective: study {spec.study.name!r} in {spec.study.storage} has directions {stored}, the spec says "
+            f"objective: study {spec.study.name!r} in {redact_url(spec.study.storage)} has directions {stored}, the spec says "
             f"{spec.directions}; a study's objectives cannot change: use a new study.name"
         )
     return study, storage
+
+
+# --------------------------------------------------------------------------- database servers
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages (``postgresql://user:***@host/db``)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[1]}"))
+    except ValueError:
+        return url
+
+
+def _uses_psycopg(url: str) -> bool:
+    scheme = url.split("://", 1)[0]
+    return scheme in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(error, (OperationalError, InterfaceError))
+
+
+def unreachable_message(url: str, error: BaseException, field: str = "study.storage") -> str:
+    """One paragraph: which server, what the driver said, and the likely fix."""
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+    detail_text = " ".join(line.strip() for line in detail[:2]) if detail else type(error).__name__
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
+    database = parts.path.lstrip("/") or "(default database)"
+    lowered = detail_text.lower()
+    if "does not exist" in lowered and "database" in lowered:
+        fix = f"create the database first (as its owner: createdb -h {parts.hostname} {database})"
+    elif "password" in lowered or "authentication" in lowered:
+        fix = ("check the user and password (a password can also come from ~/.pgpass or PGPASSWORD on every "
+               "machine that runs the driver or trials)")
+    else:
+        fix = (f"check that the database server runs and listens on {where}, and that this machine (and every "
+               f"node that runs trials) can reach it")
+    end = "" if detail_text.endswith((".", "?", "!")) else "."
+    return f"{field}: cannot connect to {redact_url(url)}: {detail_text}{end} {fix[0].upper()}{fix[1:]}"
+
+
+def check_database_driver(url: str | None, field: str = "study.storage") -> None:
+    """Raise ``SpecError`` if ``url`` is a SQLAlchemy database URL (not SQLite) whose driver module
+    cannot be imported, naming the package to install. SQLAlchemy decides which driver a bare
+    ``postgresql://`` uses (psycopg 3 from SQLAlchemy 2.1 on, psycopg2 before); ``+psycopg`` /
+    ``+psycopg2`` name one. No-op for sqlite, journal, http(s), file and other non-database URLs."""
+    if not url or "://" not in url:
+        return
+    scheme = url.split("://", 1)[0]
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite" or url.startswith(JOURNAL_PREFIX):
+        return
+    if field.startswith("tracking") and base not in MLFLOW_DATABASE_SCHEMES:
+        return  # http(s)://, file:, databricks, ...: MLflow's own stores
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from .schema import SpecError
+
+    shown = redact_url(url)
+    try:
+        dialect = make_url(url).get_dialect()
+    except (NoSuchModuleError, ArgumentError) as error:
+        raise SpecError(f"{field}: {shown} is not a database URL SQLAlchemy can use ({error}); for PostgreSQL write "
+                        f"postgresql://user@host:5432/database") from None
+    if getattr(dialect, "is_async", False):
+        raise SpecError(f"{field}: {scheme} is an asyncio driver; Optuna and MLflow need a synchronous one: write "
+                        f"postgresql:// (psycopg, pip install '{POSTGRES_EXTRA}')")
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        module = (error.name or "").split(".")[0] or dialect.driver
+        package = DRIVER_PACKAGES.get(module, module)
+        how = "" if "+" in scheme else f" (SQLAlchemy's default driver for {scheme}://)"
+        fix = f"pip install {package}"
+        if module == "psycopg2":
+            fix += f", or use psycopg 3: {base}+psycopg:// or {base}:// with pip install '{POSTGRES_EXTRA}'"
+        raise SpecError(f"{field}: {shown} needs the database driver {module}{how}, which is not installed in "
+                        f"{sys.executable}: {fix}") from None
 
 
 # --------------------------------------------------------------------------- preflight for cluster studies

@@ -206,7 +206,7 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
     previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         server.start()
-        print(f"starting MLflow UI for {tracking_uri} on {server.url} ...", file=out, flush=True)
+        print(f"starting MLflow UI for {redact_uri(tracking_uri)} on {server.url} ...", file=out, flush=True)
         server.wait_healthy()
         if experiment_id is None:
             print(f"no experiment {experiment!r} in this store yet (run the study first); MLflow UI: {server.url}", file=out)

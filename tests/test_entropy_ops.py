@@ -132,3 +132,85 @@ def test_fused_logprobs_and_entropy_equal_the_separate_functions():
         logp, entropy = token_logprobs_and_entropy(logits, tokens, chunk_size)
         assert torch.allclose(logp, token_logprobs(logits, tokens, chunk_size), atol=1e-6)
         assert torch.allclose(entropy, token_entropy(logits, chunk_size), atol=1e-6)
+
+
+def test_minus_infinity_logits_give_finite_entropies_and_gradients():
+    """Top-k masking or banned ids put -inf in the logits: those entries have p = 0 and add nothing
+    (0 log 0 = 0) to the entropy or its gradient, instead of turning them into NaN."""
+    from trainers.entropy.ops import token_logprobs, token_logprobs_and_entropy
+
+    generator = torch.Generator().manual_seed(4)
+    finite = torch.randn(3, 4, 9, generator=generator, dtype=torch.float64)
+    banned = torch.zeros_like(finite, dtype=torch.bool)
+    banned[..., 6:] = True                      # three banned ids everywhere
+    banned[0, 1, 1:6] = True                    # and a position where only id 0 is left (H = 0)
+    logits = finite.masked_fill(banned, float("-inf"))
+    expected = torch.stack([full_entropy_reference(row[~mask]) if (~mask).sum() > 1 else row.new_zeros(())
+                            for row, mask in zip(finite.reshape(-1, 9), banned.reshape(-1, 9))]).reshape(3, 4)
+    leaf = logits.clone().requires_grad_(True)
+    entropy = token_entropy(leaf, chunk_size=5)
+    torch.testing.assert_close(entropy.detach(), expected, rtol=1e-10, atol=1e-12)
+    entropy.sum().backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad[banned] == 0).all()
+    tokens = torch.zeros(3, 4, dtype=torch.long)   # id 0 is never banned
+    logp, fused_entropy = token_logprobs_and_entropy(logits, tokens, chunk_size=5)
+    torch.testing.assert_close(fused_entropy, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logp, token_logprobs(logits, tokens, chunk_size=5), check_dtype=False)
+    assert torch.isfinite(logp).all()
+    assert torch.isfinite(nucleus_entropy(logits, top_p=0.8, top_k=9, chunk_size=5)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_token_logprobs_values_and_gradients_match_autograd_reference(dtype):
+    """The chunked log-prob (which rebuilds each chunk's softmax in the backward pass instead of keeping
+    float32 copies) against plain autograd through log_softmax in float64."""
+    from trainers.entropy.ops import token_logprobs
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(3, 7, 13, generator=g, dtype=torch.float64) * 3
+    base[0, 0, 5] = float("-inf")                       # a banned id that is never sampled
+    tokens = torch.randint(0, 5, (3, 7), generator=g)
+    upstream = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    reference_leaf = base.to(dtype).double().requires_grad_(True)
+    expected = torch.log_softmax(reference_leaf, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * upstream).sum().backward()
+    tolerance = {torch.float64: 1e-6, torch.float32: 1e-6, torch.bfloat16: 1e-5}[dtype]
+    for chunk_size in (1, 4, 1024):
+        leaf = base.to(dtype).requires_grad_(True)
+        logp = token_logprobs(leaf, tokens, chunk_size)
+        assert logp.dtype == torch.float32
+        torch.testing.assert_close(logp.double(), expected.detach(), rtol=tolerance, atol=tolerance)
+        (logp * upstream.float()).sum().backward()
+        assert leaf.grad.dtype == dtype and torch.isfinite(leaf.grad).all()
+        torch.testing.assert_close(leaf.grad.double(), reference_leaf.grad,
+                                   rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+
+
+def _bytes_saved_for_backward(fn, logits):
+    """Bytes autograd keeps for the backward pass of ``fn(logits)``, not counting ``logits`` itself (kept
+    by the model anyway)."""
+    saved = []
+
+    def pack(tensor):
+        if tensor.data_ptr() != logits.data_ptr():
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(logits)
+    return sum(saved)
+
+
+@pytest.mark.parametrize("name", ["token_logprobs", "token_entropy", "nucleus_entropy"])
+def test_with_grad_only_the_logits_are_kept_for_backward_not_float32_blocks(name):
+    """bf16 logits [n, V] with grad: autograd keeps the logits and O(n) numbers per position, never a float32
+    [chunk, V] block per chunk (at 152k vocabulary x 3k tokens those blocks would be twice the logits)."""
+    from trainers.entropy.ops import token_logprobs
+
+    n, vocab = 12, 50
+    logits = torch.randn(n, vocab).bfloat16().requires_grad_(True)
+    tokens = torch.randint(0, vocab, (n,))
+    fn = {"token_logprobs": lambda x: token_logprobs(x, tokens, chunk_size=4),
+          "token_entropy": lambda x: token_entropy(x, chunk_size=4),
+          "nucleus_entropy": lambda x: nucleus_entropy(x, 0.8, 10, chunk_size=4)}[name]
+    assert _bytes_saved_for_backward(fn, logits) <= 2 * n * 8

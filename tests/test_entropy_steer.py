@@ -188,7 +188,7 @@ def test_paper_form_zeroes_clipped_tokens():
     # not clipped by a ratio above 1 (their clip is r < 0.8) and keep their Omega
     for i in range(len(rows)):
         logits[i, 0, rollout.tokens[rows[i], 0]] += 5.0
-    micro = micro_batch(rollout, batch, rows, logits=logits.requires_grad_(True))
+    micro = micro_batch(rollout, batch, rows, logits=logits.requires_grad_(True), clip=steer.run_config.clip)
     ratio0 = (micro.logp[:, 0] - micro.old_logp[:, 0]).exp()
     assert (ratio0 > 1.28).all()
     weights, _ = steer.token_weights(micro)

@@ -9,7 +9,8 @@ r_{i,t} = pi(o_t|s)/pi_old(o_t|s), A_i the group-relative advantage, M_{i,t} the
               l = min(l, -A c). r = exp(clamp(logp - logp_old, -20, 20)).
 - Aggregation ``token_mean``:              sum(l M) / sum(M)
               ``seq_mean_token_mean``:     mean_i [ sum_t l M / sum_t M ]
-              ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T = padded length)
+              ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T a constant: the trainer
+                                           passes rollout.max_new_tokens, as verl pads to the maximum length)
 - KL          k3 estimator: exp(ref - logp) - (ref - logp) - 1.
 """
 
@@ -71,52 +72,66 @@ def compute_advantages(kind: str, rewards: torch.Tensor, group_size: int) -> tor
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                   eps_low: float, eps_high: float, dual_c: float | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token clipped surrogate loss and its [B, T] diagnostics (ratio, clipped_low, clipped_high).
+    """Per-token clipped surrogate loss and its [B, T] diagnostics (no grad), which the GRPO step also
+    hands to the entropy hooks (``MicroBatch.clip_stats``):
 
+    ``ratio``, ``log_ratio``: r and log r (clamped to [-20, 20]);
     ``clipped_low``: A < 0 and r < 1 - eps_low (the clipped branch is active, no gradient);
-    ``clipped_high``: A > 0 and r > 1 + eps_high; ``clipped_dual``: the dual-clip bound is active.
+    ``clipped_high``: A > 0 and r > 1 + eps_high; ``clipped_dual``: the dual-clip bound is active;
+    ``clipped``: any of the three: the token's loss has no gradient through r (STEER's I_clip = 0);
+    ``clipped_term_larger``: -A clip(r) > -A r, the clipped term strictly wins the max, dual clip not
+    considered (Clip-Cov's "already clipped" test, as verl's ``compute_policy_loss_clip_cov``).
     """
     log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     token_loss = torch.maximum(unclipped, clipped)
+    clipped_term_larger = clipped > unclipped
     clipped_dual = torch.zeros_like(ratio, dtype=torch.bool)
     if dual_c is not None:
         dual_bound = -advantages * dual_c
         clipped_dual = (advantages < 0) & (token_loss > dual_bound)
         token_loss = torch.where(advantages < 0, torch.minimum(token_loss, dual_bound), token_loss)
+    clipped_low = ((advantages < 0) & (ratio < 1.0 - eps_low)).detach()
+    clipped_high = ((advantages > 0) & (ratio > 1.0 + eps_high)).detach()
     stats = {
         "ratio": ratio.detach(),
         "log_ratio": log_ratio.detach(),
-        "clipped_low": ((advantages < 0) & (ratio < 1.0 - eps_low)).detach(),
-        "clipped_high": ((advantages > 0) & (ratio > 1.0 + eps_high)).detach(),
+        "clipped_low": clipped_low,
+        "clipped_high": clipped_high,
         "clipped_dual": clipped_dual.detach(),
+        "clipped": clipped_low | clipped_high | clipped_dual.detach(),
+        "clipped_term_larger": clipped_term_larger.detach(),
     }
     return token_loss, stats
 
 
 @register_aggregation("token_mean")
-def token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
     return (token_values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
     per_sequence = (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_sequence.mean()
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+    """mean_i [ sum_t l M ] / norm_length; ``norm_length`` None = the padded length ``mask.shape[-1]``."""
     per_sequence = (token_values * mask).sum(-1)
-    return per_sequence.mean() / mask.shape[-1]
+    return per_sequence.mean() / (mask.shape[-1] if norm_length is None else norm_length)
 
 
-def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+    """Aggregate [B, T] token values over ``mask`` with ``loss_agg`` mode ``mode``. ``norm_length``: Dr.GRPO's
+    constant T (``seq_mean_token_sum_norm``; the trainer passes ``rollout.max_new_tokens``), ignored by the
+    other modes."""
     if mode not in LOSS_AGGREGATIONS:
         raise ValueError(f"loss_agg: unknown mode {mode!r}; registered: {sorted(LOSS_AGGREGATIONS)}")
-    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype))
+    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype), norm_length)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

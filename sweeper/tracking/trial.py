@@ -108,11 +108,17 @@ class TrialTracker:
         self._queue_metrics(step, metrics)
         self._sync()
 
-    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None,
+                      *, artifact_folder: str = "per_prompt") -> None:
+        """Log the validation's metrics, and its per-prompt results as ``<artifact_folder>/step_NNNNNN.json``."""
         self._queue_metrics(step, metrics)
         if per_prompt is not None:
-            self._pending_artifacts[PER_PROMPT_ARTIFACT.format(step=int(step))] = json.dumps(dict(per_prompt))
+            self._pending_artifacts[PER_PROMPT_ARTIFACT.format(folder=artifact_folder, step=int(step))] = json.dumps(dict(per_prompt))
         self._sync()
+
+    def flush(self) -> None:
+        """Send what is buffered now (if the store is reachable); the run stays open."""
+        self._sync(force=True)
 
     def stop_reason(self) -> str | None:
         return None

@@ -14,10 +14,11 @@ but NOT verified against it. Every choice below is a config field so it can be s
     alpha_t   = clip(alpha_{t-1} + eta_alpha * (H* - H_t), 0, alpha_max),  alpha_0 = alpha_init
     L         = L_pg - (1/|tokens|) sum_{i,t} alpha_i M_{i,t} H_{i,t}   (full-vocabulary current entropy)
 
-H_t is the token-mean full entropy of the OLD policy on the step's rollout batch. The update runs once
-per step in ``begin_step``, before the step's updates, so the alpha used at step t already reacts to
-H_t (dual ascent on the constraint H >= H*; alpha grows while entropy is below the target and decays
-to 0 while it is above). The ``linear`` weight is 1 for acc <= rho and falls linearly to 0 at acc = 1:
+H_t is the token-mean full entropy of the OLD policy on the step's whole rollout batch (with several
+processes: over every process's shard, all-reduced). The update runs once per step in ``begin_step``,
+before the step's updates, so the alpha used at step t already reacts to H_t (dual ascent on the
+constraint H >= H*; alpha grows while entropy is below the target and decays to 0 while it is above).
+The ``linear`` weight is 1 for acc <= rho and falls linearly to 0 at acc = 1:
 it equals ``threshold`` at both ends, is continuous and decreasing, and gives all-correct groups 0
 (they also have A = 0 in GRPO). With rho = 1 both allocations regularize every prompt.
 
@@ -44,6 +45,7 @@ from typing import Any
 
 import torch
 
+from ..collectives import global_ratio
 from .anchor import TargetAnchor
 from .base import EntropyIntervention, MicroBatch, StepBatch, register_intervention
 from .ops import masked_token_mean, token_entropy
@@ -95,7 +97,8 @@ class AdaptiveEntropyRegularization(EntropyIntervention):
 
     def begin_step(self, batch: StepBatch) -> dict[str, float]:
         cfg = self.config
-        current_entropy = float(masked_token_mean(batch.old_entropy, batch.response_mask))
+        # H_t over the whole step batch (every process's shard), so each rank updates the same alpha
+        current_entropy = global_ratio((batch.old_entropy * batch.response_mask).sum(), batch.response_mask.sum())
         self.anchor.update(current_entropy)
         target = self.anchor.target
         self.alpha = aer_alpha_update(self.alpha, target, current_entropy, cfg.alpha_lr, cfg.alpha_max)

@@ -15,6 +15,18 @@ plain GRPO:
 
 Each hook returns metrics (name -> float) where noted; the trainer averages per-micro-batch
 metrics over the step and logs them under the method's prefix.
+
+What the step hands the hooks: :class:`StepBatch` (the rollout batch after the old-policy pass) to
+``begin_step``; :class:`MicroBatch` to the per-micro-batch hooks. After the PPO loss the step puts that
+loss's clip statistics in ``MicroBatch.clip_stats`` (``trainers.algorithms.ppo_clip_loss``), so the hooks
+after it (4-7) read which tokens are clipped instead of recomputing it from the run's ``clip`` settings.
+
+Data parallel: each process holds a shard of the step batch. A statistic that sets a method's state
+(an anchor, a coefficient, a threshold) is reduced over the processes (``collectives``), so every rank
+computes what one process over the whole batch would; a no-op on one process.
+
+A method is its module here (found by name, ``load_methods``) and its config section in
+``trainers/config.py`` (``MethodSection``); ``register_intervention`` refuses a name without a section.
 """
 
 from __future__ import annotations
@@ -57,6 +69,15 @@ class MicroBatch:
     old_features: dict[str, torch.Tensor] = field(default_factory=dict)  # sliced to the micro-batch
     num_micro_batches: int = 1           # micro-batches in this optimizer step (for per-step scaling)
     chunk_size: int = 1024
+    seed: int = 0                        # for the hooks' random choices: a function of (run seed, step, epoch,
+                                         # mini-batch, global micro-batch index), the same on any number of processes
+    clip_stats: dict[str, torch.Tensor] | None = None  # set by the step after the PPO loss (ppo_clip_loss's stats)
+
+    def require_clip_stats(self, method: str) -> dict[str, torch.Tensor]:
+        if self.clip_stats is None:
+            raise RuntimeError(f"{method}: MicroBatch.clip_stats is not set; the GRPO step sets it after the PPO loss "
+                               "(trainers.algorithms.ppo_clip_loss), before the token-loss hooks")
+        return self.clip_stats
 
 
 Metrics = dict[str, float]
@@ -116,11 +137,21 @@ class EntropyIntervention:
 
 _REGISTRY: dict[str, Callable[..., EntropyIntervention]] = {"none": EntropyIntervention}
 
-
 def register_intervention(name: str):
-    """Class decorator: ``@register_intervention("siren")`` makes ``entropy.method: siren`` pick it."""
+    """Class decorator: ``@register_intervention("siren")`` makes ``entropy.method: siren`` pick it.
+
+    ``name`` must be a method with a config section (``trainers.config.METHOD_SECTIONS``): a method is
+    its module here plus its section in ``trainers/config.py``."""
+    from ..config import METHOD_SECTIONS
+
+    if name not in METHOD_SECTIONS:
+        raise ValueError(f"entropy method {name!r} has no config section: add a MethodSection subclass with "
+                         f"method = {name!r} and its field to EntropyConfig in trainers/config.py")
 
     def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"entropy method {name!r} is registered twice: by {_REGISTRY[name].__module__} "
+                             f"and {cls.__module__}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -128,19 +159,37 @@ def register_intervention(name: str):
     return wrap
 
 
-def registered_interventions() -> list[str]:
-    from . import _load_all  # noqa: F401  (imports every method module so they register)
+def package_modules() -> list[str]:
+    """The modules of ``trainers.entropy``, found by name: each method's module registers itself on import;
+    the shared ones (base, ops, anchor, ...) register nothing."""
+    import pkgutil
 
+    from .. import entropy as package
+
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
+
+
+def load_methods() -> None:
+    """Import every module of the package, so that every method module registers its method (idempotent)."""
+    import importlib
+
+    for module in package_modules():
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def registered_interventions() -> list[str]:
+    load_methods()
     return sorted(_REGISTRY)
 
 
 def build_intervention(entropy_config: Any, run_config: Any = None) -> EntropyIntervention:
     """The intervention named by ``entropy_config.method``, given its own config section and the run config."""
-    from . import _load_all  # noqa: F401  (imports every method module so they register)
+    from ..config import METHOD_SECTIONS
 
+    load_methods()
     name = entropy_config.method
     if name not in _REGISTRY:
         raise ValueError(f"entropy.method: unknown method {name!r}; registered: {registered_interventions()}")
-    section_name = {"entropy_bonus": "bonus", "forking_tokens": "forking"}.get(name, name)
-    section = getattr(entropy_config, section_name, None)
+    sections = METHOD_SECTIONS.get(name, ())
+    section = getattr(entropy_config, sections[0], None) if sections else None
     return _REGISTRY[name](section, entropy_config, run_config=run_config)

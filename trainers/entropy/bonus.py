@@ -26,11 +26,12 @@ from .base import EntropyIntervention, MicroBatch, register_intervention
 from .ops import masked_token_mean, token_entropy
 
 
-def entropy_bonus_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, agg: str = "token_mean") -> torch.Tensor:
-    """-beta * agg(H, M) with the PG loss's aggregation ``agg``."""
+def entropy_bonus_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, agg: str = "token_mean",
+                       norm_length: int | None = None) -> torch.Tensor:
+    """-beta * agg(H, M) with the PG loss's aggregation ``agg`` (and its Dr.GRPO length ``norm_length``)."""
     from ..algorithms import aggregate
 
-    return -coef * aggregate(agg, entropy, mask)
+    return -coef * aggregate(agg, entropy, mask, norm_length)
 
 
 @register_intervention("entropy_bonus")
@@ -42,12 +43,13 @@ class EntropyBonus(EntropyIntervention):
 
         super().__init__(config if config is not None else BonusConfig(), entropy_config, run_config)
         self.loss_agg = run_config.loss_agg if run_config is not None else "token_mean"
+        self.norm_length = run_config.rollout.max_new_tokens if run_config is not None else None
 
     def extra_loss(self, micro: MicroBatch) -> tuple[torch.Tensor | None, dict[str, float]]:
         if self.config.coef == 0.0:
             return None, {}
         entropy = token_entropy(micro.logits, micro.chunk_size)
-        loss = entropy_bonus_loss(entropy, micro.response_mask, self.config.coef, self.loss_agg)
+        loss = entropy_bonus_loss(entropy, micro.response_mask, self.config.coef, self.loss_agg, self.norm_length)
         return loss, {
             "current_entropy": float(masked_token_mean(entropy.detach(), micro.response_mask)),
             "bonus": float(-loss.detach()),

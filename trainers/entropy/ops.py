@@ -1,10 +1,11 @@
 """Entropy from logits, computed in chunks over positions.
 
-A [positions, vocab] logit block is turned into a float32 softmax one chunk of positions at a time,
-so a 152k vocabulary x 8k positions never materializes twice in float32. When the logits require
-grad, each chunk runs under activation checkpointing: autograd keeps only the chunk's input (a view
-of the logits that are stored anyway) and recomputes the chunk's softmax in the backward pass, so the
-float32 probabilities of all positions are never held at once for backward either.
+A [positions, vocab] logit block is turned into a float32 softmax one chunk of ``chunk_size`` positions
+at a time, so a 152k vocabulary x 8k positions never materializes twice in float32. Without grad, each
+chunk works in place (a few float32 [chunk, vocab] blocks at most). With grad, the forward keeps nothing
+but the logits (stored anyway) and the backward pass recomputes each chunk and writes its gradient into
+one [positions, vocab] buffer (``_RecomputedChunks``), so neither the float32 probabilities of all
+positions nor per-chunk full-size gradient blocks are ever held at once.
 
 - ``token_entropy``    H = -sum_v p_v log p_v (full vocabulary).
 - ``nucleus_entropy``  SIREN's top-p entropy (arXiv 2509.25133, repo Linn3a/siren
@@ -17,7 +18,30 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
+
+
+class _RecomputedChunks(torch.autograd.Function):
+    """``fn`` ([n, V] -> [n]) applied chunk by chunk: the forward runs without grad and keeps only the logits;
+    the backward recomputes each chunk with grad and writes d fn / d logits of that chunk into one buffer
+    (activation checkpointing per chunk, without the full-size zero block that slicing's backward adds
+    per chunk)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk_size: int) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        ctx.fn, ctx.chunk_size = fn, chunk_size
+        return torch.cat([fn(logits[start:start + chunk_size]) for start in range(0, logits.shape[0], chunk_size)])
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor):
+        (logits,) = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            with torch.enable_grad():
+                chunk = logits[start:stop].detach().requires_grad_(True)
+                (grad_logits[start:stop],) = torch.autograd.grad(ctx.fn(chunk), chunk, grad_values[start:stop])
+        return grad_logits, None, None
 
 
 def _map_position_chunks(fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
@@ -28,11 +52,9 @@ def _map_position_chunks(fn: Callable[[torch.Tensor], torch.Tensor], logits: tor
     flat = logits.reshape(-1, logits.shape[-1])
     if flat.shape[0] == 0:
         return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
-    keep_graph = torch.is_grad_enabled() and flat.requires_grad
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        chunk = flat[start:start + chunk_size]
-        pieces.append(checkpoint(fn, chunk, use_reentrant=False) if keep_graph else fn(chunk))
+    if torch.is_grad_enabled() and flat.requires_grad:
+        return _RecomputedChunks.apply(flat, fn, chunk_size).reshape(logits.shape[:-1])
+    pieces = [fn(flat[start:start + chunk_size]) for start in range(0, flat.shape[0], chunk_size)]
     return torch.cat(pieces).reshape(logits.shape[:-1])
 
 
@@ -41,9 +63,19 @@ def _upcast(chunk: torch.Tensor) -> torch.Tensor:
     return chunk if chunk.dtype == torch.float64 else chunk.float()
 
 
+def _entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """-sum_v p_v log p_v with 0 log 0 = 0: a logit of -inf (top-k masking, banned ids) has p = 0 and
+    log p = -inf, whose product would be NaN; such terms are 0 (value and gradient). Without grad it
+    works in place and overwrites ``log_probs``."""
+    probs = log_probs.exp()
+    if torch.is_grad_enabled() and log_probs.requires_grad:
+        return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+    log_probs.masked_fill_(probs == 0, 0.0)
+    return -probs.mul_(log_probs).sum(-1)
+
+
 def _entropy_of_chunk(chunk: torch.Tensor) -> torch.Tensor:
-    log_probs = torch.log_softmax(_upcast(chunk), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(-1)
+    return _entropy_from_log_probs(torch.log_softmax(_upcast(chunk), dim=-1))
 
 
 def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -54,10 +86,10 @@ def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
 
 def _nucleus_entropy_of_chunk(chunk: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
     logits = _upcast(chunk)
-    probs = torch.softmax(logits, dim=-1)
     k = min(top_k, logits.shape[-1])
-    top_indices = torch.topk(logits, k=k, dim=-1).indices                   # descending
-    top_probs = probs.gather(-1, top_indices)                                 # [n, K], differentiable
+    top_logits, top_indices = torch.topk(logits, k=k, dim=-1)                 # descending
+    # p_k = exp(z_k - logsumexp(z)) for the top K only: the same softmax, without a full [n, V] block
+    top_probs = torch.exp(top_logits - torch.logsumexp(logits, dim=-1, keepdim=True))   # [n, K], differentiable
     cumulative = torch.cumsum(top_probs.detach(), dim=-1)
     threshold = torch.full((cumulative.shape[0], 1), top_p, dtype=cumulative.dtype, device=cumulative.device)
     cutoff = torch.searchsorted(cumulative, threshold, right=False)           # n*: first c >= top_p
@@ -87,18 +119,49 @@ def nucleus_entropy(logits: torch.Tensor, top_p: float = 0.8, top_k: int = 10000
     return _map_position_chunks(lambda chunk: _nucleus_entropy_of_chunk(chunk, top_p, top_k), logits, chunk_size)
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """log p(token) = z_token - logsumexp(z) over [N, V] logits, chunk by chunk in float32.
+
+    Autograd through ``chunk.float()`` would keep a float32 copy of every chunk until the backward pass
+    (for bf16 logits: twice the logits' own memory). This function keeps only the logits (alive anyway)
+    and the per-position logsumexp, and rebuilds each chunk's softmax in the backward pass:
+    d log p(token) / dz = onehot(token) - softmax(z)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        logp = torch.empty(tokens.shape[0], dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(logp)
+        for start in range(0, logits.shape[0], chunk_size):
+            chunk = logits[start:start + chunk_size].float()
+            lse[start:start + chunk_size] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(-1, tokens[start:start + chunk_size, None]).squeeze(-1)
+            logp[start:start + chunk_size] = picked - lse[start:start + chunk_size]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.chunk_size = chunk_size
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            grad = grad_logp[start:stop, None].float()
+            chunk_grad = torch.exp(logits[start:stop].float() - lse[start:stop, None]).mul_(-grad)
+            chunk_grad.scatter_add_(-1, tokens[start:stop, None], grad)
+            grad_logits[start:stop] = chunk_grad
+        return grad_logits, None, None
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """log p(token) per position. logits [..., V], tokens [...] -> [...] (float32)."""
+    """log p(token) per position. logits [..., V], tokens [...] -> [...] (float32), computed in float32
+    chunks of ``chunk_size`` positions; with grad, memory beyond the logits is one chunk's float32 block."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
     flat = logits.reshape(-1, logits.shape[-1])
-    flat_tokens = tokens.reshape(-1)
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        chunk = flat[start:start + chunk_size].float()
-        picked = chunk.gather(-1, flat_tokens[start:start + chunk_size, None]).squeeze(-1)
-        pieces.append(picked - torch.logsumexp(chunk, dim=-1))
-    if not pieces:
+    if flat.shape[0] == 0:
         return flat.new_zeros(tokens.shape, dtype=torch.float32)
-    return torch.cat(pieces).reshape(tokens.shape)
+    return _TokenLogprobs.apply(flat, tokens.reshape(-1), chunk_size).reshape(tokens.shape)
 
 
 @torch.no_grad()
@@ -112,7 +175,7 @@ def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
     for start in range(0, flat.shape[0], chunk_size):
         log_probs = torch.log_softmax(_upcast(flat[start:start + chunk_size]), dim=-1)
         logps.append(log_probs.gather(-1, flat_tokens[start:start + chunk_size, None]).squeeze(-1))
-        entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+        entropies.append(_entropy_from_log_probs(log_probs))    # in place: overwrites log_probs
     if not logps:
         empty = flat.new_zeros(tokens.shape, dtype=torch.float32)
         return empty, empty.clone()

@@ -29,7 +29,9 @@ Hyperparameters (``entropy.siren.*``; code defaults, paper values where known):
 Where each quantity comes from:
 
 - ``old_policy_features``: the old policy's nucleus entropy (no grad), ``siren_nucleus_entropy``.
-- ``begin_step``: H_sel of the old policy over the whole step batch -> the anchor (see anchor.py).
+- ``begin_step``: H_sel of the old policy over the whole step batch -> the anchor (see anchor.py); with
+  several processes, over every process's shard (the batch quantile gathered, the aggregate's sums
+  all-reduced: ``trainers.collectives``), so every rank holds the anchor one process would.
 - ``extra_loss``: the current policy's nucleus entropy with grad; the peak mask is computed from its
   detached values (as in SIREN's ``update_policy``); the loss is beta (H_sel - H_target)^2 at the
   micro-batch's scale (the trainer divides it by the number of micro-batches like the PG loss).
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..collectives import global_quantile, global_ratio
 from .anchor import TargetAnchor
 from .base import EntropyIntervention, MicroBatch, StepBatch, register_intervention
 from .ops import linear_quantile, masked_token_mean, nucleus_entropy
@@ -50,12 +53,13 @@ DEFAULT_RATIO = 1.0
 
 
 def peak_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float,
-                      scope: str = "response") -> torch.Tensor:
+                      scope: str = "response", across_processes: bool = False) -> torch.Tensor:
     """S = 1[entropy > q-quantile of the valid entropies] (bool [B, T]), strict ">", valid tokens only.
 
     ``scope: response``: one ``torch.nanquantile`` (linear interpolation) per row over its valid tokens;
-    ``scope: batch``: one quantile over all valid tokens of the tensor. A row (or batch) without valid
-    tokens selects nothing. Ties at the threshold are not selected, so all-equal entropies select nothing.
+    ``scope: batch``: one quantile over all valid tokens of the tensor, or with ``across_processes`` of
+    every process's tensor (the step batch's shards). A row (or batch) without valid tokens selects
+    nothing. Ties at the threshold are not selected, so all-equal entropies select nothing.
     """
     if not 0.0 <= quantile < 1.0:
         raise ValueError(f"peak_quantile must be in [0, 1), got {quantile}")
@@ -65,12 +69,31 @@ def peak_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float
     if scope == "response":
         threshold = torch.nanquantile(masked, quantile, dim=-1, keepdim=True, interpolation="linear")
     elif scope == "batch":
-        if not valid.any():
-            return torch.zeros_like(valid)
-        threshold = linear_quantile(values[valid], quantile)
+        if across_processes:
+            threshold = global_quantile(values[valid], quantile)   # every rank takes part, even without tokens
+            if threshold is None or not valid.any():
+                return torch.zeros_like(valid)
+        else:
+            if not valid.any():
+                return torch.zeros_like(valid)
+            threshold = linear_quantile(values[valid], quantile)
     else:
         raise ValueError(f"peak_scope must be 'response' or 'batch', got {scope!r}")
     return (values > threshold) & valid   # NaN thresholds (rows without valid tokens) compare False
+
+
+def selected_entropy_parts(entropy: torch.Tensor, selection: torch.Tensor,
+                           agg: str = "seq_mean_token_mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """(numerator, denominator) of H_sel, so shards of a batch sum to the whole batch's:
+    ``seq_mean_token_mean``: (sum of the rows' selected means, number of rows);
+    ``token_mean``: (sum S H, sum S)."""
+    selection = selection.to(entropy.dtype)
+    if agg == "seq_mean_token_mean":
+        per_row = (entropy * selection).sum(-1) / selection.sum(-1).clamp(min=1.0)
+        return per_row.sum(), entropy.new_tensor(float(per_row.numel()))
+    if agg == "token_mean":
+        return (entropy * selection).sum(), selection.sum()
+    raise ValueError(f"entropy.siren.agg must be 'seq_mean_token_mean' or 'token_mean', got {agg!r}")
 
 
 def selected_entropy(entropy: torch.Tensor, selection: torch.Tensor, agg: str = "seq_mean_token_mean") -> torch.Tensor:
@@ -116,15 +139,17 @@ class Siren(EntropyIntervention):
     def begin_step(self, batch: StepBatch) -> dict[str, float]:
         cfg = self.config
         old_nucleus = batch.old_features[FEATURE]
-        selection = peak_entropy_mask(old_nucleus, batch.response_mask, cfg.peak_quantile, cfg.peak_scope)
-        measured = float(selected_entropy(old_nucleus, selection, cfg.agg))
+        # H_sel over the whole step batch: every process's shard (SIREN's code computes it on the global batch)
+        selection = peak_entropy_mask(old_nucleus, batch.response_mask, cfg.peak_quantile, cfg.peak_scope,
+                                      across_processes=True)
+        measured = global_ratio(*selected_entropy_parts(old_nucleus, selection, cfg.agg))
         anchor = self.anchor.update(measured)
         return {
             "anchor": anchor,
             "target": self.anchor.target,
             "old_selected_entropy": measured,
-            "old_nucleus_entropy": float(masked_token_mean(old_nucleus, batch.response_mask)),
-            "old_selected_fraction": float(selection.sum() / batch.response_mask.sum().clamp(min=1.0)),
+            "old_nucleus_entropy": global_ratio((old_nucleus * batch.response_mask).sum(), batch.response_mask.sum()),
+            "old_selected_fraction": global_ratio(selection.float().sum(), batch.response_mask.sum()),
         }
 
     def extra_loss(self, micro: MicroBatch) -> tuple[torch.Tensor | None, dict[str, float]]:

@@ -19,10 +19,11 @@ moderate (no token is zeroed; most weights stay near 1). All under no_grad; the 
 
 The code form drops the paper's sign and one factor (1 - x); only |Omega| / max|Omega| enters the
 weights, so the sign is irrelevant there. I_clip (paper form only) is 0 for tokens whose PPO loss is on
-a clipped branch (zero gradient), computed from the micro-batch with the run's ``clip`` settings by
-``trainers.algorithms.ppo_clip_loss``: A > 0 and r > 1 + eps_high, A < 0 and r < 1 - eps_low, or the
-dual-clip bound active (A < 0, r beyond ``clip.dual_c``). The code form has no I_clip: clipped tokens
-already get no gradient but still enter the max-normalization.
+a clipped branch (zero gradient): the ``clipped`` statistic of the step's own PPO loss
+(``trainers.algorithms.ppo_clip_loss`` with the run's ``clip`` settings, handed over in
+``MicroBatch.clip_stats``): A > 0 and r > 1 + eps_high, A < 0 and r < 1 - eps_low, or the dual-clip
+bound active (A < 0, r beyond ``clip.dual_c``). The code form has no I_clip: clipped tokens already get
+no gradient but still enter the max-normalization.
 
 Hyperparameters (``entropy.steer.*``; release defaults from run/run_exp.sh, run_linear.sh):
 
@@ -34,7 +35,8 @@ Hyperparameters (``entropy.steer.*``; release defaults from run/run_exp.sh, run_
   realized entropy change better).
 - ``normalize_over``: ``micro_batch`` (code: max/min over the valid tokens of the current micro-batch)
   | ``batch``: max/min of |Omega| over the valid tokens of the whole step batch, computed once in
-  ``begin_step`` with x = pi_old (the current policy equals the old one at the start of the step). The
+  ``begin_step`` with x = pi_old (the current policy equals the old one at the start of the step; with
+  several processes, over every process's shard, all-reduced). The
   current-policy x drifts over later mini-batches, so a token's |Omega| can then exceed that step-level
   max; the clamp keeps its weight in [w_min, 1] (exp) or [w_min, w_max] (linear).
 - The backbone the release uses: GRPO, token-mean, ``clip.eps_low`` 0.2, ``clip.eps_high`` 0.28,
@@ -49,6 +51,7 @@ from typing import Any
 
 import torch
 
+from ..collectives import global_max
 from .base import EntropyIntervention, MicroBatch, StepBatch, register_intervention
 
 OMEGA_FORMS = ("code", "paper")
@@ -121,26 +124,15 @@ def steer_weights(omega: torch.Tensor, mask: torch.Tensor, w_min: float, mapping
         return weights
 
 
-def ppo_clip_active(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, eps_low: float,
-                    eps_high: float, dual_c: float | None = None) -> torch.Tensor:
-    """True where the trainer's PPO loss is on a clipped branch (no gradient): the I_clip = 0 tokens."""
-    from ..algorithms import ppo_clip_loss
-
-    with torch.no_grad():
-        _, stats = ppo_clip_loss(logp.detach(), old_logp.detach(), advantages.detach(), eps_low, eps_high, dual_c)
-        return stats["clipped_low"] | stats["clipped_high"] | stats["clipped_dual"]
-
-
 @register_intervention("steer")
 class Steer(EntropyIntervention):
     """STEER at the hooks: token_weights (and begin_step for step-level normalization)."""
 
     def __init__(self, config: Any = None, entropy_config: Any = None, run_config: Any = None):
-        from ..config import ClipConfig, SteerConfig
+        from ..config import SteerConfig
 
         config = config if config is not None else SteerConfig()
         super().__init__(config, entropy_config, run_config)
-        self.clip = run_config.clip if run_config is not None else ClipConfig()
         self._step_range: tuple[float, float] | None = None
 
     def begin_step(self, batch: StepBatch) -> dict[str, float]:
@@ -149,15 +141,16 @@ class Steer(EntropyIntervention):
         p_old = batch.old_logp.exp()
         advantages = batch.advantages[:, None].expand_as(batch.old_logp)
         omega = steer_omega(p_old, p_old, batch.old_entropy, advantages, self.config.omega_form)
-        self._step_range = omega_range(omega, batch.response_mask)
+        local = omega_range(omega, batch.response_mask) or (float("-inf"), float("inf"))
+        # the range over the whole step batch: every process's shard (max of maxima, min of minima)
+        extremes = torch.tensor([local[0], -local[1]], dtype=torch.float64, device=omega.device)
+        largest, smallest = global_max(extremes).tolist()
+        self._step_range = None if largest == float("-inf") else (largest, -smallest)
         return {} if self._step_range is None else {"omega_abs_max_step": self._step_range[0]}
 
     def token_weights(self, micro: MicroBatch) -> tuple[torch.Tensor | None, dict[str, float]]:
         cfg = self.config
-        clip_active = None
-        if cfg.omega_form == "paper":
-            clip_active = ppo_clip_active(micro.logp, micro.old_logp, micro.advantages, self.clip.eps_low,
-                                          self.clip.eps_high, self.clip.dual_c)
+        clip_active = micro.require_clip_stats("steer")["clipped"] if cfg.omega_form == "paper" else None
         omega = steer_omega(micro.logp.detach().exp(), micro.old_logp.exp(), micro.old_entropy, micro.advantages,
                             cfg.omega_form, clip_active)
         omega_max = omega_min = None

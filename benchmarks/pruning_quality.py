@@ -1,0 +1,188 @@
+"""How good is the pruning? Two measurements, each a study run for real (local executor, SQLite).
+
+    python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
+    python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
+
+``standin``: studies of tests/noisy_trainer.py (validations like the real ones: per-prompt results, sampling
+noise with common random numbers, a training-seed effect; the truth is known):
+
+* *identical configs*: one config, a different training seed per trial. Every prune is a false prune. Once
+  with seed noise per prompt only (the paired test's null holds), once with an extra shift of every prompt
+  by the seed (training randomness the prompt-paired test cannot see). For the paired pruner and, as a
+  contrast, Optuna's successive halving (which prunes by rank, significant or not).
+* *power*: good (clip.eps_high 0.28) and worse (0.36: pass@8 about 0.08 lower) configs alternate; the
+  fraction of worse trials pruned, and of good trials pruned (false).
+
+The seed shift (``NOISY_SEED_SHIFT``, logits) moves every prompt of a run the same way; 0.3 moves pass@8 by
+about 0.04 (one SD), the size of run-to-run differences seen on the shipped model.
+
+``quickstart``: examples/quickstart.yaml with the real trainer, once with no pruner (the full budget) and
+once with its own pruner: the trial-steps each used, and whether the pruned study's best is within noise
+of the full study's best (the paired difference of the two bests over the validation prompts, with a 95%
+interval). Goal (issue 11): the same best with at most a third of the trial-steps.
+
+Prints a table; ``--json`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sweeper.compare import paired_gain  # noqa: E402
+from sweeper.contract import ATTR_LAST_STEP, ATTR_PRUNED_AT_STEP  # noqa: E402
+from sweeper.driver import run_study  # noqa: E402
+from sweeper.spec import load_spec  # noqa: E402
+from sweeper.storage import make_storage  # noqa: E402
+
+NOISY = f"{REPO / 'tests' / 'noisy_trainer.py'}:train"
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of a binomial proportion."""
+    if trials == 0:
+        return math.nan, math.nan
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return centre - half, centre + half
+
+
+def run(spec: dict, folder: Path, env: dict[str, str] | None = None) -> list:
+    path = folder / f"{spec['study']['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        run_study(path, progress=False, log=lambda _m: None)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    loaded = load_spec(path)
+    return optuna.load_study(study_name=loaded.study.name, storage=make_storage(loaded.study.storage)).get_trials()
+
+
+def standin_spec(name: str, pruner: dict, trials: int, space: dict, enqueue: list | None = None) -> dict:
+    return {
+        "study": {"name": name},
+        "objective": {"metric": "val/pass@8", "aggregation": "last"},
+        "base": {"train": {"steps": 40, "eval_every": 10}, "eval": {"num_prompts": 64, "n_samples": 16, "k": [1, 8]}},
+        "space": {"params": space},
+        "enqueue": enqueue or [],
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": pruner,
+        "budget": {"n_trials": trials, "max_parallel": 2},
+        "executor": {"type": "local", "entrypoint": NOISY},
+        "tracking": {"enabled": False},
+    }
+
+
+def standin(trials: int, folder: Path) -> list[dict]:
+    rows = []
+    paired = {"type": "paired", "p_threshold": 0.05}
+    pruners = {"paired (p 0.05, Bonferroni, 4 looks)": paired,
+               "paired, min_difference 0.05": {**paired, "min_difference": 0.05},
+               "successive halving (rungs 10, 20; x2)": {"type": "successive_halving", "min_resource": 10, "reduction_factor": 2}}
+    seeds = {"clip.eps_high": 0.28, "seed": {"type": "int", "low": 0, "high": 10**6}}
+    for index, (label, pruner) in enumerate(pruners.items()):
+        for shift in ("0", "0.3"):
+            done = run(standin_spec(f"same-{index}-{shift.replace('.', '')}", pruner, trials, seeds), folder,
+                       {"NOISY_SEED_SHIFT": shift})
+            pruned = sum(t.state.name == "PRUNED" for t in done)
+            rows.append({"study": "identical configs (false prunes)", "pruner": label, "seed shift": shift,
+                         "trials": len(done), "pruned": pruned, "rate": pruned / len(done), "interval": wilson(pruned, len(done))})
+    for index, (label, pruner) in enumerate(pruners.items()):
+        for shift in ("0", "0.3"):
+            enqueue = [{"clip.eps_high": eps, "seed": 1000 + i} for i in range(trials // 2) for eps in (0.28, 0.36)]
+            space = {"clip.eps_high": [0.28, 0.36], "seed": {"type": "int", "low": 0, "high": 10**6}}
+            done = run(standin_spec(f"power-{index}-{shift.replace('.', '')}", pruner, len(enqueue), space, enqueue), folder,
+                       {"NOISY_SEED_SHIFT": shift})
+            for eps, what in ((0.36, "worse config pruned (power)"), (0.28, "good config pruned (false)")):
+                group = [t for t in done if t.params["clip.eps_high"] == eps]
+                pruned = sum(t.state.name == "PRUNED" for t in group)
+                rows.append({"study": what, "pruner": label, "seed shift": shift, "trials": len(group),
+                             "pruned": pruned, "rate": pruned / len(group), "interval": wilson(pruned, len(group))})
+    return rows
+
+
+def trial_steps(trials: list) -> int:
+    return sum(int(t.user_attrs.get(ATTR_PRUNED_AT_STEP) or t.user_attrs.get(ATTR_LAST_STEP) or 0) for t in trials)
+
+
+def quickstart(parallel: int, folder: Path) -> dict:
+    spec = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    spec["base"] = spec["base"] if isinstance(spec["base"], dict) else str((REPO / "examples" / spec["base"]).resolve())
+    spec["space"]["include"] = [i if i.startswith("builtin:") else str((REPO / "examples" / i).resolve())
+                                for i in spec["space"].get("include", [])]
+    spec["budget"]["max_parallel"] = parallel
+    spec["tracking"] = {"enabled": False}
+    results = {}
+    for label, pruner in (("full budget (no pruner)", {"type": "none", "health": spec["pruner"].get("health", {})}),
+                          (f"quickstart pruner ({spec['pruner']['type']})", spec["pruner"])):
+        study = {**spec, "study": {"name": f"qs-{pruner['type']}"}, "pruner": pruner}
+        started = time.time()
+        done = run(study, folder)
+        complete = [t for t in done if t.state.name == "COMPLETE"]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        results[label] = {"trials": done, "best": best, "steps": trial_steps(done), "minutes": (time.time() - started) / 60}
+    (full, pruned) = results.values()
+    gain = paired_gain(full["best"], pruned["best"]) if full["best"] and pruned["best"] else None
+    return {"results": results, "gain": gain}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["standin", "quickstart"])
+    parser.add_argument("--trials", type=int, default=24, help="standin: trials per identical-config study")
+    parser.add_argument("--parallel", type=int, default=2, help="quickstart: trials in flight")
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="pruning-quality-") as tmp:
+        folder = Path(tmp)
+        if args.what == "standin":
+            rows = standin(args.trials, folder)
+            print("| study | pruner | seed shift | pruned | rate [95% interval] |\n|---|---|---|---|---|")
+            for r in rows:
+                low, high = r["interval"]
+                print(f"| {r['study']} | {r['pruner']} | {r['seed shift']} | {r['pruned']} / {r['trials']} | "
+                      f"{r['rate']:.2f} [{low:.2f}, {high:.2f}] |")
+            output = rows
+        else:
+            outcome = quickstart(args.parallel, folder)
+            output = {}
+            for label, r in outcome["results"].items():
+                best = r["best"]
+                line = (f"{label:40s} trial-steps {r['steps']:5d}  {r['minutes']:5.1f} min  best: "
+                        + (f"trial {best.number} value {best.value:.4f} params {best.params}" if best else "none"))
+                print(line)
+                output[label] = {"trial_steps": r["steps"], "minutes": r["minutes"],
+                                 "best": best.params if best else None, "best_value": best.value if best else None}
+            (full, pruned) = outcome["results"].values()
+            if full["steps"]:
+                print(f"trial-steps used with pruning: {pruned['steps'] / full['steps']:.2f} of the full budget (goal <= 0.33)")
+            gain = outcome["gain"]
+            if gain is not None:
+                print(f"full best - pruned best: {gain.text()}")
+                print("the pruned study's best is " + ("NOT " if gain.difference.significant else "")
+                      + "within noise of the full study's best")
+            output["difference"] = gain.text() if gain else None
+        if args.json:
+            Path(args.json).write_text(json.dumps(output, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
