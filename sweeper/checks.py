@@ -14,6 +14,7 @@ filesystem, the trainer's declarations or a look at the space as a whole:
   (``trainers.config.launch_problems``), the objective and every health-rule metric against the names
   the trainer reports (``trainers.config.logged_metrics``); checked on the base config and on the base
   with each value a parameter can set;
+* the study folder (and a SQLite or journal storage's, a SQLite MLflow store's) can be created and written;
 * the pruner against the trial's steps (a first rung beyond the last step prunes nothing);
 * ``when`` conditions that can never hold (a value no parameter takes, or a path no parameter sets whose
   base value is another), for parameters and constraints;
@@ -44,6 +45,7 @@ from trainers.config import RunConfig, launch_problems as run_config_problems, l
 
 from .executors.base import DEFAULT_ENTRYPOINT, PROJECT_ROOT
 from .schema import SpecError
+from .storage import JOURNAL_PREFIX, sqlite_file
 from .space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, condition_holds, evaluate_constraint,
                     get_path, param_path, resolve, sample, set_path)
 
@@ -71,6 +73,7 @@ def launch_problems(spec: "StudySpec") -> list[str]:
         candidates = candidate_configs(spec)
         problems += _run_config_problems(candidates)
         problems += _metric_problems(spec, [config for _, config in candidates])
+    problems += _folder_problems(spec)
     problems += _pruner_problems(spec)
     problems += _when_problems(spec)
     problems += _grid_problems(spec)
@@ -185,6 +188,45 @@ def _missing(field: str, entrypoint: str, path: Path, function: str, names: set[
     close = difflib.get_close_matches(function, functions, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else (f"; it defines: {', '.join(functions[:12])}" if functions else "")
     return [f"{field}: {entrypoint!r}: {path} defines no {function!r} at its top level{hint}"]
+
+
+# --------------------------------------------------------------------------- folders the driver writes
+
+
+def _folder_problems(spec: "StudySpec") -> list[str]:
+    """The study folder, and the folders of a SQLite or journal storage and of a SQLite MLflow store, can be
+    created (or are folders already) and written."""
+    targets = [("study.dir", Path(spec.study.dir))]
+    storage = spec.study.storage
+    if storage.startswith(JOURNAL_PREFIX):
+        targets.append(("study.storage", Path(storage[len(JOURNAL_PREFIX):]).parent))
+    elif sqlite_file(storage) is not None:
+        targets.append(("study.storage", sqlite_file(storage).parent))
+    if spec.tracking.enabled and sqlite_file(spec.tracking.uri or "") is not None:
+        targets.append(("tracking.uri", sqlite_file(spec.tracking.uri).parent))
+    problems = []
+    for field, folder in targets:
+        problem = _unwritable(folder)
+        if problem:
+            problems.append(f"{field}: {problem}")
+    return problems
+
+
+def _unwritable(folder: Path) -> str | None:
+    """None when ``folder`` is (or can be made) a writable folder; else why not."""
+    try:
+        existing = folder
+        while not existing.exists():
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{folder} cannot be a folder: {existing} is a file"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{folder} cannot be {'written' if existing == folder else 'created'}: {existing} is not writable by this user"
+    except (OSError, ValueError) as error:
+        return f"{folder} is not a usable folder ({error})"
+    return None
 
 
 # --------------------------------------------------------------------------- the run configs a trial can get
@@ -381,6 +423,8 @@ def dry_sampling_problems(spec: "StudySpec", n: int = DRY_SAMPLES, seed: int = 0
         if spec.budget.steps:
             set_path(config, "train.steps", spec.budget.steps)
         for index, constraint in enumerate(constraints):
+            if held[index] or applied[index] >= MIN_EVIDENCE:
+                continue  # settled: it held once, or it never did in enough configs
             if condition_holds(constraint.when, config):
                 applied[index] += 1
                 try:
@@ -397,8 +441,8 @@ def dry_sampling_problems(spec: "StudySpec", n: int = DRY_SAMPLES, seed: int = 0
     problems = []
     for index, constraint in enumerate(constraints):
         if applied[index] >= MIN_EVIDENCE and held[index] == 0:
-            problems.append(f"space.constraints[{index}]: {constraint.expr!r} was false for every one of the {applied[index]} "
-                            f"sampled configs it applied to (of {n} drawn at random); loosen it or widen the ranges it reads")
+            problems.append(f"space.constraints[{index}]: {constraint.expr!r} was false for each of {applied[index]} configs "
+                            f"drawn at random where it applies; loosen it or widen the ranges it reads")
     if accepted == 0 and not problems:
         reason, count = refusals.most_common(1)[0]
         problems.append(f"space: every one of {n} configs sampled at random is refused (the driver would give up after "

@@ -148,9 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else None,
         )
     except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
-        signum = getattr(interruption, "signum", None)
-        print(f"interrupted{f' by {interruption}' if signum else ''}", file=sys.stderr)
-        return 128 + signum if signum else EXIT_INTERRUPTED
+        return _interrupted(interruption)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
     print(f"study {report.study_name}: {counts}")
     if report.best_trial is not None:
@@ -158,6 +156,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"folder: {report.study_dir}")
     print(f"next: sweeper status {args.study}   |   sweeper export {args.study} -o best.yaml")
     return 0
+
+
+def _interrupted(interruption: KeyboardInterrupt) -> int:
+    """Exit 130 for Ctrl-C, 128 + the signal for SIGTERM (143) and SIGHUP (129), as a shell reports them."""
+    signum = getattr(interruption, "signum", None)
+    print(f"interrupted{f' by {interruption}' if signum else ''}", file=sys.stderr)
+    return 128 + signum if signum else EXIT_INTERRUPTED
 
 
 def _dry_run(spec: Any, samples: int) -> int:
@@ -329,9 +334,8 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         result = verify(spec, args.seeds, trial=args.trial, max_parallel=args.max_parallel,
                         progress=False if args.no_progress else None)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
+        return _interrupted(interruption)
     print("\n".join(result.lines(spec.objective[0].metric)))
     return 0
 

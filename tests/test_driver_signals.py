@@ -10,12 +10,22 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 
 from _signals import default_stop_signals
 from sweeper.driver import run_study
 from sweeper.interrupts import Interrupted, stop_signals_interrupt
+from sweeper.lock import is_lease_study
+from sweeper.spec import load_spec
+from sweeper.storage import make_storage
 from test_sweeper_driver import REPO, _ran_once, _wait_for_running, quiet, study_file, trials_of
+
+
+def leases(path) -> list[str]:
+    """The driver leases (sweeper.lock) left in the study's storage."""
+    spec = load_spec(path)
+    return [name for name in optuna.get_all_study_names(make_storage(spec.study.storage)) if is_lease_study(name)]
 
 
 def start_driver(path):
@@ -36,7 +46,7 @@ def test_sigterm_cancels_trials_in_flight_and_a_rerun_requeues_them(tmp_path):
         stopped = after[t.number]
         assert stopped.state.name == "FAIL" and stopped.user_attrs["lost"] is True
         assert "cancelled: the driver was interrupted" in stopped.user_attrs["fail_reason"]
-    assert not (path.parent / "studies" / "s" / "driver.lock").exists()
+    assert not leases(path)   # the driver's lease was released on the way out
     report = run_study(path, progress=False, log=quiet)
     counted = [t for t in trials_of(path) if not t.user_attrs.get("lost")]
     assert len(counted) == 3 and all(t.state.name == "COMPLETE" for t in counted)
@@ -56,7 +66,7 @@ def test_sighup_with_detach_leaves_trials_running_and_a_rerun_reattaches(tmp_pat
     assert driver.wait(timeout=60) == 128 + signal.SIGHUP
     still = {t.number: t for t in trials_of(path)}
     assert all(still[t.number].state.name == "RUNNING" for t in in_flight)   # detached, not cancelled
-    assert not (path.parent / "studies" / "s" / "driver.lock").exists()
+    assert not leases(path)
     report = run_study(path, progress=False, log=quiet)
     trials = trials_of(path)
     assert report.reattached == 2 and report.requeued == 0

@@ -214,7 +214,7 @@ VALUE_CASES = {
     "param_when_on_unswept_path": ("space/params/entropy.steer.w_min/when", {"advantage": "dr_grpo"},
                                    ["space.params[entropy.steer.w_min].when.advantage", "'dr_grpo'", "base config has 'grpo'"]),
     "constraint_never_holds": ("space/constraints", ["clip.eps_high >= 0.5"],
-                               ["space.constraints[0]", "clip.eps_high >= 0.5", "false for every one"]),
+                               ["space.constraints[0]", "clip.eps_high >= 0.5", "false for each of 20 configs"]),
     "successive_halving_min_resource_0": ("pruner/min_resource", 0, ["pruner.min_resource", "0", "1 or more"]),
     "min_resource_beyond_the_steps": ("pruner/min_resource", 500, ["pruner.min_resource", "500", "60 steps"]),
     "hyperband_max_below_min": ("pruner", {"type": "hyperband", "min_resource": 50, "max_resource": 10},
@@ -228,6 +228,8 @@ VALUE_CASES = {
     "lr_true": ("base/optim/lr", True, ["base.optim.lr", "boolean true"]),
     "grid_needs_steps": ("sampler", {"type": "grid"}, ["space.params[clip.eps_high]", "step"]),
     "unknown_key": ("budget/n_trails", 4, ["budget.n_trails", "unknown key", "n_trials"]),
+    "study_dir_under_a_file": ("study/dir", "/dev/null/studies/x", ["study.dir", "/dev/null is a file"]),
+    "storage_under_a_file": ("study/storage", "journal:///dev/null/optuna.log", ["study.storage", "/dev/null is a file"]),
 }
 
 
@@ -470,3 +472,15 @@ def test_random_mutations_of_a_valid_run_config_are_valid_or_refused_cleanly(dat
             return  # a valid config: `sweeper train` would train it
     code, _, err, _ = run_cli(trainer_main, [str(path)])
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err and names_a_field(err, path), err
+
+
+def test_the_sweeper_train_command_itself(tmp_path):
+    """`sweeper train` execs `python -m trainers`: once end to end, in a real process (no traceback, exit 2)."""
+    import subprocess
+    import sys
+
+    bad = write(tmp_path / "run.yaml", {**valid_run_config(tmp_path), "rollout": {"group_size": 1}})
+    for argv in ([str(bad)], ["/dev/urandom"], [str(tmp_path)]):
+        result = subprocess.run([sys.executable, "-m", "sweeper", "train", *argv], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert_refused(result.returncode, result.stderr)

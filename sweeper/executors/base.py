@@ -61,7 +61,7 @@ class ExecutorSpecBase(SpecModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the trial process.")
     on_interrupt: Literal["cancel", "detach"] = Field(
         "cancel",
-        description="Ctrl-C on the driver: cancel the trials in flight (re-queued by the next run), or detach "
+        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), or detach "
         "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
     )
 
