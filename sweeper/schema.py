@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from trainers.config import FastSafeLoader, YamlFileError, read_yaml_file, refuse_bool_as_number

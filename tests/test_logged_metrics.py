@@ -7,7 +7,7 @@ import pytest
 
 from trainers.config import EntropyMethodName, logged_metrics, parse_config
 from trainers.grpo import train
-from trainers.logged_metrics import METHOD_METRICS
+from trainers.config import METHOD_SECTIONS, RunConfig
 from trainers.reporting import Reporter
 
 METHODS = list(EntropyMethodName.__args__)
@@ -41,8 +41,13 @@ def check_against_a_real_run(config_data):
     return declared, seen
 
 
-def test_every_registered_method_is_declared():
-    assert set(METHOD_METRICS) == set(METHODS)
+def test_every_registered_method_declares_its_metrics_on_its_config_section():
+    assert set(METHOD_SECTIONS) == set(METHODS)
+    sections = RunConfig().entropy
+    for method in METHODS:
+        if method != "none":
+            always, _ = getattr(sections, METHOD_SECTIONS[method][0]).logged_metrics()
+            assert always, f"{method}: its config section declares no metrics"
 
 
 @pytest.mark.parametrize("method", METHODS)

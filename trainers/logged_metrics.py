@@ -6,7 +6,8 @@ this before any trial starts: a typo in a health rule would otherwise make the r
 reports with this declaration, so the two cannot drift apart.
 
 Every logged train step reports :data:`TRAIN_METRICS`, ``train/kl_ref`` when ``kl.beta > 0``, and the
-method's own metrics under ``<method>/`` (:data:`METHOD_METRICS`); every validation reports
+method's own metrics under ``<method>/`` (declared on its config section: ``MethodSection.metrics`` and
+``logged_metrics()`` in :mod:`trainers.config`); every validation reports
 ``val/pass@k``, ``val/maj@k`` and ``val/mean@k`` for each k of ``eval.k``, their standard errors over
 prompts (``..._se``, with 2 prompts or more), ``val/entropy`` and ``time/eval``.
 
@@ -31,23 +32,6 @@ TRAIN_METRICS = (
 )
 EVAL_KINDS = ("pass", "maj", "mean")
 
-# method -> (always, sometimes), logged as "<method>/<name>" (the registry name, e.g. forking_tokens/...)
-METHOD_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "none": ((), ()),
-    "entropy_bonus": (("current_entropy", "bonus"), ()),  # none at all when entropy.bonus.coef is 0
-    "siren": (("anchor", "target", "old_selected_entropy", "old_nucleus_entropy", "old_selected_fraction",
-               "selected_entropy", "mse", "selected_fraction", "nucleus_entropy", "entropy_selected"), ()),
-    "aer": (("alpha", "entropy", "target", "anchor", "fraction_regularized", "weight_mean", "coef_mean"),
-            ("entropy_regularized", "entropy_unregularized", "current_entropy")),
-    "steer": (("weight_mean", "weight_min", "weight_max", "downweighted_fraction", "omega_abs_mean", "omega_abs_max"),
-              ()),  # plus omega_abs_max_step when entropy.steer.normalize_over is batch
-    "forking_tokens": (("selected_fraction",), ("entropy_selected", "entropy_unselected")),  # + threshold (scope batch)
-    "clip_cov": (("detached_fraction", "candidate_fraction"), ()),
-    "kl_cov": (("penalized_fraction",), ("penalized_abs_log_ratio",)),
-    "entropy_advantage": (("bonus_mean", "cap_active_fraction"), ()),
-}
-
-
 @dataclass(frozen=True)
 class LoggedMetrics:
     """Metric names of one run config: at every logged train step / validation, or only when the batch allows."""
@@ -64,14 +48,10 @@ class LoggedMetrics:
 
 def logged_metrics(config: "RunConfig") -> LoggedMetrics:
     """The names ``trainers.grpo.train(config)`` reports (see the module docstring)."""
+    from .config import METHOD_SECTIONS
+
     method = config.entropy.method
-    always, sometimes = METHOD_METRICS.get(method, ((), ()))
-    if method == "entropy_bonus" and config.entropy.bonus.coef == 0:
-        always = ()
-    if method == "steer" and config.entropy.steer.normalize_over == "batch":
-        always = always + ("omega_abs_max_step",)
-    if method == "forking_tokens" and config.entropy.forking.scope == "batch":
-        always = always + ("threshold",)
+    always, sometimes = getattr(config.entropy, METHOD_SECTIONS[method][0]).logged_metrics() if method != "none" else ((), ())
     train = set(TRAIN_METRICS) | {f"{method}/{name}" for name in always}
     train_sometimes = {f"{method}/{name}" for name in sometimes}
     if method == "siren" or (method == "entropy_bonus" and always):
