@@ -153,6 +153,7 @@ class Driver:
         self._needs_refresh = False
         self._last_refresh = 0.0
         self._rejections_in_a_row = 0
+        self._lease = None  # the study's driver lease (sweeper.lock), held while the driver runs
 
     # ------------------------------------------------------------------ logging / progress
 
@@ -447,7 +448,7 @@ class Driver:
         self._lease = acquire_driver_lease(self.spec, log=self.log)  # LeaseHeld (a SpecError) if another driver runs
 
     def _release_lock(self) -> None:
-        if getattr(self, "_lease", None) is not None:
+        if self._lease is not None:
             self._lease.release()
             self._lease = None
 
