@@ -93,7 +93,7 @@ def test_ppo_epochs_defaults_to_the_papers_one_and_the_shipped_runs_say_two():
     assert RunConfig().train.ppo_epochs == 1
     assert load_config(examples / "tiny_grpo.yaml").train.ppo_epochs == 2
     quickstart_base = yaml.safe_load((examples / "quickstart.yaml").read_text())["base"]
-    assert parse_config(quickstart_base).train.ppo_epochs == 2
+    assert parse_config(quickstart_base).train.ppo_epochs == 1
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
