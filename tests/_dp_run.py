@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from trainers.config import parse_config  # noqa: E402
 from trainers.grpo import GRPOTrainer  # noqa: E402
 from trainers.reporting import PREEMPTED, Reporter  # noqa: E402
-from trainers.rollout import HFRolloutEngine, Rollout, SamplingSettings, _finish_rollout, _tokenize_prompts  # noqa: E402
+from trainers.rollout import (HFRolloutEngine, Rollout, SamplingSettings, _finish_rollout, _tokenize_prompts,  # noqa: E402
+                              response_mask_from_lengths)
 
 STEPS = 4
 PROMPT_WIDTH = 24
@@ -112,8 +113,9 @@ class ReplayEngine:
         assert extra >= 0, "raise PROMPT_WIDTH"
         prompt_ids = torch.cat([torch.full((len(prompts), extra), pad), prompt_ids], dim=1)
         prompt_mask = torch.cat([torch.zeros(len(prompts), extra, dtype=prompt_mask.dtype), prompt_mask], dim=1)
+        response_mask = response_mask_from_lengths(torch.tensor([len(r) for r in responses]), width)
         return _finish_rollout(self.tokenizer, prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0),
-                               response_ids)
+                               response_ids, response_mask)
 
 
 class Record(Reporter):
