@@ -1,13 +1,17 @@
 """Seconds per GRPO step on the shipped tiny model: against a bare loop, TRL's GRPOTrainer, and per entropy method.
 
 Every contestant runs in turn, one step each, round after round (GRPO, TRL, bare loop, method 1, ...), so
-machine noise hits all alike. Reported: each contestant's median over the measured steps, each ratio of
-medians, and its spread: the measured steps cut into ``--blocks`` consecutive blocks, the ratio's lowest and
-highest value over the blocks.
+machine noise hits all alike. Equal work: before each round the bare loop's and every method's trainer load
+the GRPO trainer's weights, so they sample exactly its rollout (same weights, same per-step seed) and train on
+it. Reported: each contestant's median over the measured steps, and each ratio with its spread: the measured
+steps cut into ``--blocks`` blocks (repeats), median / median in each, the median over the blocks [lowest,
+highest].
 
 - bare loop: only what any GRPO step must do, with the trainer's own primitives: ``generate`` the step's
-  prompts x G samples, then per optimizer step one forward/backward of a plain policy-gradient loss and
-  ``optimizer.step()``: no old-policy pass, no metrics, no interventions.
+  prompts x G samples, with more than one update per batch one no-grad forward for log pi_old (the PPO ratio
+  of the later updates needs it; TRL's ``num_iterations`` > 1 does the same), then per optimizer step one
+  forward/backward of a plain policy-gradient loss and ``optimizer.step()``: no entropies, no metrics, no
+  interventions, no gradient clipping.
 - ``--methods``: one row per entropy method, its median over vanilla GRPO's (target: <= +5%).
 - ``--trl [PYTHON]``: TRL's GRPOTrainer (``benchmarks/trl_side.py``, run by TRL's own environment, default
   ``.venv-trl/bin/python``: ``bash scripts/setup_exports.sh trl``) at equal work: the same model folder, the
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -43,20 +48,27 @@ from trainers.config import parse_config, resolve_model_path  # noqa: E402
 from trainers.entropy.base import registered_interventions  # noqa: E402
 from trainers.grpo import GRPOTrainer  # noqa: E402
 from trainers.rollout import SamplingSettings  # noqa: E402
+from trainers.setup import step_seed  # noqa: E402
 
 WARMUP = 3
 
 
 def bare_step(trainer: GRPOTrainer, step: int) -> float:
-    """generate + (mini_batches x ppo_epochs) x (forward/backward + optimizer step), nothing else."""
+    """generate + (more than one update: a no-grad log pi_old forward) + (mini_batches x ppo_epochs) x
+    (forward/backward + optimizer step), nothing else."""
     cfg = trainer.config
     started = time.perf_counter()
+    torch.manual_seed(step_seed(cfg.seed, step, 0))   # as train_step: the same samples from the same weights
     problems = trainer._sample_problems(step)
     sampling = SamplingSettings(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
     rollout = trainer.engine.generate([p.prompt for p in problems], cfg.rollout.group_size, sampling)
     G, minis = cfg.rollout.group_size, cfg.train.mini_batches
     rows_per_mini = len(problems) * G // minis
     rewards = torch.randn(rollout.response_ids.shape[0])
+    if cfg.train.ppo_epochs * minis > 1:
+        with torch.no_grad():
+            logits = trainer._response_logits(trainer.model, rollout)
+            torch.log_softmax(logits.float(), -1).gather(-1, rollout.response_ids[..., None])
     for _ in range(cfg.train.ppo_epochs):
         for mini in range(minis):
             rows = torch.arange(mini * rows_per_mini, (mini + 1) * rows_per_mini)
@@ -108,10 +120,11 @@ class TRLSide:
             raise RuntimeError(f"TRL's side ended early; its output:\n{self.log.read()[-4000:]}")
         return json.loads(line)
 
-    def step(self) -> tuple[float, float | None]:
+    def step(self) -> tuple[float, float, float | None]:
+        """(CPU seconds, wall-clock seconds, mean completion length) of one TRL step."""
         self.commands.write("go\n")
         record = self._read()
-        return record["seconds"], record["completion_length"]
+        return record["cpu_seconds"], record["seconds"], record["completion_length"]
 
     def close(self) -> None:
         self.commands.close()
@@ -121,11 +134,12 @@ class TRLSide:
 
 
 def ratio_with_spread(ours: list[float], theirs: list[float], blocks: int) -> tuple[float, float, float]:
-    """median(ours) / median(theirs), and the lowest and highest such ratio over ``blocks`` consecutive blocks."""
+    """The measured steps cut into ``blocks`` consecutive blocks (repeats), median(ours) / median(theirs) in each:
+    the median of these ratios, the lowest and the highest."""
     size = max(1, len(ours) // blocks)
     per_block = [statistics.median(ours[i:i + size]) / statistics.median(theirs[i:i + size])
                  for i in range(0, size * blocks, size) if ours[i:i + size]]
-    return statistics.median(ours) / statistics.median(theirs), min(per_block), max(per_block)
+    return statistics.median(per_block), min(per_block), max(per_block)
 
 
 def main() -> None:
@@ -159,28 +173,44 @@ def main() -> None:
     variants = {"grpo": trainer_for("none")}
     for method in methods:
         variants[method] = trainer_for(method)
+    bare_trainer = trainer_for("none")
     trl = TRLSide(args.trl, variants["grpo"], WARMUP + args.steps) if args.trl else None
-    times: dict[str, list[float]] = {name: [] for name in [*variants, "bare", "trl"]}
-    splits: dict[str, list[float]] = {"time/rollout": [], "time/train": [], "time/other": [], "train/response_length": []}
-    trl_lengths: list[float] = []
+    names = [*variants, "bare"] + (["trl"] if trl else [])
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    splits: dict[str, list[float]] = {"time/rollout": [], "time/train": [], "time/other": []}
+    lengths: dict[str, list[float]] = {"grpo": [], "trl": []}
+    unequal_rollouts = 0   # a method's rollout differing from GRPO's (same weights, same seed: none)
+    order = random.Random(0)
     try:
         for step in range(1, WARMUP + args.steps + 1):
-            measured = step > WARMUP
-            for name, trainer in variants.items():
-                metrics = trainer.train_step(step)
-                if measured:
-                    times[name].append(metrics["time/step"])
+            weights = {k: v.detach().clone() for k, v in variants["grpo"].model.state_dict().items()}
+            rollouts: dict[str, tuple[float, float]] = {}
+            for name in order.sample(names, len(names)):   # a new order each round: no contestant always first
+                started, cpu_started = time.perf_counter(), time.process_time()
+                if name == "trl":
+                    _, cpu_seconds, seconds, length = (None, *trl.step())
+                    lengths["trl"].append(length if length is not None else float("nan"))
+                else:
+                    trainer = bare_trainer if name == "bare" else variants[name]
+                    if name != "grpo":
+                        trainer.model.load_state_dict(weights)
+                        started, cpu_started = time.perf_counter(), time.process_time()
+                    if name == "bare":
+                        bare_step(trainer, step)
+                    else:
+                        metrics = trainer.train_step(step)
+                        rollouts[name] = (metrics["train/response_length"], metrics["train/reward_mean"])
+                    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                     if name == "grpo":
-                        for key in splits:
-                            splits[key].append(metrics[key])
-                if name == "grpo" and trl is not None:
-                    seconds, length = trl.step()
-                    if measured:
-                        times["trl"].append(seconds)
-                        trl_lengths.append(length if length is not None else float("nan"))
-            seconds = bare_step(variants["grpo"], step)
-            if measured:
-                times["bare"].append(seconds)
+                        lengths["grpo"].append(metrics["train/response_length"])
+                        if step > WARMUP:
+                            for key in splits:
+                                splits[key].append(metrics[key])
+                if step > WARMUP:
+                    wall[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
+            unequal_rollouts += sum(rollouts[name] != rollouts["grpo"] for name in methods)
     finally:
         if trl is not None:
             trl.close()
@@ -188,26 +218,30 @@ def main() -> None:
 
     cfg = variants["grpo"].config
     med = statistics.median
-    grpo = times["grpo"]
-    print(f"config: {path.name}{' (on-policy)' if args.on_policy or args.trl else ''}  {cfg.rollout.prompts_per_step} "
+
+    def row(label: str, name: str, numerator: str, denominator: str, target: str) -> str:
+        ratio, low, high = ratio_with_spread(wall[numerator], wall[denominator], args.blocks)
+        cpu_ratio, cpu_low, cpu_high = ratio_with_spread(cpu[numerator], cpu[denominator], args.blocks)
+        return (f"{label:<16} {med(wall[name]):.4f} s  cpu {med(cpu[name]):.4f} s   {target}: wall {ratio:.3f} "
+                f"[{low:.3f}, {high:.3f}], cpu {cpu_ratio:.3f} [{cpu_low:.3f}, {cpu_high:.3f}]")
+
+    print(f"config: {path.name}{' (on-policy)' if args.on_policy or args.trl else ''}: {cfg.rollout.prompts_per_step} "
           f"prompts x {cfg.rollout.group_size} samples, {cfg.rollout.max_new_tokens} new tokens, {cfg.train.ppo_epochs} "
           f"epoch(s) x {cfg.train.mini_batches} mini-batch(es); {args.steps} measured steps each, {torch.get_num_threads()} "
           f"torch thread(s); load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} cores")
-    print("ratios: median / median over all measured steps [lowest, highest over "
-          f"{args.blocks} blocks of {args.steps // args.blocks} steps]")
-    print(f"GRPO step      median {med(grpo):.4f} s  (rollout {med(splits['time/rollout']):.4f}, "
-          f"train {med(splits['time/train']):.4f}, other {med(splits['time/other']):.4f}); "
-          f"mean response {statistics.fmean(splits['train/response_length']):.2f} tokens")
-    ratio, low, high = ratio_with_spread(grpo, times["bare"], args.blocks)
-    print(f"bare loop      median {med(times['bare']):.4f} s   GRPO / bare {ratio:.3f} [{low:.3f}, {high:.3f}]  (target <= 1.05)")
+    print(f"medians of wall-clock and CPU seconds per step; ratios: the steps cut into {args.blocks} blocks of "
+          f"{args.steps // args.blocks}, median / median in each, the median over the blocks [lowest, highest]")
+    print(f"GRPO step        {med(wall['grpo']):.4f} s  (rollout {med(splits['time/rollout']):.4f}, train "
+          f"{med(splits['time/train']):.4f}, other {med(splits['time/other']):.4f})   cpu {med(cpu['grpo']):.4f} s; "
+          f"mean response {statistics.fmean(lengths['grpo']):.2f} tokens")
+    print(row("bare loop", "bare", "grpo", "bare", "GRPO / bare (target <= 1.05)"))
     if trl is not None:
-        ratio, low, high = ratio_with_spread(grpo, times["trl"], args.blocks)
-        print(f"TRL GRPO       median {med(times['trl']):.4f} s   GRPO / TRL {ratio:.3f} [{low:.3f}, {high:.3f}]  (target <= 0.8); "
-              f"TRL's mean response {statistics.fmean(trl_lengths):.2f} tokens")
+        print(row("TRL GRPOTrainer", "trl", "grpo", "trl", "GRPO / TRL (target <= 0.8)")
+              + f"; TRL's mean response {statistics.fmean(lengths['trl']):.2f} tokens")
+    if methods:
+        print(f"methods' rollouts equal to GRPO's: {'yes' if not unequal_rollouts else f'NO, {unequal_rollouts} differ'}")
     for method in methods:
-        ratio, low, high = ratio_with_spread(times[method], grpo, args.blocks)
-        print(f"{method:<18} median {med(times[method]):.4f} s   vs GRPO {ratio:.3f} [{low:.3f}, {high:.3f}]  (target <= 1.05)")
-
+        print(row(method, method, method, "grpo", "/ GRPO (target <= 1.05)"))
 
 if __name__ == "__main__":
     main()

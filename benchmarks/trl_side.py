@@ -4,8 +4,9 @@ Runs in TRL's own environment (``.venv-trl``: ``bash scripts/setup_exports.sh tr
 which hands it the run (a JSON file: model folder, prompts in step order, settings) and two pipe ends. TRL's
 own ``Trainer.train()`` loop runs unmodified; a callback holds it at the start of each optimizer step until
 step_time.py writes ``go``, and reports the seconds from one step's start to the next (generation, reward,
-loss, backward, optimizer, TRL's logging and data loading: the whole iteration). One JSON line per event on
-the result pipe: ``{"ready": ...}`` once, then ``{"seconds": s, "completion_length": l}`` per step.
+loss, backward, optimizer, TRL's logging and data loading: the whole iteration), wall-clock and this process's
+CPU time. One JSON line per event on the result pipe: ``{"ready": ...}`` once, then ``{"seconds": s,
+"cpu_seconds": c, "completion_length": l}`` per step.
 
 Settings (equal work with the trainer's on-policy step): one process, float32 (``bf16=False``), no gradient
 checkpointing (TRL's default is on; the trainer has none), ``per_device_train_batch_size`` = prompts x G,
@@ -48,7 +49,7 @@ def main(spec_path: str, command_fd: int, result_fd: int) -> None:
         """Holds the loop at each step's start until ``go``; reports the previous step's seconds."""
 
         def __init__(self):
-            self.started: float | None = None
+            self.started: tuple[float, float] | None = None
             self.completion_length: float | None = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -56,14 +57,15 @@ def main(spec_path: str, command_fd: int, result_fd: int) -> None:
                 self.completion_length = float(logs["completions/mean_length"])
 
         def on_step_begin(self, args, state, control, **kwargs):
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             if self.started is None:
                 results.write(json.dumps({"ready": True}) + "\n")
             else:
-                results.write(json.dumps({"seconds": now - self.started, "completion_length": self.completion_length}) + "\n")
+                results.write(json.dumps({"seconds": now - self.started[0], "cpu_seconds": cpu_now - self.started[1],
+                                          "completion_length": self.completion_length}) + "\n")
             if commands.readline().strip() != "go":   # step_time.py closed the pipe: done
                 os._exit(0)
-            self.started = time.perf_counter()
+            self.started = time.perf_counter(), time.process_time()
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     tokenizer.padding_side = "left"
