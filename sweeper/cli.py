@@ -10,7 +10,8 @@
     sweeper train run.yaml                           one training run (the trainer's own CLI)
 
 Bad input (spec, run config, flags) exits with code 2 and one clear paragraph on stderr, no
-traceback. Ctrl-C during ``run`` exits 130 (see ``--detach`` for what happens to running trials).
+traceback. Ctrl-C during ``run`` exits 130, SIGTERM 143 and SIGHUP 129 (all three stop the study the same
+way: see ``--detach`` for what happens to running trials).
 Each subcommand is one ``(name, add_arguments, handler)`` entry of :data:`COMMANDS`.
 """
 
@@ -39,7 +40,10 @@ def _validate(args: argparse.Namespace) -> int:
     from .space import describe_space
     from .spec import load_spec
 
+    from .checks import check_launch
+
     spec = load_spec(args.study)
+    check_launch(spec)
     print(f"study {spec.study.name}: spec is valid")
     for line in describe_spec(spec):
         print(f"  {line}")
@@ -116,7 +120,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, help="override budget.max_parallel")
     p.add_argument("--timeout", help="override budget.timeout (seconds, or 30m, 2h)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per finished trial)")
-    p.add_argument("--detach", action="store_true", help="on Ctrl-C leave running trials running (a re-run re-attaches); default: executor.on_interrupt (cancel and re-queue them)")
+    p.add_argument("--detach", action="store_true", help="on Ctrl-C, SIGTERM or SIGHUP leave running trials running (a re-run re-attaches); default: executor.on_interrupt (cancel and re-queue them)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -131,6 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"--timeout: {error}") from None
     if args.dry_run:
+        from .checks import check_launch
+
+        check_launch(spec)
         return _dry_run(spec, args.samples)
 
     from .driver import run_study
@@ -140,9 +147,8 @@ def _run(args: argparse.Namespace) -> int:
             spec, n_trials=args.n_trials, max_parallel=args.max_parallel, timeout=timeout,
             progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else None,
         )
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
+        return _interrupted(interruption)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
     print(f"study {report.study_name}: {counts}")
     if report.best_trial is not None:
@@ -150,6 +156,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"folder: {report.study_dir}")
     print(f"next: sweeper status {args.study}   |   sweeper export {args.study} -o best.yaml")
     return 0
+
+
+def _interrupted(interruption: KeyboardInterrupt) -> int:
+    """Exit 130 for Ctrl-C, 128 + the signal for SIGTERM (143) and SIGHUP (129), as a shell reports them."""
+    signum = getattr(interruption, "signum", None)
+    print(f"interrupted{f' by {interruption}' if signum else ''}", file=sys.stderr)
+    return 128 + signum if signum else EXIT_INTERRUPTED
 
 
 def _dry_run(spec: Any, samples: int) -> int:
@@ -321,9 +334,8 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         result = verify(spec, args.seeds, trial=args.trial, max_parallel=args.max_parallel,
                         progress=False if args.no_progress else None)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
+        return _interrupted(interruption)
     print("\n".join(result.lines(spec.objective[0].metric)))
     return 0
 

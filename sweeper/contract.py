@@ -31,12 +31,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from .statistics import Estimate, mean_and_se
+
 TRIALS_DIR = "trials"
 TICKET_FILE = "trial.json"
 CONFIG_FILE = "config.yaml"
 OUTCOME_FILE = "outcome.json"
 RUN_DIR = "run"             # the trainer's output_dir inside the trial folder
 SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the trial folder
+TRACKING_SPILL_FILE = "mlflow_unsent.json"  # what a trial could not send to MLflow; the driver sends it later
 REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
 STEP0_CACHE_DIR = "step0_cache"      # in the study folder: the untrained model's validation, computed once
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
@@ -200,12 +203,10 @@ def counts_as_budget(trial: Any) -> bool:
     return trial_state(trial) in BUDGET_STATES
 
 
-def objective_estimate(trial: Any, index: int = 0) -> Any:
+def objective_estimate(trial: Any, index: int = 0) -> Estimate | None:
     """A trial's value of objective ``index`` with its standard error (a :class:`sweeper.statistics.Estimate`),
     or None when it has no value. COMPLETE: the objective (mean over seeds) and its recorded SE; PRUNED:
     the last value it reported (Optuna's value of a pruned trial) with the SE over that validation's prompts."""
-    from .statistics import Estimate, mean_and_se
-
     attrs = trial.user_attrs
     if trial.values is None or index >= len(trial.values):
         return None

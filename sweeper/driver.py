@@ -34,9 +34,9 @@ One driver per study, across hosts: the driver holds a lease kept in the study's
 live, and takes over the lease of a dead one (same machine: at once; another host: once its
 heartbeat is older than the lease ttl).
 
-Ctrl-C cancels the jobs in flight and records them as lost (re-queued on the next run); with
-``on_interrupt="detach"`` (default: the spec's ``executor.on_interrupt``) they keep running and the
-next run re-attaches to them.
+Ctrl-C (and, under :func:`run_study`, SIGTERM and SIGHUP: :mod:`sweeper.interrupts`) cancels the jobs in
+flight and records them as lost (re-queued on the next run); with ``on_interrupt="detach"`` (default: the
+spec's ``executor.on_interrupt``) they keep running and the next run re-attaches to them.
 
 For a Slurm study, :func:`preflight` first refuses a SQLite storage on a network filesystem.
 """
@@ -53,10 +53,12 @@ from typing import Any, Callable
 
 import yaml
 
+from .checks import check_launch
 from .contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from .executors import TrialJob, make_executor
+from .interrupts import stop_signals_interrupt
 from .space import Rejected, SampledConfig, resolve, sample
 from .spec import SpecError, StudySpec, load_spec
 from .storage import open_study
@@ -151,6 +153,7 @@ class Driver:
         self._needs_refresh = False
         self._last_refresh = 0.0
         self._rejections_in_a_row = 0
+        self._lease = None  # the study's driver lease (sweeper.lock), held while the driver runs
 
     # ------------------------------------------------------------------ logging / progress
 
@@ -445,7 +448,7 @@ class Driver:
         self._lease = acquire_driver_lease(self.spec, log=self.log)  # LeaseHeld (a SpecError) if another driver runs
 
     def _release_lock(self) -> None:
-        if getattr(self, "_lease", None) is not None:
+        if self._lease is not None:
             self._lease.release()
             self._lease = None
 
@@ -554,8 +557,10 @@ def run_study(
     """Run (or resume) a study to its budget; see :class:`Driver`. Returns a :class:`StudyReport`."""
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
+    check_launch(spec)
     driver = Driver(
         spec, n_trials=n_trials, max_parallel=max_parallel, timeout=timeout, progress=progress,
         on_interrupt=on_interrupt, poll_interval=poll_interval, log=log,
     )
-    return driver.run()
+    with stop_signals_interrupt():  # SIGTERM and SIGHUP stop it like Ctrl-C (sweeper.interrupts)
+        return driver.run()

@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Protocol, Sequence, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .schema import SpecModel
 
@@ -218,10 +218,20 @@ class MedianPrunerSpec(_PrunerSpec):
 class SuccessiveHalvingPrunerSpec(_PrunerSpec):
     optuna_class = "SuccessiveHalvingPruner"
     type: Literal["successive_halving"]
-    min_resource: int | Literal["auto"] = "auto"
+    min_resource: int | Literal["auto"] = Field("auto", description="Steps before the first rung (>= 1), or auto.")
     reduction_factor: int = Field(4, ge=2)
     min_early_stopping_rate: int = Field(0, ge=0)
     bootstrap_count: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _as_optuna_checks(self) -> "SuccessiveHalvingPrunerSpec":
+        # Optuna raises these only when the pruner is built, in the driver, after the study started
+        if isinstance(self.min_resource, int) and self.min_resource < 1:
+            raise ValueError(f"min_resource: {self.min_resource} is not a number of steps; give 1 or more, or auto")
+        if self.bootstrap_count > 0 and self.min_resource == "auto":
+            raise ValueError(f"bootstrap_count: {self.bootstrap_count} needs a fixed min_resource (Optuna cannot "
+                             f"combine it with min_resource: auto); give min_resource, or bootstrap_count: 0")
+        return self
 
 
 class HyperbandPrunerSpec(_PrunerSpec):
@@ -231,6 +241,17 @@ class HyperbandPrunerSpec(_PrunerSpec):
     max_resource: int | Literal["auto"] | None = Field(None, description="None = the trial's train.steps.")
     reduction_factor: int = Field(3, ge=2)
     bootstrap_count: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _as_optuna_checks(self) -> "HyperbandPrunerSpec":
+        # Optuna builds no bracket when max_resource < min_resource: the pruner would silently never prune
+        if isinstance(self.max_resource, int) and self.max_resource < self.min_resource:
+            raise ValueError(f"max_resource: {self.max_resource} is below min_resource ({self.min_resource}): "
+                             f"Hyperband would have no bracket and never prune; give max_resource >= min_resource")
+        if self.bootstrap_count > 0 and self.max_resource == "auto":
+            raise ValueError(f"bootstrap_count: {self.bootstrap_count} needs a known max_resource (Optuna cannot combine "
+                             f"it with max_resource: auto); leave max_resource out (= the trial's steps) or give a number")
+        return self
 
     def optuna_arguments(self, trial_steps: int | None) -> dict[str, Any]:
         arguments = super().optuna_arguments(trial_steps)

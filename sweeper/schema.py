@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from trainers.config import FastSafeLoader, YamlFileError, read_yaml_file, refuse_bool_as_number
 
 
 class SpecError(ValueError):
@@ -23,16 +24,34 @@ class SpecError(ValueError):
 
 
 class SpecModel(BaseModel):
-    """Frozen; unknown keys are rejected (the error lists the accepted keys)."""
+    """Frozen; unknown keys are rejected (the error lists the accepted keys); numbers are finite (no
+    inf, nan) and never booleans (``n_trials: true`` is refused, not read as 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        # a model validator, not a field one: pydantic allows no before-validator on a union's `type` field
+        if isinstance(data, dict):
+            problems = []
+            for name, value in data.items():
+                if isinstance(name, str) and name in cls.model_fields:
+                    try:
+                        refuse_bool_as_number(cls, value, name)
+                    except ValueError as error:
+                        problems.append(f"{name}: {error}")
+            if problems:
+                raise ValueError("\n".join(problems))
+        return data
 
 
 Scalar = Union[None, bool, int, float, str]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; users write ``1e-4``)."""
+class _Loader(FastSafeLoader):
+    """SafeLoader (libyaml's parser when available) that reads ``1e-4`` as a float (YAML 1.1 wants
+    ``1.0e-4``; users write ``1e-4``)."""
 
 
 _Loader.add_implicit_resolver(
@@ -50,10 +69,10 @@ _Loader.add_implicit_resolver(
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """The YAML document at ``path``; a missing file or bad YAML is a :class:`SpecError` naming ``what``."""
-    if not path.exists():
-        raise SpecError(f"{what} {path} does not exist")
+    """The YAML document at ``path``; a missing file, bad YAML or a file beyond the limits of
+    :mod:`trainers.safe_yaml` (size, regular file, UTF-8, depth, expanded size) is a :class:`SpecError`
+    naming ``what``."""
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as error:
-        raise SpecError(f"{what} {path} is not valid YAML: {error}") from None
+        return read_yaml_file(path, what, loader=_Loader)
+    except YamlFileError as error:
+        raise SpecError(str(error)) from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,12 +180,15 @@ _COMPARE = {ast.GtE: ">=", ast.LtE: "<=", ast.Gt: ">", ast.Lt: "<", ast.Eq: "=="
 _ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
+@functools.lru_cache(maxsize=4096)  # a constraint is parsed once, not at every sampled config
 def parse_constraint(expr: str) -> tuple[ast.Expression, list[str]]:
     """Parse ``lhs OP rhs`` (OP one of >= <= > < == !=, sides: config paths, numbers, + - * /).
     Returns the tree and the config paths it reads; raises ValueError naming what is not allowed."""
+    if len(expr) > MAX_CONSTRAINT_CHARS:
+        raise ValueError(f"{expr[:40]!r}... has {len(expr)} characters; a constraint may have at most {MAX_CONSTRAINT_CHARS}")
     try:
         tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise ValueError(f"{expr!r} is not a comparison such as 'clip.eps_high >= clip.eps_low'") from None
     body = tree.body
     if not isinstance(body, ast.Compare) or len(body.ops) != 1 or type(body.ops[0]) not in _COMPARE:
@@ -260,6 +264,14 @@ class ConstraintSpec(SpecModel):
 # --------------------------------------------------------------------------- the space section
 
 
+# Sizes that keep every check of a space (some compare parameters pairwise) within a second; a study tunes
+# a few dozen parameters.
+MAX_PARAMS = 256
+MAX_CONSTRAINTS = 256
+MAX_SHARING_A_PATH = 32
+MAX_CONSTRAINT_CHARS = 1000
+
+
 class SpaceSpec(SpecModel):
     params: dict[str, Param] = Field(default_factory=dict, description="Optuna parameter name -> distribution.")
     constraints: list[ConstraintSpec] = Field(default_factory=list)
@@ -269,6 +281,8 @@ class SpaceSpec(SpecModel):
     def _shorthands(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
+        if len(value) > MAX_PARAMS:
+            raise ValueError(f"{len(value)} parameters; a space may have at most {MAX_PARAMS}")
         out = {}
         for name, param in value.items():
             if isinstance(param, list):
@@ -282,6 +296,8 @@ class SpaceSpec(SpecModel):
     @classmethod
     def _constraint_strings(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if len(value) > MAX_CONSTRAINTS:
+                raise ValueError(f"{len(value)} constraints; a space may have at most {MAX_CONSTRAINTS}")
             return [{"expr": c} if isinstance(c, str) else c for c in value]
         return value
 
@@ -345,6 +361,9 @@ def _check_duplicate_paths(params: dict[str, Any]) -> list[str]:
     for name, param in params.items():
         by_path.setdefault(param_path(name, param), []).append(name)
     for path, names in by_path.items():
+        if len(names) > MAX_SHARING_A_PATH:
+            problems.append(f"space.params: {len(names)} parameters set {path}; at most {MAX_SHARING_A_PATH} may share a path")
+            continue
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 if not _exclusive(params[a].when, params[b].when):

@@ -471,7 +471,7 @@ def _load_base(base: Any, folder: Path) -> tuple[dict[str, Any], str | None]:
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as error:
-        lines = format_validation_error(error, prefix="base.", data=data)
+        lines = format_validation_error(error, prefix="base.", root=RunConfig, data=data)
         if source:
             lines = "\n".join(f"{line}  [in {source}]" for line in lines.splitlines())
         raise SpecError(lines) from None

@@ -20,6 +20,7 @@ from .compare import Gain, baseline_trial, paired_gain
 from .contract import ATTR_SEEDS, RUN_DIR, objective_estimate
 from .driver import Driver
 from .export import choose_trial, trial_config
+from .interrupts import stop_signals_interrupt
 from .pruning import NoPrunerSpec
 from .samplers import RandomSamplerSpec
 from .schema import SpecError
@@ -100,7 +101,8 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     })
     verification_spec._source_file = spec.source_file
     driver = _VerifyDriver(verification_spec, configs, progress=progress, log=log)
-    driver.run()
+    with stop_signals_interrupt():  # SIGTERM and SIGHUP stop it like Ctrl-C (sweeper.interrupts)
+        driver.run()
     trials = {t.params.get("arm"): t for t in driver.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
     estimates = {arm: objective_estimate(t) for arm, t in trials.items()}
     gain = paired_gain(trials["chosen"], trials["baseline"], spec.directions[0]) if len(trials) == 2 else None

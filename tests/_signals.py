@@ -11,3 +11,9 @@ import signal
 
 def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def default_stop_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP at their default disposition (a nohup'ed test runner ignores SIGHUP)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

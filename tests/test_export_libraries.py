@@ -108,11 +108,12 @@ def our_loss(config: dict, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """This trainer's loss of one micro-batch, composed as ``GRPOTrainer._micro_batch_loss`` composes its hooks."""
     c = config
     mask, logp, old_logp, advantages = batch["mask"], batch["logp"], batch["old_logp"], batch["advantages"]
-    token_loss, _ = ppo_clip_loss(logp, old_logp, advantages, c["clip"]["eps_low"], c["clip"]["eps_high"], c["clip"]["dual_c"])
+    token_loss, clip_stats = ppo_clip_loss(logp, old_logp, advantages, c["clip"]["eps_low"], c["clip"]["eps_high"],
+                                           c["clip"]["dual_c"])
     method = c["entropy"]["method"]
     if method == "clip_cov":
         cov = c["entropy"]["clip_cov"]
-        chosen, candidates = clip_cov_selection(advantages, logp, old_logp, mask, c["clip"]["eps_low"], c["clip"]["eps_high"],
+        chosen, candidates = clip_cov_selection(advantages, logp, mask, clip_stats["clipped_term_larger"],
                                                 cov["ratio"], cov["lower"], cov["upper"], torch.Generator().manual_seed(0))
         assert candidates.sum() <= max(1, int(cov["ratio"] * mask.sum())) and chosen.sum() > 0   # deterministic: all chosen
         token_loss = token_loss * ((~chosen).double() * mask)

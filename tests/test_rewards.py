@@ -105,3 +105,10 @@ def test_register_reward_adds_a_name_and_refuses_duplicates(monkeypatch):
     assert get_extractor("test_always_one")("  x ") == "x"  # default extractor: the stripped completion
     with pytest.raises(ValueError, match="already registered"):
         register_reward("test_always_one")(lambda completion, answer: 0.0)
+
+
+def test_the_contract_declares_the_registered_rewards():
+    """trainers.config.BUILTIN_REWARDS (what the sweeper checks data.reward against, torch-free) is the registry."""
+    from trainers.config import BUILTIN_REWARDS
+
+    assert sorted(BUILTIN_REWARDS) == registered_rewards()

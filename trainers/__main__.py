@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from .config import launch_problems
+    from .rewards import registered_rewards
+
+    problems = launch_problems(config, registered_rewards())
+    if problems:
+        lines = "\n".join(f"  {field}: {problem}" for field, problem in problems)
+        print(f"error: run config {args.config} cannot run:\n{lines}", file=sys.stderr)
+        return 2
 
     from .grpo import train
     from .reporting import ConsoleReporter

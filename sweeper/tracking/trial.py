@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
@@ -44,8 +46,11 @@ class TrialTracker:
             the same parent and trial number is re-opened, else a new one is created.
         retry_interval: seconds before retrying an unreachable store (doubles up to 5 minutes).
         max_buffered: metric values kept while the store is unreachable (oldest dropped beyond).
+        spill_path: where :meth:`on_end` writes what it could not send (``mlflow_unsent.json`` in the
+            trial folder); the driver sends it when MLflow is back (:func:`send_spilled`).
 
-    Never raises: tracking failures warn once (:class:`TrackingUnavailableWarning`) and are retried.
+    Never raises: tracking failures warn once (:class:`TrackingUnavailableWarning`) and are retried. What
+    is still unsent when the trial ends is not lost with its process: it is spilled to ``spill_path``.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class TrialTracker:
         run_id: str | None = None,
         retry_interval: float = 15.0,
         max_buffered: int = 200_000,
+        spill_path: str | Path | None = None,
     ):
         self.uri = uri
         self.experiment = experiment
@@ -82,6 +88,7 @@ class TrialTracker:
         self._terminal_status: str | None = None
         self._connection = Connection(uri, f"trial {self.trial_number}", retry_interval)
         self._client = None
+        self.spill_path = Path(spill_path) if spill_path else None
         _ensure_sqlite_dir(uri)
         self._sync()
 
@@ -128,11 +135,35 @@ class TrialTracker:
         self._terminal_status = STATE_TO_RUN_STATUS.get(state or "", None)
         self._sync(force=True)
         lost = self.unsent_metrics
-        if lost or not self._setup_done:
+        if lost or not self._setup_done or self._terminal_status is not None:
+            spilled = self._spill()
             logger.warning(
-                "trial %d ended with MLflow unreachable: %d metric values not logged%s",
+                "trial %d ended with MLflow unreachable: %d metric values not logged%s%s",
                 self.trial_number, lost, "" if self._setup_done else " (its run was never created)",
+                f"; kept in {self.spill_path}, sent by the driver when MLflow is back" if spilled else "",
             )
+
+    # ---- what could not be sent survives the trial process
+
+    def _spill(self) -> bool:
+        """Write everything unsent (and how to open the run) to ``spill_path``; False if there is none."""
+        if self.spill_path is None:
+            return False
+        state = {
+            "uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent_run_id,
+            "trial_number": self.trial_number, "config": self.config, "sampled": self.sampled, "job_id": self.job_id,
+            "log_paths": self.log_paths, "run_id": self.run_id,
+            "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
+            "tags": self._pending_tags, "artifacts": self._pending_artifacts, "terminal_status": self._terminal_status,
+        }
+        try:
+            staging = self.spill_path.with_suffix(".tmp")
+            staging.write_text(json.dumps(state, default=str))
+            os.replace(staging, self.spill_path)
+            return True
+        except OSError as error:
+            logger.warning("could not keep trial %d's unsent tracking data in %s: %s", self.trial_number, self.spill_path, error)
+            return False
 
     # ---- internals
 
@@ -224,6 +255,32 @@ class TrialTracker:
         if self._terminal_status is not None:
             client.set_terminated(self.run_id, self._terminal_status)
             self._terminal_status = None
+
+
+def send_spilled(path: str | Path) -> bool:
+    """Send what a trial process spilled when it ended with MLflow unreachable (create or re-open its run,
+    log its metrics, tags and artifacts, end it), then delete the file. Returns True when all was sent;
+    False leaves the file (with what is still unsent) for a later try. Never raises."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+        tracker = TrialTracker(state["uri"], state["experiment"], state["parent_run_id"], state["trial_number"],
+                               state["config"], state["sampled"], state["job_id"], state["log_paths"],
+                               run_id=state["run_id"], retry_interval=0, spill_path=path)
+    except Exception as error:  # noqa: BLE001 - tracking must never break the driver
+        logger.warning("could not read the unsent tracking data in %s: %s", path, _short(error))
+        return False
+    tracker._pending = [Metric(key, value, timestamp, step) for key, value, timestamp, step in state["metrics"]]
+    tracker._pending_tags.update(state["tags"])
+    tracker._pending_artifacts.update(state["artifacts"])
+    tracker._terminal_status = state["terminal_status"]
+    tracker._sync(force=True)
+    if tracker._setup_done and not tracker._pending and not tracker._pending_tags and not tracker._pending_artifacts \
+            and tracker._terminal_status is None:
+        path.unlink(missing_ok=True)
+        return True
+    tracker._spill()
+    return False
 
 
 def mark_trial(

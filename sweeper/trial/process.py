@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from trainers.reporting import PREEMPTED, ConsoleReporter
 
-from ..contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, Outcome, TrialTicket, atomic_write
+from ..contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, TRACKING_SPILL_FILE, Outcome, TrialTicket, atomic_write
 from ..pruning import build_pruner, health_rules
 from ..statistics import mean_and_se
 from .reporter import TrialReporter
@@ -227,6 +227,7 @@ def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | N
             job_id=job_id,
             log_paths=log_paths,
             run_id=run_id,
+            spill_path=Path(log_paths["trial_dir"]) / TRACKING_SPILL_FILE,
         )
         if tracker.run_id:
             trial.set_user_attr(ATTR_MLFLOW_RUN_ID, tracker.run_id)
