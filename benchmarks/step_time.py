@@ -1,46 +1,74 @@
-"""Seconds per GRPO step on the shipped tiny model, and the trainer's overhead over a bare loop.
+"""Seconds per GRPO step on the shipped tiny model: against a bare loop, TRL's GRPOTrainer, and per entropy method.
 
-Measured in one process, interleaved (GRPO step, bare step, GRPO step, ...) so machine noise hits
-both alike. The bare loop does only what any GRPO step must: ``generate`` the same 8 prompts x 8
-samples, then per optimizer step one forward/backward of a plain policy-gradient loss and
-``optimizer.step()`` — the same number of optimizer steps as the measured config, no old-policy
-pass, no metrics, no interventions.
+Every contestant runs in turn, one step each, round after round (GRPO, TRL, bare loop, method 1, ...), so
+machine noise hits all alike. Equal work: before each round the bare loop's and every method's trainer load
+the GRPO trainer's weights, so they sample exactly its rollout (same weights, same per-step seed) and train on
+it. Reported: each contestant's median over the measured steps, and each ratio with its spread: the measured
+steps cut into ``--blocks`` blocks (repeats), median / median in each, the median over the blocks [lowest,
+highest].
 
-With ``--methods``, one row per entropy method: its median step time over vanilla GRPO's, both
-measured in the same interleaved run (target: <= 5% overhead).
+- bare loop: only what any GRPO step must do, with the trainer's own primitives: ``generate`` the step's
+  prompts x G samples, with more than one update per batch one no-grad forward for log pi_old (the PPO ratio
+  of the later updates needs it; TRL's ``num_iterations`` > 1 does the same), then per optimizer step one
+  forward/backward of a plain policy-gradient loss and ``optimizer.step()``: no entropies, no metrics, no
+  interventions, no gradient clipping.
+- ``--methods``: one row per entropy method, its median over vanilla GRPO's (target: <= +5%).
+- ``--trl [PYTHON]``: TRL's GRPOTrainer (``benchmarks/trl_side.py``, run by TRL's own environment, default
+  ``.venv-trl/bin/python``: ``bash scripts/setup_exports.sh trl``) at equal work: the same model folder, the
+  same prompts in the same order, prompts x G samples, max_new_tokens, temperature, one optimizer step per
+  batch (TRL then skips its old-policy pass), AdamW with the same lr and clipping, float32, no gradient
+  checkpointing, the same reward, the same number of torch threads. Implies ``--on-policy``. TRL's time
+  is its whole loop iteration (generation, reward, loss, backward, optimizer, logging, data loading).
+- ``--on-policy``: one update per batch (``ppo_epochs`` 1, ``mini_batches`` 1): the methods' papers' setting.
 
-    python benchmarks/step_time.py                 # default tiny run, overhead over the bare loop
-    python benchmarks/step_time.py --methods all   # plus a row per entropy method
+    python benchmarks/step_time.py                        # default run (2 epochs x 4 mini-batches), vs bare loop
+    python benchmarks/step_time.py --methods all          # plus a row per entropy method
+    OMP_NUM_THREADS=1 python benchmarks/step_time.py --trl --methods all   # on-policy, vs TRL too
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from trainers.config import parse_config  # noqa: E402
+from trainers.config import parse_config, resolve_model_path  # noqa: E402
 from trainers.entropy.base import registered_interventions  # noqa: E402
 from trainers.grpo import GRPOTrainer  # noqa: E402
 from trainers.rollout import SamplingSettings  # noqa: E402
+from trainers.setup import step_seed  # noqa: E402
+
+WARMUP = 3
 
 
 def bare_step(trainer: GRPOTrainer, step: int) -> float:
-    """generate + (mini_batches x ppo_epochs) x (forward/backward + optimizer step), nothing else."""
+    """generate + (more than one update: a no-grad log pi_old forward) + (mini_batches x ppo_epochs) x
+    (forward/backward + optimizer step), nothing else."""
     cfg = trainer.config
     started = time.perf_counter()
+    torch.manual_seed(step_seed(cfg.seed, step, 0))   # as train_step: the same samples from the same weights
     problems = trainer._sample_problems(step)
     sampling = SamplingSettings(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens)
     rollout = trainer.engine.generate([p.prompt for p in problems], cfg.rollout.group_size, sampling)
     G, minis = cfg.rollout.group_size, cfg.train.mini_batches
     rows_per_mini = len(problems) * G // minis
     rewards = torch.randn(rollout.response_ids.shape[0])
+    if cfg.train.ppo_epochs * minis > 1:
+        with torch.no_grad():
+            logits = trainer._response_logits(trainer.model, rollout)
+            torch.log_softmax(logits.float(), -1).gather(-1, rollout.response_ids[..., None])
     for _ in range(cfg.train.ppo_epochs):
         for mini in range(minis):
             rows = torch.arange(mini * rows_per_mini, (mini + 1) * rows_per_mini)
@@ -54,18 +82,86 @@ def bare_step(trainer: GRPOTrainer, step: int) -> float:
     return time.perf_counter() - started
 
 
+class TRLSide:
+    """TRL's GRPOTrainer in its own environment (benchmarks/trl_side.py), one step per ``step()``."""
+
+    def __init__(self, python: str, trainer: GRPOTrainer, steps: int):
+        cfg = trainer.config
+        problems = [(p.prompt, p.answer) for step in range(1, steps + 2) for p in trainer._sample_problems(step)]
+        spec = {
+            "repo": str(REPO), "model": resolve_model_path(cfg.model.path), "problems": problems, "steps": steps,
+            "seed": cfg.seed, "threads": torch.get_num_threads(), "reward": cfg.data.reward,
+            "settings": {"prompts": cfg.rollout.prompts_per_step, "group_size": cfg.rollout.group_size,
+                         "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature,
+                         "top_p": cfg.rollout.top_p, "top_k": cfg.rollout.top_k, "eps_low": cfg.clip.eps_low,
+                         "eps_high": cfg.clip.eps_high, "lr": cfg.optim.lr, "betas": list(cfg.optim.betas),
+                         "weight_decay": cfg.optim.weight_decay, "max_grad_norm": cfg.optim.max_grad_norm},
+        }
+        self.spec_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(spec, self.spec_file)
+        self.spec_file.close()
+        command_read, self._command = os.pipe()
+        self._result, result_write = os.pipe()
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [python, str(REPO / "benchmarks" / "trl_side.py"), self.spec_file.name, str(command_read), str(result_write)],
+            pass_fds=(command_read, result_write), stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+        os.close(command_read)
+        os.close(result_write)
+        self.commands = os.fdopen(self._command, "w", buffering=1)
+        self.results = os.fdopen(self._result, "r")
+        self._read()   # {"ready": true}: the model is loaded, TRL's loop waits at step 1
+
+    def _read(self) -> dict:
+        line = self.results.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"TRL's side ended early; its output:\n{self.log.read()[-4000:]}")
+        return json.loads(line)
+
+    def step(self) -> tuple[float, float, float | None]:
+        """(CPU seconds, wall-clock seconds, mean completion length) of one TRL step."""
+        self.commands.write("go\n")
+        record = self._read()
+        return record["cpu_seconds"], record["seconds"], record["completion_length"]
+
+    def close(self) -> None:
+        self.commands.close()
+        self.process.wait(timeout=60)
+        os.unlink(self.spec_file.name)
+        os.unlink(self.log.name)
+
+
+def ratio_with_spread(ours: list[float], theirs: list[float], blocks: int) -> tuple[float, float, float]:
+    """The measured steps cut into ``blocks`` consecutive blocks (repeats), median(ours) / median(theirs) in each:
+    the median of these ratios, the lowest and the highest."""
+    size = max(1, len(ours) // blocks)
+    per_block = [statistics.median(ours[i:i + size]) / statistics.median(theirs[i:i + size])
+                 for i in range(0, size * blocks, size) if ours[i:i + size]]
+    return statistics.median(per_block), min(per_block), max(per_block)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="run config YAML (default: examples/tiny_grpo.yaml)")
-    parser.add_argument("--steps", type=int, default=15, help="measured steps per variant (after 2 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=40, help=f"measured steps per contestant (after {WARMUP} warm-up steps)")
+    parser.add_argument("--blocks", type=int, default=4, help="blocks of steps for the spread of each ratio")
     parser.add_argument("--methods", default="", help="comma list of entropy methods, or 'all'")
+    parser.add_argument("--on-policy", action="store_true", help="one update per batch (ppo_epochs 1, mini_batches 1)")
+    parser.add_argument("--trl", nargs="?", const=str(REPO / ".venv-trl" / "bin" / "python"), default=None,
+                        metavar="PYTHON", help="also TRL's GRPOTrainer, run by PYTHON (default .venv-trl/bin/python)")
     args = parser.parse_args()
 
     import yaml
 
-    path = Path(args.config) if args.config else Path(__file__).resolve().parents[1] / "examples" / "tiny_grpo.yaml"
+    path = Path(args.config) if args.config else REPO / "examples" / "tiny_grpo.yaml"
     base = yaml.safe_load(path.read_text())
-    base.setdefault("train", {})["output_dir"] = "/tmp/entropy-sweeper-bench"
+    base.setdefault("train", {})["output_dir"] = tempfile.mkdtemp(prefix="entropy-sweeper-bench-")
+    if args.on_policy or args.trl:
+        base["train"].update(ppo_epochs=1, mini_batches=1, micro_batch_size=None)
+    if args.trl and not Path(args.trl).exists():
+        parser.error(f"--trl: {args.trl} does not exist; `bash scripts/setup_exports.sh trl` makes .venv-trl")
     methods = [m for m in registered_interventions() if m != "none"] if args.methods == "all" else \
         [m for m in args.methods.split(",") if m]
 
@@ -73,36 +169,79 @@ def main() -> None:
         data = {**base, "entropy": {**base.get("entropy", {}), "method": method}}
         return GRPOTrainer(parse_config(data))
 
+    load_before = os.getloadavg()
     variants = {"grpo": trainer_for("none")}
     for method in methods:
         variants[method] = trainer_for(method)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    bare_trainer = trainer_for("none")
+    trl = TRLSide(args.trl, variants["grpo"], WARMUP + args.steps) if args.trl else None
+    names = [*variants, "bare"] + (["trl"] if trl else [])
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     splits: dict[str, list[float]] = {"time/rollout": [], "time/train": [], "time/other": []}
-    bare: list[float] = []
-    for step in range(1, args.steps + 3):
-        for name, trainer in variants.items():
-            metrics = trainer.train_step(step)
-            if step > 2:
-                times[name].append(metrics["time/step"])
-                if name == "grpo":
-                    for key in splits:
-                        splits[key].append(metrics[key])
-        seconds = bare_step(variants["grpo"], step)
-        if step > 2:
-            bare.append(seconds)
+    lengths: dict[str, list[float]] = {"grpo": [], "trl": []}
+    unequal_rollouts = 0   # a method's rollout differing from GRPO's (same weights, same seed: none)
+    order = random.Random(0)
+    try:
+        for step in range(1, WARMUP + args.steps + 1):
+            weights = {k: v.detach().clone() for k, v in variants["grpo"].model.state_dict().items()}
+            rollouts: dict[str, tuple[float, float]] = {}
+            for name in order.sample(names, len(names)):   # a new order each round: no contestant always first
+                started, cpu_started = time.perf_counter(), time.process_time()
+                if name == "trl":
+                    _, cpu_seconds, seconds, length = (None, *trl.step())
+                    lengths["trl"].append(length if length is not None else float("nan"))
+                else:
+                    trainer = bare_trainer if name == "bare" else variants[name]
+                    if name != "grpo":
+                        trainer.model.load_state_dict(weights)
+                        started, cpu_started = time.perf_counter(), time.process_time()
+                    if name == "bare":
+                        bare_step(trainer, step)
+                    else:
+                        metrics = trainer.train_step(step)
+                        rollouts[name] = (metrics["train/response_length"], metrics["train/reward_mean"])
+                    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+                    if name == "grpo":
+                        lengths["grpo"].append(metrics["train/response_length"])
+                        if step > WARMUP:
+                            for key in splits:
+                                splits[key].append(metrics[key])
+                if step > WARMUP:
+                    wall[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
+            unequal_rollouts += sum(rollouts[name] != rollouts["grpo"] for name in methods)
+    finally:
+        if trl is not None:
+            trl.close()
+    load_after = os.getloadavg()
 
     cfg = variants["grpo"].config
     med = statistics.median
-    print(f"config: {path.name}  {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples, "
-          f"{cfg.train.ppo_epochs} epoch(s) x {cfg.train.mini_batches} mini-batches, {args.steps} measured steps")
-    print(f"GRPO step      median {med(times['grpo']):.4f} s  (rollout {med(splits['time/rollout']):.4f}, "
-          f"train {med(splits['time/train']):.4f}, other {med(splits['time/other']):.4f})")
-    print(f"bare loop      median {med(bare):.4f} s")
-    print(f"GRPO / bare    {med(times['grpo']) / med(bare):.3f}  (overhead {100 * (med(times['grpo']) / med(bare) - 1):+.1f}%, target <= +10%)")
-    for method in methods:
-        ratio = med(times[method]) / med(times["grpo"])
-        print(f"{method:<18} median {med(times[method]):.4f} s  vs GRPO {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%, target <= +5%)")
 
+    def row(label: str, name: str, numerator: str, denominator: str, target: str) -> str:
+        ratio, low, high = ratio_with_spread(wall[numerator], wall[denominator], args.blocks)
+        cpu_ratio, cpu_low, cpu_high = ratio_with_spread(cpu[numerator], cpu[denominator], args.blocks)
+        return (f"{label:<16} {med(wall[name]):.4f} s  cpu {med(cpu[name]):.4f} s   {target}: wall {ratio:.3f} "
+                f"[{low:.3f}, {high:.3f}], cpu {cpu_ratio:.3f} [{cpu_low:.3f}, {cpu_high:.3f}]")
+
+    print(f"config: {path.name}{' (on-policy)' if args.on_policy or args.trl else ''}: {cfg.rollout.prompts_per_step} "
+          f"prompts x {cfg.rollout.group_size} samples, {cfg.rollout.max_new_tokens} new tokens, {cfg.train.ppo_epochs} "
+          f"epoch(s) x {cfg.train.mini_batches} mini-batch(es); {args.steps} measured steps each, {torch.get_num_threads()} "
+          f"torch thread(s); load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} cores")
+    print(f"medians of wall-clock and CPU seconds per step; ratios: the steps cut into {args.blocks} blocks of "
+          f"{args.steps // args.blocks}, median / median in each, the median over the blocks [lowest, highest]")
+    print(f"GRPO step        {med(wall['grpo']):.4f} s  (rollout {med(splits['time/rollout']):.4f}, train "
+          f"{med(splits['time/train']):.4f}, other {med(splits['time/other']):.4f})   cpu {med(cpu['grpo']):.4f} s; "
+          f"mean response {statistics.fmean(lengths['grpo']):.2f} tokens")
+    print(row("bare loop", "bare", "grpo", "bare", "GRPO / bare (target <= 1.05)"))
+    if trl is not None:
+        print(row("TRL GRPOTrainer", "trl", "grpo", "trl", "GRPO / TRL (target <= 0.8)")
+              + f"; TRL's mean response {statistics.fmean(lengths['trl']):.2f} tokens")
+    if methods:
+        print(f"methods' rollouts equal to GRPO's: {'yes' if not unequal_rollouts else f'NO, {unequal_rollouts} differ'}")
+    for method in methods:
+        print(row(method, method, method, "grpo", "/ GRPO (target <= 1.05)"))
 
 if __name__ == "__main__":
     main()

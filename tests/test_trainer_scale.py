@@ -130,12 +130,13 @@ def test_half_precision_runs_keep_float32_master_weights_that_move_at_lr_1e_6(ma
 def test_response_logits_from_only_the_response_positions_equal_the_sliced_full_logits(make_run_config, monkeypatch):
     """With ``logits_to_keep`` the model projects only the positions that predict the response (no
     [B, P + T, V] block): the same logits as slicing the full output, at temperature 1 and not."""
-    import trainers.grpo
+    import trainers.forward
 
     trainer = GRPOTrainer(parse_config(make_run_config()))
     rollout = trainer.engine.generate(["1+2=", "13+4="], 3, SamplingSettings(max_new_tokens=6))
+    monkeypatch.setattr(trainers.forward, "shares_prompt_prefix", lambda model: False)   # the full forward's path
     kept = {t: trainer._response_logits(trainer.model, rollout, t) for t in (1.0, 0.7)}
-    monkeypatch.setattr(trainers.grpo, "takes_logits_to_keep", lambda model: False)
+    monkeypatch.setattr(trainers.forward, "takes_logits_to_keep", lambda model: False)
     for temperature, logits in kept.items():
         assert logits.is_contiguous() and logits.shape[:2] == rollout.response_ids.shape
         torch.testing.assert_close(logits, trainer._response_logits(trainer.model, rollout, temperature), rtol=1e-6, atol=1e-6)

@@ -5,6 +5,7 @@ One rollout step reads as the algorithm does (``GRPOTrainer.train_step``):
 1. rollout      sample ``prompts_per_step`` prompts, G responses each, with the rollout engine
 2. reward       verifiable rewards, group-relative advantages (``advantage``: grpo | dr_grpo)
 3. old policy   one no-grad pass: log pi_old, full-vocabulary entropy, the intervention's features
+                (skipped where the step makes one update from one forward per process: ``fuses_old_policy_pass``)
 4. begin_step   the entropy intervention updates its state (anchors, coefficients)
 5. updates      ``ppo_epochs`` x ``mini_batches`` optimizer steps; per micro-batch: forward,
                 token advantages -> PPO clip loss -> token loss hook -> token weights -> loss mask
@@ -37,10 +38,10 @@ from .collectives import global_ratio
 from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
+from .forward import response_logits
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
-from .setup import (COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed,
-                    takes_logits_to_keep)
+from .setup import COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed
 from .validation_cache import read_step0, step0_key, write_step0
 
 CHECKPOINT_DIR = "checkpoint"
@@ -106,6 +107,9 @@ class GRPOTrainer:
         self.reward_fn = get_reward(config.data.reward)
         self.intervention = build_intervention(config.entropy, run_config=config)
         self.step = 0
+        # one update from one forward per process: the old policy IS the current one (skip its no-grad pass);
+        # False forces the pass (tests compare the two)
+        self.fuse_old_policy_pass = True
         reporters = list(reporters)
         if self.is_main:
             reporters.insert(0, JsonlReporter(self.output_dir / METRICS_FILE))
@@ -131,25 +135,10 @@ class GRPOTrainer:
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
         """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V],
-        contiguous, in the compute dtype.
-
-        A model that takes ``logits_to_keep`` (transformers' causal LMs) projects only the T positions that
-        predict the response: no [B, P + T, V] block and no sliced copy of it; the temperature is applied in
-        place (the vocabulary projection's backward does not need its output)."""
-        device = self.accelerator.device
-        input_ids = rollout.input_ids.to(device)
-        attention_mask = rollout.attention_mask.to(device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_len, response_len = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+        contiguous, in the compute dtype; each distinct prompt runs once (``trainers.forward.response_logits``)."""
         temperature = self.config.rollout.temperature if temperature is None else temperature
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         with self.autocast():
-            if takes_logits_to_keep(self.accelerator.unwrap_model(model)):
-                keep = torch.arange(prompt_len - 1, prompt_len + response_len - 1, device=device)
-                logits = model(**inputs, logits_to_keep=keep).logits
-                return logits.div_(temperature) if temperature != 1.0 else logits
-            logits = model(**inputs).logits[:, prompt_len - 1:prompt_len + response_len - 1, :]
-            return logits / temperature if temperature != 1.0 else logits.contiguous()
+            return response_logits(model, rollout, self.accelerator.device, temperature)
 
     def _all_mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average each metric over processes (keys may differ between ranks)."""
@@ -201,7 +190,13 @@ class GRPOTrainer:
         response_mask = rollout.response_mask.float().to(device)
         response_ids = rollout.response_ids.to(device)
         micro = cfg.train.micro_batch_size or rollout.response_ids.shape[0]
-        old_logp, old_entropy, old_features = self._old_policy_pass(rollout, response_ids, response_mask, micro)
+        fused = self.fuses_old_policy_pass(rollout.response_ids.shape[0])
+        if fused:   # the update's own forward: pi_old = pi, log pi_old = log pi detached (the ratio is 1)
+            on_policy = self._forward(rollout)
+            old_logp, old_entropy, old_features = self._old_policy_values(on_policy[0].detach(), on_policy[1].detach(), response_mask)
+        else:
+            on_policy = None
+            old_logp, old_entropy, old_features = self._old_policy_pass(rollout, response_ids, response_mask, micro)
         step_batch = StepBatch(
             step=step, response_mask=response_mask, old_logp=old_logp, old_entropy=old_entropy,
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
@@ -234,7 +229,7 @@ class GRPOTrainer:
                                      salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
                         loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
-                                                                     len(micro_slices), seed)
+                                                                     len(micro_slices), seed, on_policy)
                         self.accelerator.backward(self.grad_scaler.scale(loss / len(micro_slices)))
                     sums.add(micro_metrics)
                 self.grad_scaler.unscale_(self.optimizer)
@@ -268,6 +263,28 @@ class GRPOTrainer:
         metrics["time/other"] = time.perf_counter() - t_train
         metrics["time/step"] = time.perf_counter() - t_start
         return metrics
+
+    def fuses_old_policy_pass(self, rows: int) -> bool:
+        """Whether this step's only update comes from one forward of all ``rows`` of this process's batch
+        (``ppo_epochs`` 1, ``mini_batches`` 1, no smaller micro-batches): then the old policy is the current
+        one, and its log-probs, entropies and features come from that forward, detached (TRL skips the pass
+        alike). Else they need the no-grad pass, before the first update and over the whole batch, which
+        ``begin_step`` reads."""
+        cfg = self.config.train
+        return (self.fuse_old_policy_pass and cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+                and (cfg.micro_batch_size or rows) >= rows)
+
+    def _forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, log pi(token))`` of the current policy over ``rollout``, with grad."""
+        logits = self._response_logits(self.model, rollout)
+        return logits, token_logprobs(logits, rollout.response_ids.to(logits.device), self.config.entropy.chunk_size)
+
+    @torch.no_grad()
+    def _old_policy_values(self, logits: torch.Tensor, logp: torch.Tensor, response_mask: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """What the old-policy pass gives, from the logits and log-probs of the update's own forward (detached)."""
+        return logp, token_entropy(logits, self.config.entropy.chunk_size), \
+            self.intervention.old_policy_features(logits, response_mask)
 
     @torch.no_grad()
     def _old_policy_pass(self, rollout: Rollout, response_ids: torch.Tensor, response_mask: torch.Tensor,
@@ -309,13 +326,13 @@ class GRPOTrainer:
         return torch.cat(pieces)
 
     def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
-                          num_micro: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                          num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of the micro-batch ``rows``; ``forward``: its ``(logits, logp)`` when the step already ran it."""
         cfg = self.config
         device = self.accelerator.device
         rows_device = rows.to(device)
-        logits = self._response_logits(self.model, rollout.select(rows))
-        response_ids = rollout.response_ids[rows].to(device)
-        logp = token_logprobs(logits, response_ids, cfg.entropy.chunk_size)
+        logits, logp = forward if forward is not None else self._forward(rollout.select(rows))
         mask = batch.response_mask[rows_device]
         micro = MicroBatch(
             logits=logits, logp=logp, old_logp=batch.old_logp[rows_device], old_entropy=batch.old_entropy[rows_device],

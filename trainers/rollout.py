@@ -137,9 +137,9 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: SamplingSettings) -> Rollout:
-        prompt_ids, prompt_mask = _tokenize_prompts(self.tokenizer, format_prompts(self.tokenizer, prompts, self.chat_template))
-        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
-        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+        unique_ids, unique_mask = _tokenize_prompts(self.tokenizer, format_prompts(self.tokenizer, prompts, self.chat_template))
+        prompt_ids = unique_ids.repeat_interleave(n, dim=0)
+        prompt_mask = unique_mask.repeat_interleave(n, dim=0)
         device = next(self.model.parameters()).device
         stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         was_training = self.model.training
@@ -147,8 +147,10 @@ class HFRolloutEngine:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         try:
+            # the n copies of a prompt share its prefill: the cache of prompt[:-1] runs once per prompt
+            prefix = _shared_prefill(self.model, unique_ids.to(device), unique_mask.to(device), n)
             output = self.model.generate(
-                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True,
+                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True, **prefix,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
                 max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=stop_ids or None,
@@ -160,6 +162,19 @@ class HFRolloutEngine:
             response_ids = torch.full((prompt_ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=torch.long)
         response_mask = response_mask_from_ids(response_ids, stop_ids, self.tokenizer.pad_token_id)
         return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids, response_mask)
+
+
+def _shared_prefill(model, unique_ids: torch.Tensor, unique_mask: torch.Tensor, n: int) -> dict[str, Any]:
+    """``{"cache": cache}`` (``past_key_values`` before transformers 5.2x) of each prompt's tokens but its last, computed once and repeated for its
+    n samples (``generate`` then runs only the last prompt token and the new ones); ``{}`` where that saves
+    nothing or the model's cache is not a plain key/value store (``trainers.forward.shares_prompt_prefix``)."""
+    from .forward import cache_keyword, prefix_cache, shares_prompt_prefix
+
+    if n < 2 or unique_ids.shape[1] < 2 or not shares_prompt_prefix(model):
+        return {}
+    cache = prefix_cache(model, unique_ids[:, :-1], unique_mask[:, :-1])
+    cache.batch_repeat_interleave(n)
+    return {cache_keyword(model): cache}
 
 
 # --------------------------------------------------------------------------- vLLM

@@ -80,13 +80,6 @@ def make_lr_lambda(config: RunConfig):
     return lr_lambda
 
 
-def takes_logits_to_keep(model) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` as positions (transformers >= 4.50 causal LMs)."""
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 def check_batch_shape(config: RunConfig, processes: int) -> None:
     """The step batch splits into whole groups per process, mini-batch and equal micro-batches."""
     prompts, minis = config.rollout.prompts_per_step, config.train.mini_batches
