@@ -42,7 +42,7 @@ _LOSS_AGG_TRL = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo", "seq_mean_
 _LOSS_AGG_VERL = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
                   "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
 _VERL_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-# knobs that only matter for a given entropy.method (to be replaced by trainers.config.METHOD_SECTIONS)
+# knobs that only matter for a given entropy.method (trainers.config.METHOD_SECTIONS)
 _ENTROPY_SECTIONS = {section for sections in METHOD_SECTIONS.values() for section in sections}  # knobs of some method
 
 
