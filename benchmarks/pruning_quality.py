@@ -117,8 +117,11 @@ def standin(trials: int, folder: Path) -> list[dict]:
     return rows
 
 
-def trial_steps(trials: list) -> int:
-    return sum(int(t.user_attrs.get(ATTR_PRUNED_AT_STEP) or t.user_attrs.get(ATTR_LAST_STEP) or 0) for t in trials)
+def trial_steps(trials: list, seeds: int = 1) -> int:
+    """Training steps the trials ran: a pruned trial stops on its first seed; a complete one ran all ``seeds``."""
+    return sum(int(t.user_attrs.get(ATTR_PRUNED_AT_STEP) or 0) if t.state.name == "PRUNED"
+               else int(t.user_attrs.get(ATTR_LAST_STEP) or 0) * (seeds if t.state.name == "COMPLETE" else 1)
+               for t in trials)
 
 
 def quickstart(parallel: int, folder: Path) -> dict:
@@ -136,7 +139,9 @@ def quickstart(parallel: int, folder: Path) -> dict:
         done = run(study, folder)
         complete = [t for t in done if t.state.name == "COMPLETE"]
         best = max(complete, key=lambda t: t.value) if complete else None
-        results[label] = {"trials": done, "best": best, "steps": trial_steps(done), "minutes": (time.time() - started) / 60}
+        results[label] = {"trials": done, "best": best, "steps": trial_steps(done, int(spec["budget"].get("seeds", 1))),
+                          "minutes": (time.time() - started) / 60,
+                          "states": {s: sum(t.state.name == s for t in done) for s in ("COMPLETE", "PRUNED", "FAIL")}}
     (full, pruned) = results.values()
     gain = paired_gain(full["best"], pruned["best"]) if full["best"] and pruned["best"] else None
     return {"results": results, "gain": gain}
@@ -165,7 +170,7 @@ def main() -> int:
             output = {}
             for label, r in outcome["results"].items():
                 best = r["best"]
-                line = (f"{label:40s} trial-steps {r['steps']:5d}  {r['minutes']:5.1f} min  best: "
+                line = (f"{label:40s} trial-steps {r['steps']:5d}  {r['minutes']:5.1f} min  {r['states']}  best: "
                         + (f"trial {best.number} value {best.value:.4f} params {best.params}" if best else "none"))
                 print(line)
                 output[label] = {"trial_steps": r["steps"], "minutes": r["minutes"],

@@ -1,6 +1,7 @@
 """Rollout seconds per GRPO step: the vLLM engine against HF ``generate``, on the default run.
 
-Two trainers on the same config (``examples/tiny_grpo.yaml``: 8 prompts x 8 samples, 8 new tokens), one with
+Two trainers on the same config (``examples/tiny_grpo.yaml`` or ``--config``; the README figures were measured
+when the default run was 8 prompts x 8 samples, 8 new tokens), one with
 ``rollout.engine: hf`` and one with ``rollout.engine: vllm``. Per step, each engine samples that step's prompts
 as the trainer's rollout does (``_sample_problems(step)``, the step's seed, the run's sampling settings; for vLLM
 the weight push before sampling is included), in turn in one process (HF step 1, vLLM step 1, HF step 2, ...)

@@ -141,16 +141,51 @@ def score(problems: list[Problem], completions: list[list[str]], ks: list[int]) 
     return evaluation_metrics(correct, answers, ks)
 
 
+@torch.no_grad()
+def greedy_correct(model, tokenizer, problems: list[Problem], max_new_tokens: int = 8, batch_prompts: int = 256) -> list[bool]:
+    """Whether the greedy (argmax) answer of each problem is right."""
+    model.eval()
+    reward = get_reward("exact_numeric")
+    correct: list[bool] = []
+    for start in range(0, len(problems), batch_prompts):
+        chunk = problems[start : start + batch_prompts]
+        encoded = tokenizer([p.prompt for p in chunk], padding=True, return_tensors="pt")
+        output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        correct.extend(reward(text, p.answer) > 0 for text, p in zip(texts, chunk))
+    return correct
+
+
 def evaluate(model, tokenizer, problems: list[Problem], n: int = 8) -> dict[str, float]:
-    """pass@1/pass@8 (and maj/mean) over ``problems``, plus per-level pass@1 as ``level{L}/pass@1``."""
+    """pass@1/pass@n (and maj/mean) over ``problems`` and greedy accuracy (``greedy``: the pass@1 that full
+    sharpening would reach), plus per level as ``level{L}/pass@1``, ``level{L}/pass@{n}``, ``level{L}/greedy``."""
     completions = sample_completions(model, tokenizer, [p.prompt for p in problems], n)
+    greedy = greedy_correct(model, tokenizer, problems)
     metrics = score(problems, completions, [1, n])
+    metrics["greedy"] = sum(greedy) / len(greedy)
     for level in sorted({p.level for p in problems}):
         indices = [i for i, p in enumerate(problems) if p.level == level]
         per_level = score([problems[i] for i in indices], [completions[i] for i in indices], [1, n])
         metrics[f"level{level}/pass@1"] = per_level["pass@1"]
         metrics[f"level{level}/pass@{n}"] = per_level[f"pass@{n}"]
+        metrics[f"level{level}/greedy"] = sum(greedy[i] for i in indices) / len(indices)
     return metrics
+
+
+def corrupt_digit(answer: str, rng: random.Random) -> str:
+    """``answer`` with one digit (uniform position) replaced by a different uniform digit; no new leading zero."""
+    positions = [i for i, ch in enumerate(answer) if ch.isdigit()]
+    i = rng.choice(positions)
+    leading = i == positions[0] and len(positions) > 1
+    choices = [d for d in ("123456789" if leading else "0123456789") if d != answer[i]]
+    return answer[:i] + rng.choice(choices) + answer[i + 1:]
+
+
+def with_label_noise(problems: list[Problem], fraction: float, seed: int) -> list[Problem]:
+    """A copy of ``problems`` where each answer is, with probability ``fraction``, one wrong digit away (:func:`corrupt_digit`)."""
+    rng = random.Random(f"label-noise:{seed}")
+    return [Problem(p.prompt, corrupt_digit(p.answer, rng), p.level) if rng.random() < fraction else p for p in problems]
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -167,10 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task-seed", type=int, default=SyntheticTaskConfig().seed, help="seed of the train/validation split")
     parser.add_argument("--levels", default="1,2,3", help="task levels trained on")
     parser.add_argument("--eval-levels", default=",".join(map(str, SyntheticTaskConfig().levels)), help="levels of the reported pass@k")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=600, help="phase 1 (clean answers): steps of warmup + cosine")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="phase 1 peak learning rate")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--noisy-steps", type=int, default=150, help="phase 2 (label noise): steps of cosine decay to 0; 0 = no phase 2")
+    parser.add_argument("--noisy-lr", type=float, default=2e-4, help="phase 2 peak learning rate (fresh AdamW)")
+    parser.add_argument("--label-noise", type=float, default=0.3, help="phase 2: fraction of answers with one digit replaced at random")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -190,25 +228,36 @@ def main(argv: list[str] | None = None) -> dict:
     num_params = sum(p.numel() for p in model.parameters())
     train_levels = [int(x) for x in args.levels.split(",")]
     eval_levels = [int(x) for x in args.eval_levels.split(",")]
-    train_task = SyntheticTaskConfig(levels=train_levels, train_size=args.steps * args.batch_size, val_size=1, seed=args.task_seed)
+    total_steps = args.steps + args.noisy_steps
+    train_task = SyntheticTaskConfig(levels=train_levels, train_size=total_steps * args.batch_size, val_size=1, seed=args.task_seed)
     eval_task = SyntheticTaskConfig(levels=eval_levels, val_size=args.eval_prompts, seed=args.task_seed)
     train_problems = synthetic_problems(train_task, "train")
+    split = args.steps * args.batch_size
+    train_problems = train_problems[:split] + with_label_noise(train_problems[split:], args.label_noise, args.seed)
     val_problems = synthetic_problems(eval_task, "val")
     print(f"model: {num_params / 1e6:.2f}M params; train {len(train_problems)} problems of levels {train_levels}", flush=True)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
-    for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        batch = training_batch(train_problems[step * args.batch_size : (step + 1) * args.batch_size], tokenizer)
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step:4d} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.2e} ({time.time() - started:.0f}s)", flush=True)
+    phases = [("clean", args.steps, lambda step: learning_rate(step, args.steps, args.lr, args.warmup))]
+    if args.noisy_steps:
+        phases.append(("noisy", args.noisy_steps,
+                       lambda step: args.noisy_lr * 0.5 * (1.0 + math.cos(math.pi * step / args.noisy_steps))))
+    offset = 0
+    for phase, steps, lr_at in phases:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr_at(0), weight_decay=0.01, betas=(0.9, 0.98))
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            rows = train_problems[(offset + step) * args.batch_size : (offset + step + 1) * args.batch_size]
+            loss = model(**training_batch(rows, tokenizer)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 25 == 0 or step == steps - 1:
+                print(f"{phase} step {step:4d} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
+                      f"({time.time() - started:.0f}s)", flush=True)
+        offset += steps
     train_seconds = time.time() - started
 
     torch.manual_seed(args.seed + 1)
