@@ -73,7 +73,7 @@ def main() -> None:
     load_before = os.getloadavg()
     for round_index in range(args.rounds):
         for name, (tracking, python) in variants.items():
-            rows[name].append(one_trial(folder, f"{name}-{round_index}", tracking, python))
+            rows[name].append(one_trial(folder, f"{name.replace(' ', '-')}-{round_index}", tracking, python))
     load_after = os.getloadavg()
     med = statistics.median
     print(f"{args.rounds} rounds of one trial per variant (tiny-arith, 2 steps, no step-0 validation), "
