@@ -86,15 +86,16 @@ def make_storage(url: str, *, worker: bool = False) -> Any:
 def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], attempts: int = 5) -> Any:
     """RDBStorage creates its tables on first use; two processes opening a new database at once race
     ("table ... already exists", or "UNIQUE constraint failed: alembic_version" when both stamp the schema
-    version): the loser retries and finds the tables."""
+    version; on PostgreSQL 'relation "studies" already exists' (DuplicateTable, a ProgrammingError) or a
+    duplicate key in pg_type): the loser retries and finds the tables."""
     import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (OperationalError, IntegrityError) as error:
-            lost_race = "already exists" in str(error) or "alembic_version" in str(error)
+        except (OperationalError, IntegrityError, ProgrammingError) as error:
+            lost_race = any(sign in str(error) for sign in ("already exists", "alembic_version", "duplicate key"))
             if not lost_race or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))

@@ -79,7 +79,12 @@ def assert_same_run(got: dict, expected: dict, steps) -> None:
     """Weights, last gradients, method state and the global per-step metrics (logged by rank 0 only)
     agree to float tolerance."""
     assert got["step"] == expected["step"] == STEPS
-    assert_close_tree(got["weights"], expected["weights"], rtol=1e-5, atol=1e-6, where="weights")
+    # atol 1e-5, about 1% of how far 4 Adam steps at lr 3e-4 move a weight: the methods with an entropy anchor
+    # (SIREN, AER) sum entropies per shard in float32 before the float64 all-reduce, so their anchor and
+    # coefficient differ from one process's in the 7th digit, and Adam's normalization lets that move weights
+    # whose gradient is near 0 by up to ~3e-6 (measured on the shipped model); a wrong shard or reduction moves
+    # them by ~1e-4 or more
+    assert_close_tree(got["weights"], expected["weights"], rtol=1e-5, atol=1e-5, where="weights")
     scale = max(float(g.abs().max()) for g in expected["grads"].values())
     assert_close_tree(got["grads"], expected["grads"], rtol=1e-4, atol=1e-4 * scale, where="grads")
     assert_close_tree(got["state"], expected["state"], rtol=1e-5, atol=1e-7, where="state")
