@@ -400,7 +400,7 @@ def plot(runs: dict[str, dict[int, dict]], ks: list[int], steps: int, seeds: lis
     ax.set_ylabel(f"pass@{k_max}", fontsize=11)
     ax.grid(alpha=0.3)
 
-    handles, labels = axes[1, 0].get_legend_handles_labels()
+    handles, labels = axes[2, 0].get_legend_handles_labels()   # panel (e): every run and the initial policy
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=11.5, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"GRPO and the entropy methods on the tiny arithmetic testbed: mean over seeds {seeds} "
                  "(bands: one SE over seeds)", fontsize=14)
