@@ -79,7 +79,7 @@ def describe_spec(spec: Any) -> list[str]:
     steps = spec.trial_steps()
     budget += f", {steps} steps per trial" + (" (budget.steps)" if b.steps else " (base train.steps)")
     if b.seeds > 1:
-        budget += f", {b.seeds} seeds per config (a trial's value is their mean ± SE over seeds)"
+        budget += f", {b.seeds} seeds per config (a trial's value is their mean ± SE over seeds and prompts)"
     e = spec.executor
     r = e.resources
     executor = f"{e.type}: {e.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, time limit {r.timeout_min:g} min"

@@ -155,7 +155,7 @@ class BudgetSpec(SpecModel):
     seeds: int = Field(
         1, ge=1,
         description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
-        "and its value is their mean, with the standard error over seeds.",
+        "and its value is their mean, with a standard error over seeds and validation prompts.",
     )
 
     @field_validator("timeout", mode="before")

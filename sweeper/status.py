@@ -87,18 +87,18 @@ def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, 
                       "" if row["step"] is None else str(row["step"]), reason, params])
     widths = [max(len(r[i]) for r in table) for i in range(6)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 6 else cell for i, cell in enumerate(r)).rstrip() for r in table]
-    units = _units(rows)
-    footer = [f"± one standard error: over seeds for trials with several seeds, else over the {units}." if units else ""]
+    prompts, seeds = _units(rows)
+    footer = [f"± one standard error over the {prompts}" + (f", combined with the spread over the {seeds} seeds a complete trial ran"
+                                                             if seeds else "") + "." if prompts else ""]
     return "\n".join(head + [""] + lines + [line for line in footer if line])
 
 
-def _units(rows: list[dict[str, Any]]) -> str:
+def _units(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """('128 validation prompts', '3') : what the shown standard errors are over ('' where unknown or one seed)."""
     prompts = {e.prompts for row in rows for e in (row["objective"] or row["last_value"] or []) if e is not None and e.prompts}
-    seeds = {e.seeds for row in rows for e in (row["objective"] or []) if e is not None}
-    text = f"{'/'.join(map(str, sorted(prompts)))} validation prompts" if prompts else ""
-    if seeds - {1}:
-        text += f"; complete trials ran {'/'.join(map(str, sorted(seeds)))} seed(s)"
-    return text
+    seeds = {e.seeds for row in rows for e in (row["objective"] or []) if e is not None} - {1}
+    return (f"{'/'.join(map(str, sorted(prompts)))} validation prompts" if prompts else "",
+            "/".join(map(str, sorted(seeds))))
 
 
 def _short_name(path: str) -> str:

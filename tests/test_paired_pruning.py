@@ -4,6 +4,8 @@ seeds with budget.seeds)."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import optuna
@@ -92,8 +94,11 @@ def test_the_value_carries_its_standard_error_over_prompts_and_over_seeds(tmp_pa
     assert trial.user_attrs[ATTR_SEEDS] == [5, 6, 7] and [r["seed"] for r in replicates] == [5, 6, 7]
     seed_values = [r["values"][0] for r in replicates]
     assert len(set(seed_values)) == 3                                         # three different runs
-    mean, se = mean_and_se(seed_values)
-    assert trial.value == pytest.approx(mean) and trial.user_attrs[ATTR_OBJECTIVE_SE] == [pytest.approx(se)]
+    mean, seed_se = mean_and_se(seed_values)
+    prompt_means = [sum(values) / 3 for values in zip(*(r["per_prompt"] for r in replicates))]
+    prompt_se = mean_and_se(prompt_means)[1]                                  # the validation's share, shared by the seeds
+    assert trial.value == pytest.approx(mean)
+    assert trial.user_attrs[ATTR_OBJECTIVE_SE] == [pytest.approx(math.sqrt(seed_se ** 2 + prompt_se ** 2))]
     for r in replicates:
         assert r["values"][0] == pytest.approx(sum(r["per_prompt"]) / 64, abs=1e-5)
 

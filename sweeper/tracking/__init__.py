@@ -49,6 +49,7 @@ This module imports neither torch nor the trainers: it runs on a login node.
 from __future__ import annotations
 
 import os
+import warnings
 
 for _name, _value in (
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
@@ -57,6 +58,10 @@ for _name, _value in (
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
 ):
     os.environ.setdefault(_name, _value)
+
+# MLflow's SQL store uses a loader option that SQLAlchemy 2.1 deprecates; the warning reached users' terminals
+# (`sweeper export`) while saying nothing about their study
+warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
 
 from .names import (CONFIG_ARTIFACT, PER_PROMPT_ARTIFACT, SAMPLED_PARAM_PREFIX, STDERR_ARTIFACT,  # noqa: E402
                     TAG_BEST_PREFIX, TAG_JOB_ID, TAG_LOG_PREFIX, TAG_PARENT, TAG_PRUNE_REASON, TAG_ROLE, TAG_SAMPLED,

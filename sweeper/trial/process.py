@@ -31,7 +31,7 @@ from trainers.reporting import PREEMPTED, ConsoleReporter
 
 from ..contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, TRACKING_SPILL_FILE, Outcome, TrialTicket, atomic_write
 from ..pruning import build_pruner, health_rules
-from ..statistics import mean_and_se
+from ..statistics import mean_and_se, replicate_summary
 from .reporter import TrialReporter
 
 
@@ -187,7 +187,8 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
 
 def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
     """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
-    finished seeds and standard errors over seeds (R > 1) or over prompts."""
+    finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1), combined with the
+    SE over prompts for the first objective (:func:`~sweeper.statistics.replicate_summary`)."""
     outcome = ending if ending is not None else Outcome("COMPLETE")
     if outcome.state == "COMPLETE":
         if len(finished) > 1:
@@ -195,6 +196,8 @@ def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], se
             estimates = [mean_and_se(list(column)) for column in columns]
             outcome.values = [value for value, _ in estimates]
             outcome.values_se = [se for _, se in estimates]
+            # the first objective also carries the validation's uncertainty (its per-prompt values are kept)
+            outcome.values_se[0] = replicate_summary(list(columns[0]), [r.get("per_prompt") for r in finished]).se
         else:
             outcome.values = finished[0]["values"]
             outcome.values_se = _prompt_se(outcome.per_prompt)
