@@ -369,8 +369,10 @@ def _running_jobs(path: Path, count: int) -> list[tuple[str, Path]] | None:
 @pytest.mark.slurm
 def test_driver_killed_mid_study_reattaches_on_rerun_and_loses_nothing(slurm_cluster, tmp_path, background):
     path = study_file(tmp_path, "kill", real_trainer=False, base={"train": {"steps": 24, "eval_every": 8}},
-                      budget={"n_trials": 3, "max_parallel": 2}, executor={"env": {"STANDIN_STEP_SECONDS": "0.25"}},
+                      budget={"n_trials": 3, "max_parallel": 2}, executor={"env": {"STANDIN_STEP_SECONDS": "1.0"}},
                       tracking={"enabled": True})
+    # 24 s per trial: the first job must still run when the second starts training and the driver is killed
+    # (at 0.25 s per step, on an idle machine, the first had finished by then)
     driver = background(path)
     jobs = wait_for(lambda: _running_jobs(path, 2) if driver.poll() is None else pytest.fail(driver.stdout.read()),
                     "two trials training")
