@@ -88,9 +88,11 @@ def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, 
     widths = [max(len(r[i]) for r in table) for i in range(6)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 6 else cell for i, cell in enumerate(r)).rstrip() for r in table]
     prompts, seeds = _units(rows)
-    footer = [f"± one standard error over the {prompts}" + (f", combined with the spread over the {seeds} seeds a complete trial ran"
-                                                             if seeds else "") + "." if prompts else ""]
-    return "\n".join(head + [""] + lines + [line for line in footer if line])
+    footer = []
+    if prompts:
+        over_seeds = f", combined with the spread over the {seeds} seeds a complete trial ran" if seeds else ""
+        footer.append(f"± one standard error over the {prompts}{over_seeds}.")
+    return "\n".join(head + [""] + lines + footer)
 
 
 def _units(rows: list[dict[str, Any]]) -> tuple[str, str]:

@@ -193,11 +193,11 @@ def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], se
     if outcome.state == "COMPLETE":
         if len(finished) > 1:
             columns = list(zip(*(r["values"] for r in finished)))
-            estimates = [mean_and_se(list(column)) for column in columns]
-            outcome.values = [value for value, _ in estimates]
-            outcome.values_se = [se for _, se in estimates]
-            # the first objective also carries the validation's uncertainty (its per-prompt values are kept)
-            outcome.values_se[0] = replicate_summary(list(columns[0]), [r.get("per_prompt") for r in finished]).se
+            # the first objective's per-prompt values are kept, so its SE also carries the validation's noise
+            vectors = [[r.get("per_prompt") for r in finished]] + [[None] * len(finished)] * (len(columns) - 1)
+            estimates = [replicate_summary(list(column), seed_vectors) for column, seed_vectors in zip(columns, vectors)]
+            outcome.values = [estimate.value for estimate in estimates]
+            outcome.values_se = [estimate.se for estimate in estimates]
         else:
             outcome.values = finished[0]["values"]
             outcome.values_se = _prompt_se(outcome.per_prompt)
