@@ -148,6 +148,7 @@ class Driver:
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.best: tuple[float, int] | None = None
         self.tracker = None
+        self.executor = None
         self.parent_run_id: str | None = None
         self._bar = None
         self._needs_refresh = False
@@ -208,6 +209,8 @@ class Driver:
             self._end_tracking("FINISHED")
             return self.report
         finally:
+            if self.executor is not None:
+                self.executor.close()
             self._release_lock()
 
     def _loop(self, started: float, already: int) -> None:

@@ -8,8 +8,10 @@
     job.outlives_driver                             # True: re-attach whatever its state (Slurm)
     job.cancel()
     executor.reattach(job_id, trial_dir) -> job | None   # a job started by a previous driver
+    executor.close()                                # the driver submits nothing more (jobs may run on)
 
-* ``local`` (the default, :mod:`.local`): submitit's LocalExecutor, one process per trial on this machine.
+* ``local`` (the default, :mod:`.local`): submitit's LocalExecutor, one process per trial on this machine,
+  forked from a per-study server that has done the imports (:mod:`.warm`; ``warm_start: false``: cold).
 * ``debug`` (:mod:`.local`): the trial runs in the driver's process, one at a time.
 * ``slurm`` (:mod:`.slurm`): one Slurm job per trial through submitit's AutoExecutor.
 

@@ -44,6 +44,9 @@ class Executor(Protocol):
 
     def reattach(self, job_id: str, trial_dir: Path) -> TrialJob | None: ...
 
+    def close(self) -> None:
+        """The driver submits nothing more (its jobs may still run)."""
+
 
 class ResourcesSpec(SpecModel):
     cpus_per_trial: int = Field(1, gt=0, description="Sets OMP_NUM_THREADS / MKL_NUM_THREADS of the trial process.")

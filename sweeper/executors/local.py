@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from pydantic import Field
 
 from ..contract import SUBMITIT_DIR
 from .base import STDERR_TAIL_CHARS, ExecutorSpecBase, TrialJob, patched_environ, tail, trial_environment
+from .warm import WarmServer
 
 
 class LocalExecutorSpec(ExecutorSpecBase):
@@ -29,6 +32,11 @@ class LocalExecutorSpec(ExecutorSpecBase):
     type: Literal["local"]
     python: str | None = Field(None, description="Python that runs the trial; default: the driver's.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before the trial (e.g. 'source venv/bin/activate').")
+    warm_start: bool = Field(
+        True,
+        description="Fork each trial from a per-study server that has imported torch, transformers and MLflow once "
+        "(sweeper/executors/warm.py): seconds less per trial. false: every trial is a fresh interpreter.",
+    )
 
 
 class DebugExecutorSpec(ExecutorSpecBase):
@@ -123,11 +131,26 @@ class LocalExecutor:
 
     def __init__(self, spec: LocalExecutorSpec):
         self.spec = spec
+        self.warm: WarmServer | None = None
+
+    def _python(self) -> str | None:
+        """submitit's ``python``: the interpreter, or the warm client in its place (the server starts on first use)."""
+        if not self.spec.warm_start:
+            return self.spec.python
+        python = self.spec.python or shlex.quote(sys.executable)
+        if self.warm is None:
+            self.warm = WarmServer(python, list(self.spec.setup), trial_environment(self.spec), self.spec.entrypoint)
+        return self.warm.python_command(python)
+
+    def close(self) -> None:
+        """The driver is done submitting: the warm server exits once the trials it forked have ended."""
+        if self.warm is not None:
+            self.warm.close()
 
     def _submitit_executor(self, folder: Path):
         import submitit
 
-        executor = submitit.LocalExecutor(folder=folder, python=self.spec.python)
+        executor = submitit.LocalExecutor(folder=folder, python=self._python())
         params: dict[str, Any] = {"timeout_min": self.spec.resources.timeout_min, "gpus_per_node": self.spec.resources.gpus_per_trial}
         if self.spec.setup:
             params["setup"] = list(self.spec.setup)
@@ -197,3 +220,6 @@ class DebugExecutor:
 
     def reattach(self, job_id: str, trial_dir: Path) -> TrialJob | None:
         return None  # an in-process trial dies with its driver
+
+    def close(self) -> None:
+        pass

@@ -316,4 +316,7 @@ class SlurmExecutor:
         self._last_refresh = -math.inf
         return SlurmTrialJob(self, Path(trial_dir) / SUBMITIT_DIR, str(job_id), Path(trial_dir))
 
+    def close(self) -> None:
+        pass  # each Slurm job starts its own interpreter on its node: there is no warm server to stop
+
 

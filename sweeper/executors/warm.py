@@ -1,0 +1,337 @@
+"""Warm start of local trials: a server process per study that imports what a trial imports once, and
+forks each trial from there (``executor.warm_start``, on by default for ``type: local``).
+
+A trial process spends its first seconds importing (torch ~1 s, MLflow ~1.1 s, transformers' lazy modules
+behind the tokenizer and the model ~2.6 s on 2 loaded cores); the work of the trial itself starts after.
+The server pays that once: it imports :data:`PRELOAD` and the executor's entry point module (for the
+default trainer, also torch, transformers, accelerate, MLflow and Optuna: :data:`PRELOAD_FOR_ENTRYPOINT`), listens
+on a Unix socket in a private folder (mode 0700, peers checked to be this user), and for each trial
+forks a child that takes the client's stdin/stdout/stderr, environment and working folder and runs
+``python -m submitit.core._submit <job folder>`` as the cold process would. After each child ends, the
+server also imports the modules that child had imported (listed by the child at its exit): transformers
+loads most of itself lazily, on the first ``from_pretrained``, so the second trial onwards start with
+those done too.
+
+Process tree and signals (:mod:`.warm_client` is the task submitit's controller starts)::
+
+    driver -> submitit controller -> warm_client ...forwards signals...> trial (forked by the server)
+           -> warm server (its own session; outlives the driver while its trials run)
+
+* The client forwards SIGINT, SIGTERM, SIGUSR1/2 and SIGHUP (cancel, timeout, requeue) to the trial and
+  exits with its exit code or signal; when the client is killed (SIGKILL), the server kills the trial's
+  process group. A job still looks like submitit's to the driver: re-attach by the controller's pid works.
+* Fork safety: the server runs one Python thread (it checks before each fork, and refuses, so the trial
+  starts cold, if an import started one; the idle native pools torch and others start at import are what
+  every forking DataLoader also inherits), never runs a torch op, and sets
+  ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so ``torch.cuda.is_available()`` does not initialise CUDA; it
+  refuses to fork once ``torch.cuda.is_initialized()``. Each child reseeds ``random``, sets torch's
+  thread count from its own ``OMP_NUM_THREADS`` and restores default signal handling.
+* The server stops (new trials start cold) on SIGTERM from :meth:`WarmServer.close` at the driver's end,
+  or when the driver's process is gone; it exits once its last trial ends.
+* Anything wrong (no server, still importing after two minutes, a refused fork): the client execs the
+  cold ``python`` it replaces, with a line in the trial's stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import random
+import runpy
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .warm_client import SOCKET_NAME, STARTING_NAME
+
+CLIENT_SCRIPT = Path(__file__).with_name("warm_client.py")
+PRELOAD = ("submitit", "submitit.core.submission", "sweeper.trial")
+PRELOAD_FOR_ENTRYPOINT = {  # what the default trainer's trial imports before its first step
+    "trainers.grpo": ("torch", "transformers", "transformers.modeling_utils", "transformers.models.auto.modeling_auto",
+                      "transformers.models.auto.tokenization_auto", "accelerate", "mlflow", "optuna",
+                      "sweeper.tracking.trial", "trainers.grpo"),
+}
+MODULES_FILE = "modules-{pid}.txt"
+POLL_S = 0.2
+
+
+class WarmServer:
+    """The driver's handle on one server: started on first use, stopped by :meth:`close`."""
+
+    def __init__(self, python: str, setup: list[str], env: dict[str, str], entrypoint: str):
+        self.folder = Path(tempfile.mkdtemp(prefix="sweeper-warm-"))
+        server = [*shlex.split(python), "-c", "from sweeper.executors.warm import main; main()",
+                  str(self.folder), str(os.getpid()), entrypoint]
+        command: list[str] | str = server
+        if setup:
+            command = " && ".join([*setup, "exec " + shlex.join(server)])
+        server_env = {**os.environ, **env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+        with open(self.folder / "server.log", "ab") as log:
+            self.process = subprocess.Popen(command, shell=bool(setup), env=server_env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (self.folder / STARTING_NAME).write_text(str(self.process.pid))
+
+    def python_command(self, python: str) -> str:
+        """What submitit's LocalExecutor takes as ``python``: the client script in its place."""
+        return " ".join([python, shlex.quote(str(CLIENT_SCRIPT)), shlex.quote(str(self.folder))])
+
+    def close(self) -> None:
+        """No new trials through this server; it exits after its running trials (which outlive the driver)."""
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------- server
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} [warm server {os.getpid()}] {message}", flush=True)
+
+
+def _import_all(names: list[str]) -> int:
+    imported = 0
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+            imported += 1
+        except BaseException as error:  # noqa: BLE001 - a module that does not import here is skipped
+            if isinstance(error, KeyboardInterrupt):
+                raise
+    return imported
+
+
+def _fork_unsafe() -> str | None:
+    """Why forking now would hand the child a broken runtime (None: safe)."""
+    if threading.active_count() > 1:  # Python threads can hold the import or logging locks at the fork
+        return f"the server runs {threading.active_count()} Python threads after its imports"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA was initialised in the server"
+    return None
+
+
+def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Path) -> int:
+    """In the forked child: become the cold trial process and run it; its exit code."""
+    os.setpgid(0, 0)
+    for fd in server_fds:
+        os.close(fd)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    random.seed()
+    torch = sys.modules.get("torch")
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    sys.stdin = open(0, closefd=False)
+    sys.stdout, sys.stderr = (io.TextIOWrapper(open(fd, "wb", buffering=0, closefd=False), write_through=True)  # python -u
+                              for fd in (1, 2))
+    argv = request["argv"]
+    module = argv[argv.index("-m") + 1]
+    sys.argv = [module, *argv[argv.index("-m") + 2:]]
+    print(f"[sweeper] warm start: trial process {os.getpid()} forked from the warm server (pid {os.getppid()})", file=sys.stderr)
+    code = 0
+    sys.modules.pop(module, None)  # run as __main__, as `python -m` does (a trial may have imported it)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, (int, type(None))):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - what python would print, and exit 1
+        traceback.print_exc()
+        code = 1
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        names = sorted(name for name in sys.modules if not name.startswith("__"))
+        (folder / MODULES_FILE.format(pid=os.getpid())).write_text("\n".join(names))
+    except BaseException:  # noqa: BLE001 - the trial's own ending already happened
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return code
+
+
+def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
+    header, fds, _, _ = socket.recv_fds(connection, 8, 3)
+    size = struct.unpack("!Q", header)[0]
+    body = b""
+    while len(body) < size:
+        chunk = connection.recv(size - len(body))
+        if not chunk:
+            raise ConnectionError("the client closed the connection mid-request")
+        body += chunk
+    return json.loads(body), fds
+
+
+def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
+    started = time.monotonic()
+    module = entrypoint.split(":")[0]
+    names = [*PRELOAD, *PRELOAD_FOR_ENTRYPOINT.get(module, ())]
+    if not module.endswith(".py"):
+        names.append(module)
+    count = _import_all(names)
+    _log(f"imported {count} modules in {time.monotonic() - started:.1f} s")
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    path = folder / SOCKET_NAME
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    children: dict[int, socket.socket] = {}  # pid -> its client's connection
+    _log(f"ready on {path}")
+    while True:
+        if not stopping and not _alive(driver_pid):
+            stopping = True
+        if stopping and listener is not None:
+            selector.unregister(listener)
+            listener.close()
+            listener = None
+            path.unlink(missing_ok=True)
+            _log("stopping: new trials start cold; exiting after the running ones")
+        if stopping and not children:
+            break
+        for key, _ in selector.select(POLL_S):
+            if key.fileobj is listener:
+                _accept(listener, selector, children, folder)
+            else:  # a client's connection is readable only when it closed: its client is gone
+                pid = key.data
+                if pid in children:
+                    _log(f"the client of trial process {pid} is gone: killing the trial")
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    selector.unregister(key.fileobj)
+        _reap(children, selector, folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict, folder: Path) -> None:
+    connection, _ = listener.accept()
+    creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        connection.close()
+        return
+    try:
+        request, fds = _receive(connection)
+    except (OSError, ValueError, ConnectionError) as error:
+        _log(f"bad request: {error}")
+        connection.close()
+        return
+    refusal = _fork_unsafe()
+    if refusal is not None or len(fds) != 3:
+        _log(f"not forking: {refusal or 'the client sent no stdio'}")
+        for fd in fds:
+            os.close(fd)
+        connection.close()  # the client starts cold
+        return
+    server_fds = [listener.fileno(), connection.fileno(), *(c.fileno() for c in children.values())]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _run_child(request, fds, server_fds, folder)
+        except BaseException:  # noqa: BLE001 - before the trial ran: into its stderr (or the server's log)
+            traceback.print_exc()
+        finally:
+            os._exit(code if 0 <= code < 256 else 1)
+    try:
+        os.setpgid(pid, pid)  # also in the child: whichever runs first, the group exists before a kill
+    except OSError:
+        pass
+    for fd in fds:
+        os.close(fd)
+    connection.sendall(b"P" + struct.pack("!q", pid))
+    children[pid] = connection
+    selector.register(connection, selectors.EVENT_READ, data=pid)
+
+
+def _reap(children: dict, selector: selectors.BaseSelector, folder: Path) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        connection = children.pop(pid, None)
+        if connection is None:
+            continue
+        try:
+            connection.sendall(b"X" + struct.pack("!q", status))
+        except OSError:
+            pass
+        try:
+            selector.unregister(connection)
+        except (KeyError, ValueError):
+            pass
+        connection.close()
+        learned = folder / MODULES_FILE.format(pid=pid)
+        if learned.exists():
+            names = learned.read_text().split()
+            learned.unlink()
+            began = time.monotonic()
+            count = _import_all(names)
+            if count:
+                _log(f"imported {count} more modules a trial used, in {time.monotonic() - began:.1f} s")
+
+
+def main() -> None:
+    """``python -c 'from sweeper.executors.warm import main; main()' <folder> <driver pid> <entry point>``."""
+    folder, driver_pid, entrypoint = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    try:
+        serve(folder, driver_pid, entrypoint)
+    except BaseException:  # noqa: BLE001 - clients find no socket and start cold
+        traceback.print_exc()
+        (folder / SOCKET_NAME).unlink(missing_ok=True)
+        raise
+
