@@ -2,6 +2,7 @@
 
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
+    python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
 
 ``standin``: studies of tests/noisy_trainer.py (validations like the real ones: per-prompt results, sampling
 noise with common random numbers, a training-seed effect; the truth is known):
@@ -20,6 +21,16 @@ about 0.04 (one SD), the size of run-to-run differences seen on the shipped mode
 once with its own pruner: the trial-steps each used, and whether the pruned study's best is within noise
 of the full study's best (the paired difference of the two bests over the validation prompts, with a 95%
 interval). Goal (issue 11): the same best with at most a third of the trial-steps.
+
+``replay``: a finished study run without pruning (every trial complete, e.g. the quickstart, which prunes
+nothing) replayed under other pruners: the trials in their order, each reporting its recorded validations
+(value and per-prompt results of its first seed) to the pruner as it did live; a trial the pruner stops at
+step s costs s trial-steps, a trial it lets finish costs every seed's steps and keeps its recorded value.
+Exact for the pruning decisions because a pruned run's validations up to step s are those of the full run
+(same seeds; CPU runs are deterministic); two approximations: trials are replayed one at a time (live, two
+ran at once, so the incumbent could differ), and the sampler's later choices are the recorded ones (a TPE
+study that pruned would have sampled differently). For each pruner: trial-steps against the full budget,
+its best, and the full study's best minus it, paired (over seeds when both ran several), with a 95% interval.
 
 Prints a table; ``--json`` also writes the numbers.
 """
@@ -147,9 +158,72 @@ def quickstart(parallel: int, folder: Path) -> dict:
     return {"results": results, "gain": gain}
 
 
+REPLAY_PRUNERS = {
+    "the study's own pruner": None,
+    "paired, no min_difference": {"type": "paired", "p_threshold": 0.05},
+    "median (Optuna's MedianPruner)": {"type": "median", "n_startup_trials": 2},
+    "successive halving (x3, first rung = first validation)": {"type": "successive_halving", "reduction_factor": 3},
+}
+
+
+def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -> list[dict]:
+    """Each of ``pruners`` (label -> pruner section; None: the study's own) on the finished study ``study_file``
+    (see the module docstring); per pruner, also ``pruned_at``: trial number -> the step it was stopped at."""
+    from pydantic import TypeAdapter
+
+    from sweeper.contract import per_prompt_attr
+    from sweeper.pruning import PrunerSpec, build_pruner
+    from sweeper.trial.process import validation_steps
+    from trainers.config import parse_config
+
+    spec = load_spec(study_file)
+    recorded = [t for t in optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
+                if t.state.name != "RUNNING"]
+    if not recorded or any(t.state.name != "COMPLETE" for t in recorded):
+        raise SystemExit(f"{study_file}: replay needs a study whose trials all completed (run it with pruner type none)")
+    seeds = len(recorded[0].user_attrs.get("seeds") or [0])
+    full_steps = trial_steps(recorded, seeds)
+    maximize = spec.directions[0] == "maximize"
+    pick = max if maximize else min
+    full_best = pick(recorded, key=lambda t: t.value)
+    rows = []
+    for label, pruner_dict in pruners.items():
+        pruner_spec = spec.pruner if pruner_dict is None else TypeAdapter(PrunerSpec).validate_python(pruner_dict)
+        config = parse_config(recorded[0].user_attrs["config"], "the first trial's config")
+        pruner = build_pruner(pruner_spec, config.train.steps, validation_steps(config))
+        study = optuna.create_study(direction=spec.directions[0], pruner=pruner)
+        used, kept, stopped = 0, [], {}
+        for trial in recorded:
+            live = study.ask()
+            pruned_at = None
+            for step, value in sorted(trial.intermediate_values.items()):
+                live.set_user_attr(per_prompt_attr(step), trial.user_attrs.get(per_prompt_attr(step)))
+                live.report(value, step)
+                if live.should_prune():
+                    pruned_at = step
+                    break
+            if pruned_at is None:
+                used += int(trial.user_attrs.get(ATTR_LAST_STEP) or 0) * seeds
+                study.tell(live, trial.value)
+                kept.append(trial)
+            else:
+                used += pruned_at
+                stopped[trial.number] = pruned_at
+                study.tell(live, state=optuna.trial.TrialState.PRUNED)
+        best = pick(kept, key=lambda t: t.value)
+        gain = paired_gain(full_best, best, spec.directions[0]) if best.number != full_best.number else None
+        rows.append({"label": f"the study's own ({pruner_spec.type})" if pruner_dict is None else label,
+                     "ratio": used / full_steps, "trial_steps": used, "full_trial_steps": full_steps,
+                     "complete": len(kept), "best": best.number, "best_value": best.value,
+                     "best_params": best.params, "difference": gain.text() if gain else "same trial",
+                     "within_noise": gain is None or not gain.difference.significant, "pruned_at": stopped})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["standin", "quickstart"])
+    parser.add_argument("what", choices=["standin", "quickstart", "replay"])
+    parser.add_argument("study", nargs="?", help="replay: the study YAML of a finished, unpruned study")
     parser.add_argument("--trials", type=int, default=24, help="standin: trials per identical-config study")
     parser.add_argument("--parallel", type=int, default=2, help="quickstart: trials in flight")
     parser.add_argument("--json", help="also write the numbers here")
@@ -157,7 +231,18 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pruning-quality-") as tmp:
         folder = Path(tmp)
-        if args.what == "standin":
+        if args.what == "replay":
+            if not args.study:
+                parser.error("replay needs the study YAML: pruning_quality.py replay examples/quickstart.yaml")
+            output = replay(Path(args.study))
+            full = output[0]["full_trial_steps"]
+            print(f"{args.study}: {len(output) and full} trial-steps with no pruner\n"
+                  "| pruner | trial-steps (of the full budget) | complete | best | full best - this best (95% interval) | within noise |\n"
+                  "|---|---|---|---|---|---|")
+            for r in output:
+                print(f"| {r['label']} | {r['trial_steps']} ({r['ratio']:.2f}) | {r['complete']} | trial {r['best']} "
+                      f"({r['best_value']:.3f}) | {r['difference']} | {'yes' if r['within_noise'] else 'NO'} |")
+        elif args.what == "standin":
             rows = standin(args.trials, folder)
             print("| study | pruner | seed shift | pruned | rate [95% interval] |\n|---|---|---|---|---|")
             for r in rows:

@@ -5,7 +5,7 @@ seeds with budget.seeds)."""
 from __future__ import annotations
 
 import math
-
+import sys
 from pathlib import Path
 
 import optuna
@@ -75,6 +75,29 @@ def test_a_known_worse_config_is_pruned_against_the_incumbent(tmp_path):
     assert "paired Wilcoxon p = " in message and "vs trial 0 (the incumbent) over 64 prompts" in message
     step = worse.user_attrs["pruned_at_step"]
     assert step < 40 and len(worse.user_attrs[per_prompt_attr(step)]) == 64
+
+
+def test_a_replay_of_a_full_study_prunes_what_the_live_pruner_pruned(tmp_path):
+    """benchmarks/pruning_quality.py replay: the recorded validations of an unpruned study, replayed through
+    the paired pruner, stop the same trials at the same steps as a live study with that pruner (one trial at a
+    time, the same configs and seeds: a pruned run's validations are the full run's up to its stop)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pruning_quality import replay
+
+    configs = [{"clip.eps_high": eps, "seed": seed} for eps, seed in [(0.28, 1), (0.4, 2), (0.3, 3), (0.36, 4), (0.28, 5)]]
+    space = {"params": {"clip.eps_high": {"type": "float", "low": 0.2, "high": 0.5}, "seed": {"type": "int", "low": 0, "high": 10}}}
+    paired = {"type": "paired", "p_threshold": 0.05}
+    budget = {"n_trials": len(configs), "max_parallel": 1}
+    full = study(tmp_path, "full", space=space, enqueue=configs, budget=budget, pruner={"type": "none"})
+    live = study(tmp_path, "live", space=space, enqueue=configs, budget=budget, pruner=paired)
+    run_study(full, progress=False, log=quiet)
+    run_study(live, progress=False, log=quiet)
+    [replayed] = replay(full, {"paired": paired})
+    live_stops = {t.number: t.user_attrs["pruned_at_step"] for t in trials_of(live) if t.state.name == "PRUNED"}
+    assert live_stops, "the study should prune something for the comparison to mean anything"
+    assert replayed["pruned_at"] == live_stops
+    full_steps = 40 * len(configs)
+    assert replayed["trial_steps"] == full_steps - sum(40 - step for step in live_stops.values())
 
 
 def test_the_value_carries_its_standard_error_over_prompts_and_over_seeds(tmp_path):
