@@ -3,8 +3,8 @@ forks each trial. Real processes throughout: the server, its client script as su
 it, real signals, and real studies of the shipped model through the driver.
 
 - A warm trial computes exactly what a cold one does (same config, same seed: the same metrics).
-- The client passes its exit code, the signal that killed the trial, its stdio, working folder and
-  environment; it forwards the controller's signals; killed itself, it takes the trial with it.
+- The client passes its exit code, the signal that killed the trial, its stdio, working folder,
+  environment and process group; it forwards the controller's signals; killed itself, it takes the trial with it.
 - With no server (stopped, or never started) a trial starts cold and says so; the server exits after the
   driver's end once its trials have ended.
 """
@@ -36,7 +36,7 @@ PROBE = textwrap.dedent("""
     mode = sys.argv[1]
     if mode == "report":
         print(json.dumps({"cwd": os.getcwd(), "probe": os.environ.get("WARM_PROBE"), "argv": sys.argv[1:],
-                          "pid": os.getpid()}))
+                          "pid": os.getpid(), "pgid": os.getpgrp()}))
         print("to stderr", file=sys.stderr)
         sys.exit(3)
     if mode == "sigterm-self":
@@ -89,12 +89,14 @@ def server(tmp_path_factory):
 
 
 def client(server: WarmServer, tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The client as submitit's controller starts it, here in a process group of its own."""
     command = [sys.executable, str(CLIENT_SCRIPT), str(server.folder), "-u", "-m", "warm_probe", *args]
     out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
-    return subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err, env={**os.environ, **(env or {})})
+    return subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err, env={**os.environ, **(env or {})},
+                            process_group=0)
 
 
-def test_the_client_passes_exit_code_stdio_cwd_env_and_argv(server, tmp_path):
+def test_the_client_passes_exit_code_stdio_cwd_env_argv_and_process_group(server, tmp_path):
     process = client(server, tmp_path, "report", "extra", env={"WARM_PROBE": "seen"})
     assert process.wait(timeout=30) == 3
     report = json.loads((tmp_path / "out").read_text())
@@ -102,6 +104,7 @@ def test_the_client_passes_exit_code_stdio_cwd_env_and_argv(server, tmp_path):
     err = (tmp_path / "err").read_text()
     assert "to stderr" in err and f"trial process {report['pid']} forked from the warm server" in err
     assert report["pid"] != process.pid
+    assert report["pgid"] == process.pid  # the client's group, where a cold trial process would be
 
 
 def test_a_trial_killed_by_a_signal_kills_its_client_with_it(server, tmp_path):

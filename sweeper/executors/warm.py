@@ -15,17 +15,21 @@ those done too.
 Process tree and signals (:mod:`.warm_client` is the task submitit's controller starts)::
 
     driver -> submitit controller -> warm_client ...forwards signals...> trial (forked by the server)
-           -> warm server (its own session; outlives the driver while its trials run)
+           -> warm server (outlives the driver while its trials run)
 
 * The client forwards SIGINT, SIGTERM, SIGUSR1/2 and SIGHUP (cancel, timeout, requeue) to the trial and
-  exits with its exit code or signal; when the client is killed (SIGKILL), the server kills the trial's
-  process group. A job still looks like submitit's to the driver: re-attach by the controller's pid works.
+  exits with its exit code or signal; when the client is killed (SIGKILL), the server kills the trial. The
+  trial joins the client's process group (the driver's), where a cold trial process is: a signal to that
+  group (a terminal's Ctrl-C, killpg, SIGSTOP of a hung machine) reaches it alike; the server ignores
+  SIGINT and SIGHUP. A job still looks like submitit's to the driver: re-attach by the controller's pid works.
 * Fork safety: the server runs one Python thread (it checks before each fork, and refuses, so the trial
   starts cold, if an import started one; the idle native pools torch and others start at import are what
   every forking DataLoader also inherits), never runs a torch op, and sets
   ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so ``torch.cuda.is_available()`` does not initialise CUDA; it
   refuses to fork once ``torch.cuda.is_initialized()``. Each child reseeds ``random``, sets torch's
   thread count from its own ``OMP_NUM_THREADS`` and restores default signal handling.
+* Modules that read the environment when imported (huggingface_hub's ``HF_HOME``, ``HF_HUB_OFFLINE``) see
+  the trials' own: the server starts with the trial environment (``executor.env`` included).
 * The server stops (new trials start cold) on SIGTERM from :meth:`WarmServer.close` at the driver's end,
   or when the driver's process is gone; it exits once its last trial ends.
 * Anything wrong (no server, still importing after two minutes, a refused fork): the client execs the
@@ -80,7 +84,7 @@ class WarmServer:
         server_env = {**os.environ, **env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
         with open(self.folder / "server.log", "ab") as log:
             self.process = subprocess.Popen(command, shell=bool(setup), env=server_env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=log, stderr=subprocess.STDOUT)
         (self.folder / STARTING_NAME).write_text(str(self.process.pid))
 
     def python_command(self, python: str) -> str:
@@ -131,7 +135,6 @@ def _fork_unsafe() -> str | None:
 
 def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Path) -> int:
     """In the forked child: become the cold trial process and run it; its exit code."""
-    os.setpgid(0, 0)
     for fd in server_fds:
         os.close(fd)
     for target, fd in enumerate(fds):
@@ -182,6 +185,17 @@ def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Pat
     return code
 
 
+def _join_group(pid: int, pgid: int | None) -> None:
+    """Put trial ``pid`` (0: this process) in its client's process group, where a cold trial process is: a
+    signal to the driver's group (SIGSTOP of a hung machine, a terminal's Ctrl-C, killpg) reaches it alike.
+    Called in the child and in the server, whichever runs first."""
+    if isinstance(pgid, int) and pgid > 0:
+        try:
+            os.setpgid(pid, pgid)
+        except OSError:  # the group is gone (the client died), or the child already joined it
+            pass
+
+
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
     header, fds, _, _ = socket.recv_fds(connection, 8, 3)
     size = struct.unpack("!Q", header)[0]
@@ -195,6 +209,15 @@ def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
 
 
 def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)  # before the imports: a driver that ends meanwhile still gets a clean exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C and hang-up are for the driver and the trials
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     started = time.monotonic()
     module = entrypoint.split(":")[0]
     names = [*PRELOAD, *PRELOAD_FOR_ENTRYPOINT.get(module, ())]
@@ -202,14 +225,9 @@ def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
         names.append(module)
     count = _import_all(names)
     _log(f"imported {count} modules in {time.monotonic() - started:.1f} s")
-    stopping = False
-
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if stopping:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     path = folder / SOCKET_NAME
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
@@ -237,7 +255,7 @@ def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
                 if pid in children:
                     _log(f"the client of trial process {pid} is gone: killing the trial")
                     try:
-                        os.killpg(pid, signal.SIGKILL)
+                        os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
                     selector.unregister(key.fileobj)
@@ -277,6 +295,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     server_fds = [listener.fileno(), connection.fileno(), *(c.fileno() for c in children.values())]
     pid = os.fork()
     if pid == 0:
+        _join_group(0, request.get("pgid"))
         code = 1
         try:
             code = _run_child(request, fds, server_fds, folder)
@@ -284,10 +303,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
             traceback.print_exc()
         finally:
             os._exit(code if 0 <= code < 256 else 1)
-    try:
-        os.setpgid(pid, pid)  # also in the child: whichever runs first, the group exists before a kill
-    except OSError:
-        pass
+    _join_group(pid, request.get("pgid"))
     for fd in fds:
         os.close(fd)
     connection.sendall(b"P" + struct.pack("!q", pid))

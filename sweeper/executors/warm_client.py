@@ -4,8 +4,8 @@ process that has already imported torch, transformers, MLflow and Optuna.
 
     <python> warm_client.py <server folder> -u -m submitit.core._submit <job folder>
 
-It hands the server its stdin, stdout and stderr (the job's log files) and its environment and working
-folder, forwards every signal the controller sends (SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP: cancel,
+It hands the server its stdin, stdout and stderr (the job's log files), its environment, working folder
+and process group (the trial joins it, as a cold trial process would be in it), forwards every signal the controller sends (SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP: cancel,
 timeout and requeue) to the forked trial, and ends as the trial ends: its exit code, or the signal that
 killed it. If it is killed itself, the server kills the trial. With no server to ask (not started, stopped,
 or still importing after ``WAIT_READY_S``) it becomes the cold process it replaces (``exec``).
@@ -75,7 +75,7 @@ def main():
     sock = connect(folder)
     if sock is None:
         cold(argv, f"no warm server in {folder}")
-    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "pgid": os.getpgrp()}).encode()
     try:
         socket.send_fds(sock, [struct.pack("!Q", len(request))], [0, 1, 2])
         sock.sendall(request)
