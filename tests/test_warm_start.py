@@ -26,8 +26,9 @@ import yaml
 
 from conftest import tiny_run_config
 from sweeper.driver import run_study
+from sweeper.executors.local import LocalExecutor, LocalExecutorSpec
 from sweeper.executors.warm import CLIENT_SCRIPT, WarmServer
-from sweeper.spec import load_spec
+from sweeper.spec import SpecError, load_spec
 from sweeper.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,3 +195,21 @@ def test_warm_trials_compute_what_cold_ones_do_and_the_server_leaves_with_the_st
         assert metrics[0] == metrics[1]
         assert warm_trial.value == cold_trial.value
     wait_for(lambda: not set(warm_servers_of_this_process()) - servers_before, "the study's warm server to exit")
+
+
+def test_warm_start_is_auto_true_or_false_and_auto_leaves_gpu_trials_cold(tmp_path):
+    path = study(tmp_path, "bad", True)
+    spec = yaml.safe_load(path.read_text())
+    spec["executor"]["warm_start"] = "maybe"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=r"executor\.warm_start: must be auto, true or false \(got 'maybe'\)"):
+        load_spec(path)
+    gpu = LocalExecutor(LocalExecutorSpec(type="local", resources={"gpus_per_trial": 1}))
+    assert gpu._python() is None and gpu.warm is None          # submitit's default: the driver's interpreter, cold
+    cpu = LocalExecutor(LocalExecutorSpec(type="local"))
+    try:
+        assert str(CLIENT_SCRIPT) in cpu._python()
+        assert cpu.warm is not None
+    finally:
+        cpu.close()
+    wait_for(lambda: cpu.warm.process.poll() is not None, "the server to exit")

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..contract import SUBMITIT_DIR
 from .base import STDERR_TAIL_CHARS, ExecutorSpecBase, TrialJob, patched_environ, tail, trial_environment
@@ -32,11 +32,19 @@ class LocalExecutorSpec(ExecutorSpecBase):
     type: Literal["local"]
     python: str | None = Field(None, description="Python that runs the trial; default: the driver's.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before the trial (e.g. 'source venv/bin/activate').")
-    warm_start: bool = Field(
-        True,
+    warm_start: bool | Literal["auto"] = Field(
+        "auto",
         description="Fork each trial from a per-study server that has imported torch, transformers and MLflow once "
-        "(sweeper/executors/warm.py): seconds less per trial. false: every trial is a fresh interpreter.",
+        "(sweeper/executors/warm.py): seconds less per trial. auto: for CPU trials (gpus_per_trial 0); true: GPU trials "
+        "too (not yet run on CUDA); false: every trial is a fresh interpreter.",
     )
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _auto_true_or_false(cls, value: Any) -> Any:
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f"must be auto, true or false (got {value!r})")
 
 
 class DebugExecutorSpec(ExecutorSpecBase):
@@ -135,11 +143,15 @@ class LocalExecutor:
 
     def _python(self) -> str | None:
         """submitit's ``python``: the interpreter, or the warm client in its place (the server starts on first use)."""
-        if not self.spec.warm_start:
+        warm = self.spec.warm_start
+        if warm is False or (warm == "auto" and self.spec.resources.gpus_per_trial > 0):
             return self.spec.python
         python = self.spec.python or shlex.quote(sys.executable)
         if self.warm is None:
-            self.warm = WarmServer(python, list(self.spec.setup), trial_environment(self.spec), self.spec.entrypoint)
+            env = trial_environment(self.spec)
+            if self.spec.resources.gpus_per_trial == 0:
+                env["CUDA_VISIBLE_DEVICES"] = ""  # what submitit gives a CPU trial: the server sees no GPU either
+            self.warm = WarmServer(python, list(self.spec.setup), env, self.spec.entrypoint)
         return self.warm.python_command(python)
 
     def close(self) -> None:

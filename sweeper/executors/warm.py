@@ -1,5 +1,5 @@
 """Warm start of local trials: a server process per study that imports what a trial imports once, and
-forks each trial from there (``executor.warm_start``, on by default for ``type: local``).
+forks each trial from there (``executor.warm_start`` of ``type: local``: on by default for CPU trials).
 
 A trial process spends its first seconds importing (torch ~1 s, MLflow ~1.1 s, transformers' lazy modules
 behind the tokenizer and the model ~2.6 s on 2 loaded cores); the work of the trial itself starts after.
@@ -22,6 +22,10 @@ Process tree and signals (:mod:`.warm_client` is the task submitit's controller 
   trial joins the client's process group (the driver's), where a cold trial process is: a signal to that
   group (a terminal's Ctrl-C, killpg, SIGSTOP of a hung machine) reaches it alike; the server ignores
   SIGINT and SIGHUP. A job still looks like submitit's to the driver: re-attach by the controller's pid works.
+* GPUs: ``warm_start: auto`` (the default) starts only CPU trials warm (``gpus_per_trial: 0``: submitit hides
+  every GPU from them, ``CUDA_VISIBLE_DEVICES=""``, and the server runs with the same). GPU trials need
+  ``warm_start: true``: a child must initialise CUDA itself, which fails if the server initialised it
+  (guarded below) and can miscount devices if an import cached a count; not yet run on a CUDA machine.
 * Fork safety: the server runs one Python thread (it checks before each fork, and refuses, so the trial
   starts cold, if an import started one; the idle native pools torch and others start at import are what
   every forking DataLoader also inherits), never runs a torch op, and sets
