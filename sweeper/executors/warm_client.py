@@ -5,9 +5,10 @@ process that has already imported torch, transformers, MLflow and Optuna.
     <python> warm_client.py <server folder> -u -m submitit.core._submit <job folder>
 
 It hands the server its stdin, stdout and stderr (the job's log files), its environment, working folder
-and process group (the trial joins it, as a cold trial process would be in it), forwards every signal the controller sends (SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP: cancel,
-timeout and requeue) to the forked trial, and ends as the trial ends: its exit code, or the signal that
-killed it. If it is killed itself, the server kills the trial. With no server to ask (not started, stopped,
+and process group (the trial joins it, as a cold trial process would be in it), forwards every signal the
+controller sends (SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP: cancel, timeout and requeue) to the forked
+trial (one that comes before the trial's pid is known is passed on once it is), and ends as the trial
+ends: its exit code, or the signal that killed it. If it is killed itself, the server kills the trial. With no server to ask (not started, stopped,
 or still importing after ``WAIT_READY_S``) it becomes the cold process it replaces (``exec``).
 
 Standard library only, and nothing from the script's folder on ``sys.path``: this runs before every warm
@@ -76,6 +77,19 @@ def main():
     if sock is None:
         cold(argv, f"no warm server in {folder}")
     request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "pgid": os.getpgrp()}).encode()
+    child, pending = None, []
+
+    def forward(signum, frame):
+        if child is None:
+            pending.append(signum)
+            return
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
     try:
         socket.send_fds(sock, [struct.pack("!Q", len(request))], [0, 1, 2])
         sock.sendall(request)
@@ -85,17 +99,15 @@ def main():
     else:
         why = "the server closed the connection"
     if reply is None or reply[:1] != b"P":
+        if pending:  # cancelled before any trial started: end as the cold process would have
+            signal.signal(pending[0], signal.SIG_DFL)
+            os.kill(os.getpid(), pending[0])
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
         cold(argv, why)
     child = struct.unpack("!q", reply[1:])[0]
-
-    def forward(signum, frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
+    for signum in pending:
+        forward(signum, None)
     ending = receive_exact(sock, 9)
     if ending is None or ending[:1] != b"X":  # the server died: wait for the trial, its status is unknown
         while True:
