@@ -40,6 +40,8 @@ PROBE = textwrap.dedent("""
                           "pid": os.getpid(), "pgid": os.getpgrp()}))
         print("to stderr", file=sys.stderr)
         sys.exit(3)
+    if mode == "interrupt":
+        raise KeyboardInterrupt
     if mode == "sigterm-self":
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
@@ -111,6 +113,10 @@ def test_the_client_passes_exit_code_stdio_cwd_env_argv_and_process_group(server
 def test_a_trial_killed_by_a_signal_kills_its_client_with_it(server, tmp_path):
     process = client(server, tmp_path, "sigterm-self")
     assert process.wait(timeout=30) == -signal.SIGTERM
+    cold = subprocess.run([sys.executable, "-c", "raise KeyboardInterrupt"], capture_output=True)
+    interrupted = client(server, tmp_path, "interrupt")     # python dies of SIGINT on an uncaught KeyboardInterrupt
+    assert interrupted.wait(timeout=30) == cold.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in (tmp_path / "err").read_text()
 
 
 def test_the_controllers_signals_reach_the_trial(server, tmp_path):

@@ -162,7 +162,7 @@ def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Pat
     module = argv[argv.index("-m") + 1]
     sys.argv = [module, *argv[argv.index("-m") + 2:]]
     print(f"[sweeper] warm start: trial process {os.getpid()} forked from the warm server (pid {os.getppid()})", file=sys.stderr)
-    code = 0
+    code, interrupted = 0, False
     sys.modules.pop(module, None)  # run as __main__, as `python -m` does (a trial may have imported it)
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -170,9 +170,9 @@ def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Pat
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         if not isinstance(exit_.code, (int, type(None))):
             print(exit_.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - what python would print, and exit 1
+    except BaseException as error:  # noqa: BLE001 - what python would print, and exit 1
         traceback.print_exc()
-        code = 1
+        code, interrupted = 1, isinstance(error, KeyboardInterrupt)
     try:
         import atexit
 
@@ -186,6 +186,9 @@ def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Pat
             stream.flush()
         except (OSError, ValueError):
             pass
+    if interrupted:  # python ends an uncaught KeyboardInterrupt by dying of SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return code
 
 
