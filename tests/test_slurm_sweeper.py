@@ -379,7 +379,8 @@ def test_driver_killed_mid_study_reattaches_on_rerun_and_loses_nothing(slurm_clu
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     assert [t.state.name for t in trials_of(path)] == ["RUNNING", "RUNNING"]
-    assert all(sacct_states(job_id)[-1] == "RUNNING" for job_id, _ in jobs)   # the jobs outlive their driver
+    # the jobs outlive their driver (sacct lags slurmctld: a job that runs may still read PENDING for a moment)
+    wait_for(lambda: all((sacct_states(job_id) or [""])[-1] == "RUNNING" for job_id, _ in jobs), "the jobs RUNNING in sacct", 20)
 
     log: list[str] = []
     report = run_study(path, progress=False, log=log.append)
