@@ -235,8 +235,7 @@ def main() -> int:
             if not args.study:
                 parser.error("replay needs the study YAML: pruning_quality.py replay examples/quickstart.yaml")
             output = replay(Path(args.study))
-            full = output[0]["full_trial_steps"]
-            print(f"{args.study}: {len(output) and full} trial-steps with no pruner\n"
+            print(f"{args.study}: {output[0]['full_trial_steps']} trial-steps with no pruner\n"
                   "| pruner | trial-steps (of the full budget) | complete | best | full best - this best (95% interval) | within noise |\n"
                   "|---|---|---|---|---|---|")
             for r in output:
