@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ import yaml
 from conftest import tiny_run_config
 from sweeper.driver import run_study
 from sweeper.executors.local import LocalExecutor, LocalExecutorSpec
-from sweeper.executors.warm import CLIENT_SCRIPT, WarmServer
+from sweeper.executors.warm import CLIENT_SCRIPT, FOLDER_PREFIX, WarmServer, remove_stale_folders
 from sweeper.spec import SpecError, load_spec
 from sweeper.storage import make_storage
 
@@ -219,3 +221,20 @@ def test_warm_start_is_auto_true_or_false_and_auto_leaves_gpu_trials_cold(tmp_pa
     finally:
         cpu.close()
     wait_for(lambda: cpu.warm.process.poll() is not None, "the server to exit")
+
+
+def test_a_new_server_removes_the_folders_of_dead_servers(tmp_path):
+    """A server SIGKILLed with its driver's process group leaves its folder in /tmp; the next one removes it
+    (and leaves a live server's alone)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    (stale / "server.pid").write_text(str(gone.pid))
+    live = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    (live / "server.pid").write_text(str(os.getpid()))
+    try:
+        remove_stale_folders()
+        assert not stale.exists() and live.exists()
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)

@@ -72,6 +72,7 @@ PRELOAD_FOR_ENTRYPOINT = {  # what the default trainer's trial imports before it
                       "sweeper.tracking.trial", "trainers.grpo"),
 }
 MODULES_FILE = "modules-{pid}.txt"
+FOLDER_PREFIX = "sweeper-warm-"
 POLL_S = 0.2
 
 
@@ -79,7 +80,8 @@ class WarmServer:
     """The driver's handle on one server: started on first use, stopped by :meth:`close`."""
 
     def __init__(self, python: str, setup: list[str], env: dict[str, str], entrypoint: str):
-        self.folder = Path(tempfile.mkdtemp(prefix="sweeper-warm-"))
+        remove_stale_folders()
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         server = [*shlex.split(python), "-c", "from sweeper.executors.warm import main; main()",
                   str(self.folder), str(os.getpid()), entrypoint]
         command: list[str] | str = server
@@ -104,6 +106,19 @@ class WarmServer:
                 pass
         else:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_stale_folders() -> None:
+    """The folders of this user's servers that died without cleaning up (SIGKILL with their driver's group)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / STARTING_NAME).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- server
