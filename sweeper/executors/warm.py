@@ -301,8 +301,10 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     if struct.unpack("3i", creds)[1] != os.getuid():
         connection.close()
         return
+    connection.settimeout(10.0)  # a client sends its request at once; one that stalls must not stall the server
     try:
         request, fds = _receive(connection)
+        connection.settimeout(None)
     except (OSError, ValueError, ConnectionError) as error:
         _log(f"bad request: {error}")
         connection.close()
@@ -328,8 +330,12 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, children:
     _join_group(pid, request.get("pgid"))
     for fd in fds:
         os.close(fd)
-    connection.sendall(b"P" + struct.pack("!q", pid))
     children[pid] = connection
+    try:
+        connection.sendall(b"P" + struct.pack("!q", pid))
+    except OSError:  # the client died meanwhile: nobody waits for this trial
+        _log(f"the client of trial process {pid} is gone before it started: killing the trial")
+        os.kill(pid, signal.SIGKILL)
     selector.register(connection, selectors.EVENT_READ, data=pid)
 
 
