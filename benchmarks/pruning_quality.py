@@ -186,10 +186,10 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -
     maximize = spec.directions[0] == "maximize"
     pick = max if maximize else min
     full_best = pick(recorded, key=lambda t: t.value)
+    config = parse_config(recorded[0].user_attrs["config"], "the first trial's config")
     rows = []
     for label, pruner_dict in pruners.items():
         pruner_spec = spec.pruner if pruner_dict is None else TypeAdapter(PrunerSpec).validate_python(pruner_dict)
-        config = parse_config(recorded[0].user_attrs["config"], "the first trial's config")
         pruner = build_pruner(pruner_spec, config.train.steps, validation_steps(config))
         study = optuna.create_study(direction=spec.directions[0], pruner=pruner)
         used, kept, stopped = 0, [], {}

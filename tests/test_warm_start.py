@@ -30,6 +30,7 @@ from conftest import tiny_run_config
 from sweeper.driver import run_study
 from sweeper.executors.local import LocalExecutor, LocalExecutorSpec
 from sweeper.executors.warm import CLIENT_SCRIPT, FOLDER_PREFIX, WarmServer, remove_stale_folders
+from sweeper.lock import process_alive
 from sweeper.spec import SpecError, load_spec
 from sweeper.storage import make_storage
 
@@ -69,15 +70,6 @@ def wait_for(condition, what: str, timeout: float = 30.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for: {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +126,10 @@ def test_a_killed_client_takes_its_trial_with_it(server, tmp_path):
     marker = tmp_path / "pid"
     process = client(server, tmp_path, "sleep", str(marker))
     trial_pid = int(wait_for(lambda: marker.exists() and marker.read_text(), "the trial to start"))
-    assert alive(trial_pid)
+    assert process_alive(trial_pid)
     process.kill()
     process.wait(timeout=10)
-    wait_for(lambda: not alive(trial_pid), "the server to kill the orphaned trial", timeout=10)
+    wait_for(lambda: not process_alive(trial_pid), "the server to kill the orphaned trial", timeout=10)
 
 
 def test_with_no_server_a_trial_starts_cold_and_says_so(tmp_path):
@@ -178,7 +170,7 @@ def warm_servers_of_this_process() -> list[int]:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"from sweeper.executors.warm import main; main()" in argv and str(os.getpid()).encode() in argv and alive(int(proc.name)):
+            if b"from sweeper.executors.warm import main; main()" in argv and str(os.getpid()).encode() in argv and process_alive(int(proc.name)):
                 found.append(int(proc.name))
     return found
 

@@ -152,7 +152,7 @@ class LocalExecutor:
             if self.spec.resources.gpus_per_trial == 0:
                 env["CUDA_VISIBLE_DEVICES"] = ""  # what submitit gives a CPU trial: the server sees no GPU either
             self.warm = WarmServer(python, list(self.spec.setup), env, self.spec.entrypoint)
-        return self.warm.python_command(python)
+        return self.warm.python_command()
 
     def close(self) -> None:
         """The driver is done submitting: the warm server exits once the trials it forked have ended."""

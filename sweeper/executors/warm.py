@@ -42,6 +42,7 @@ Process tree and signals (:mod:`.warm_client` is the task submitit's controller 
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import io
 import json
@@ -62,7 +63,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .warm_client import SOCKET_NAME, STARTING_NAME
+from ..lock import process_alive
+from .warm_client import SOCKET_NAME, STARTING_NAME, receive_exact
 
 CLIENT_SCRIPT = Path(__file__).with_name("warm_client.py")
 PRELOAD = ("submitit", "submitit.core.submission", "sweeper.trial")
@@ -80,6 +82,7 @@ class WarmServer:
     """The driver's handle on one server: started on first use, stopped by :meth:`close`."""
 
     def __init__(self, python: str, setup: list[str], env: dict[str, str], entrypoint: str):
+        self.python = python
         remove_stale_folders()
         self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         server = [*shlex.split(python), "-c", "from sweeper.executors.warm import main; main()",
@@ -93,9 +96,9 @@ class WarmServer:
                                             stdout=log, stderr=subprocess.STDOUT)
         (self.folder / STARTING_NAME).write_text(str(self.process.pid))
 
-    def python_command(self, python: str) -> str:
-        """What submitit's LocalExecutor takes as ``python``: the client script in its place."""
-        return " ".join([python, shlex.quote(str(CLIENT_SCRIPT)), shlex.quote(str(self.folder))])
+    def python_command(self) -> str:
+        """What submitit's LocalExecutor takes as ``python``: the client script run by the server's python."""
+        return " ".join([self.python, shlex.quote(str(CLIENT_SCRIPT)), shlex.quote(str(self.folder))])
 
     def close(self) -> None:
         """No new trials through this server; it exits after its running trials (which outlive the driver)."""
@@ -117,7 +120,7 @@ def remove_stale_folders() -> None:
             pid = int((folder / STARTING_NAME).read_text().strip())
         except (OSError, ValueError):
             continue
-        if not _alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -189,8 +192,6 @@ def _run_child(request: dict, fds: list[int], server_fds: list[int], folder: Pat
         traceback.print_exc()
         code, interrupted = 1, isinstance(error, KeyboardInterrupt)
     try:
-        import atexit
-
         atexit._run_exitfuncs()
         names = sorted(name for name in sys.modules if not name.startswith("__"))
         (folder / MODULES_FILE.format(pid=os.getpid())).write_text("\n".join(names))
@@ -220,13 +221,9 @@ def _join_group(pid: int, pgid: int | None) -> None:
 
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
     header, fds, _, _ = socket.recv_fds(connection, 8, 3)
-    size = struct.unpack("!Q", header)[0]
-    body = b""
-    while len(body) < size:
-        chunk = connection.recv(size - len(body))
-        if not chunk:
-            raise ConnectionError("the client closed the connection mid-request")
-        body += chunk
+    body = receive_exact(connection, struct.unpack("!Q", header)[0])
+    if body is None:
+        raise ConnectionError("the client closed the connection mid-request")
     return json.loads(body), fds
 
 
@@ -259,7 +256,7 @@ def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
     children: dict[int, socket.socket] = {}  # pid -> its client's connection
     _log(f"ready on {path}")
     while True:
-        if not stopping and not _alive(driver_pid):
+        if not stopping and not process_alive(driver_pid):
             stopping = True
         if stopping and listener is not None:
             selector.unregister(listener)
@@ -283,16 +280,6 @@ def serve(folder: Path, driver_pid: int, entrypoint: str) -> None:
                     selector.unregister(key.fileobj)
         _reap(children, selector, folder)
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _accept(listener: socket.socket, selector: selectors.BaseSelector, children: dict, folder: Path) -> None:
