@@ -2,7 +2,8 @@
 # The test command: sets up .venv and .venv-vllm, the system parts the end-to-end tests use (Debian's
 # chromium, the local Slurm test cluster, the local PostgreSQL test server), then runs the whole suite: every
 # test but the vLLM ones in .venv, the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm.
-# Extra arguments go to both pytest runs. A PostgreSQL server started here is stopped afterwards.
+# Extra arguments go to both pytest runs. The Slurm test cluster and the PostgreSQL server are stopped
+# afterwards when this command started them (one already running is left running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,10 +15,16 @@ if [ "$(id -u)" = 0 ]; then
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   fi
+  stop_after=()
+  trap 'for stop in "${stop_after[@]}"; do $stop || true; done' EXIT
+  slurm_before=$(bash slurm/cluster.sh status 2>/dev/null || true)
+  if ! grep -q '^slurmctld *running' <<<"$slurm_before"; then
+    stop_after+=("bash slurm/cluster.sh down")
+  fi
   bash slurm/cluster.sh up
   if ! bash scripts/postgres.sh status >/dev/null 2>&1; then
+    stop_after+=("bash scripts/postgres.sh down")
     bash scripts/postgres.sh up
-    trap 'bash scripts/postgres.sh down' EXIT
   fi
 else
   echo "test: not root; browser, Slurm and PostgreSQL tests need chromium, slurm/cluster.sh up and scripts/postgres.sh up (they skip with a reason otherwise)"

@@ -434,6 +434,10 @@ def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[
         raise SpecError(f"space.include: give a file or a list of files (builtin:NAME for search_spaces/NAME.yaml), got {includes!r}")
     params: dict[str, Any] = {}
     constraints: list[Any] = []
+    own = space.get("params") or {}
+    own_constraints = space.get("constraints") or []
+    if not isinstance(own, dict) or not isinstance(own_constraints, list):
+        return space  # not merged: validation reports the field's shape
     for include in includes:
         path = resolve_include(include, folder)
         if str(path) in stack:
@@ -447,20 +451,21 @@ def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[
         data.pop("description", None)
         inner_origins: dict[str, str] = {}
         data = expand_space(data, path.parent, inner_origins, stack + [str(path)])
+        for key, kind in (("params", dict), ("constraints", list)):
+            if not isinstance(data.get(key) or kind(), kind):
+                raise SpecError(f"space.include: {path}: {key} must be a {'mapping' if kind is dict else 'list'}, "
+                                f"got {type(data[key]).__name__} ({data[key]!r:.60})")
         for name, param in (data.get("params") or {}).items():
             params[name] = param
             origins[name] = inner_origins.get(name, str(path))
         constraints += data.get("constraints") or []
-    own = space.get("params") or {}
-    if not isinstance(own, dict):
-        return space  # let validation report it
     for name, param in own.items():
         params.pop(name, None)
         params[name] = param
         origins[name] = stack[-1]
     merged = {k: v for k, v in space.items() if k != "include"}
     merged["params"] = params
-    merged["constraints"] = constraints + list(space.get("constraints") or [])
+    merged["constraints"] = constraints + own_constraints
     return merged
 
 

@@ -15,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    """Every run of the property tests (hypothesis) draws from a seed printed in the header, so a failure found
+    in CI can be replayed: ``pytest tests/test_hostile_inputs.py --hypothesis-seed=N``."""
+    if getattr(config.option, "hypothesis_seed", None) is None and hasattr(config.option, "hypothesis_seed"):
+        config.option.hypothesis_seed = int.from_bytes(os.urandom(4), "big")
+
+
+def pytest_report_header(config):
+    seed = getattr(config.option, "hypothesis_seed", None)
+    return [f"hypothesis seed: {seed} (replay: --hypothesis-seed={seed})"] if seed is not None else []
+
+
 def tiny_run_config(output_dir, **sections):
     """A run config dict for a few-second run of the shipped model; ``sections`` override top-level keys."""
     config = {

@@ -230,6 +230,10 @@ VALUE_CASES = {
     "unknown_key": ("budget/n_trails", 4, ["budget.n_trails", "unknown key", "n_trials"]),
     "study_dir_under_a_file": ("study/dir", "/dev/null/studies/x", ["study.dir", "/dev/null is a file"]),
     "storage_under_a_file": ("study/storage", "journal:///dev/null/optuna.log", ["study.storage", "/dev/null is a file"]),
+    # found by the fuzz test below (with the valid study's include): a non-list constraints was concatenated
+    "constraints_true_with_include": ("space/constraints", True, ["space.constraints", "list"]),
+    "constraints_mapping_with_include": ("space/constraints", {"expr": "clip.eps_high >= 0.2"}, ["space.constraints", "list"]),
+    "params_list_with_include": ("space/params", ["clip.eps_high"], ["space.params", "dict"]),
 }
 
 
@@ -429,7 +433,10 @@ def encode(draw, document) -> bytes:
     return data
 
 
-FUZZ = settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "120")), deadline=None, database=None,
+# Reproducible failures: the seed is printed in pytest's header (tests/conftest.py; rerun with
+# --hypothesis-seed=N), a failing example is printed with its @reproduce_failure blob, and it is kept in
+# .hypothesis/ (hypothesis's example database, git-ignored), which replays it first on the next local run.
+FUZZ = settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "120")), deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 
 
