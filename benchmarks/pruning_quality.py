@@ -52,11 +52,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sweeper.compare import paired_gain  # noqa: E402
+from sweeper.results.compare import paired_gain  # noqa: E402
 from sweeper.contract import ATTR_LAST_STEP, ATTR_PRUNED_AT_STEP  # noqa: E402
-from sweeper.driver import run_study  # noqa: E402
-from sweeper.spec import load_spec  # noqa: E402
-from sweeper.storage import make_storage  # noqa: E402
+from sweeper.run.driver import run_study  # noqa: E402
+from sweeper.study.spec import load_spec  # noqa: E402
+from sweeper.run.storage import make_storage  # noqa: E402
 
 NOISY = f"{REPO / 'tests' / 'noisy_trainer.py'}:train"
 
@@ -172,8 +172,8 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -
     from pydantic import TypeAdapter
 
     from sweeper.contract import per_prompt_attr
-    from sweeper.pruning import PrunerSpec, build_pruner
-    from sweeper.trial.process import validation_steps
+    from sweeper.study.pruning import PrunerSpec, build_pruner
+    from sweeper.run.trial.process import validation_steps
     from trainers.config import parse_config
 
     spec = load_spec(study_file)

@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO / "tests"))
 import optuna  # noqa: E402
 
 from conftest import tiny_run_config  # noqa: E402
-from sweeper.driver import run_study  # noqa: E402
-from sweeper.spec import load_spec  # noqa: E402
-from sweeper.storage import make_storage  # noqa: E402
+from sweeper.run.driver import run_study  # noqa: E402
+from sweeper.study.spec import load_spec  # noqa: E402
+from sweeper.run.storage import make_storage  # noqa: E402
 
 SUBMITIT_START = re.compile(r"submitit INFO \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\) - Starting with JobEnvironment")
 

@@ -30,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sweeper.driver import run_study  # noqa: E402
+from sweeper.run.driver import run_study  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ and MLflow, MLflow tracking on), the variants in turn, ``--rounds`` times:
 * ``cold`` (``executor.warm_start: false``): every trial is a fresh interpreter that imports torch,
   transformers, MLflow and Optuna itself;
 * ``warm`` (the default): a per-study server imports them once and forks each trial
-  (``sweeper/executors/warm.py``); the first trial waits for the server's imports, later trials also find
+  (``sweeper/run/executors/warm.py``); the first trial waits for the server's imports, later trials also find
   the modules the earlier ones loaded lazily.
 
 Per trial: submission (submitit's pickle of the job) -> the first step's start (its metrics record's time
@@ -16,7 +16,7 @@ study and of the later ones, and of the study's wall time; ratios warm / cold, m
 over the rounds.
 
 Where a cold trial's time goes (one trial process, 2 loaded cores, load ~5; seconds since the process
-started): Python and submitit 0.4, ``sweeper.trial.process`` 0.25, the entry point's module (torch) 1.0,
+started): Python and submitit 0.4, ``sweeper.run.trial.process`` 0.25, the entry point's module (torch) 1.0,
 the Optuna storage 0.4, the MLflow ``TrialTracker`` 1.5 (importing mlflow ~1.1, its store and run ~0.4),
 ``load_policy`` 2.6 (transformers' lazy imports behind the tokenizer and the model: torch.distributed.tensor,
 sympy, jinja2), first step at ~6.4 s: nearly all of it imports, which a warm start does once per study.
@@ -45,9 +45,9 @@ from conftest import tiny_run_config  # noqa: E402
 from slurm_dispatch import first_step_start  # noqa: E402
 import optuna  # noqa: E402
 
-from sweeper.driver import run_study  # noqa: E402
-from sweeper.spec import load_spec  # noqa: E402
-from sweeper.storage import make_storage  # noqa: E402
+from sweeper.run.driver import run_study  # noqa: E402
+from sweeper.study.spec import load_spec  # noqa: E402
+from sweeper.run.storage import make_storage  # noqa: E402
 
 
 def one_study(folder: Path, name: str, warm: bool, trials: int) -> dict[str, object]:

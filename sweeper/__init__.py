@@ -23,7 +23,7 @@ Module map (data flows one way: spec -> trial config -> job -> trainer -> metric
     report, status, export, formats (TRL / verl names), ui, cli
 
 Nothing here imports torch. ``trainers.config`` (the run config schema, torch-free) is the one contract
-shared with the trainer; only ``sweeper.trial`` imports other trainer modules, to run the trainer.
+shared with the trainer; only ``sweeper.run.trial`` imports other trainer modules, to run the trainer.
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ __all__ = ["load_spec", "run_study", "export_best", "SpecError"]
 
 def __getattr__(name: str) -> Any:  # lazy: `import sweeper` stays cheap
     if name in ("load_spec", "SpecError"):
-        from . import spec
+        from sweeper.study import spec
 
         return getattr(spec, name)
     if name == "run_study":
-        from .driver import run_study
+        from sweeper.run.driver import run_study
 
         return run_study
     if name == "export_best":
-        from .export import export_best
+        from sweeper.results.export import export_best
 
         return export_best
     raise AttributeError(f"module 'sweeper' has no attribute {name!r}")

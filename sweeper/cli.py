@@ -37,10 +37,10 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .space import describe_space
-    from .spec import load_spec
+    from sweeper.study.space import describe_space
+    from sweeper.study.spec import load_spec
 
-    from .checks import check_launch
+    from sweeper.run.checks import check_launch
 
     spec = load_spec(args.study)
     check_launch(spec)
@@ -89,7 +89,7 @@ def describe_spec(spec: Any) -> list[str]:
                     f"{e.nodes} node(s) x {e.tasks_per_node} task(s) x {e.cpus_per_task} cpu, {e.gpus_per_node} gpu/node, "
                     f"{f'{e.mem_gb:g} GB/node, ' if e.mem_gb else ''}time limit {e.time_limit_min} min")
     t = spec.tracking
-    from .storage import redact_url  # a password in a database URL is not printed
+    from sweeper.run.storage import redact_url  # a password in a database URL is not printed
 
     tracking = f"MLflow {redact_url(t.uri)}, experiment {t.experiment}" if t.enabled else "off"
     if t.enabled and t.artifact_location:
@@ -124,7 +124,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .spec import load_spec, parse_duration
+    from sweeper.study.spec import load_spec, parse_duration
 
     spec = load_spec(args.study)
     for flag, value in (("--n-trials", args.n_trials), ("--max-parallel", args.max_parallel), ("--samples", args.samples)):
@@ -135,19 +135,19 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"--timeout: {error}") from None
     if args.dry_run:
-        from .checks import check_launch
+        from sweeper.run.checks import check_launch
 
         check_launch(spec)
         return _dry_run(spec, args.samples)
 
-    from .driver import run_study
+    from sweeper.run.driver import run_study
 
     try:
         report = run_study(
             spec, n_trials=args.n_trials, max_parallel=args.max_parallel, timeout=timeout,
             progress=False if args.no_progress else None, on_interrupt="detach" if args.detach else None,
         )
-    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.run.interrupts.Interrupted)
         return _interrupted(interruption)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
     print(f"study {report.study_name}: {counts}")
@@ -187,9 +187,9 @@ def dry_run(spec: Any, n: int = 3) -> list[dict[str, Any]]:
     Returns [{"number", "sampled", "changed" (path -> value vs base), "rejected"}]."""
     import optuna
 
-    from .contract import RUN_DIR, trial_folder
-    from .samplers import build_sampler
-    from .space import Rejected, leaves, resolve, sample
+    from sweeper.contract import RUN_DIR, trial_folder
+    from sweeper.study.samplers import build_sampler
+    from sweeper.study.space import Rejected, leaves, resolve, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
@@ -222,8 +222,8 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .status import study_status
+    from sweeper.study.spec import load_spec
+    from sweeper.results.status import study_status
 
     print(study_status(load_spec(args.study), show_rejected=args.all))
     return 0
@@ -246,7 +246,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     import warnings
 
-    from .export import export_trial
+    from sweeper.results.export import export_trial
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -286,8 +286,8 @@ def _add_ui(p: argparse.ArgumentParser) -> None:
 def _ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .spec import load_spec
-    from .ui import cmd_ui
+    from sweeper.study.spec import load_spec
+    from sweeper.results.ui import cmd_ui
 
     spec = load_spec(args.study)
     if not 0 < args.port < 65536:
@@ -304,9 +304,9 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .storage import open_study
-    from .tracking import write_study_report
+    from sweeper.study.spec import load_spec
+    from sweeper.run.storage import open_study
+    from sweeper.tracking import write_study_report
 
     spec = load_spec(args.study)
     study, _ = open_study(spec, create=False)
@@ -325,8 +325,8 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .verify import verify
+    from sweeper.study.spec import load_spec
+    from sweeper.results.verify import verify
 
     spec = load_spec(args.study)
     if args.max_parallel is not None and args.max_parallel <= 0:
@@ -334,7 +334,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         result = verify(spec, args.seeds, trial=args.trial, max_parallel=args.max_parallel,
                         progress=False if args.no_progress else None)
-    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.interrupts.Interrupted)
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.run.interrupts.Interrupted)
         return _interrupted(interruption)
     print("\n".join(result.lines(spec.objective[0].metric)))
     return 0
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from trainers.config import ConfigError
 
-    from .spec import SpecError
+    from sweeper.study.spec import SpecError
 
     try:
         return args.handler(args)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from .statistics import Estimate, mean_and_se
+from sweeper.statistics import Estimate, mean_and_se
 
 TRIALS_DIR = "trials"
 TICKET_FILE = "trial.json"

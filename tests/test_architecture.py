@@ -1,7 +1,7 @@
 """The layout's house rules, read from the source (ast): what each package may import, and module size.
 
 - ``trainers.config`` is the one contract the sweeper shares with the trainer: no module of ``sweeper/``
-  imports another trainer module, except the trial process (``sweeper/trial/``), which runs the trainer.
+  imports another trainer module, except the trial process (``sweeper/run/trial/``), which runs the trainer.
 - The sweeper never imports torch (a login node drives studies); the trainer never imports optuna or
   mlflow (it reports through ``trainers.reporting``).
 - Modules stay one concept: none is much over 600 lines.
@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPER, TRAINERS = REPO / "sweeper", REPO / "trainers"
-TRIAL_PROCESS = SWEEPER / "trial"
+TRIAL_PROCESS = SWEEPER / "run" / "trial"
 MAX_MODULE_LINES = 620
 
 

@@ -14,16 +14,16 @@ import optuna
 import pytest
 
 from _signals import default_stop_signals
-from sweeper.driver import run_study
-from sweeper.interrupts import Interrupted, stop_signals_interrupt
-from sweeper.lock import is_lease_study
-from sweeper.spec import load_spec
-from sweeper.storage import make_storage
+from sweeper.run.driver import run_study
+from sweeper.run.interrupts import Interrupted, stop_signals_interrupt
+from sweeper.run.lock import is_lease_study
+from sweeper.study.spec import load_spec
+from sweeper.run.storage import make_storage
 from test_sweeper_driver import REPO, _ran_once, _wait_for_running, quiet, study_file, trials_of
 
 
 def leases(path) -> list[str]:
-    """The driver leases (sweeper.lock) left in the study's storage."""
+    """The driver leases (sweeper.run.lock) left in the study's storage."""
     spec = load_spec(path)
     return [name for name in optuna.get_all_study_names(make_storage(spec.study.storage)) if is_lease_study(name)]
 

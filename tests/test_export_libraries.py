@@ -30,8 +30,8 @@ import pytest
 import torch
 import yaml
 
-from sweeper.export import export_text
-from sweeper.formats import batch_shape
+from sweeper.results.export import export_text
+from sweeper.results.formats import batch_shape
 from trainers.algorithms import aggregate, kl_k3, ppo_clip_loss
 from trainers.config import RunConfig, parse_config
 from trainers.entropy.bonus import entropy_bonus_loss

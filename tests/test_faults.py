@@ -22,9 +22,9 @@ from _signals import default_stop_signals
 from sweeper import tracking
 from sweeper.contract import TRACKING_SPILL_FILE
 from sweeper.tracking.names import STATE_TO_RUN_STATUS
-from sweeper.driver import NO_OUTCOME, run_study
-from sweeper.spec import load_spec
-from sweeper.ui import MlflowServer
+from sweeper.run.driver import NO_OUTCOME, run_study
+from sweeper.study.spec import load_spec
+from sweeper.results.ui import MlflowServer
 from test_sweeper_driver import REPO, STANDIN, trials_of
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The driver lease (sweeper/lock.py) on real Optuna storages: SQLite, the journal file, and the
+"""The driver lease (sweeper/run/lock.py) on real Optuna storages: SQLite, the journal file, and the
 PostgreSQL test server (marked ``postgres``). Drivers of other hosts are other :class:`Owner`s (a
 different machine id, as a process on another node has); races and killed holders are real
 processes."""
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.lock import (LEASE_ATTR, LeaseHeld, LeaseLost, Owner, StudyLease, lease_study_name, lease_ttl,
+from sweeper.run.lock import (LEASE_ATTR, LeaseHeld, LeaseLost, Owner, StudyLease, lease_study_name, lease_ttl,
                           process_start_time)
-from sweeper.spec import SpecError
-from sweeper.storage import make_storage
+from sweeper.study.spec import SpecError
+from sweeper.run.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def test_second_driver_is_refused_while_the_first_holds_and_a_release_leaves_not
 
 HOLDER = """
 import sys, time
-from sweeper.storage import make_storage
-from sweeper.lock import StudyLease
+from sweeper.run.storage import make_storage
+from sweeper.run.lock import StudyLease
 lease = StudyLease(make_storage(sys.argv[1]), "s", ttl=float(sys.argv[2])).acquire().start_heartbeat()
 print("held", lease.generation, flush=True)
 time.sleep(600)
@@ -127,8 +127,8 @@ def test_a_generation_without_owner_is_awaited_then_taken_over(storage_url):
 
 RACER = """
 import os, sys, time
-from sweeper.storage import make_storage
-from sweeper.lock import StudyLease, LeaseHeld
+from sweeper.run.storage import make_storage
+from sweeper.run.lock import StudyLease, LeaseHeld
 url, go, done = sys.argv[1:4]
 storage = make_storage(url)
 print("ready", flush=True)

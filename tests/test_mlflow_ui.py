@@ -1,7 +1,7 @@
 """The MLflow UI as a user sees it: a real ``mlflow server`` and Debian's headless Chromium (Playwright).
 
 A small study is tracked into a SQLite store (parent run + four trial runs); the server is started
-the way ``sweeper ui`` starts it (:class:`sweeper.ui.MlflowServer`, own process group, stopped as a
+the way ``sweeper ui`` starts it (:class:`sweeper.results.ui.MlflowServer`, own process group, stopped as a
 whole); the study's runs page is opened, the parent row expanded, and every trial run must be listed
 by name. Screenshots go to ``test-artifacts/`` (gitignored).
 """
@@ -16,9 +16,9 @@ import optuna
 import pytest
 
 from sweeper import tracking
-from sweeper.storage import default_tracking_uri
+from sweeper.run.storage import default_tracking_uri
 from sweeper.tracking import StudyTracker, TrialTracker, mark_trial
-from sweeper.ui import MlflowServer
+from sweeper.results.ui import MlflowServer
 
 
 def run_url(base_url: str, experiment_id: str, run_id: str, tab: str = "") -> str:

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from sweeper.contract import ATTR_OBJECTIVE_SE, ATTR_PROMPTS, ATTR_REPLICATES, ATTR_SEEDS, per_prompt_attr
-from sweeper.driver import run_study
-from sweeper.export import export_best
-from sweeper.spec import SpecError, load_spec
+from sweeper.run.driver import run_study
+from sweeper.results.export import export_best
+from sweeper.study.spec import SpecError, load_spec
 from sweeper.statistics import mean_and_se
-from sweeper.storage import make_storage
+from sweeper.run.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 NOISY = f"{REPO / 'tests' / 'noisy_trainer.py'}:train"

@@ -29,10 +29,10 @@ import pytest
 import yaml
 
 from _signals import default_sigint
-from sweeper.driver import run_study
-from sweeper.spec import SpecError, load_spec
-from sweeper.storage import make_storage
-from sweeper.ui import free_port
+from sweeper.run.driver import run_study
+from sweeper.study.spec import SpecError, load_spec
+from sweeper.run.storage import make_storage
+from sweeper.results.ui import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"
@@ -301,7 +301,7 @@ def _can_simulate_another_host() -> bool:
 
 
 def _lease_holder(path: Path) -> dict | None:
-    from sweeper.lock import LEASE_ATTR, is_lease_study
+    from sweeper.run.lock import LEASE_ATTR, is_lease_study
 
     spec = load_spec(path)
     leases = [s for s in make_storage(spec.study.storage).get_all_studies() if is_lease_study(s.study_name)]
@@ -448,9 +448,9 @@ def test_slurm_study_on_postgres_four_in_parallel_resumed_by_a_driver_on_another
 def test_a_server_that_accepts_but_never_answers_times_out_with_the_same_clear_error(monkeypatch):
     import socket
 
-    import sweeper.storage
+    import sweeper.run.storage
 
-    monkeypatch.setattr(sweeper.storage, "CONNECT_TIMEOUT_S", 2)      # the default is 10 s
+    monkeypatch.setattr(sweeper.run.storage, "CONNECT_TIMEOUT_S", 2)      # the default is 10 s
     with socket.socket() as hung:                                      # the kernel accepts; nobody ever answers
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)

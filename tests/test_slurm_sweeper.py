@@ -35,10 +35,10 @@ import yaml
 from conftest import tiny_run_config
 from _signals import default_sigint
 from slurm_fixtures import REPO_ROOT, slurm_cluster, submitit_folder  # noqa: F401  (pytest fixtures)
-from sweeper.driver import preflight, run_study
-from sweeper.executors.slurm import slurm_parameters
-from sweeper.spec import SpecError, load_spec
-from sweeper.storage import filesystem_type, make_storage
+from sweeper.run.driver import preflight, run_study
+from sweeper.run.executors.slurm import slurm_parameters
+from sweeper.study.spec import SpecError, load_spec
+from sweeper.run.storage import filesystem_type, make_storage
 
 submitit = pytest.importorskip("submitit")
 
@@ -100,7 +100,7 @@ def background(tmp_path):
     started: list[subprocess.Popen] = []
 
     def start(path: Path) -> subprocess.Popen:
-        code = ("import sys; from sweeper.driver import run_study; "
+        code = ("import sys; from sweeper.run.driver import run_study; "
                 "run_study(sys.argv[1], progress=False, log=lambda m: print(m, flush=True))")
         process = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO_ROOT, env=dict(os.environ),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

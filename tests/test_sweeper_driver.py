@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from _signals import default_sigint
-from sweeper.driver import run_study
-from sweeper.spec import load_spec
-from sweeper.storage import make_storage
+from sweeper.run.driver import run_study
+from sweeper.study.spec import load_spec
+from sweeper.run.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from conftest import tiny_run_config
-from sweeper.driver import run_study
-from sweeper.export import export_best
-from sweeper.spec import load_spec
+from sweeper.run.driver import run_study
+from sweeper.results.export import export_best
+from sweeper.study.spec import load_spec
 from trainers.config import load_config
 from trainers.reporting import read_per_prompt
 

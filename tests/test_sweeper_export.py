@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from sweeper.cli import main
-from sweeper.driver import run_study
-from sweeper.export import export_best
-from sweeper.formats import to_trl, to_verl
-from sweeper.spec import SpecError, load_spec
+from sweeper.run.driver import run_study
+from sweeper.results.export import export_best
+from sweeper.results.formats import to_trl, to_verl
+from sweeper.study.spec import SpecError, load_spec
 from trainers.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

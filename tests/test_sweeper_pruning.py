@@ -7,9 +7,9 @@ import math
 import optuna
 import pytest
 
-from sweeper.pruning import EntropyCollapse, EntropyExplosion, NonFinite, build_pruner, first_verdict, health_rules
-from sweeper.pruning import HealthSpec
-from sweeper.spec import load_spec
+from sweeper.study.pruning import EntropyCollapse, EntropyExplosion, NonFinite, build_pruner, first_verdict, health_rules
+from sweeper.study.pruning import HealthSpec
+from sweeper.study.spec import load_spec
 
 
 def test_collapse_needs_patience_consecutive_reports_below_fraction_of_first():

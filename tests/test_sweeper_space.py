@@ -6,10 +6,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeper.samplers import build_sampler
-from sweeper.space import Rejected, grid_search_space, resolve, sample
-from sweeper.spec import load_spec
-from sweeper.storage import make_storage
+from sweeper.study.samplers import build_sampler
+from sweeper.study.space import Rejected, grid_search_space, resolve, sample
+from sweeper.study.spec import load_spec
+from sweeper.run.storage import make_storage
 from trainers.config import parse_config
 
 METHOD_KNOBS = {  # parameter-name prefixes that belong to one method in all_methods.yaml

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from sweeper.cli import main
-from sweeper.spec import SpecError, load_spec
+from sweeper.study.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,7 +189,7 @@ def test_include_cycle_is_refused(tmp_path):
 
 def test_the_sweeper_never_imports_torch(tmp_path):
     """A login node without torch can validate, run (drive), report and export: only the trial process
-    (sweeper.trial, inside run_trial) and `sweeper train` import the trainer. The contract is
+    (sweeper.run.trial, inside run_trial) and `sweeper train` import the trainer. The contract is
     trainers.config with the torch-free modules it re-exports (safe YAML reading, the logged metric names)."""
     code = (
         "import importlib, pkgutil, sys, sweeper\n"

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeper import tracking
-from sweeper.storage import default_tracking_uri
+from sweeper.run.storage import default_tracking_uri
 from sweeper.tracking import StudyTracker, TrialTracker, mark_trial
 from trainers.config import RunConfig, config_to_dict
 

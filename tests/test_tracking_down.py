@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeper import tracking
 from sweeper.tracking import StudyTracker, TrackingUnavailableWarning, TrialTracker, mark_trial
-from sweeper.ui import MlflowServer, free_port
+from sweeper.results.ui import MlflowServer, free_port
 
 CONFIG = {"clip": {"eps_high": 0.28}, "entropy": {"method": "siren", "siren": {"top_p": 0.8}}, "eval": {"k": [1, 8]}}
 SAMPLED = {"clip.eps_high": 0.28}

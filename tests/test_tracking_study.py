@@ -25,10 +25,10 @@ from mlflow.tracking import MlflowClient
 
 from sweeper import tracking
 from sweeper.cli import main as sweeper_main
-from sweeper.driver import run_study
-from sweeper.spec import load_spec
-from sweeper.storage import default_tracking_uri, make_storage
-from sweeper.ui import MlflowServer, _group_alive, free_port
+from sweeper.run.driver import run_study
+from sweeper.study.spec import load_spec
+from sweeper.run.storage import default_tracking_uri, make_storage
+from sweeper.results.ui import MlflowServer, _group_alive, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"

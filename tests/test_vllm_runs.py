@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import vllm_run_config
-from sweeper.driver import run_study
-from sweeper.spec import load_spec
+from sweeper.run.driver import run_study
+from sweeper.study.spec import load_spec
 from trainers.config import load_config, parse_config
 from trainers.grpo import GRPOTrainer
 from trainers.reporting import read_metrics

@@ -1,4 +1,4 @@
-"""Warm start of local trials (sweeper/executors/warm.py): a per-study server that has done the imports
+"""Warm start of local trials (sweeper/run/executors/warm.py): a per-study server that has done the imports
 forks each trial. Real processes throughout: the server, its client script as submitit's controller runs
 it, real signals, and real studies of the shipped model through the driver.
 
@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from conftest import tiny_run_config
-from sweeper.driver import run_study
-from sweeper.executors.local import LocalExecutor, LocalExecutorSpec
-from sweeper.executors.warm import CLIENT_SCRIPT, FOLDER_PREFIX, WarmServer, remove_stale_folders
-from sweeper.lock import process_alive
-from sweeper.spec import SpecError, load_spec
-from sweeper.storage import make_storage
+from sweeper.run.driver import run_study
+from sweeper.run.executors.local import LocalExecutor, LocalExecutorSpec
+from sweeper.run.executors.warm import CLIENT_SCRIPT, FOLDER_PREFIX, WarmServer, remove_stale_folders
+from sweeper.run.lock import process_alive
+from sweeper.study.spec import SpecError, load_spec
+from sweeper.run.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
@@ -170,7 +170,7 @@ def warm_servers_of_this_process() -> list[int]:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"from sweeper.executors.warm import main; main()" in argv and str(os.getpid()).encode() in argv and process_alive(int(proc.name)):
+            if b"from sweeper.run.executors.warm import main; main()" in argv and str(os.getpid()).encode() in argv and process_alive(int(proc.name)):
                 found.append(int(proc.name))
     return found
 

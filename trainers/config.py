@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .schema import (annotation_at, as_model, format_validation_error, refuse_bool_as_number,  # noqa: F401  (shared with
                      render_location, step_into, union_tags)                                   # the study spec)
 from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
-from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.schema)
+from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.study.schema)
 
 BUILTIN_PREFIX = "builtin:"
 ASSETS_DIR = Path(__file__).parent / "assets"

@@ -4,7 +4,7 @@
 shipped, a local model (or reference model) folder that does not exist, a local dataset path that does not
 exist, a reward that is not registered. ``sweeper train`` (``python -m trainers``) refuses such a config
 before it loads anything; the sweeper checks every config a study's trials can get at ``sweeper validate``
-(``sweeper.checks``). Re-exported by :mod:`trainers.config`, the contract the sweeper imports.
+(``sweeper.run.checks``). Re-exported by :mod:`trainers.config`, the contract the sweeper imports.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ message, never with a traceback, a hang or an exhausted memory. :func:`read_yaml
 
 Every refusal is a :class:`YamlFileError` whose message names the file, the place in the document where
 that applies, and the limit. Imports PyYAML only: the trainer (``trainers.config.load_config``) and the
-sweeper (``sweeper.schema.read_yaml``) both read their files through it.
+sweeper (``sweeper.study.schema.read_yaml``) both read their files through it.
 """
 
 from __future__ import annotations

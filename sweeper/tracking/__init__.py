@@ -12,7 +12,7 @@ What lands where:
   ``study/n_<state>`` for every state of :func:`sweeper.contract.trial_state` (``n_complete``,
   ``n_pruned``, ``n_fail``, ``n_rejected``, ``n_lost``, ``n_running``, ``n_waiting``: the counts
   ``sweeper status`` shows; step = number of trials so far); tags ``sweeper.best_trial``, ``sweeper.best_value``, ``sweeper.best.<path>`` (one per
-  best param); artifacts ``plots/*.png`` (see :mod:`sweeper.report`), ``summary.md``, ``best_params.json``.
+  best param); artifacts ``plots/*.png`` (see :mod:`sweeper.results.report`), ``summary.md``, ``best_params.json``.
   :meth:`StudyTracker.log_export` adds ``exports/<file>``.
 * Child run ``trial-NNNN`` per trial, created by :class:`TrialTracker` in the trial's own process and
   nested under the parent with the ``mlflow.parentRunId`` tag (works across processes). It holds
@@ -63,13 +63,13 @@ for _name, _value in (
 # (`sweeper export`) while saying nothing about their study
 warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
 
-from .names import (CONFIG_ARTIFACT, PER_PROMPT_ARTIFACT, SAMPLED_PARAM_PREFIX, STDERR_ARTIFACT,  # noqa: E402
+from sweeper.tracking.names import (CONFIG_ARTIFACT, PER_PROMPT_ARTIFACT, SAMPLED_PARAM_PREFIX, STDERR_ARTIFACT,  # noqa: E402
                     TAG_BEST_PREFIX, TAG_JOB_ID, TAG_LOG_PREFIX, TAG_PARENT, TAG_PRUNE_REASON, TAG_ROLE, TAG_SAMPLED,
                     TAG_STATE, TAG_STUDY, TAG_TRIAL_NUMBER, MAX_PARAM_VALUE, TrackingUnavailableWarning,
                     default_artifact_root, display_key, experiment_runs_url, find_study_run, find_trial_run_id,
                     find_trial_runs, flatten_config, mlflow_key, redact_uri)
-from .study import StudyTracker, read_histories, write_study_report  # noqa: E402
-from .trial import TrialTracker, mark_trial  # noqa: E402
+from sweeper.tracking.study import StudyTracker, read_histories, write_study_report  # noqa: E402
+from sweeper.tracking.trial import TrialTracker, mark_trial  # noqa: E402
 
 __all__ = [
     "CONFIG_ARTIFACT", "PER_PROMPT_ARTIFACT", "SAMPLED_PARAM_PREFIX", "STDERR_ARTIFACT", "TAG_BEST_PREFIX", "TAG_JOB_ID",

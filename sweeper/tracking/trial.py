@@ -13,7 +13,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from .names import (CONFIG_ARTIFACT, MAX_PARAM_VALUE, MAX_TAG_VALUE, METRICS_PER_REQUEST, PER_PROMPT_ARTIFACT,
+from sweeper.tracking.names import (CONFIG_ARTIFACT, MAX_PARAM_VALUE, MAX_TAG_VALUE, METRICS_PER_REQUEST, PER_PROMPT_ARTIFACT,
                     SAMPLED_PARAM_PREFIX, STATE_TO_RUN_STATUS, STDERR_ARTIFACT, TAG_JOB_ID, TAG_LOG_PREFIX, TAG_PARENT,
                     TAG_PRUNE_REASON, TAG_ROLE, TAG_SAMPLED, TAG_STATE, TAG_TRIAL_NUMBER, Connection,
                     TrackingUnavailableWarning, _SUMMARY_STATUS_TO_STATE, _ensure_sqlite_dir, _metric_entities, _now_ms,

@@ -1,0 +1,466 @@
+"""Other trainers' names for a run config: TRL ``GRPOConfig`` arguments and a verl Hydra config.
+
+:func:`to_trl` and :func:`to_verl` map a validated RunConfig (plain data) to ``(mapped, unmapped, notes)``:
+the same knobs under the other trainer's names where an equivalent exists, the knobs that have none
+(``[(path, value)]``; e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl), and notes.
+A note that starts with ``differs:`` names a semantic difference that no key of the target can remove:
+the key, the value written, and the value (or formula) the trial ran with. :func:`sweeper.results.export.export_best`
+writes them all as comments in the exported file, so nothing silently changes the training.
+
+Target versions (:data:`SUPPORTED`): verl 0.9.x and TRL 1.16.x, the releases the ``exports`` tests run
+(tests/test_export_libraries.py: the verl file composed over verl's own ``ppo_trainer`` config with Hydra
+and checked by verl's config dataclasses and ``validate_config``; the TRL file loaded into ``GRPOConfig``;
+the values each library ends up with compared with this trainer's).
+
+The units differ between the three trainers:
+
+- this trainer: a rollout step samples ``prompts_per_step`` prompts x ``group_size`` responses, then runs
+  ``ppo_epochs`` x ``mini_batches`` optimizer steps, each over whole groups, accumulating micro-batches of
+  ``micro_batch_size`` responses; the LR schedule steps once per rollout step;
+- verl: ``data.train_batch_size`` and ``ppo_mini_batch_size`` count prompts (before ``rollout.n``),
+  ``ppo_micro_batch_size_per_gpu`` counts responses; a trainer step is a rollout step, as here;
+- TRL: ``max_steps``, ``warmup_steps``, ``eval_steps``, ``save_steps`` count optimizer steps
+  (``ppo_epochs x mini_batches`` per rollout step here); batch sizes count completions per device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from trainers.config import METHOD_SECTIONS, resolve_model_path
+
+from sweeper.study.space import leaves, set_path
+
+# [lowest, first unsupported) release of each target; what the `exports` tests run lies inside.
+SUPPORTED = {"trl": ("1.16", "1.17"), "verl": ("0.9.1", "0.10")}
+TESTED = {"trl": "1.16.0", "verl": "0.9.1"}
+PACKAGE = {"trl": "trl", "verl": "verl"}
+
+_LOSS_AGG_TRL = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
+_LOSS_AGG_VERL = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
+                  "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
+_VERL_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# knobs that only matter for a given entropy.method (trainers.config.METHOD_SECTIONS)
+_ENTROPY_SECTIONS = {section for sections in METHOD_SECTIONS.values() for section in sections}  # knobs of some method
+
+
+# --------------------------------------------------------------------------- target versions
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'0.9.1' -> (0, 9, 1); stops at the first part that is not a number ('1.16.0.dev0' -> (1, 16, 0))."""
+    parts = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not part.isdigit():
+            break
+    return tuple(parts)
+
+
+def supported_range(fmt: str) -> str:
+    low, high = SUPPORTED[fmt]
+    return f"{PACKAGE[fmt]} >={low},<{high}"
+
+
+def is_supported(fmt: str, version: str) -> bool:
+    low, high = SUPPORTED[fmt]
+    return _release(low) <= _release(version) < _release(high)
+
+
+def installed_version(fmt: str) -> str | None:
+    """The version of the target library installed in this Python environment, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE[fmt])
+    except PackageNotFoundError:
+        return None
+
+
+def target_version(fmt: str, given: str | None = None) -> tuple[str, str | None]:
+    """(a header line naming the target version and where it came from, a warning or None).
+
+    The version is ``given`` (``sweeper export --target-version``), else the library installed in this
+    environment, else assumed to be the tested one (verl and TRL pin other versions of transformers than
+    this project, so they usually live in another environment)."""
+    if given:
+        version, source = given, "--target-version"
+    elif (found := installed_version(fmt)) is not None:
+        version, source = found, "installed here"
+    else:
+        version, source = TESTED[fmt], f"assumed: {PACKAGE[fmt]} is not installed here; pass --target-version to check yours"
+    line = f"target: {PACKAGE[fmt]} {version} ({source}); supported: {supported_range(fmt)}"
+    if is_supported(fmt, version):
+        return line, None
+    return line, (f"{PACKAGE[fmt]} {version} is outside the supported range {supported_range(fmt)}: the exported keys "
+                  f"and their semantics were checked against {PACKAGE[fmt]} {TESTED[fmt]} and may not start or may "
+                  f"train differently with {version}")
+
+
+# --------------------------------------------------------------------------- what is left out
+
+
+def _relevant(path: str, config: dict[str, Any]) -> bool:
+    """Leave out knobs of entropy methods that are not in use, and engine details that do not transfer."""
+    parts = path.split(".")
+    if parts[0] == "entropy" and len(parts) > 2 and parts[1] in _ENTROPY_SECTIONS:
+        return parts[1] in METHOD_SECTIONS.get(config["entropy"]["method"], ())
+    if path == "rollout.vllm_gpu_memory_utilization":
+        return config["rollout"]["engine"] == "vllm"
+    if path == "data.dataset" or path.startswith("data.dataset."):
+        return config["data"]["source"] == "dataset"
+    if path.startswith("data.synthetic."):
+        return config["data"]["source"] == "synthetic"
+    return path not in ("entropy.chunk_size", "train.resume", "model.path")
+
+
+def _unmapped(config: dict[str, Any], used: set[str]) -> list[tuple[str, Any]]:
+    return [(p, v) for p, v in leaves(config).items() if p not in used and _relevant(p, config)]
+
+
+# --------------------------------------------------------------------------- batch units and shared notes
+
+
+def batch_shape(config: dict[str, Any]) -> dict[str, int]:
+    """Responses per rollout step, per optimizer step (mini-batch) and per micro-batch, and micro-batches per
+    optimizer step, as this trainer runs them on one process. TRL and verl cut a mini-batch into equal
+    micro-batches: when ``train.micro_batch_size`` does not divide the mini-batch, the micro-batch exported is
+    the largest divisor below it (``micro_requested`` keeps the trial's value)."""
+    rollout, train = config["rollout"], config["train"]
+    responses = rollout["prompts_per_step"] * rollout["group_size"]
+    per_mini = responses // train["mini_batches"]
+    requested = min(train["micro_batch_size"] or per_mini, per_mini)
+    micro = max(d for d in range(1, requested + 1) if per_mini % d == 0)
+    return {"responses": responses, "per_mini": per_mini, "micro": micro, "micro_requested": requested,
+            "accumulation": per_mini // micro}
+
+
+def model_path(config: dict[str, Any]) -> str:
+    """The model folder or hub id the other trainer loads: 'builtin:NAME' becomes the shipped folder's path."""
+    return resolve_model_path(config["model"]["path"])
+
+
+def _common_differences(config: dict[str, Any], target: str) -> list[str]:
+    """Semantic differences that hold for TRL and verl alike."""
+    c, shape = config, batch_shape(config)
+    notes = []
+    if shape["micro"] != shape["micro_requested"]:
+        notes.append(f"differs: train.micro_batch_size {shape['micro_requested']} does not divide the {shape['per_mini']} "
+                     f"responses of an optimizer step; {target} needs equal micro-batches, so {shape['micro']} is written "
+                     f"(this trainer weights its {math.ceil(shape['per_mini'] / shape['micro_requested'])} unequal "
+                     f"micro-batches equally)")
+    if c["loss_agg"] == "token_mean" and shape["accumulation"] > 1 and target == "verl":
+        notes.append(f"differs: actor.loss_agg_mode token-mean divides by the tokens of the whole mini-batch "
+                     f"({shape['per_mini']} responses); this trainer takes the token mean of each micro-batch of "
+                     f"{shape['micro']} and averages the {shape['accumulation']} means (the same when micro-batches hold "
+                     f"equally many tokens; train.micro_batch_size: null makes them equal)")
+    if c["loss_agg"] == "seq_mean_token_sum_norm":
+        notes.append(f"differs: seq-mean-token-sum-norm is normalised by max_new_tokens = {c['rollout']['max_new_tokens']} "
+                     f"in {target}; this trainer divides by the padded response length of each rollout batch (its longest "
+                     f"response, at most {c['rollout']['max_new_tokens']}), so {target}'s loss is smaller by "
+                     f"longest/{c['rollout']['max_new_tokens']} on steps where no response reaches the limit")
+    if c["kl"]["ref_path"]:
+        notes.append(f"differs: kl.ref_path = {c['kl']['ref_path']!r}: {target}'s reference model is the initial policy")
+    if c["train"]["ppo_epochs"] > 1 and c["train"]["mini_batches"] > 1:
+        notes.append(f"differs: this trainer splits the groups into mini-batches in a new random order for each of the "
+                     f"{c['train']['ppo_epochs']} PPO epochs; {target} keeps one split for all epochs")
+    if c["eval"]["max_new_tokens"] not in (None, c["rollout"]["max_new_tokens"]):
+        notes.append(f"differs: validation samples up to eval.max_new_tokens = {c['eval']['max_new_tokens']} tokens here; "
+                     f"{target} validates with the training limit {c['rollout']['max_new_tokens']}")
+    return notes
+
+
+# --------------------------------------------------------------------------- TRL
+
+
+def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
+    """RunConfig -> (TRL ``GRPOConfig`` kwargs, knobs without equivalent, notes).
+
+    Steps: TRL counts optimizer steps, ``K = ppo_epochs x mini_batches`` per rollout step here, so
+    ``max_steps = K x train.steps`` (likewise warmup, evaluation, checkpoint and logging intervals). Batches:
+    ``per_device_train_batch_size`` = micro-batch (responses), ``gradient_accumulation_steps`` = micro-batches
+    per optimizer step, ``steps_per_generation`` = micro-batches per rollout step, so one generation holds
+    ``prompts_per_step x group_size`` completions."""
+    c = config
+    out: dict[str, Any] = {}
+    used: set[str] = set()
+    notes: list[str] = []
+    shape = batch_shape(c)
+    per_rollout = c["train"]["ppo_epochs"] * c["train"]["mini_batches"]   # optimizer steps per rollout step
+
+    def put(name: str, value: Any, *paths: str) -> None:
+        out[name] = value
+        used.update(paths)
+
+    put("output_dir", c["train"]["output_dir"], "train.output_dir")
+    put("seed", c["seed"], "seed")
+    put("max_steps", c["train"]["steps"] * per_rollout, "train.steps")
+    put("model_init_kwargs", {"dtype": c["model"]["dtype"]}, "model.dtype")
+    put("trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
+    put("bf16", c["model"]["dtype"] == "bfloat16", "model.dtype")
+    put("fp16", c["model"]["dtype"] == "float16", "model.dtype")
+    put("disable_dropout", True)                      # the trainer runs the policy in eval mode (no dropout)
+
+    # optimizer and schedule
+    optim = c["optim"]
+    put("learning_rate", optim["lr"], "optim.lr")
+    put("weight_decay", optim["weight_decay"], "optim.weight_decay")
+    put("adam_beta1", optim["betas"][0], "optim.betas")
+    put("adam_beta2", optim["betas"][1], "optim.betas")
+    put("max_grad_norm", optim["max_grad_norm"] if optim["max_grad_norm"] is not None else 0.0, "optim.max_grad_norm")
+    put("warmup_steps", optim["warmup_steps"] * per_rollout, "optim.warmup_steps")
+    if optim["schedule"] == "cosine":
+        put("lr_scheduler_type", "cosine_with_min_lr", "optim.schedule")
+        put("lr_scheduler_kwargs", {"min_lr_rate": optim["min_lr_ratio"]}, "optim.min_lr_ratio")
+    else:
+        put("lr_scheduler_type", "constant_with_warmup", "optim.schedule", "optim.min_lr_ratio")
+    if optim["warmup_steps"] or optim["schedule"] == "cosine":
+        notes.append(f"differs: TRL steps the LR schedule at every optimizer step ({per_rollout} per rollout step) and "
+                     f"its warmup starts at 0; this trainer steps it once per rollout step, so rollout step s (from 0) "
+                     f"runs at lr x (s+1)/{optim['warmup_steps']} during warmup"
+                     + (f" and lr x ({optim['min_lr_ratio']} + (1 - {optim['min_lr_ratio']}) (1 + cos(pi (s - W)/(S - W)))/2) "
+                        f"after (W = {optim['warmup_steps']}, S = {c['train']['steps']} rollout steps)"
+                        if optim["schedule"] == "cosine" else ", then lr"))
+
+    # batch units
+    put("num_generations", c["rollout"]["group_size"], "rollout.group_size")
+    put("per_device_train_batch_size", shape["micro"], "train.micro_batch_size")
+    put("gradient_accumulation_steps", shape["accumulation"], "train.mini_batches")
+    put("steps_per_generation", c["train"]["mini_batches"] * shape["accumulation"], "rollout.prompts_per_step")
+    put("num_iterations", c["train"]["ppo_epochs"], "train.ppo_epochs")
+    if c["rollout"]["group_size"] < 2:
+        notes.append("differs: TRL refuses num_generations < 2 (GRPOConfig raises); this trial sampled one response per prompt")
+    notes.append("batch sizes are for one device: per_device_train_batch_size x gradient_accumulation_steps = "
+                 f"{shape['per_mini']} completions per optimizer step; with N devices divide "
+                 "per_device_train_batch_size (or steps_per_generation) by N")
+
+    # rollout
+    put("max_completion_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
+    put("temperature", c["rollout"]["temperature"], "rollout.temperature")
+    put("top_p", c["rollout"]["top_p"], "rollout.top_p")
+    put("top_k", c["rollout"]["top_k"], "rollout.top_k")
+    put("use_vllm", c["rollout"]["engine"] == "vllm", "rollout.engine")
+    if c["rollout"]["engine"] == "vllm":
+        put("vllm_mode", "colocate")
+        put("vllm_gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
+
+    # clip
+    put("epsilon", c["clip"]["eps_low"], "clip.eps_low")
+    put("epsilon_high", c["clip"]["eps_high"], "clip.eps_high")
+    put("delta", c["clip"]["dual_c"], "clip.dual_c")
+    if c["clip"]["dual_c"] is not None:
+        notes.append("clip.dual_c -> delta: TRL caps the ratio at delta (INTELLECT-2's two-sided clipping); for "
+                     "negative advantages this is dual-clip's bound -A c, for positive ones the PPO clip already binds")
+
+    # KL, loss aggregation, advantages
+    put("beta", c["kl"]["beta"], "kl.beta")
+    put("loss_type", _LOSS_AGG_TRL[c["loss_agg"]], "loss_agg")
+    put("scale_rewards", "group" if c["advantage"] == "grpo" else "none", "advantage")
+    if c["advantage"] == "grpo":
+        notes.append("differs: TRL divides advantages by std + 1e-4; this trainer by std + 1e-6")
+
+    # entropy terms
+    method = c["entropy"]["method"]
+    if method == "forking_tokens":
+        put("top_entropy_quantile", c["entropy"]["forking"]["top_fraction"], "entropy.forking.top_fraction", "entropy.method")
+        if c["entropy"]["forking"]["scope"] != "batch":
+            notes.append(f"differs: top_entropy_quantile thresholds over each micro-batch; entropy.forking.scope "
+                         f"{c['entropy']['forking']['scope']!r} (per response) has no TRL equivalent")
+        else:
+            notes.append("differs: TRL's top_entropy_quantile threshold is taken over each micro-batch; this trainer's "
+                         "entropy.forking.scope 'batch' takes it over the micro-batch too, but TRL's micro-batches mix groups")
+    elif method == "entropy_bonus":
+        put("entropy_coef", c["entropy"]["bonus"]["coef"], "entropy.bonus.coef", "entropy.method")
+        if c["loss_agg"] != "token_mean":
+            notes.append(f"differs: TRL's entropy bonus is the token mean of each micro-batch whatever loss_type is; this "
+                         f"trainer aggregates it like the loss ({c['loss_agg']})")
+    elif method == "none":
+        put("entropy_coef", 0.0, "entropy.method")
+
+    # evaluation and checkpoints
+    put("eval_strategy", "steps", "train.eval_every")
+    put("eval_steps", c["train"]["eval_every"] * per_rollout, "train.eval_every")
+    put("eval_on_start", c["train"]["eval_at_start"], "train.eval_at_start")
+    put("num_generations_eval", c["eval"]["n_samples"], "eval.n_samples")
+    put("per_device_eval_batch_size", c["eval"]["n_samples"])   # one prompt's samples per eval batch (TRL checks it)
+    if (c["eval"]["temperature"], c["eval"]["top_p"]) != (c["rollout"]["temperature"], c["rollout"]["top_p"]):
+        notes.append(f"differs: TRL evaluates with the training sampling (temperature {c['rollout']['temperature']}, top_p "
+                     f"{c['rollout']['top_p']}); the trial validated with temperature {c['eval']['temperature']}, top_p "
+                     f"{c['eval']['top_p']}")
+    notes.append(f"evaluation: pass eval_dataset with the first eval.num_prompts = {c['eval']['num_prompts']} validation "
+                 "prompts; TRL reports rewards, not pass@k")
+    put("save_strategy", "steps", "train.checkpoint_every")
+    put("save_steps", (c["train"]["checkpoint_every"] or c["train"]["steps"]) * per_rollout, "train.checkpoint_every")
+    put("save_total_limit", 1)                        # the trainer keeps only its latest checkpoint
+    put("logging_steps", c["train"]["log_every"] * per_rollout, "train.log_every")
+    notes.extend(_common_differences(c, "TRL"))
+    return out, _unmapped(c, used), notes
+
+
+# --------------------------------------------------------------------------- verl
+
+
+VERL_HYDRA = {"hydra": {"searchpath": ["pkg://verl.trainer.config"]}, "defaults": ["ppo_trainer", "_self_"]}
+
+
+def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
+    """RunConfig -> (a verl Hydra config over verl's ``ppo_trainer`` defaults, knobs without equivalent, notes).
+
+    The file is a primary Hydra config: ``defaults: [ppo_trainer, _self_]`` with verl's config package on the
+    search path, so ``python -m verl.trainer.main_ppo --config-path DIR --config-name NAME`` composes it over
+    verl's defaults. Batch units: prompts for ``data.train_batch_size`` and ``ppo_mini_batch_size``,
+    responses per GPU for the micro-batch keys (written for one GPU)."""
+    c = config
+    flat: dict[str, Any] = {}
+    used: set[str] = set()
+    notes: list[str] = []
+    shape = batch_shape(c)
+
+    def put(key: str, value: Any, *paths: str) -> None:
+        flat[key] = value
+        used.update(paths)
+
+    arr, actor, rollout = "actor_rollout_ref", "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+    # model and precision
+    put(f"{arr}.model.path", model_path(c), "model.path")
+    put(f"{arr}.model.trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
+    put("data.trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
+    precision = _VERL_PRECISION[c["model"]["dtype"]]
+    for role in ("actor", "ref"):
+        put(f"{arr}.{role}.fsdp_config.model_dtype", precision, "model.dtype")
+        put(f"{arr}.{role}.fsdp_config.mixed_precision",
+            {"param_dtype": precision, "reduce_dtype": "fp32", "buffer_dtype": "fp32"}, "model.dtype")
+    put(f"{rollout}.dtype", c["model"]["dtype"], "model.dtype")
+    put("trainer.n_gpus_per_node", 1)
+    put("trainer.nnodes", 1)
+    put(f"{rollout}.tensor_model_parallel_size", 1)
+    notes.append("written for one GPU (trainer.n_gpus_per_node: 1); with more, raise it: the batch keys below are "
+                 "global in prompts (data.train_batch_size, ppo_mini_batch_size) or per GPU (the micro-batch keys)")
+    put("data.seed", c["seed"], "seed")
+    put(f"{actor}.data_loader_seed", c["seed"], "seed")
+    put(f"{rollout}.seed", c["seed"], "seed")
+
+    # advantages
+    put("algorithm.adv_estimator", "grpo")
+    put("algorithm.norm_adv_by_std_in_grpo", c["advantage"] == "grpo", "advantage")
+
+    # batch units
+    put("data.train_batch_size", c["rollout"]["prompts_per_step"], "rollout.prompts_per_step")
+    put(f"{rollout}.n", c["rollout"]["group_size"], "rollout.group_size")
+    put(f"{actor}.ppo_mini_batch_size", c["rollout"]["prompts_per_step"] // c["train"]["mini_batches"], "train.mini_batches")
+    put(f"{actor}.ppo_micro_batch_size_per_gpu", shape["micro"], "train.micro_batch_size")
+    put(f"{rollout}.log_prob_micro_batch_size_per_gpu", shape["micro"])
+    if c["kl"]["beta"] > 0:
+        put(f"{arr}.ref.log_prob_micro_batch_size_per_gpu", shape["micro"])
+    put(f"{actor}.ppo_epochs", c["train"]["ppo_epochs"], "train.ppo_epochs")
+
+    # rollout
+    put("data.max_response_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
+    put(f"{rollout}.name", "vllm", "rollout.engine")
+    if c["rollout"]["engine"] == "vllm":
+        put(f"{rollout}.gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
+    else:
+        notes.append("rollout.engine 'hf' -> rollout.name vllm: verl has no transformers-generate rollout (registered: "
+                     "vllm, sglang, trtllm); the sampling settings are the same")
+    put(f"{rollout}.temperature", c["rollout"]["temperature"], "rollout.temperature")
+    put(f"{rollout}.top_p", c["rollout"]["top_p"], "rollout.top_p")
+    put(f"{rollout}.top_k", c["rollout"]["top_k"] or -1, "rollout.top_k")
+
+    # optimizer and schedule (verl's LambdaLR steps once per trainer step, as this trainer's)
+    optim, warmup = c["optim"], c["optim"]["warmup_steps"]
+    put(f"{actor}.optim.lr", optim["lr"], "optim.lr")
+    put(f"{actor}.optim.weight_decay", optim["weight_decay"], "optim.weight_decay")
+    put(f"{actor}.optim.betas", list(optim["betas"]), "optim.betas")
+    put(f"{actor}.optim.clip_grad", optim["max_grad_norm"] if optim["max_grad_norm"] is not None else math.inf,
+        "optim.max_grad_norm")
+    put(f"{actor}.optim.lr_warmup_steps", warmup, "optim.warmup_steps")
+    if optim["schedule"] != "cosine" and warmup == 0:
+        put(f"{actor}.optim.lr_scheduler_type", "constant", "optim.schedule", "optim.min_lr_ratio")
+    elif optim["schedule"] != "cosine":
+        # verl's constant schedule warms up as s/W; its cosine one with a floor of 1 and 1-indexed steps gives
+        # this trainer's (s+1)/W and then 1 exactly
+        put(f"{actor}.optim.lr_scheduler_type", "cosine", "optim.schedule", "optim.min_lr_ratio")
+        put(f"{actor}.optim.min_lr_ratio", 1.0)
+        put(f"{actor}.optim.zero_indexed_step", False)
+        notes.append("optim.schedule with warmup -> lr_scheduler_type cosine with min_lr_ratio 1.0 and zero_indexed_step "
+                     "false: verl's linear warmup then a constant lr, from lr/W at the first step as here (its constant "
+                     "schedule would start at 0)")
+    else:
+        put(f"{actor}.optim.lr_scheduler_type", "cosine", "optim.schedule")
+        put(f"{actor}.optim.min_lr_ratio", optim["min_lr_ratio"], "optim.min_lr_ratio")
+        put(f"{actor}.optim.zero_indexed_step", warmup == 0)
+        if warmup:
+            floor, steps = optim["min_lr_ratio"], c["train"]["steps"]
+            notes.append(f"differs: actor_rollout_ref.actor.optim: after the warmup verl's cosine runs one step ahead "
+                         f"(zero_indexed_step: false, which makes its warmup (s+1)/{warmup} as here): at step s (from 0) "
+                         f"verl's lr is lr x ({floor} + (1 - {floor}) (1 + cos(pi (s + 1 - {warmup})/({steps} - {warmup})))/2); "
+                         f"the trial's was lr x ({floor} + (1 - {floor}) (1 + cos(pi (s - {warmup})/({steps} - {warmup})))/2)")
+
+    # clip (verl's vanilla loss always applies dual-clip: an infinite bound turns it off)
+    put(f"{actor}.clip_ratio_low", c["clip"]["eps_low"], "clip.eps_low")
+    put(f"{actor}.clip_ratio_high", c["clip"]["eps_high"], "clip.eps_high")
+    dual_c = c["clip"]["dual_c"]
+    put(f"{actor}.clip_ratio_c", dual_c if dual_c is not None else math.inf, "clip.dual_c")
+
+    # loss aggregation, KL, entropy terms
+    put(f"{actor}.loss_agg_mode", _LOSS_AGG_VERL[c["loss_agg"]], "loss_agg")
+    if c["loss_agg"] == "seq_mean_token_sum_norm":
+        put(f"{actor}.loss_scale_factor", c["rollout"]["max_new_tokens"])
+    put(f"{actor}.use_kl_loss", c["kl"]["beta"] > 0, "kl.beta")
+    if c["kl"]["beta"] > 0:
+        put(f"{actor}.kl_loss_coef", c["kl"]["beta"])
+        put(f"{actor}.kl_loss_type", "k3")
+        notes.append("differs: verl clamps the per-token k3 KL at 10; this trainer does not clamp it")
+    method = c["entropy"]["method"]
+    put(f"{actor}.entropy_coeff", c["entropy"]["bonus"]["coef"] if method == "entropy_bonus" else 0.0,
+        *(["entropy.bonus.coef", "entropy.method"] if method == "entropy_bonus" else []))
+    if method == "none":
+        used.add("entropy.method")
+
+    # Clip-Cov / KL-Cov
+    if method == "clip_cov":
+        put(f"{actor}.policy_loss.loss_mode", "clip_cov", "entropy.method")
+        put(f"{actor}.policy_loss.clip_cov_ratio", c["entropy"]["clip_cov"]["ratio"], "entropy.clip_cov.ratio")
+        put(f"{actor}.policy_loss.clip_cov_lb", c["entropy"]["clip_cov"]["lower"], "entropy.clip_cov.lower")
+        put(f"{actor}.policy_loss.clip_cov_ub", c["entropy"]["clip_cov"]["upper"], "entropy.clip_cov.upper")
+        if dual_c is not None:
+            notes.append(f"differs: actor_rollout_ref.actor.clip_ratio_c ({dual_c}) is ignored by verl's clip_cov loss (its "
+                         f"vanilla loss only); this trainer applies clip.dual_c = {dual_c} with Clip-Cov too")
+    elif method == "kl_cov":
+        put(f"{actor}.policy_loss.loss_mode", "kl_cov", "entropy.method")
+        put(f"{actor}.policy_loss.kl_cov_ratio", c["entropy"]["kl_cov"]["ratio"], "entropy.kl_cov.ratio")
+        put(f"{actor}.policy_loss.ppo_kl_coef", c["entropy"]["kl_cov"]["coef"], "entropy.kl_cov.coef")
+        notes.append("KL-Cov replaces the clipped loss in verl as here: clip ratios and clip_ratio_c do not apply; verl "
+                     "does not clamp the log-ratio before exp (this trainer clamps it to [-20, 20])")
+
+    # evaluation
+    put(f"{rollout}.val_kwargs.n", c["eval"]["n_samples"], "eval.n_samples")
+    put(f"{rollout}.val_kwargs.temperature", c["eval"]["temperature"], "eval.temperature")
+    put(f"{rollout}.val_kwargs.top_p", c["eval"]["top_p"], "eval.top_p")
+    put(f"{rollout}.val_kwargs.top_k", -1)
+    put(f"{rollout}.val_kwargs.do_sample", True)
+    put("data.val_max_samples", c["eval"]["num_prompts"], "eval.num_prompts")
+    put("trainer.test_freq", c["train"]["eval_every"], "train.eval_every")
+    put("trainer.val_before_train", c["train"]["eval_at_start"], "train.eval_at_start")
+    notes.append(f"differs: data.val_max_samples draws {c['eval']['num_prompts']} validation prompts at random while "
+                 "data.shuffle is true (verl's default); this trainer validates the first eval.num_prompts prompts")
+
+    # checkpoints and the run
+    put("trainer.total_training_steps", c["train"]["steps"], "train.steps")
+    put("trainer.save_freq", c["train"]["checkpoint_every"] or c["train"]["steps"], "train.checkpoint_every")
+    put("trainer.max_actor_ckpt_to_keep", 1)
+    put("trainer.default_local_dir", c["train"]["output_dir"], "train.output_dir")
+    put("trainer.resume_mode", "auto" if c["train"]["resume"] else "disable", "train.resume")
+    notes.append("data.train_files / data.val_files and the reward function: give them (this trainer's data.* and "
+                 "reward knobs have no verl equivalent)")
+    notes.extend(_common_differences(c, "verl"))
+
+    nested: dict[str, Any] = copy.deepcopy(VERL_HYDRA)
+    for key, value in flat.items():
+        set_path(nested, key, value)
+    return nested, _unmapped(c, used), notes

@@ -1,0 +1,41 @@
+"""Executors: where a trial process runs. Small classes behind one interface.
+
+    executor = make_executor(spec.executor)
+    job = executor.submit(trial_dir, job_name)      # starts sweeper.run.trial.run_trial(trial_dir)
+    job.done() -> bool                              # cheap, polled by the driver
+    job.failure_text() -> str                       # stderr tail / exception, when no outcome.json
+    job.end_reason() -> str | None                  # why it ended without an outcome, if the scheduler knows
+    job.outlives_driver                             # True: re-attach whatever its state (Slurm)
+    job.cancel()
+    executor.reattach(job_id, trial_dir) -> job | None   # a job started by a previous driver
+    executor.close()                                # the driver submits nothing more (jobs may run on)
+
+* ``local`` (the default, :mod:`.local`): submitit's LocalExecutor, one process per trial on this machine,
+  forked from a per-study server that has done the imports (:mod:`.warm`; ``warm_start: false``: cold).
+* ``debug`` (:mod:`.local`): the trial runs in the driver's process, one at a time.
+* ``slurm`` (:mod:`.slurm`): one Slurm job per trial through submitit's AutoExecutor.
+
+Each kind's spec (the ``executor`` section) lives beside its code. A job's *outcome* is never read from
+submitit: the trial writes ``outcome.json`` itself (:mod:`sweeper.contract`); a job that ends without
+one was killed, and the driver records it as FAIL with :meth:`failure_text` (and :meth:`end_reason`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from sweeper.run.executors.base import DEFAULT_ENTRYPOINT, Executor, ResourcesSpec, TrialJob
+from sweeper.run.executors.local import DebugExecutor, DebugExecutorSpec, LocalExecutor, LocalExecutorSpec
+from sweeper.run.executors.slurm import SlurmExecutor, SlurmExecutorSpec
+
+ExecutorSpec = Annotated[Union[LocalExecutorSpec, DebugExecutorSpec, SlurmExecutorSpec], Field(discriminator="type")]
+_EXECUTORS = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
+
+__all__ = ["DEFAULT_ENTRYPOINT", "Executor", "ExecutorSpec", "ResourcesSpec", "TrialJob", "LocalExecutorSpec",
+           "DebugExecutorSpec", "SlurmExecutorSpec", "make_executor"]
+
+
+def make_executor(spec: Any) -> Executor:
+    return _EXECUTORS[spec.type](spec)

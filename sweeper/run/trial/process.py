@@ -1,0 +1,290 @@
+"""Running one trial: :func:`run_trial` (its folder in, its outcome out), with its replicates.
+
+A trial runs its config once per training seed of its ticket (``budget.seeds`` R; one seed by default):
+the first seed in ``run/``, reporting intermediate values to Optuna and asking the pruner (the paired
+pruner compares it with the incumbent's first seed), and, once it completes, every other seed s in
+``run-seed<s>/`` (health rules only). A seed that is pruned or fails ends the trial. The trial's value is
+the mean of its seeds' values and its standard error is over the seeds (R > 1) or over the validation
+prompts (R = 1). The seeds already finished are kept in ``replicates.json``: a requeued (preempted) job
+goes on with the seed it was running, from that seed's checkpoint.
+
+Why one trial runs R seeds (and not R trials of one config): a trial stays Optuna's unit of one config,
+so the sampler sees one observation per config, ``budget.n_trials`` counts configs, the status table and
+export rank configs, and a config pruned on its first seed never costs R runs. The price: a surviving
+config's seeds run one after another inside its trial.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainers.reporting import PREEMPTED, ConsoleReporter
+
+from sweeper.contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, TRACKING_SPILL_FILE, Outcome, TrialTicket, atomic_write
+from sweeper.study.pruning import build_pruner, health_rules
+from sweeper.statistics import mean_and_se, replicate_summary
+from sweeper.run.trial.reporter import TrialReporter
+
+
+def load_entrypoint(entrypoint: str):
+    """'package.module:function' or '/path/to/file.py:function' -> the function."""
+    target, _, name = entrypoint.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        module_name = f"_sweeper_entrypoint_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or not path.exists():
+            raise FileNotFoundError(f"executor.entrypoint: {path} does not exist")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"executor.entrypoint: {target} has no function {name!r}") from None
+
+
+def replicate_configs(config: Any, seeds: list[int]) -> list[tuple[int, Any]]:
+    """(seed, RunConfig) of each replicate: the trial's config for the first seed, and a copy with ``seed``
+    and ``train.output_dir`` + ``-seed<s>`` for every other."""
+    from trainers.config import parse_config
+
+    runs = [(int(config.seed), config)]
+    for seed in seeds[1:]:
+        data = config.model_dump(mode="json")
+        data["seed"] = int(seed)
+        data["train"]["output_dir"] = f"{config.train.output_dir}-seed{seed}"
+        runs.append((int(seed), parse_config(data, f"replicate seed {seed}")))
+    return runs
+
+
+def validation_steps(config: Any) -> list[int]:
+    """The steps a run validates at after its start: every ``train.eval_every`` steps and the last step."""
+    steps, every = config.train.steps, config.train.eval_every
+    return sorted(set(range(every, steps + 1, every)) | {steps})
+
+
+def read_replicates(trial_dir: Path) -> list[dict[str, Any]]:
+    path = Path(trial_dir) / REPLICATES_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _job_environment() -> tuple[str | None, dict[str, str]]:
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        return str(env.job_id), {"stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
+    except Exception:  # noqa: BLE001 - not inside a submitit job (debug executor, by hand)
+        return None, {}
+
+
+def run_trial(trial_dir: str | Path, preemption: threading.Event | None = None) -> Outcome:
+    """Run one trial from its folder; write and return its outcome. Exceptions are recorded in
+    ``outcome.json`` (state FAIL with the traceback) and re-raised.
+
+    ``preemption`` (set by :class:`~sweeper.run.trial.slurm.CheckpointableTrial` on Slurm's checkpoint signal)
+    makes the trainer save a checkpoint and stop; the trial is then *not* over: nothing is written and an
+    outcome with state PREEMPTED is returned, the requeued job resumes it."""
+    trial_dir = Path(trial_dir)
+    started = time.time()
+    try:
+        outcome = _run(trial_dir, preemption)
+        if outcome.state == "PREEMPTED":
+            return outcome
+    except BaseException as error:
+        Outcome("FAIL", fail_reason=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-8000:],
+                seconds=time.time() - started).write(trial_dir)
+        raise
+    outcome.seconds = time.time() - started
+    outcome.write(trial_dir)
+    return outcome
+
+
+def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
+    import optuna
+    from pydantic import TypeAdapter
+
+    from trainers.config import load_config
+
+    from sweeper.study.pruning import PrunerSpec
+    from sweeper.run.storage import make_storage
+
+    ticket = TrialTicket.read(trial_dir)
+    config = load_config(trial_dir / CONFIG_FILE)
+    train = load_entrypoint(ticket.entrypoint)
+    pruner_spec = TypeAdapter(PrunerSpec).validate_python(ticket.pruner)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(ticket.storage, worker=True)
+    study = optuna.load_study(study_name=ticket.study_name, storage=storage,
+                              pruner=build_pruner(pruner_spec, ticket.trial_steps, validation_steps(config)))
+    trial = optuna.trial.Trial(study, ticket.trial_id)
+    frozen = storage.get_trial(ticket.trial_id)
+    if frozen.state != optuna.trial.TrialState.RUNNING:
+        raise RuntimeError(f"trial {ticket.trial_number} is {frozen.state.name} in storage, not RUNNING: nothing to run")
+
+    job_id, log_paths = _job_environment()
+    log_paths["trial_dir"] = str(trial_dir)
+    log_paths["output_dir"] = config.train.output_dir
+    tracker = None
+    if ticket.tracking.get("enabled"):
+        tracker = _trial_tracker(ticket, trial, config, job_id, log_paths, frozen.user_attrs.get(ATTR_MLFLOW_RUN_ID))
+
+    multi = len(ticket.objectives) > 1
+    runs = replicate_configs(config, ticket.seeds or [config.seed])
+    finished = read_replicates(trial_dir)
+    ending: Outcome | None = None
+    summary: Mapping[str, Any] = {"status": "completed", "step": config.train.steps, "stop_reason": None}
+    print(f"[sweeper] trial {ticket.trial_number} of study {ticket.study_name}: {json.dumps(ticket.sampled, default=str)}"
+          + (f", seeds {[seed for seed, _ in runs]}" if len(runs) > 1 else ""), flush=True)
+    for index, (seed, run_config) in enumerate(runs):
+        if index < len(finished):
+            continue
+        first = index == 0
+        reporter = TrialReporter(trial, ticket.objectives, health_rules(pruner_spec.health),
+                                 use_pruner=first and pruner_spec.type != "none" and not multi and not ticket.baseline,
+                                 report_intermediate=first and not multi, pruner_name=pruner_spec.type)
+        reporters: list[Any] = [reporter]
+        if tracker is not None:
+            reporters.insert(0, _ReplicateToTrialRun(tracker, "" if first else f"seed{seed}/"))
+        if preemption is not None:
+            reporters.append(PreemptionReporter(preemption))  # after the TrialReporter: a prune verdict wins
+        reporters.append(ConsoleReporter(every=max(1, run_config.train.steps // 20)))
+        summary = train(run_config, reporters)
+        if summary.get("stop_reason") == PREEMPTED:
+            print(f"[sweeper] trial {ticket.trial_number} preempted at step {summary.get('step')}: checkpoint saved, "
+                  f"the job is requeued", flush=True)
+            return Outcome("PREEMPTED", step=summary.get("step"))
+        ending = reporter.outcome(summary)
+        if ending.state != "COMPLETE":
+            if len(runs) > 1 and ending.state == "PRUNED":
+                ending.message = f"seed {seed}: {ending.message}"
+            elif len(runs) > 1:
+                ending.fail_reason = f"seed {seed}: {ending.fail_reason}"
+            break
+        finished.append({"seed": seed, "values": ending.values,
+                         "per_prompt": (ending.per_prompt or [None])[0]})
+        if len(runs) > 1:
+            atomic_write(trial_dir / REPLICATES_FILE, json.dumps(finished))
+    outcome = _with_uncertainty(ending, finished, len(runs), ticket)
+    if tracker is not None:
+        tracker.on_end(summary)
+    print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
+    return outcome
+
+
+def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
+    """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
+    finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1), combined with the
+    SE over prompts for the first objective (:func:`~sweeper.statistics.replicate_summary`)."""
+    outcome = ending if ending is not None else Outcome("COMPLETE")
+    if outcome.state == "COMPLETE":
+        if len(finished) > 1:
+            columns = list(zip(*(r["values"] for r in finished)))
+            # the first objective's per-prompt values are kept, so its SE also carries the validation's noise
+            vectors = [[r.get("per_prompt") for r in finished]] + [[None] * len(finished)] * (len(columns) - 1)
+            estimates = [replicate_summary(list(column), seed_vectors) for column, seed_vectors in zip(columns, vectors)]
+            outcome.values = [estimate.value for estimate in estimates]
+            outcome.values_se = [estimate.se for estimate in estimates]
+        else:
+            outcome.values = finished[0]["values"]
+            outcome.values_se = _prompt_se(outcome.per_prompt)
+        outcome.replicates = finished
+    vectors = [v for v in (outcome.per_prompt or []) if v] or [r["per_prompt"] for r in finished if r.get("per_prompt")]
+    outcome.prompts = len(vectors[0]) if vectors else None
+    return outcome
+
+
+def _prompt_se(per_prompt: list[list[float] | None] | None) -> list[float | None] | None:
+    """The standard error over prompts of each objective's per-prompt values (None where there are none)."""
+    if per_prompt is None:
+        return None
+    return [mean_and_se(v)[1] if v and len(v) > 1 else None for v in per_prompt]
+
+
+def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | None, log_paths: dict[str, str], run_id: str | None):
+    """The MLflow reporter of this trial (None if tracking cannot be set up: the trial trains anyway)."""
+    try:
+        from sweeper.tracking import TrialTracker
+
+        tracking = ticket.tracking
+        tracker = TrialTracker(
+            tracking["uri"],
+            tracking["experiment"],
+            tracking.get("parent_run_id"),
+            ticket.trial_number,
+            config.model_dump(mode="json"),
+            ticket.sampled_paths,
+            job_id=job_id,
+            log_paths=log_paths,
+            run_id=run_id,
+            spill_path=Path(log_paths["trial_dir"]) / TRACKING_SPILL_FILE,
+        )
+        if tracker.run_id:
+            trial.set_user_attr(ATTR_MLFLOW_RUN_ID, tracker.run_id)
+        return tracker
+    except Exception as error:  # noqa: BLE001 - tracking never loses a trial
+        warnings.warn(f"MLflow tracking is off for this trial: {type(error).__name__}: {error}")
+        return None
+
+
+class PreemptionReporter:
+    """Asks the trainer to checkpoint and stop once ``event`` is set (a duck-typed Reporter)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_start(self, run_info: Mapping[str, Any]) -> None:
+        pass
+
+    def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
+        pass
+
+    def stop_reason(self) -> str | None:
+        return PREEMPTED if self.event.is_set() else None
+
+    def on_end(self, summary: Mapping[str, Any]) -> None:
+        pass
+
+
+class _ReplicateToTrialRun:
+    """One replicate's reports into the trial's MLflow run: the first seed's as they are, seed s's metrics
+    and per-prompt artifacts under ``seed<s>/``. The run ends once, after the last replicate (the trial
+    process ends it); a preemption stop flushes and keeps it RUNNING for the requeued job, which re-opens it
+    by run id."""
+
+    def __init__(self, tracker: Any, prefix: str):
+        self.tracker = tracker
+        self.prefix = prefix
+
+    def on_start(self, run_info: Mapping[str, Any]) -> None:
+        if not self.prefix:
+            self.tracker.on_start(run_info)
+
+    def on_train_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.tracker.on_train_step(step, {self.prefix + k: v for k, v in metrics.items()})
+
+    def on_validation(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None = None) -> None:
+        self.tracker.on_validation(step, {self.prefix + k: v for k, v in metrics.items()}, per_prompt,
+                                   artifact_folder=f"{self.prefix}per_prompt")
+
+    def stop_reason(self) -> str | None:
+        return self.tracker.stop_reason()
+
+    def on_end(self, summary: Mapping[str, Any]) -> None:
+        self.tracker.flush()
