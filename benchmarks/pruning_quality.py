@@ -220,7 +220,7 @@ def simulate_harm(rng, delta: float, sd: float, rho: float, seeds: int, prompt_s
 
 
 def simulate(studies: int = 400, delta: float = 0.03, sd: float = 0.019, alpha: float = 0.1, seed: int = 0,
-             rhos=(0.0, 0.5, 0.9), races=((1, 3), (1, 4), (2, 4)), prompt_se: float = 0.02) -> list[dict]:
+             rhos=(0.0, 0.5, 0.9), races=((1, 3), (1, 4), (1, 6)), prompt_se: float = 0.02) -> list[dict]:
     """The simulated rates (see the module docstring); one row per (rho, race) and per rho for harm."""
     import numpy as np
 
