@@ -53,6 +53,9 @@ Exact for the pruning decisions because a pruned run's validations up to step s 
 ran at once, so the incumbent could differ), and the sampler's later choices are the recorded ones (a TPE
 study that pruned would have sampled differently). For each pruner: trial-steps against the full budget,
 its best, and the full study's best minus it, paired (over seeds when both ran several), with a 95% interval.
+The futility pruner is replayed as a race over the study's seeds (``budget.seeds`` R >= 2): every trial's
+seeds in order from their recorded values (``replicates``: every seed's, not only the first), a look after
+seeds 1 .. R-1 against the trials before it; a trial stopped after r seeds costs r runs.
 
 Prints a table; ``--json`` also writes the numbers.
 """
@@ -283,13 +286,49 @@ def quickstart(parallel: int, folder: Path) -> dict:
 
 REPLAY_PRUNERS = {
     "the study's own pruner": None,
+    "futility racing, seeds 1-R, delta 0.03": {"type": "futility", "delta": 0.03},
+    "futility racing, seeds 1-R, delta 0.02": {"type": "futility", "delta": 0.02},
     "paired, run sd 0.02, no min_difference": {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02},
     "median (Optuna's MedianPruner)": {"type": "median", "n_startup_trials": 2},
     "successive halving (x3, first rung = first validation)": {"type": "successive_halving", "reduction_factor": 3},
 }
 
 
-def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -> list[dict]:
+def replay_race(recorded: list, pruner_spec, seeds_min: int, maximize: bool, full_best, full_steps: int, label: str) -> dict:
+    """Futility racing replayed on a finished study from every seed's recorded value (``replicates``): the
+    trials one at a time in trial order, each seed in order, a look after seeds seeds_min .. R-1 against the
+    trials replayed before it (live, trials overlap: fewer others are known at a look)."""
+    from sweeper.study.futility import FutilityRule, race_looks, trial_seed_values
+
+    seeds = len(recorded[0].user_attrs.get("seeds") or [0])
+    rule = FutilityRule(pruner_spec.delta, pruner_spec.alpha, pruner_spec.allowance, pruner_spec.sd, pruner_spec.sd_df,
+                        pruner_spec.min_df, race_looks(seeds_min, seeds, None, None))
+    reference = next((t.number for t in recorded if t.user_attrs.get("baseline")), None)
+    steps = int(recorded[0].user_attrs.get(ATTR_LAST_STEP) or 0)
+    known: dict[int, dict[int, float]] = {}
+    stopped, used = {}, 0
+    for trial in recorded:
+        values = trial_seed_values(trial.user_attrs)
+        mine: dict[int, float] = {}
+        for count, seed in enumerate(sorted(values), start=1):
+            mine[seed] = values[seed]
+            if seeds_min <= count < len(values):
+                look = rule.judge(mine, known, bool(trial.user_attrs.get("baseline")), maximize, reference)
+                if look.stop:
+                    stopped[trial.number] = count
+                    break
+        known[trial.number] = mine
+        used += len(mine) * steps
+    kept = [t for t in recorded if t.number not in stopped]
+    best = (max if maximize else min)(kept, key=lambda t: t.value)
+    gain = paired_gain(full_best, best, "maximize" if maximize else "minimize") if best.number != full_best.number else None
+    return {"label": label, "ratio": used / full_steps, "trial_steps": used, "full_trial_steps": full_steps,
+            "complete": len(kept), "best": best.number, "best_value": best.value, "best_params": best.params,
+            "difference": gain.text() if gain else "same trial", "within_noise": gain is None or not gain.difference.significant,
+            "pruned_at": {number: f"after seed {count}" for number, count in stopped.items()}}
+
+
+def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, seeds_min: int | None = None) -> list[dict]:
     """Each of ``pruners`` (label -> pruner section; None: the study's own) on the finished study ``study_file``
     (see the module docstring); per pruner, also ``pruned_at``: trial number -> the step it was stopped at."""
     from pydantic import TypeAdapter
@@ -313,6 +352,10 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -
     rows = []
     for label, pruner_dict in pruners.items():
         pruner_spec = spec.pruner if pruner_dict is None else TypeAdapter(PrunerSpec).validate_python(pruner_dict)
+        if pruner_spec.type == "futility":
+            rows.append(replay_race(recorded, pruner_spec, seeds_min or spec.budget.seeds_min or 1, maximize, full_best, full_steps,
+                                    f"the study's own (futility)" if pruner_dict is None else label))
+            continue
         pruner = build_pruner(pruner_spec, config.train.steps, validation_steps(config))
         study = optuna.create_study(direction=spec.directions[0], pruner=pruner)
         used, kept, stopped = 0, [], {}

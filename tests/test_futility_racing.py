@@ -78,3 +78,25 @@ def test_a_seed_range_is_checked(tmp_path, seeds, message):
     path = study(tmp_path, "bad", pruner={"type": "median"}, budget={"n_trials": 2, "seeds": seeds})
     with pytest.raises(SpecError, match=message):
         load_spec(path)
+
+
+def test_a_replay_of_a_full_study_races_as_the_live_study_did(tmp_path):
+    """benchmarks/pruning_quality.py replay with the futility pruner: a finished study with every seed run (no
+    pruner) replayed as a race stops the same configs after the same seeds as the live race above (one trial at
+    a time, max_parallel 1, the same seeds)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pruning_quality import replay
+
+    futility = {"type": "futility", "delta": 0.03, "alpha": 0.1, "sd": 0.02}
+    full = study(tmp_path, "full", pruner={"type": "none"}, budget={"n_trials": 3, "max_parallel": 1, "seeds": 3})
+    live = study(tmp_path, "live")
+    run_study(full, progress=False, log=lambda _m: None)
+    run_study(live, progress=False, log=lambda _m: None)
+    [replayed] = replay(full, {"futility": futility}, seeds_min=1)
+    spec = load_spec(live)
+    live_trials = optuna.load_study(study_name="live", storage=make_storage(spec.study.storage)).get_trials()
+    live_stops = {t.number: f"after seed {len(t.user_attrs['seeds'])}" for t in live_trials if t.state.name == "PRUNED"}
+    assert live_stops == {1: "after seed 1"} and replayed["pruned_at"] == live_stops
+    assert replayed["trial_steps"] == 20 * (3 + 1 + 3) and replayed["full_trial_steps"] == 20 * 9
