@@ -73,9 +73,11 @@ def test_the_trial_steps_budget_stops_launching(tmp_path):
     ("3-1", "is not a range of seeds"),
     ({"min": 1}, "is not a range"),
     ("1-3", "needs pruner.type: futility"),
+    (3, "futility looks after each seed of a race or at validations"),
 ])
 def test_a_seed_range_is_checked(tmp_path, seeds, message):
-    path = study(tmp_path, "bad", pruner={"type": "median"}, budget={"n_trials": 2, "seeds": seeds})
+    pruner = {"type": "futility", "delta": 0.03} if seeds == 3 else {"type": "median"}
+    path = study(tmp_path, "bad", pruner=pruner, budget={"n_trials": 2, "seeds": seeds})
     with pytest.raises(SpecError, match=message):
         load_spec(path)
 

@@ -262,6 +262,10 @@ class StudySpec(SpecModel):
             problems.append(f"budget.seeds: a range ({self.budget.seeds_min}-{self.budget.seeds}) races configs over seeds, "
                             f"which needs pruner.type: futility (got {self.pruner.type!r}); give a number of seeds, or "
                             f"pruner: {{type: futility, delta: ...}}")
+        racing = self.budget.seeds_min is not None and self.budget.seeds_min < self.budget.seeds
+        if self.pruner.type == "futility" and not racing and getattr(self.pruner, "warmup_step", None) is None:
+            problems.append("pruner.type: futility looks after each seed of a race or at validations: give budget.seeds a "
+                            "range (e.g. \"1-3\") or pruner.warmup_step (a step from which validations are judged)")
         if self.budget.seeds > 1 and "seed" in {param_path(n, p) for n, p in self.space.params.items()}:
             problems.append("budget.seeds: the space already sweeps `seed`; replicate seeds come from budget.seeds "
                             "(seed, seed + 1, ...): remove one of the two")
