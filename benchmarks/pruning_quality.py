@@ -1,8 +1,30 @@
-"""How good is the pruning? Two measurements, each a study run for real (local executor, SQLite).
+"""How good is the pruning? A simulation of the decision rules over many studies, and measurements of
+studies run for real (local executor, SQLite).
 
+    python benchmarks/pruning_quality.py simulate [--studies 400]  # ~1 min: futility + racing, harm: rates
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
     python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
+
+``simulate``: stand-in studies whose truth is planted, decided by the same pure functions the pruners
+use (:class:`sweeper.study.futility.FutilityRule`, :func:`sweeper.decisions.harm_p_value`), numpy for the
+draws. A study has the quickstart's shape: 7 configs, the baseline first (true mean 0), then in random
+order one config +delta, two equal to the baseline and three -delta; two trials in flight, each running
+its seeds one after another (a time unit = one seed's run). A seed's objective is
+``mu_c + b_s + e_cs``: ``b_s`` the seed's effect shared by every config (common seeds), ``e_cs`` the
+config's own, with the total sd (``--sd``, default 0.019: the quickstart's objective spread 0.805-0.859
+over 8 seeds of one config is 2.85 sd, the expected range of 8 normal draws) split by the seed
+correlation ``rho`` (0, 0.5, 0.9: unknown for pass@16; pass@8's paired SE of 0.001 over 3 seeds at 200
+steps in issue 23 says it can be high). Reported, with Wilson 95% intervals over studies:
+
+* futility with racing (``budget.seeds`` 1-R): false-futility rate (the +delta config stopped: the
+  guarantee says <= alpha), trial-steps used / the full budget (7 x R seeds), P(final best within delta
+  of the true best) and P(final best = the +delta config). The final best: the config with the best mean
+  among those that ran all R seeds.
+* harm (the paired pruner's test) in a study with a fixed number of seeds: at each config's first seed,
+  its value minus the incumbent's (the best complete config so far) on the same seed, with the prompts'
+  SE (``--prompt-se``) and the run-to-run sd pooled over the complete configs: the study-wide false-harm
+  rate (an equal or +delta config pruned in the study) and the per-trial rate for equal configs.
 
 ``standin``: studies of tests/noisy_trainer.py (validations like the real ones: per-prompt results, sampling
 noise with common random numbers, a training-seed effect; the truth is known):
@@ -31,6 +53,9 @@ Exact for the pruning decisions because a pruned run's validations up to step s 
 ran at once, so the incumbent could differ), and the sampler's later choices are the recorded ones (a TPE
 study that pruned would have sampled differently). For each pruner: trial-steps against the full budget,
 its best, and the full study's best minus it, paired (over seeds when both ran several), with a 95% interval.
+The futility pruner is replayed as a race over the study's seeds (``budget.seeds`` R >= 2): every trial's
+seeds in order from their recorded values (``replicates``: every seed's, not only the first), a look after
+seeds 1 .. R-1 against the trials before it; a trial stopped after r seeds costs r runs.
 
 Prints a table; ``--json`` also writes the numbers.
 """
@@ -102,8 +127,8 @@ def standin_spec(name: str, pruner: dict, trials: int, space: dict, enqueue: lis
 
 def standin(trials: int, folder: Path) -> list[dict]:
     rows = []
-    paired = {"type": "paired", "p_threshold": 0.05}
-    pruners = {"paired (p 0.05, Bonferroni, 4 looks)": paired,
+    paired = {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02}
+    pruners = {"paired (p 0.05, Bonferroni, 4 looks, run sd 0.02)": paired,
                "paired, min_difference 0.05": {**paired, "min_difference": 0.05},
                "successive halving (rungs 10, 20; x2)": {"type": "successive_halving", "min_resource": 10, "reduction_factor": 2}}
     seeds = {"clip.eps_high": 0.28, "seed": {"type": "int", "low": 0, "high": 10**6}}
@@ -125,6 +150,107 @@ def standin(trials: int, folder: Path) -> list[dict]:
                 pruned = sum(t.state.name == "PRUNED" for t in group)
                 rows.append({"study": what, "pruner": label, "seed shift": shift, "trials": len(group),
                              "pruned": pruned, "rate": pruned / len(group), "interval": wilson(pruned, len(group))})
+    return rows
+
+
+PLANTED = (0, +1, 0, 0, -1, -1, -1)   # multiples of delta; index 0 is the baseline
+
+
+def simulate_racing(rng, rule, delta: float, sd: float, rho: float, seeds_min: int, seeds_max: int,
+                    parallel: int = 2) -> dict:
+    """One stand-in study under futility racing (see the module docstring): what it stopped, spent, chose."""
+    import numpy as np
+
+    order = [0] + list(1 + rng.permutation(len(PLANTED) - 1))
+    means = np.array(PLANTED, dtype=float) * delta
+    shared = rng.normal(0, sd * math.sqrt(rho), seeds_max)
+    values = means[:, None] + shared[None, :] + rng.normal(0, sd * math.sqrt(1 - rho), (len(PLANTED), seeds_max))
+    finished: dict[int, dict[int, float]] = {}
+    stopped: set[int] = set()
+    queue, slots, runs = list(order), [], 0
+    while queue or slots:
+        while queue and len(slots) < parallel:
+            slots.append(queue.pop(0))
+        for config in list(rng.permutation(slots)):  # seeds ending in the same time unit, in random order
+            mine = finished.setdefault(int(config), {})
+            mine[len(mine)] = float(values[config, len(mine)])
+            runs += 1
+            done = len(mine) == seeds_max
+            if not done and config != 0 and len(mine) >= seeds_min:
+                others = {c: v for c, v in finished.items() if c != config}
+                if rule.judge(mine, others, reference=0).stop:
+                    stopped.add(int(config))
+                    done = True
+            if done:
+                slots.remove(config)
+    complete = [c for c, v in finished.items() if len(v) == seeds_max]
+    chosen = max(complete, key=lambda c: sum(finished[c].values()))
+    return {"false_futility": 1 in stopped, "runs": runs, "full": len(PLANTED) * seeds_max,
+            "within_delta": means[chosen] >= means.max() - delta - 1e-12, "found": chosen == 1}
+
+
+def simulate_harm(rng, delta: float, sd: float, rho: float, seeds: int, prompt_se: float, p_threshold: float,
+                  margin: float, allowance: float = 1.0) -> dict:
+    """One stand-in study under harm pruning with a fixed number of seeds: which configs it pruned."""
+    import numpy as np
+
+    from sweeper.decisions import harm_p_value, harm_se, pooled_sd
+
+    order = [0] + list(1 + rng.permutation(len(PLANTED) - 1))
+    means = np.array(PLANTED, dtype=float) * delta
+    shared = rng.normal(0, sd * math.sqrt(rho), seeds)
+    values = means[:, None] + shared[None, :] + rng.normal(0, sd * math.sqrt(1 - rho), (len(PLANTED), seeds))
+    complete: list[int] = []
+    false_harm, equal_pruned, equal_judged = False, 0, 0
+    for config in order:
+        if complete and config != 0:
+            pooled = pooled_sd([list(values[c]) for c in complete])
+            incumbent = max(complete, key=lambda c: values[c].mean())
+            difference = values[config, 0] - values[incumbent, 0] + rng.normal(0, prompt_se)
+            if pooled.df > 0:
+                shift = allowance * pooled.sd / math.sqrt(seeds)   # the pruner's allowance for the incumbent's selection
+                p = harm_p_value(difference + shift, harm_se(prompt_se, pooled.sd), margin, pooled.df)
+                pruned = p < p_threshold
+                if PLANTED[config] >= 0 and pruned:
+                    false_harm = True
+                if PLANTED[config] == 0:
+                    equal_judged += 1
+                    equal_pruned += pruned
+                if pruned:
+                    continue
+        complete.append(config)
+    return {"false_harm": false_harm, "equal_pruned": equal_pruned, "equal_judged": equal_judged}
+
+
+def simulate(studies: int = 400, delta: float = 0.03, sd: float = 0.019, alpha: float = 0.1, seed: int = 0,
+             rhos=(0.0, 0.5, 0.9), races=((1, 3), (1, 4), (1, 6)), prompt_se: float = 0.02) -> list[dict]:
+    """The simulated rates (see the module docstring); one row per (rho, race) and per rho for harm."""
+    import numpy as np
+
+    from sweeper.study.futility import FutilityRule, race_looks
+
+    rows = []
+    for rho in rhos:
+        for seeds_min, seeds_max in races:
+            rule = FutilityRule(delta, alpha, looks=race_looks(seeds_min, seeds_max, None, None))
+            rng = np.random.default_rng(seed)
+            results = [simulate_racing(rng, rule, delta, sd, rho, seeds_min, seeds_max) for _ in range(studies)]
+            stops = sum(r["false_futility"] for r in results)
+            within = sum(r["within_delta"] for r in results)
+            rows.append({"rule": f"futility, seeds {seeds_min}-{seeds_max}", "rho": rho, "studies": studies,
+                         "false_futility": stops / studies, "false_futility_interval": wilson(stops, studies),
+                         "steps_ratio": sum(r["runs"] for r in results) / sum(r["full"] for r in results),
+                         "within_delta": within / studies, "within_delta_interval": wilson(within, studies),
+                         "found": sum(r["found"] for r in results) / studies})
+        for allowance in (1.0, 0.0):
+            rng = np.random.default_rng(seed)
+            results = [simulate_harm(rng, delta, sd, rho, 3, prompt_se, 0.05, 0.0, allowance) for _ in range(studies)]
+            harmed = sum(r["false_harm"] for r in results)
+            judged = sum(r["equal_judged"] for r in results)
+            equal = sum(r["equal_pruned"] for r in results)
+            rows.append({"rule": f"harm (paired, p 0.05, margin 0, allowance {allowance:g}), 3 seeds", "rho": rho,
+                         "studies": studies, "false_harm": harmed / studies, "false_harm_interval": wilson(harmed, studies),
+                         "equal_pruned": equal / max(1, judged), "equal_pruned_interval": wilson(equal, judged)})
     return rows
 
 
@@ -160,13 +286,49 @@ def quickstart(parallel: int, folder: Path) -> dict:
 
 REPLAY_PRUNERS = {
     "the study's own pruner": None,
-    "paired, no min_difference": {"type": "paired", "p_threshold": 0.05},
+    "futility racing, seeds 1-R, delta 0.03": {"type": "futility", "delta": 0.03},
+    "futility racing, seeds 1-R, delta 0.02": {"type": "futility", "delta": 0.02},
+    "paired, run sd 0.02, no min_difference": {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02},
     "median (Optuna's MedianPruner)": {"type": "median", "n_startup_trials": 2},
     "successive halving (x3, first rung = first validation)": {"type": "successive_halving", "reduction_factor": 3},
 }
 
 
-def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -> list[dict]:
+def replay_race(recorded: list, pruner_spec, seeds_min: int, maximize: bool, full_best, full_steps: int, label: str) -> dict:
+    """Futility racing replayed on a finished study from every seed's recorded value (``replicates``): the
+    trials one at a time in trial order, each seed in order, a look after seeds seeds_min .. R-1 against the
+    trials replayed before it (live, trials overlap: fewer others are known at a look)."""
+    from sweeper.study.futility import FutilityRule, race_looks, trial_seed_values
+
+    seeds = len(recorded[0].user_attrs.get("seeds") or [0])
+    rule = FutilityRule(pruner_spec.delta, pruner_spec.alpha, pruner_spec.allowance, pruner_spec.sd, pruner_spec.sd_df,
+                        pruner_spec.min_df, race_looks(seeds_min, seeds, None, None))
+    reference = next((t.number for t in recorded if t.user_attrs.get("baseline")), None)
+    steps = int(recorded[0].user_attrs.get(ATTR_LAST_STEP) or 0)
+    known: dict[int, dict[int, float]] = {}
+    stopped, used = {}, 0
+    for trial in recorded:
+        values = trial_seed_values(trial.user_attrs)
+        mine: dict[int, float] = {}
+        for count, seed in enumerate(sorted(values), start=1):
+            mine[seed] = values[seed]
+            if seeds_min <= count < len(values):
+                look = rule.judge(mine, known, bool(trial.user_attrs.get("baseline")), maximize, reference)
+                if look.stop:
+                    stopped[trial.number] = count
+                    break
+        known[trial.number] = mine
+        used += len(mine) * steps
+    kept = [t for t in recorded if t.number not in stopped]
+    best = (max if maximize else min)(kept, key=lambda t: t.value)
+    gain = paired_gain(full_best, best, "maximize" if maximize else "minimize") if best.number != full_best.number else None
+    return {"label": label, "ratio": used / full_steps, "trial_steps": used, "full_trial_steps": full_steps,
+            "complete": len(kept), "best": best.number, "best_value": best.value, "best_params": best.params,
+            "difference": gain.text() if gain else "same trial", "within_noise": gain is None or not gain.difference.significant,
+            "pruned_at": {number: f"after seed {count}" for number, count in stopped.items()}}
+
+
+def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, seeds_min: int | None = None) -> list[dict]:
     """Each of ``pruners`` (label -> pruner section; None: the study's own) on the finished study ``study_file``
     (see the module docstring); per pruner, also ``pruned_at``: trial number -> the step it was stopped at."""
     from pydantic import TypeAdapter
@@ -190,6 +352,10 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -
     rows = []
     for label, pruner_dict in pruners.items():
         pruner_spec = spec.pruner if pruner_dict is None else TypeAdapter(PrunerSpec).validate_python(pruner_dict)
+        if pruner_spec.type == "futility":
+            rows.append(replay_race(recorded, pruner_spec, seeds_min or spec.budget.seeds_min or 1, maximize, full_best, full_steps,
+                                    f"the study's own (futility)" if pruner_dict is None else label))
+            continue
         pruner = build_pruner(pruner_spec, config.train.steps, validation_steps(config))
         study = optuna.create_study(direction=spec.directions[0], pruner=pruner)
         used, kept, stopped = 0, [], {}
@@ -222,16 +388,35 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["standin", "quickstart", "replay"])
+    parser.add_argument("what", choices=["simulate", "standin", "quickstart", "replay"])
     parser.add_argument("study", nargs="?", help="replay: the study YAML of a finished, unpruned study")
     parser.add_argument("--trials", type=int, default=24, help="standin: trials per identical-config study")
     parser.add_argument("--parallel", type=int, default=2, help="quickstart: trials in flight")
+    parser.add_argument("--studies", type=int, default=400, help="simulate: stand-in studies per row")
+    parser.add_argument("--delta", type=float, default=0.03, help="simulate: the futility pruner's delta")
+    parser.add_argument("--sd", type=float, default=0.019, help="simulate: a config's run-to-run sd")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pruning-quality-") as tmp:
         folder = Path(tmp)
-        if args.what == "replay":
+        if args.what == "simulate":
+            output = simulate(args.studies, args.delta, args.sd)
+            print(f"{args.studies} stand-in studies per row; delta {args.delta}, sd {args.sd}, alpha 0.1\n"
+                  "| rule | rho | false-futility [95%] | trial-steps / full | P(best within delta) [95%] | P(best = +delta) |"
+                  "\n|---|---|---|---|---|---|")
+            for r in output:
+                if "false_futility" in r:
+                    (a, b), (c, d) = r["false_futility_interval"], r["within_delta_interval"]
+                    print(f"| {r['rule']} | {r['rho']} | {r['false_futility']:.3f} [{a:.3f}, {b:.3f}] | {r['steps_ratio']:.2f} | "
+                          f"{r['within_delta']:.3f} [{c:.3f}, {d:.3f}] | {r['found']:.2f} |")
+            print("\n| rule | rho | study-wide false harm [95%] | equal config pruned, per trial [95%] |\n|---|---|---|---|")
+            for r in output:
+                if "false_harm" in r:
+                    (a, b), (c, d) = r["false_harm_interval"], r["equal_pruned_interval"]
+                    print(f"| {r['rule']} | {r['rho']} | {r['false_harm']:.3f} [{a:.3f}, {b:.3f}] | "
+                          f"{r['equal_pruned']:.3f} [{c:.3f}, {d:.3f}] |")
+        elif args.what == "replay":
             if not args.study:
                 parser.error("replay needs the study YAML: pruning_quality.py replay examples/quickstart.yaml")
             output = replay(Path(args.study))

@@ -107,6 +107,7 @@ class TrialTicket:
     tracking: dict[str, Any] = field(default_factory=dict)  # enabled, uri, experiment, parent_run_id
     seeds: list[int] = field(default_factory=list)          # training seeds to run (budget.seeds); [] = the config's
     baseline: bool = False                                  # the study's baseline: no score-based pruning
+    seeds_min: int = 0                                      # racing: seeds every config runs (0 = all of seeds)
 
     def write(self, trial_dir: Path) -> None:
         atomic_write(Path(trial_dir) / TICKET_FILE, json.dumps(asdict(self), indent=2, default=str))

@@ -32,7 +32,7 @@ def study(tmp_path: Path, name: str, **sections) -> Path:
         "base": {"train": {"steps": 40, "eval_every": 10}, "eval": {"num_prompts": 64, "n_samples": 16, "k": [1, 8]}},
         "space": {"params": {"clip.eps_high": 0.28}},
         "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "paired", "p_threshold": 0.05},
+        "pruner": {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02},
         "budget": {"n_trials": 2, "max_parallel": 2},
         "executor": {"type": "local", "entrypoint": NOISY},
         "tracking": {"enabled": False},
@@ -53,8 +53,8 @@ def quiet(_message: str) -> None:
 
 
 def test_identical_configs_are_pruned_at_most_at_the_expected_rate(tmp_path):
-    # 16 runs of one config with different training seeds (seed noise per prompt, no global shift: the test's
-    # null holds). Each trial is judged at 4 validations at 0.05 / 4 (Bonferroni): a trial is pruned with
+    # 16 runs of one config with different training seeds (seed noise per prompt, no global shift; run_sd 0.02
+    # stands for the run-to-run spread). Each trial is judged at 4 validations at 0.05 / 4 (Bonferroni): a trial is pruned with
     # probability <= ~0.05, so 16 trials give more than 3 prunes with probability < 0.02 (binomial).
     path = study(tmp_path, "same", space={"params": {"clip.eps_high": 0.28, "seed": {"type": "int", "low": 0, "high": 10**6}}},
                  budget={"n_trials": 16, "max_parallel": 2})
@@ -72,7 +72,7 @@ def test_a_known_worse_config_is_pruned_against_the_incumbent(tmp_path):
     assert good.state.name == "COMPLETE" and worse.state.name == "PRUNED"
     assert worse.user_attrs["prune_reason"] == "pass@k"
     message = worse.user_attrs["prune_message"]
-    assert "paired Wilcoxon p = " in message and "vs trial 0 (the incumbent) over 64 prompts" in message
+    assert "worse at p = " in message and "run sd 0.02" in message and "vs trial 0 (the incumbent) over 64 prompts" in message
     step = worse.user_attrs["pruned_at_step"]
     assert step < 40 and len(worse.user_attrs[per_prompt_attr(step)]) == 64
 
@@ -86,7 +86,7 @@ def test_a_replay_of_a_full_study_prunes_what_the_live_pruner_pruned(tmp_path):
 
     configs = [{"clip.eps_high": eps, "seed": seed} for eps, seed in [(0.28, 1), (0.4, 2), (0.3, 3), (0.36, 4), (0.28, 5)]]
     space = {"params": {"clip.eps_high": {"type": "float", "low": 0.2, "high": 0.5}, "seed": {"type": "int", "low": 0, "high": 10}}}
-    paired = {"type": "paired", "p_threshold": 0.05}
+    paired = {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02}
     budget = {"n_trials": len(configs), "max_parallel": 1}
     full = study(tmp_path, "full", space=space, enqueue=configs, budget=budget, pruner={"type": "none"})
     live = study(tmp_path, "live", space=space, enqueue=configs, budget=budget, pruner=paired)

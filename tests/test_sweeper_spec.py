@@ -89,7 +89,7 @@ SPEC_ERRORS = [
     ({"pruner": {"type": "none", "health": {"explosion": {"multiple": 0.5}}}}, ["pruner.health.explosion.multiple", "greater than 1"]),
     ({"objective": [{"metric": "val/pass@8"}, {"metric": "val/entropy", "direction": "minimize"}]},
      ["pruner.type: 'median' cannot prune a multi-objective study", "type: none"]),
-    ({"budget": {"max_parallel": 2}}, ["budget", "give n_trials, timeout, or both"]),
+    ({"budget": {"max_parallel": 2}}, ["budget", "give n_trials, timeout or trial_steps"]),
     ({"budget": {"n_trials": 0}}, ["budget.n_trials", "greater than 0"]),
     ({"budget": {"n_trials": 3, "timeout": "ten minutes"}}, ["budget.timeout", "30m, 2h"]),
     ({"executor": {"type": "kubernetes"}}, ["executor", "'local', 'debug', 'slurm'"]),

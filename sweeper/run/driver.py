@@ -224,6 +224,8 @@ class Driver:
             while len(self.in_flight) < self.max_parallel and time.time() < deadline:
                 if self.n_trials is not None and already + launched_here >= self.n_trials:
                     break
+                if self.spec.budget.trial_steps is not None and self._steps_spent() >= self.spec.budget.trial_steps:
+                    break
                 flight = self._launch()
                 launched_here += 1
                 self.in_flight.append(flight)
@@ -290,6 +292,7 @@ class Driver:
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
             seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
             baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
+            seeds_min=self.spec.budget.seeds_min or 0,
         )
         ticket.write(trial_dir)
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
@@ -312,6 +315,12 @@ class Driver:
         sampled = sample(self.spec, trial)
         return sampled, resolve(self.spec, sampled, output_dir=str(trial_dir / RUN_DIR),
                                 step0_cache=str(self.study_dir / STEP0_CACHE_DIR))
+
+    def _steps_spent(self) -> int:
+        """Training steps spent by every trial so far (budget.trial_steps), from the trials' seed curves."""
+        from sweeper.study.futility import steps_used
+
+        return sum(steps_used(t.user_attrs) for t in self.study.get_trials(deepcopy=False))
 
     def _trial_id(self, number: int) -> int:
         """The storage's id of trial ``number`` of this study (what a trial process opens its trial by)."""

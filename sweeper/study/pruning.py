@@ -6,7 +6,8 @@ objective's intermediate values (reported at each validation) against other tria
 records ``prune_reason = "pass@k"`` (whatever the objective metric is: the name says "the score
 curve"). Each kind's fields are the Optuna pruner's own arguments (same names), passed through by
 :func:`build_pruner`. ``paired`` (:mod:`sweeper.study.paired_pruner`) compares a trial's per-prompt results with
-the incumbent's at the same step (a one-sided Wilcoxon signed-rank test over the validation prompts).
+the incumbent's at the same step (a test of the mean difference with the run-to-run variance);
+``futility`` (:mod:`sweeper.study.futility`) stops configs that cannot be ``delta`` better and races seeds.
 
 The health rules (``pruner.health``) judge a trial on its own metric histories, whatever the other
 trials did. Each rule is its own spec (frozen, validated) with one method, pure over the histories::
@@ -42,7 +43,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sweeper.study.schema import SpecModel
 
-PRUNE_REASONS = ("pass@k", "entropy_collapse", "entropy_explosion", "nan")
+PRUNE_REASONS = ("pass@k", "entropy_collapse", "entropy_explosion", "nan", "futility")
 DEFAULT_ENTROPY_METRICS = ("train/entropy", "val/entropy")
 
 
@@ -276,19 +277,41 @@ class PairedPrunerSpec(_PrunerSpec):
     n_startup_trials: int = Field(1, ge=1, description="Complete trials before any pruning (the first incumbent).")
     n_warmup_steps: int = Field(0, ge=0, description="Validations before this step are not judged.")
     correction: Literal["bonferroni", "none"] = Field("bonferroni", description="Over the validations a trial is judged at.")
-    min_difference: float = Field(0.0, ge=0, description="Prune only a trial worse than the incumbent by more than this "
-                                  "(objective units): room for the run-to-run randomness of training.")
+    min_difference: float = Field(0.0, ge=0, description="Prune only a trial whose mean is worse than the incumbent's "
+                                  "by more than this (objective units).")
+    run_sd: float | None = Field(None, ge=0, description="The run-to-run sd of the objective (sweeper verify's); None = "
+                                 "pooled over the study's replicated trials (budget.seeds >= 2); with neither, no pruning.")
+    allowance: float = Field(1.0, ge=0, description="The incumbent's selection allowance, in its SEs over seeds.")
 
     def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
         from sweeper.study.paired_pruner import PairedPruner
 
         return PairedPruner(self.p_threshold, self.n_startup_trials, self.n_warmup_steps, self.correction, validation_steps,
-                            self.min_difference)
+                            self.min_difference, self.run_sd, self.allowance)
+
+
+class FutilityPrunerSpec(_PrunerSpec):
+    """Stop a config that cannot be ``delta`` better than the incumbent (:mod:`sweeper.study.futility`)."""
+
+    type: Literal["futility"]
+    delta: float = Field(..., gt=0, description="The smallest gain worth finding, in the objective's units.")
+    alpha: float = Field(0.1, gt=0, lt=1, description="At most this chance of stopping a config delta better.")
+    allowance: float = Field(1.0, ge=0, description="Incumbent's selection allowance, in its SEs (sd / sqrt(R)).")
+    sd: float | None = Field(None, gt=0, description="A prior run-to-run sd of the objective (e.g. sweeper verify's).")
+    sd_df: int = Field(4, ge=1, description="The prior sd's weight, in degrees of freedom.")
+    min_df: int = Field(2, ge=1, description="Without a prior: no stop before the pooled sd has this many df.")
+    warmup_step: int | None = Field(None, ge=1, description="Also look at validations from this step on (None: "
+                                    "only after each seed).")
+
+    def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
+        from sweeper.study.futility import FutilityPruner
+
+        return FutilityPruner(**self.model_dump(exclude={"type", "health"}), validation_steps=validation_steps)
 
 
 PrunerSpec = Annotated[
     Union[NoPrunerSpec, MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, WilcoxonPrunerSpec,
-          PairedPrunerSpec],
+          PairedPrunerSpec, FutilityPrunerSpec],
     Field(discriminator="type"),
 ]
 

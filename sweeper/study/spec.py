@@ -157,6 +157,32 @@ class BudgetSpec(SpecModel):
         description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
         "and its value is their mean, with a standard error over seeds and validation prompts.",
     )
+    seeds_min: int | None = Field(
+        None, ge=1,
+        description="Racing (budget.seeds as a range, {min: 1, max: 3} or \"1-3\"): every config runs this many "
+        "seeds, the rest only while the futility pruner keeps it in the race. None = all budget.seeds.",
+    )
+    trial_steps: int | None = Field(None, gt=0, description="Stop launching trials once this many training steps "
+                                    "(over every trial and seed) are spent.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_range(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "seeds" not in data:
+            return data
+        seeds, bounds = data["seeds"], None
+        if isinstance(seeds, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", seeds):
+            bounds = [int(part) for part in seeds.split("-")]
+        elif isinstance(seeds, dict):
+            if set(seeds) != {"min", "max"}:
+                raise ValueError(f"budget.seeds: {seeds!r} is not a range; give {{min: 1, max: 3}}, \"1-3\" or a number")
+            bounds = [seeds["min"], seeds["max"]]
+        if bounds is None:
+            return data
+        low, high = bounds
+        if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
+            raise ValueError(f"budget.seeds: {seeds!r} is not a range of seeds; give 1 <= min <= max, e.g. \"1-3\"")
+        return {**data, "seeds": high, "seeds_min": low}
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -165,8 +191,8 @@ class BudgetSpec(SpecModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> "BudgetSpec":
-        if self.n_trials is None and self.timeout is None:
-            raise ValueError("give n_trials, timeout, or both: a study needs a budget")
+        if self.n_trials is None and self.timeout is None and self.trial_steps is None:
+            raise ValueError("give n_trials, timeout or trial_steps (or several): a study needs a budget")
         return self
 
 
@@ -232,6 +258,14 @@ class StudySpec(SpecModel):
                 )
             if self.sampler.type in SINGLE_OBJECTIVE_ONLY:
                 problems.append(f"sampler.type: {self.sampler.type!r} is single-objective; use nsga2, tpe, random or gp")
+        if self.budget.seeds_min is not None and self.budget.seeds_min < self.budget.seeds and self.pruner.type != "futility":
+            problems.append(f"budget.seeds: a range ({self.budget.seeds_min}-{self.budget.seeds}) races configs over seeds, "
+                            f"which needs pruner.type: futility (got {self.pruner.type!r}); give a number of seeds, or "
+                            f"pruner: {{type: futility, delta: ...}}")
+        racing = self.budget.seeds_min is not None and self.budget.seeds_min < self.budget.seeds
+        if self.pruner.type == "futility" and not racing and getattr(self.pruner, "warmup_step", None) is None:
+            problems.append("pruner.type: futility looks after each seed of a race or at validations: give budget.seeds a "
+                            "range (e.g. \"1-3\") or pruner.warmup_step (a step from which validations are judged)")
         if self.budget.seeds > 1 and "seed" in {param_path(n, p) for n, p in self.space.params.items()}:
             problems.append("budget.seeds: the space already sweeps `seed`; replicate seeds come from budget.seeds "
                             "(seed, seed + 1, ...): remove one of the two")

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 from trainers.reporting import PREEMPTED, ConsoleReporter
 
 from sweeper.contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, TRACKING_SPILL_FILE, Outcome, TrialTicket, atomic_write
+from sweeper.study.futility import ATTR_SEED_VALUES, PRUNE_REASON, FutilityPruner
 from sweeper.study.pruning import build_pruner, health_rules
 from sweeper.statistics import mean_and_se, replicate_summary
 from sweeper.run.trial.reporter import TrialReporter
@@ -144,6 +145,9 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
 
     multi = len(ticket.objectives) > 1
     runs = replicate_configs(config, ticket.seeds or [config.seed])
+    futility = study.pruner if isinstance(study.pruner, FutilityPruner) and not multi else None
+    if futility is not None:
+        futility.set_race(ticket.seeds_min or len(runs), len(runs))
     finished = read_replicates(trial_dir)
     ending: Outcome | None = None
     summary: Mapping[str, Any] = {"status": "completed", "step": config.train.steps, "stop_reason": None}
@@ -154,8 +158,10 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
             continue
         first = index == 0
         reporter = TrialReporter(trial, ticket.objectives, health_rules(pruner_spec.health),
-                                 use_pruner=first and pruner_spec.type != "none" and not multi and not ticket.baseline,
-                                 report_intermediate=first and not multi, pruner_name=pruner_spec.type)
+                                 use_pruner=first and pruner_spec.type not in ("none", "futility") and not multi and not ticket.baseline,
+                                 report_intermediate=first and not multi, pruner_name=pruner_spec.type,
+                                 seed=seed if not multi else None,
+                                 look=_validation_look(futility, study, storage, ticket, seed) if futility else None)
         reporters: list[Any] = [reporter]
         if tracker is not None:
             reporters.insert(0, _ReplicateToTrialRun(tracker, "" if first else f"seed{seed}/"))
@@ -178,11 +184,45 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
                          "per_prompt": (ending.per_prompt or [None])[0]})
         if len(runs) > 1:
             atomic_write(trial_dir / REPLICATES_FILE, json.dumps(finished))
+        if futility is not None:
+            stop = _seed_look(futility, study, storage, ticket, trial, finished)
+            if stop is not None:
+                ending = stop
+                break
     outcome = _with_uncertainty(ending, finished, len(runs), ticket)
     if tracker is not None:
         tracker.on_end(summary)
     print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
     return outcome
+
+
+def _seed_look(futility: FutilityPruner, study: Any, storage: Any, ticket: TrialTicket, trial: Any,
+               finished: list[dict[str, Any]]) -> Outcome | None:
+    """Store the finished seeds' values (every trial's futility looks read them), then the seed look: a
+    PRUNED outcome (prune_reason futility) when this config is out of the race."""
+    trial.set_user_attr(ATTR_SEED_VALUES, {str(r["seed"]): r["values"][0] for r in finished})
+    if ticket.baseline:
+        return None
+    look = futility.after_seed(study, storage.get_trial(ticket.trial_id), len(finished))
+    if look is None or not look.stop:
+        return None
+    message = f"stopped after seed {len(finished)}: {look.message}"
+    print(f"[sweeper] trial {ticket.trial_number} {message}", flush=True)
+    mean = sum(r["values"][0] for r in finished) / len(finished)
+    return Outcome("PRUNED", step=ticket.trial_steps, prune_reason=PRUNE_REASON, message=message, partial_values=[mean],
+                   pruned_at_step=ticket.trial_steps)
+
+
+def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket: TrialTicket, seed: int):
+    """look(step) for a seed's reporter: the futility rule at that validation (None: go on)."""
+    if ticket.baseline or futility.warmup_step is None:
+        return None
+
+    def look(step: int) -> str | None:
+        result = futility.at_validation(study, storage.get_trial(ticket.trial_id), step)
+        return f"stopped at step {step} of seed {seed}: {result.message}" if result is not None and result.stop else None
+
+    return look
 
 
 def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
@@ -202,6 +242,8 @@ def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], se
             outcome.values = finished[0]["values"]
             outcome.values_se = _prompt_se(outcome.per_prompt)
         outcome.replicates = finished
+    elif outcome.state == "PRUNED" and finished:
+        outcome.replicates = finished   # a futility stop after a seed: the seeds it finished still count
     vectors = [v for v in (outcome.per_prompt or []) if v] or [r["per_prompt"] for r in finished if r.get("per_prompt")]
     outcome.prompts = len(vectors[0]) if vectors else None
     return outcome

@@ -59,6 +59,8 @@ class TrialReporter:
         use_pruner: bool,
         report_intermediate: bool,
         pruner_name: str = "",
+        seed: int | None = None,
+        look: Any = None,
     ):
         self.trial = trial
         self.objectives = list(objectives)
@@ -66,6 +68,8 @@ class TrialReporter:
         self.use_pruner = use_pruner
         self.report_intermediate = report_intermediate
         self.pruner_name = pruner_name
+        self.seed = seed      # set: each validation's value goes to the trial attr seed_curve/<seed>
+        self.look = look      # look(step) -> a message to stop with, or None (the futility pruner's validation looks)
         self.history: dict[str, list[float]] = defaultdict(list)
         self.objective_values: list[list[float]] = [[] for _ in self.objectives]
         self.objective_vectors: list[list[list[float] | None]] = [[] for _ in self.objectives]  # per-prompt values
@@ -121,6 +125,7 @@ class TrialReporter:
             return
         self._record_objectives(step, metrics, per_prompt)
         self._judge(step)
+        self._seed_look(step)
         if self.verdict is not None or not self.report_intermediate:
             return
         value = self.objective_values[0][-1]
@@ -140,6 +145,25 @@ class TrialReporter:
             if not self._storage_warned:
                 warnings.warn(f"could not report to the Optuna storage ({type(error).__name__}: {error}); training goes on without pruning")
                 self._storage_warned = True
+
+    def _seed_look(self, step: int) -> None:
+        """Store this seed's curve (every seed's, not only the first: racing and replays read them), then ask
+        the validation look, if any."""
+        if self.seed is None or self.verdict is not None:
+            return
+        try:
+            from sweeper.study.futility import seed_curve_attr
+
+            curve = {str(s): v for s, v in zip(self.objective_steps, self.objective_values[0]) if math.isfinite(v)}
+            self.trial.set_user_attr(seed_curve_attr(self.seed), curve)
+            message = self.look(step) if self.look is not None else None
+        except Exception as error:  # noqa: BLE001 - a storage hiccup must not kill the training
+            if not self._storage_warned:
+                warnings.warn(f"could not record the seed curve ({type(error).__name__}: {error}); training goes on")
+                self._storage_warned = True
+            return
+        if message:
+            self._stop(Verdict("futility", message), step)
 
     def stop_reason(self) -> str | None:
         return f"{STOP_PREFIX}{self.verdict.reason}" if self.verdict else None

@@ -1,0 +1,189 @@
+"""Decisions of a study, as pure functions: how far a config can still be better than the incumbent
+(futility), whether it is shown worse (harm), and the run-to-run spread both rest on.
+
+A config c has run r_c training seeds; its value is the mean of its seeds' objective values. Seeds are
+common to every config (seed, seed + 1, ... of the base config), so two configs are paired by seed
+number, never by replicate position (:func:`paired_by_seed`).
+
+* :func:`pooled_sd`: the run-to-run standard deviation of the objective over training seeds, pooled over
+  every replicated config (each config's sum of squares around its own mean; degrees of freedom
+  ``df = sum(R_i - 1)``), optionally with a prior ``prior_sd`` weighted as ``prior_df`` degrees of
+  freedom (``sweeper verify``'s spread, or the user's). The baseline runs all its seeds first, so its
+  seeds are the first estimate.
+* :func:`pooled_pair_sd`: the sd of one seed's difference between two configs, pooled over the configs
+  paired with the baseline by seed (df = sum(n_c - 1)): under common seeds the seed's shared effect
+  cancels, so it can be far below sqrt(2) x a single config's sd.
+* :func:`paired_gain` (common seeds) or :func:`unpaired_gain` (the sketch's form, each mean over its
+  own seeds) give c's difference from the incumbent, its SE and the allowance for the incumbent being a
+  selected maximum (a = 1 by default: one SE of the incumbent's own noise); :func:`gain_bound` adds them
+  up to the upper confidence bound::
+
+      g   = difference + allowance
+      UCB = g + t(1 - alpha / K, df) * SE                 (K looks per config: Bonferroni)
+
+  c is *futile* when ``UCB < delta`` (:func:`is_futile`): it is not shown able to be ``delta`` better.
+  Guarantee (normal errors, a common sd): a config whose true gain over the incumbent is at least
+  ``delta`` is stopped with probability at most ``alpha`` over its K looks.
+* :func:`harm_p_value`: the one-sided p-value that c is worse than the incumbent by more than
+  ``margin`` (objective units), from the mean difference and its SE (Student's t with the pooled sd's
+  df, or the normal when the sd is known). It is 1 whenever c's mean is at least the incumbent's.
+* :func:`harm_se`: the SE of a one-seed difference compared prompt by prompt: the prompts' SE combined
+  with the run-to-run variance of two runs, ``sqrt(se_prompts^2 + 2 sd^2)`` (the per-prompt test cannot
+  see training randomness: two seeds move every prompt the same way).
+
+No optuna, no torch: the pruners (:mod:`sweeper.study.futility`, :mod:`sweeper.study.paired_pruner`), the
+simulation of ``benchmarks/pruning_quality.py`` and the results code call these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+def paired_by_seed(a: Mapping[int, float], b: Mapping[int, float]) -> list[tuple[int, float, float]]:
+    """(seed, a's value, b's value) for every seed both ran, in seed order: pairs by seed number, never by
+    the position of a replicate in either list."""
+    return [(seed, float(a[seed]), float(b[seed])) for seed in sorted(set(a) & set(b), key=int)]
+
+
+def seed_values(raw: Mapping[str, float] | Sequence[Mapping[str, object]] | None) -> dict[int, float]:
+    """A trial's {seed: objective value} from the trial attr ``seed_values`` ({"0": 0.8, ...}) or from its
+    ``replicates`` ([{"seed": 0, "values": [0.8, ...]}, ...]: the first objective); {} for None."""
+    if not raw:
+        return {}
+    if isinstance(raw, Mapping):
+        return {int(seed): float(value) for seed, value in raw.items() if value is not None and math.isfinite(float(value))}
+    out: dict[int, float] = {}
+    for record in raw:
+        values = record.get("values") or []
+        if values and values[0] is not None and math.isfinite(float(values[0])):
+            out[int(record["seed"])] = float(values[0])
+    return out
+
+
+@dataclass(frozen=True)
+class PooledSD:
+    """The run-to-run sd and its degrees of freedom (0: no estimate, sd is NaN)."""
+
+    sd: float
+    df: int
+
+    @property
+    def known(self) -> bool:
+        return self.df > 0 and math.isfinite(self.sd)
+
+
+def pooled_sd(groups: Sequence[Sequence[float]], prior_sd: float | None = None, prior_df: int = 0) -> PooledSD:
+    """The sd pooled over groups (one group per config: its seeds' values), df = sum(R_i - 1) over the
+    groups with 2 or more values, plus ``prior_df`` degrees of freedom at ``prior_sd`` when given."""
+    if prior_sd is not None and (prior_sd < 0 or not math.isfinite(prior_sd)):
+        raise ValueError(f"pooled_sd: prior_sd must be a finite sd >= 0, got {prior_sd}")
+    squares, df = 0.0, 0
+    for values in groups:
+        if len(values) < 2:
+            continue
+        mean = sum(values) / len(values)
+        squares += sum((v - mean) ** 2 for v in values)
+        df += len(values) - 1
+    if prior_sd is not None and prior_df > 0:
+        squares += prior_df * prior_sd ** 2
+        df += prior_df
+    return PooledSD(math.sqrt(squares / df), df) if df > 0 else PooledSD(math.nan, 0)
+
+
+def t_upper(probability: float, df: float) -> float:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (the normal for inf)."""
+    from scipy.stats import norm, t
+
+    return float(norm.ppf(probability)) if math.isinf(df) else float(t.ppf(probability, df))
+
+
+@dataclass(frozen=True)
+class GainBound:
+    """A config's gain over the incumbent: the estimate (with the allowance), its SE, the upper bound."""
+
+    gain: float
+    se: float
+    ucb: float
+    quantile: float      # t(1 - alpha / K, df)
+    level: float         # 1 - alpha / K: the one-sided level of one look
+
+    def text(self, delta: float) -> str:
+        """``gain <= +0.012 (95% UCB) < delta 0.03``."""
+        relation = "<" if self.ucb < delta else ">="
+        return f"gain <= {self.ucb:+.3g} ({100 * self.level:.3g}% UCB) {relation} delta {delta:g}"
+
+
+def gain_bound(difference: float, se: float, allowance: float, df: float, alpha: float, looks: int = 1) -> GainBound:
+    """The upper confidence bound of a gain: ``gain = difference + allowance`` (the allowance for the
+    incumbent's selection), ``UCB = gain + t(1 - alpha / looks, df) * se``."""
+    if not 0 < alpha < 1 or looks < 1:
+        raise ValueError(f"gain_bound: alpha in (0, 1) and looks >= 1 (got {alpha}, {looks})")
+    if se < 0 or allowance < 0:
+        raise ValueError(f"gain_bound: se and allowance are >= 0 (got {se}, {allowance})")
+    level = 1 - alpha / looks
+    quantile = t_upper(level, df)
+    gain = difference + allowance
+    return GainBound(gain, se, gain + quantile * se, quantile, level)
+
+
+def unpaired_gain(mean_c: float, seeds_c: int, mean_inc: float, seeds_inc: int, sd: float,
+                  allowance: float = 1.0) -> tuple[float, float, float]:
+    """(difference, SE, allowance term) from two means over their own seeds and a single config's
+    run-to-run sd: ``mean_c - mean_inc``, ``sd * sqrt(1/r_c + 1/R_inc)``, ``a * sd / sqrt(R_inc)``."""
+    if seeds_c < 1 or seeds_inc < 1:
+        raise ValueError(f"unpaired_gain: both configs need a seed (got {seeds_c} and {seeds_inc})")
+    return mean_c - mean_inc, sd * math.sqrt(1 / seeds_c + 1 / seeds_inc), allowance * sd / math.sqrt(seeds_inc)
+
+
+def paired_gain(mine: Mapping[int, float], incumbent: Mapping[int, float], pair_sd: float,
+                allowance: float = 1.0) -> tuple[float, float, float, int] | None:
+    """(difference, SE, allowance term, common seeds) of c over the incumbent on the seeds both ran:
+    the mean of ``c_s - inc_s``, ``pair_sd / sqrt(n)`` with ``pair_sd`` the sd of one seed's difference of
+    two configs, and ``a * pair_sd / sqrt(2 R_inc)`` (the incumbent's own noise over its R_inc seeds: a
+    difference's variance is twice one config's). None when they share no seed."""
+    pairs = paired_by_seed(mine, incumbent)
+    if not pairs:
+        return None
+    difference = sum(a - b for _, a, b in pairs) / len(pairs)
+    return (difference, pair_sd / math.sqrt(len(pairs)), allowance * pair_sd / math.sqrt(2 * len(incumbent)),
+            len(pairs))
+
+
+def pooled_pair_sd(configs: Mapping[object, Mapping[int, float]], reference: Mapping[int, float]) -> PooledSD:
+    """The sd of one seed's difference between two configs, pooled over the configs paired with the
+    ``reference`` (the baseline) by seed: each config's differences ``c_s - ref_s`` around their mean,
+    df = sum(n_c - 1) over configs with 2 or more common seeds. Under common seeds the shared part of a
+    seed's effect cancels, so this is smaller than sqrt(2) x a single config's sd when seeds correlate."""
+    groups = [[a - b for _, a, b in paired_by_seed(values, reference)] for values in configs.values()]
+    return pooled_sd(groups)
+
+
+def is_futile(bound: GainBound, delta: float) -> bool:
+    """The config cannot be ``delta`` better than the incumbent (at this look's level)."""
+    return bound.ucb < delta
+
+
+def harm_se(se_prompts: float, run_sd: float) -> float:
+    """SE of one run's mean difference from another run, compared over shared prompts:
+    ``sqrt(se_prompts^2 + 2 run_sd^2)``."""
+    return math.sqrt(se_prompts ** 2 + 2 * run_sd ** 2)
+
+
+def harm_p_value(mean_difference: float, se: float, margin: float = 0.0, df: float = math.inf) -> float:
+    """One-sided p-value of "c is worse than the incumbent by more than ``margin``" from c's mean minus the
+    incumbent's (objective units, maximized) and its SE: ``P(T_df <= (mean_difference + margin) / se)``.
+    1.0 when c's mean is at least the incumbent's, or when the SE is unknown or 0 and the difference is not
+    below ``-margin``."""
+    if margin < 0:
+        raise ValueError(f"harm_p_value: margin must be >= 0, got {margin}")
+    if mean_difference >= 0 or not math.isfinite(mean_difference):
+        return 1.0
+    if not math.isfinite(se) or se <= 0:
+        return 0.0 if mean_difference < -margin and se == 0 else 1.0
+    from scipy.stats import norm, t
+
+    z = (mean_difference + margin) / se
+    return float(norm.cdf(z)) if math.isinf(df) else float(t.cdf(z, df))
