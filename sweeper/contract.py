@@ -65,6 +65,7 @@ ATTR_PROMPTS = "n_prompts"              # validation prompts behind each value
 ATTR_SEEDS = "seeds"                    # the training seeds the trial ran
 ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: per seed, the objective(s) and the
                                         # first objective's per-prompt values (paired comparisons between trials)
+ATTR_SAME_CONFIG = "same_config_as"    # a duplicate config: the complete trial whose result it reuses (sweeper.run.reuse)
 PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
 
 
