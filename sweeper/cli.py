@@ -219,13 +219,15 @@ def dry_run(spec: Any, n: int = 3) -> list[dict[str, Any]]:
 def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML")
     p.add_argument("--all", action="store_true", help="also list trials rejected before launch")
+    p.add_argument("--delta", type=float, help="rule out configs shown more than DELTA worse than the best (the smallest "
+                   "gain worth finding, in the objective's units; default: the pruner's delta)")
 
 
 def _status(args: argparse.Namespace) -> int:
     from sweeper.study.spec import load_spec
     from sweeper.results.status import study_status
 
-    print(study_status(load_spec(args.study), show_rejected=args.all))
+    print(study_status(load_spec(args.study), show_rejected=args.all, delta=args.delta))
     return 0
 
 

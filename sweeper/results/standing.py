@@ -21,7 +21,8 @@ from typing import Any
 
 from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_SAME_CONFIG, trial_state)
 from sweeper.results.compare import Gain, Pool, baseline_trial, paired_gain, study_pool
-from sweeper.results.gains import ruled_out
+from sweeper.results.gains import ruled_out, upper_bound
+from sweeper.study.schema import SpecError
 
 STOP_REASON_ATTRS = ("stop_reason",)   # read first when a pruner records its own reason (the futility pruner)
 DEFAULT_ALPHA = 0.1
@@ -45,7 +46,7 @@ def race_settings(spec: Any, delta: float | None = None, alpha: float | None = N
     if alpha is None:
         alpha = getattr(spec.pruner, "alpha", None) or DEFAULT_ALPHA
     if delta is not None and delta < 0:
-        raise ValueError(f"--delta must be >= 0 (the smallest gain worth finding, in the objective's units), got {delta}")
+        raise SpecError(f"--delta must be >= 0 (the smallest gain worth finding, in the objective's units), got {delta}")
     return delta, alpha
 
 
@@ -66,7 +67,7 @@ def _ruled_out_text(gain: Gain, delta: float, alpha: float) -> str | None:
     df = gain.pool.df if gain.pool is not None else 0
     if not ruled_out(d.mean, d.se, df, delta, alpha):
         return None
-    return f"ruled out: gain over the best {d.mean:+.3g} (SE {d.se:.2g}), its {100 * (1 - alpha):.0f}% upper bound < -delta {delta:g}"
+    return f"gain over the best <= {upper_bound(d.mean, d.se, df, alpha):+.3g} ({100 * (1 - alpha):.0f}% UCB) < -delta {delta:g}"
 
 
 def study_standings(spec: Any, study: Any, *, delta: float | None = None, alpha: float | None = None,

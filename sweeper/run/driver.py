@@ -9,7 +9,8 @@ Each round of the loop (every ``poll_interval`` seconds, 0.05 s by default):
    ``<study dir>/trials/NNNNN/`` and submit :func:`sweeper.run.trial.run_trial` to the executor. The
    trial's user attrs get ``job_id``, ``trial_dir``, ``config`` (the resolved config) and
    ``log_paths``. A sampled config that breaks a constraint or the run-config schema is told FAIL
-   with user attr ``rejected`` and never launched.
+   with user attr ``rejected`` and never launched; one identical to a COMPLETE trial's is told that
+   trial's result (user attr ``same_config_as``, :mod:`sweeper.run.reuse`) and never launched.
 2. *reap*: every job that is done is turned into a final state from its ``outcome.json``: COMPLETE
    (value), PRUNED (user attr ``prune_reason``: pass@k | entropy_collapse | entropy_explosion | nan),
    or FAIL (``fail_reason``, ``stderr_tail``; also a job that died without writing an outcome). The
@@ -59,6 +60,7 @@ from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FA
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from sweeper.run.executors import TrialJob, make_executor
 from sweeper.run.interrupts import stop_signals_interrupt
+from sweeper.run.reuse import find_identical, reuse_result
 from sweeper.study.space import Rejected, SampledConfig, resolve, sample
 from sweeper.study.spec import SpecError, StudySpec, load_spec
 from sweeper.run.storage import open_study
@@ -226,6 +228,8 @@ class Driver:
                     break
                 flight = self._launch()
                 launched_here += 1
+                if flight is None:
+                    continue  # a known config: its result was reused (sweeper.run.reuse), nothing runs
                 self.in_flight.append(flight)
                 self._update_bar()
                 if self.spec.executor.type == "debug":
@@ -250,7 +254,7 @@ class Driver:
 
     # ------------------------------------------------------------------ launch
 
-    def _launch(self) -> InFlight:
+    def _launch(self) -> InFlight | None:
         import optuna
 
         while True:
@@ -272,6 +276,13 @@ class Driver:
             self._rejections_in_a_row = 0
             break
 
+        seeds = [int(config["seed"]) + r for r in range(self.spec.budget.seeds)]
+        if (source := find_identical(self.study, config, seeds)) is not None:
+            reuse_result(self.study, trial, source, config, self.spec.is_multi_objective)
+            self.counts["COMPLETE"] += 1
+            self.log(f"trial {trial.number} COMPLETE: same config as #{source.number}, its result is reused (nothing trained)")
+            self._update_bar(1)
+            return None
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         trial_id = self._trial_id(trial.number)
@@ -288,7 +299,7 @@ class Driver:
             sampled=sampled.sampled,
             sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
-            seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
+            seeds=seeds,
             baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
         )
         ticket.write(trial_dir)
