@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_SAME_CONFIG, trial_state)
+from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_SAME_CONFIG, ATTR_STOP_REASON,
+                              trial_state)
 from sweeper.results.compare import Gain, Pool, baseline_trial, paired_gain, study_pool
 from sweeper.results.gains import ruled_out, upper_bound
 from sweeper.study.schema import SpecError
 
-STOP_REASON_ATTRS = ("stop_reason",)   # read first when a pruner records its own reason (the futility pruner)
+STOP_REASON_ATTRS = (ATTR_STOP_REASON,)   # read first when a pruner records its own reason (the futility pruner)
 DEFAULT_ALPHA = 0.1
 
 
