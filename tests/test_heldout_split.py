@@ -45,3 +45,20 @@ def test_a_run_on_the_heldout_split_validates_other_prompts(tmp_path: Path, make
         digests[split] = {r["prompt_digest"] for r in records}
         assert len(digests[split]) == 1 and len(records[0]["correct"]) == 8
     assert digests["selection"] != digests["heldout"]
+
+
+def test_a_larger_synthetic_draw_keeps_the_selection_prompts_first():
+    """verify draws a synthetic validation set larger when 2 x eval.num_prompts do not fit: its first problems
+    (the study's selection prompts) stay the same, so the held-out ones are still disjoint from them."""
+    from sweeper.results.verify import _make_room_for_heldout
+
+    small = parse_config({"data": {"synthetic": {"val_size": 64}}, "eval": {"num_prompts": 64}})
+    config = small.model_dump(mode="json")
+    config["eval"]["split"] = "heldout"
+    _make_room_for_heldout(config)
+    assert config["data"]["synthetic"]["val_size"] == 128
+    large = parse_config(config)
+    _, val_small = load_problems(small.data)
+    _, val_large = load_problems(large.data)
+    assert val_large[:64] == val_small
+    assert validation_prompts(val_large, large.eval) == val_large[64:128]
