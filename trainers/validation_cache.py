@@ -82,7 +82,7 @@ def dataset_files(data: dict[str, Any]) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=1)
 def code_versions() -> dict[str, str | None]:
     """The code a validation result depends on: this package's version, its git commit (None outside a git
-    checkout; with a digest of ``git diff HEAD`` when there are uncommitted changes) and the versions of
+    checkout of this project; with a digest of ``git diff HEAD`` when there are uncommitted changes) and the versions of
     torch, transformers and vLLM (None: not installed). Computed once per process."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -101,6 +101,9 @@ def _git_commit() -> str | None:
         return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, timeout=10)
 
     try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.decode().strip()).resolve() != PROJECT_ROOT.resolve():
+            return None  # not a checkout of this project (e.g. installed inside some other repository)
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None
