@@ -46,3 +46,8 @@ def test_a_repeated_config_is_told_the_earlier_result_and_not_trained(tmp_path: 
     folders = sorted(p.name for p in (spec.study_dir / "trials").iterdir())
     assert folders == [f"{t.number:05d}" for t in originals]
     assert "same config as #0" in study_status(spec)
+    from sweeper.results.standing import contenders, study_standings
+    from sweeper.run.storage import open_study
+
+    standings, *_ = study_standings(spec, open_study(spec, create=False)[0], delta=1.0)
+    assert sorted(contenders(standings)) == sorted(t.number for t in originals)   # each config once

@@ -35,8 +35,9 @@ class Standing:
     state: str
     over_best: Gain | None
     over_baseline: Gain | None
-    race: str               # "running", "in the race", "ruled out", "best", "baseline", "stopped", "failed", ...
+    race: str               # "running", "in the race", "ruled out", "best", "stopped", "failed", ...
     why: str                # why it stopped or was ruled out ("" otherwise)
+    same_as: int | None = None   # a duplicate config: the trial whose result it reuses
 
 
 def race_settings(spec: Any, delta: float | None = None, alpha: float | None = None) -> tuple[float | None, float]:
@@ -110,12 +111,14 @@ def study_standings(spec: Any, study: Any, *, delta: float | None = None, alpha:
             race, why = "stopped", stop_text(trial)
         else:
             race, why = state.lower(), stop_text(trial)
-        out[trial.number] = Standing(trial.number, state, over_best, over_baseline, race, why)
+        out[trial.number] = Standing(trial.number, state, over_best, over_baseline, race, why,
+                                     trial.user_attrs.get(ATTR_SAME_CONFIG))
     return out, best, baseline, pool
 
 
 def contenders(standings: dict[int, Standing]) -> list[int]:
-    """The complete trials not ruled out within delta of the best (the best first, then by number)."""
-    keep = [s.number for s in standings.values() if s.state == "COMPLETE" and s.race != "ruled out"]
+    """The complete configs not ruled out within delta of the best (the best first, then by number; a duplicate
+    config is listed once, under its first trial)."""
+    keep = [s.number for s in standings.values() if s.state == "COMPLETE" and s.race != "ruled out" and s.same_as is None]
     best = [s.number for s in standings.values() if s.race == "best"]
     return best + sorted(n for n in keep if n not in best)
