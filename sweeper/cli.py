@@ -219,13 +219,15 @@ def dry_run(spec: Any, n: int = 3) -> list[dict[str, Any]]:
 def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML")
     p.add_argument("--all", action="store_true", help="also list trials rejected before launch")
+    p.add_argument("--delta", type=float, help="rule out configs shown more than DELTA worse than the best (the smallest "
+                   "gain worth finding, in the objective's units; default: the pruner's delta)")
 
 
 def _status(args: argparse.Namespace) -> int:
     from sweeper.study.spec import load_spec
     from sweeper.results.status import study_status
 
-    print(study_status(load_spec(args.study), show_rejected=args.all))
+    print(study_status(load_spec(args.study), show_rejected=args.all, delta=args.delta))
     return 0
 
 
@@ -241,6 +243,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="train.output_dir of the exported config (default runs/<study>-trial<N>)")
     p.add_argument("--target-version", help="trl / verl: the library version the file is for (default: the one installed "
                    "here, else the tested one); outside the supported range the export warns")
+    p.add_argument("--delta", type=float, help="list the configs not ruled out within DELTA of the best (the smallest gain "
+                   "worth finding, in the objective's units; default: the pruner's delta)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -252,14 +256,19 @@ def _export(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         exported = export_trial(args.study, args.output, steps=args.steps, fmt=args.format, trial=args.trial,
                                 pareto_index=args.pareto_index, prefer=args.prefer, output_dir=args.output_dir,
-                                target_version=args.target_version)
+                                target_version=args.target_version, delta=args.delta)
     path = exported.path
     print(f"wrote {path} (trial {exported.trial})" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
     if exported.gain is not None:
         print(f"gain over the baseline (trial {exported.baseline}): {exported.gain.text()}")
-        if not exported.gain.difference.significant:
+        if exported.gain.selected:
+            print(f"note: selection-biased; confirm on held-out prompts with fresh seeds: sweeper verify {args.study} --seeds 3",
+                  file=sys.stderr)
+        elif not exported.gain.difference.significant:
             print(f"warning: the gain is not significant; before a full run: sweeper verify {args.study} --seeds 3",
                   file=sys.stderr)
+    for line in exported.contenders:
+        print(line)
     for warning in caught:
         if "not significant" not in str(warning.message):
             print(f"warning: {warning.message}", file=sys.stderr)

@@ -42,6 +42,7 @@ SUBMITIT_DIR = "submitit"   # the executor's files (pickles, logs) inside the tr
 TRACKING_SPILL_FILE = "mlflow_unsent.json"  # what a trial could not send to MLflow; the driver sends it later
 REPLICATES_FILE = "replicates.json"  # the seeds a trial has finished (budget.seeds > 1)
 STEP0_CACHE_DIR = "step0_cache"      # in the study folder: the untrained model's validation, computed once
+PROGRESS_FILE = "progress.json"      # the running trial's seed, step and last validation (sweeper.run.trial.progress)
 STOP_PREFIX = "pruned:"     # the trial reporter's stop reason: "pruned:<reason>"
 
 # Trial user attrs (Optuna storage) written by the driver and read by status, export and tracking.
@@ -57,6 +58,7 @@ ATTR_BASELINE = "baseline"          # True: the study's baseline config (objecti
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_STDERR_TAIL = "stderr_tail"
 ATTR_PRUNE_REASON = "prune_reason"
+ATTR_STOP_REASON = "stop_reason"      # a pruner's own account of why it stopped a trial (shown before prune_reason)
 ATTR_PRUNED_AT_STEP = "pruned_at_step"
 ATTR_LAST_STEP = "last_step"
 ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
@@ -65,6 +67,7 @@ ATTR_PROMPTS = "n_prompts"              # validation prompts behind each value
 ATTR_SEEDS = "seeds"                    # the training seeds the trial ran
 ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: per seed, the objective(s) and the
                                         # first objective's per-prompt values (paired comparisons between trials)
+ATTR_SAME_CONFIG = "same_config_as"    # a duplicate config: the complete trial whose result it reuses (sweeper.run.reuse)
 PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
 
 

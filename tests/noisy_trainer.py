@@ -10,6 +10,7 @@ model (all on the logit scale):
   value 0.28, like tests/standin_trainer.py), reached as training goes: ``g(s) = 1 - exp(-s / 20)``;
 * the training seed moves every prompt by a shift ``e ~ N(0, NOISY_SEED_SHIFT)`` and each prompt by its
   own ``e_p ~ N(0, NOISY_SEED_PROMPT)`` (env; defaults 0 and 0.5), both drawn from the run's ``seed``;
+* ``eval.split: heldout`` validates the next ``eval.num_prompts`` prompts of the same draws;
 * sample i of prompt p at step s is correct when ``U_{p,i} < sigmoid(g(s) (q + e + e_p) - d_p)``, with
   ``U_{p,i}`` drawn from ``eval.seed`` alone: every trial validates with the same random numbers (as the
   real trainer does), so two trials are paired prompt by prompt.
@@ -44,12 +45,15 @@ def quality(config) -> float:
 def validation(config, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, per-prompt record) of the validation at ``step``, as the trainer reports them."""
     prompts, n = config.eval.num_prompts, config.eval.n_samples
+    skip = prompts if config.eval.split == "heldout" else 0   # held-out prompts: the next `prompts` of the same draws
     difficulty = random.Random(config.data.synthetic.seed)
-    difficulties = [difficulty.gauss(3.0, 1.5) for _ in range(prompts)]
+    difficulties = [difficulty.gauss(3.0, 1.5) for _ in range(skip + prompts)][skip:]
     seed_rng = random.Random(1_000_003 * config.seed + 17)
     shift = seed_rng.gauss(0.0, float(os.environ.get("NOISY_SEED_SHIFT", "0")))
-    prompt_noise = [seed_rng.gauss(0.0, float(os.environ.get("NOISY_SEED_PROMPT", "0.5"))) for _ in range(prompts)]
+    prompt_noise = [seed_rng.gauss(0.0, float(os.environ.get("NOISY_SEED_PROMPT", "0.5"))) for _ in range(skip + prompts)][skip:]
     uniforms = random.Random(7_919 * config.eval.seed + 1)
+    for _ in range(skip * n):
+        uniforms.random()
     growth = 1.0 - math.exp(-step / 20.0)
     correct = []
     for p in range(prompts):
@@ -61,7 +65,7 @@ def validation(config, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     metrics.update({f"val/{k}": v for k, v in standard_errors(per_prompt).items()})
     metrics["val/entropy"] = 1.0
     record = {"step": step, "n_samples": n, "k": list(config.eval.k), "eval_seed": config.eval.seed,
-              "prompt_digest": f"noisy-{config.data.synthetic.seed}-{prompts}", "correct": [sum(row) for row in correct],
+              "prompt_digest": f"noisy-{config.data.synthetic.seed}-{prompts}-{config.eval.split}", "correct": [sum(row) for row in correct],
               "per_prompt": per_prompt}
     return metrics, record
 

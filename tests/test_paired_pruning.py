@@ -140,7 +140,8 @@ def test_export_gives_the_paired_gain_over_the_baseline_and_verify_reruns_both(t
     assert main(["export", str(path), "-o", str(tmp_path / "best.yaml")]) == 0
     out = capsys.readouterr()
     assert f"wrote {tmp_path / 'best.yaml'} (trial {best.number})" in out.out
-    assert f"gain over the baseline (trial {baseline.number}): +" in out.out and "paired over 64 prompts; significant)" in out.out
+    assert f"gain over the baseline (trial {baseline.number}): +" in out.out
+    assert "paired over 64 prompts of the common seed, one run each: training randomness not included; significant)" in out.out
     header = (tmp_path / "best.yaml").read_text()
     assert f"# baseline: trial {baseline.number} (clip.eps_high=0.4), val/pass@8 = " in header and " ± " in header
     assert "# gain over the baseline: +" in header and "sweeper verify" in header
@@ -159,12 +160,16 @@ def test_export_gives_the_paired_gain_over_the_baseline_and_verify_reruns_both(t
     with pytest.raises(SpecError, match="would overwrite the study file"):
         export_best(close, close)
 
-    assert main(["verify", str(path), "--seeds", "2", "--trial", str(best.number), "--no-progress"]) == 0
+    assert main(["verify", str(path), "--seeds", "1", "--no-progress"]) != 0
+    assert "--seeds must be at least 3" in capsys.readouterr().err
+    assert main(["verify", str(path), "--seeds", "3", "--trial", str(best.number), "--no-progress"]) == 0
     lines = capsys.readouterr().out
     assert f"trial {best.number} vs the baseline (trial {baseline.number})" in lines
-    assert "(2 seeds x 64 prompts)" in lines and "paired over 2 seeds" in lines
+    assert "(3 seeds x 64 prompts)" in lines and "paired over 3 common seeds" in lines and "4 df" in lines
+    assert "gain on the held-out prompts: +" in lines and "the selection survives" in lines
     verification = [name for name in optuna.get_all_study_names(make_storage(load_spec(path).study.storage)) if "verify" in name]
-    assert verification == [f"gain-verify-t{best.number}-vs-t{baseline.number}-s2"]
+    assert verification == [f"gain-verify-t{best.number}-vs-t{baseline.number}-s3"]
     arms = optuna.load_study(study_name=verification[0], storage=make_storage(load_spec(path).study.storage)).get_trials()
     assert sorted(t.params["arm"] for t in arms) == ["baseline", "chosen"] and all(t.state.name == "COMPLETE" for t in arms)
-    assert arms[0].user_attrs[ATTR_SEEDS] == arms[1].user_attrs[ATTR_SEEDS] == [1, 2]   # fresh: the study used seed 0
+    assert arms[0].user_attrs[ATTR_SEEDS] == arms[1].user_attrs[ATTR_SEEDS] == [1, 2, 3]   # fresh: the study used seed 0
+    assert all(t.user_attrs["config"]["eval"]["split"] == "heldout" for t in arms)      # prompts it did not select on

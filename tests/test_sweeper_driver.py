@@ -127,8 +127,8 @@ def test_slots_are_refilled_the_moment_a_trial_ends(tmp_path):
     release = tmp_path / "release"
     path = study_file(
         tmp_path,
-        space={"params": {"seed": [1, 0]}},
-        enqueue=[{"seed": 1}, {"seed": 0}, {"seed": 0}, {"seed": 0}],
+        space={"params": {"seed": [1, 0, 2, 3]}},    # distinct configs: an identical one would reuse a result
+        enqueue=[{"seed": 1}, {"seed": 0}, {"seed": 2}, {"seed": 3}],
         budget={"n_trials": 4, "max_parallel": 2},
         executor={"type": "local", "entrypoint": STANDIN, "env": {"STANDIN_RELEASE_FILE": str(release)}},
     )

@@ -170,6 +170,13 @@ class EvalConfig(_Strict):
         description="Sampling seed of every validation, independent of the run's seed: runs and trials that "
         "validate the same prompts draw the same random numbers, so they are compared prompt by prompt.",
     )
+    split: Literal["selection", "heldout"] = Field(
+        "selection",
+        description="Which validation prompts: 'selection' = the first eval.num_prompts of the validation set (what a "
+        "study selects on); 'heldout' = the next eval.num_prompts, disjoint from them (what `sweeper verify` "
+        "confirms a selection on). 'heldout' needs a validation set of at least 2 x eval.num_prompts (trainers/data.py: "
+        "validation_prompts).",
+    )
     step0_cache: str | None = Field(
         None,
         description="A folder where the step-0 validation of the untrained model is kept and reused by every run "

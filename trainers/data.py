@@ -27,6 +27,11 @@ Dataset problems (``data.source: dataset``) come from ``datasets.load_dataset(pa
 data_files=..., split=...)`` -- a hub id, ``json``/``parquet``/``csv`` with ``data_files``, or a local
 folder -- with ``prompt_field``/``answer_field`` picking the columns and ``prompt_template`` formatting the
 prompt (``"{prompt}"`` by default; other columns of the row are available by name too).
+
+Selection and held-out prompts (:func:`validation_prompts`): a run validates on the first
+``eval.num_prompts`` validation problems (``eval.split: selection``, what a study selects on) or on the next
+``eval.num_prompts`` (``eval.split: heldout``), disjoint from them: ``sweeper verify`` confirms a study's
+choice there, on prompts the choice was not made on.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainers.config import DataConfig, DatasetConfig, SyntheticTaskConfig
+from trainers.config import DataConfig, DatasetConfig, EvalConfig, SyntheticTaskConfig
 
 VAL_BUCKETS = 10
 """One synthetic problem in VAL_BUCKETS is held out for validation (hash of seed and prompt)."""
@@ -221,3 +226,18 @@ def load_problems(data_config: DataConfig) -> tuple[list[Problem], list[Problem]
             raise ValueError("data.source is 'dataset' but data.dataset is missing: add data.dataset.path")
         return dataset_problems(data_config.dataset)
     raise ValueError(f"data.source: unknown source {data_config.source!r}; accepted: 'synthetic', 'dataset'")
+
+
+def validation_prompts(val: list[Problem], eval_config: EvalConfig) -> list[Problem]:
+    """The problems a run validates on: ``val[:n]`` for ``eval.split`` 'selection', ``val[n:2n]`` for 'heldout'
+    (n = ``eval.num_prompts``; disjoint from the selection prompts). A held-out split needs 2n validation problems."""
+    count = eval_config.num_prompts
+    if eval_config.split == "selection":
+        return val[:count]
+    if len(val) < 2 * count:
+        raise ValueError(
+            f"eval.split 'heldout' validates on the {count} validation problems after the first eval.num_prompts "
+            f"({count}), but the validation set holds {len(val)}: raise data.synthetic.val_size (or "
+            f"data.dataset.val_size / the val_split's rows) to at least {2 * count}, or lower eval.num_prompts"
+        )
+    return val[count:2 * count]

@@ -69,7 +69,7 @@ class _MetricSums:
 
 class GRPOTrainer:
     def __init__(self, config: RunConfig, reporters: Sequence[Reporter] = ()):
-        from .data import load_problems
+        from .data import load_problems, validation_prompts
         from .rewards import get_reward
 
         self.config = config
@@ -104,6 +104,7 @@ class GRPOTrainer:
         self.engine = self._make_engine()
 
         self.train_problems, self.val_problems = load_problems(config.data)
+        self.eval_problems = validation_prompts(self.val_problems, config.eval)  # eval.split: selection | heldout
         self.reward_fn = get_reward(config.data.reward)
         self.intervention = build_intervention(config.entropy, run_config=config)
         self.step = 0
@@ -383,7 +384,8 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """Validate on the first ``eval.num_prompts`` validation prompts: ``(metrics, per_prompt)``.
+        """Validate on ``eval.num_prompts`` validation prompts (the first ones, or the held-out ones after them:
+        ``eval.split``, trainers/data.py ``validation_prompts``): ``(metrics, per_prompt)``.
 
         The prompts are cut into chunks of ``EVAL_PROMPTS_PER_CALL // n`` prompts; chunk c is sampled with seed
         ``step_seed(eval.seed, 0, 0, salt=c)`` by rank ``c % world``. So a prompt's samples depend on the
@@ -393,7 +395,7 @@ class GRPOTrainer:
         from .rewards import get_extractor
 
         cfg = self.config
-        problems = self.val_problems[:cfg.eval.num_prompts]
+        problems = self.eval_problems
         n = cfg.eval.n_samples
         per_call = max(1, EVAL_PROMPTS_PER_CALL // n)
         chunks = [range(start, min(start + per_call, len(problems))) for start in range(0, len(problems), per_call)]
@@ -516,7 +518,8 @@ class GRPOTrainer:
     def _step0_from_cache(self) -> dict[str, Any] | None:
         """The cached step-0 validation of this model and validation (rank 0 reads it, every rank gets it)."""
         self._step0_key = step0_key(self.config, self.model_path)
-        cached = [read_step0(self.config.eval.step0_cache, self._step0_key) if self.is_main else None]
+        cached = [read_step0(self.config.eval.step0_cache, self._step0_key, prompt_digest(self.eval_problems))
+                  if self.is_main else None]
         if self.world > 1:
             torch.distributed.broadcast_object_list(cached, src=0)
         return cached[0]

@@ -5,15 +5,22 @@ values, like an ``enqueue`` entry), else the first ``enqueue`` entry. The driver
 its trial (user attr ``baseline``); score-based pruners leave it alone (health rules do not), so that it
 ends with a complete result.
 
-:func:`paired_gain` pairs the two trials' results unit by unit:
+:func:`paired_gain` pairs the two trials' results by training seed, always over the seeds **both** ran
+(a seed of one and the same seed of the other share their random numbers; the n-th runs of two trials
+need not: sweeper.results.gains):
 
-* over seeds, when both ran the same training seeds (``budget.seeds`` R > 1, or ``sweeper verify``):
-  the per-seed differences of the objective, a Student-t interval with R - 1 degrees of freedom. This
-  interval includes the run-to-run randomness of training;
-* else over the validation prompts (same prompts, same sampling seeds): the differences of each prompt's
-  objective. This interval covers the prompts and the validation sampling, **not** the training
-  randomness of a single run: two seeds of one config can differ by more. ``sweeper verify`` reruns both
-  configs with fresh seeds to measure that.
+* over seeds, when the run-to-run standard deviation is known: pooled over the configs that ran 2 or more
+  seeds (``pool``: :func:`study_pool` over a study, by default the two trials' own seeds), the mean gain over
+  the common seeds with a Student-t interval on the pooled degrees of freedom. This interval includes the
+  run-to-run randomness of training;
+* else (every config ran one seed) over the validation prompts of the common seed(s) (same prompts, same
+  sampling seeds): the differences of each prompt's objective. This interval covers the prompts and the
+  validation sampling, **not** the training randomness of a single run: two seeds of one config can differ
+  by more. ``sweeper verify`` reruns both configs with fresh seeds to measure that.
+
+A gain of a config *chosen* as the best on these same seeds and prompts (``selected``) is biased upwards
+(the winner's curse): its text says so instead of calling it significant; ``sweeper verify`` measures it
+on held-out prompts with fresh seeds.
 
 The gain is signed so that a positive gain is an improvement (``a - b`` for a maximized objective,
 ``b - a`` for a minimized one).
@@ -24,8 +31,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sweeper.contract import ATTR_BASELINE, ATTR_REPLICATES
+from sweeper.contract import ATTR_BASELINE, ATTR_REPLICATES, ATTR_SAME_CONFIG
+from sweeper.results.gains import SeedGain, pooled_sd, seed_gain
 from sweeper.statistics import PairedDifference, paired_difference
+
+SELECTION_BIAS = ("selection-biased: chosen as the best on these same seeds and prompts, so the gain is biased upwards "
+                  "(winner's curse); `sweeper verify` measures it on held-out prompts with fresh seeds")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The run-to-run sd of the objective over training seeds, pooled over ``configs`` replicated configs."""
+
+    sd: float
+    df: int
+    configs: int
 
 
 @dataclass(frozen=True)
@@ -34,14 +54,24 @@ class Gain:
 
     better: int
     reference: int
-    difference: PairedDifference
+    difference: PairedDifference | SeedGain
     unit: str            # "seeds" or "prompts"
+    pool: Pool | None = None
+    selected: bool = False
 
     def text(self) -> str:
         d = self.difference
-        verdict = "significant" if d.significant else "NOT significant: the interval includes 0"
-        return (f"{d.mean:+.4g} [{d.low:+.3g}, {d.high:+.3g}] (95% interval, paired over {d.count} {self.unit}; "
-                f"{verdict})")
+        if self.selected:
+            verdict = SELECTION_BIAS
+        else:
+            verdict = "significant" if d.significant else "NOT significant: the interval includes 0"
+        if self.unit == "seeds":
+            pool = self.pool
+            basis = (f"paired over {d.count} common seed{'s' if d.count != 1 else ''}; run-to-run sd {pool.sd:.3g} pooled "
+                     f"over {pool.configs} replicated config{'s' if pool.configs != 1 else ''}, {pool.df} df")
+        else:
+            basis = f"paired over {d.count} prompts of the common seed, one run each: training randomness not included"
+        return f"{d.mean:+.4g} [{d.low:+.3g}, {d.high:+.3g}] (95% interval, {basis}; {verdict})"
 
 
 def baseline_trial(study: Any) -> Any | None:
@@ -50,21 +80,43 @@ def baseline_trial(study: Any) -> Any | None:
     return marked[-1] if marked else None
 
 
-def paired_gain(better: Any, reference: Any, direction: str = "maximize") -> Gain | None:
-    """The paired gain of trial ``better`` over trial ``reference`` on the first objective, over their common
-    seeds (if both ran 2 or more) or else over the prompts of their first seed; None when they have no
-    per-prompt results to pair (e.g. a custom trainer that reports none)."""
-    mine = {r["seed"]: r for r in better.user_attrs.get(ATTR_REPLICATES) or []}
-    theirs = {r["seed"]: r for r in reference.user_attrs.get(ATTR_REPLICATES) or []}
+def seed_values(trial: Any, direction: str = "maximize", index: int = 0) -> dict[int, float]:
+    """seed -> the trial's objective ``index`` on that seed, signed so that larger is better."""
     sign = 1.0 if direction == "maximize" else -1.0
+    return {int(r["seed"]): sign * float(r["values"][index]) for r in trial.user_attrs.get(ATTR_REPLICATES) or []}
+
+
+def study_pool(trials: Any, direction: str = "maximize") -> Pool:
+    """The run-to-run sd pooled over the complete ``trials`` that ran 2 or more seeds (a duplicate that reuses
+    another trial's result is counted once)."""
+    groups = [list(seed_values(t, direction).values()) for t in trials
+              if t.state.name == "COMPLETE" and t.user_attrs.get(ATTR_SAME_CONFIG) is None]
+    groups = [g for g in groups if len(g) >= 2]
+    sd, df = pooled_sd(groups)
+    return Pool(sd, df, len(groups))
+
+
+def paired_gain(better: Any, reference: Any, direction: str = "maximize", pool: Pool | None = None,
+                selected: bool = False) -> Gain | None:
+    """The paired gain of trial ``better`` over trial ``reference`` on the first objective over their common
+    seeds: with the pooled run-to-run sd (``pool``, default: pooled over these two trials) when it is known,
+    else over the prompts of the common seeds (per prompt, the mean over them); None when they share no seed
+    or have no per-prompt results to pair."""
+    mine, theirs = seed_values(better, direction), seed_values(reference, direction)
     common = sorted(set(mine) & set(theirs))
-    if len(common) >= 2:
-        a = [sign * mine[s]["values"][0] for s in common]
-        b = [sign * theirs[s]["values"][0] for s in common]
-        return Gain(better.number, reference.number, paired_difference(a, b), "seeds")
-    first_a = next(iter(mine.values()), {}).get("per_prompt")
-    first_b = next(iter(theirs.values()), {}).get("per_prompt")
-    if not first_a or not first_b or len(first_a) != len(first_b):
+    if not common:
         return None
-    return Gain(better.number, reference.number,
-                paired_difference([sign * v for v in first_a], [sign * v for v in first_b]), "prompts")
+    pool = pool if pool is not None else study_pool([better, reference], direction)
+    if pool.df > 0:
+        return Gain(better.number, reference.number, seed_gain(mine, theirs, pool.sd, pool.df), "seeds", pool, selected)
+    sign = 1.0 if direction == "maximize" else -1.0
+    vectors = []
+    for trial in (better, reference):
+        by_seed = {int(r["seed"]): r.get("per_prompt") for r in trial.user_attrs.get(ATTR_REPLICATES) or []}
+        rows = [by_seed[s] for s in common]
+        if any(not row for row in rows) or len({len(row) for row in rows}) != 1:
+            return None
+        vectors.append([sign * sum(column) / len(column) for column in zip(*rows)])
+    if len(vectors[0]) != len(vectors[1]):
+        return None
+    return Gain(better.number, reference.number, paired_difference(*vectors), "prompts", None, selected)

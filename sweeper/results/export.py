@@ -26,7 +26,7 @@ import copy
 import datetime as _dt
 import subprocess
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ import yaml
 
 from trainers.config import RunConfig, parse_config
 
-from sweeper.results.compare import Gain, baseline_trial, paired_gain
-from sweeper.contract import ATTR_CONFIG, objective_estimate
+from sweeper.results.compare import Gain, baseline_trial, paired_gain, study_pool
+from sweeper.contract import ATTR_CONFIG, ATTR_SAME_CONFIG, objective_estimate
 from sweeper.results.formats import model_path, target_version as describe_target, to_trl, to_verl
 from sweeper.study.space import get_path, leaves, set_path
 from sweeper.study.spec import SpecError, StudySpec, load_spec
@@ -132,6 +132,7 @@ class Exported:
     trial: int
     gain: Gain | None
     baseline: int | None
+    contenders: list[str] = field(default_factory=list)   # lines: the configs not ruled out within delta of the best
 
 
 def export_best(spec: StudySpec | str | Path, output: str | Path, **options: Any) -> Path:
@@ -151,9 +152,12 @@ def export_trial(
     prefer: str | None = None,
     output_dir: str | None = None,
     target_version: str | None = None,
+    delta: float | None = None,
 ) -> Exported:
-    """Write the chosen trial's config to ``output`` with its provenance and its paired gain over the study's
-    baseline (a warning when that gain is not significant)."""
+    """Write the chosen trial's config to ``output`` with its provenance, its paired gain over the study's
+    baseline (common seeds, pooled run-to-run sd: :mod:`sweeper.results.compare`; a warning when that gain is
+    not significant, and a note when the trial was chosen as the best on these same seeds and prompts), and
+    the configs not ruled out within ``delta`` of the best (``delta``: the pruner's, else this argument)."""
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
     if not isinstance(spec, StudySpec):
@@ -180,22 +184,60 @@ def export_trial(
         header.append(f"baseline: trial {baseline.number} ({_params_text(baseline.params)}), "
                       f"{spec.objective[0].metric} = {objective_estimate(baseline).text()}")
         if baseline.number != frozen.number:
-            gain = paired_gain(frozen, baseline, spec.directions[0])
-            header.append(f"gain over the baseline: {gain.text()}" if gain else "gain over the baseline: no per-prompt results to pair")
+            selected = _selected(study, spec, frozen, baseline)
+            gain = paired_gain(frozen, baseline, spec.directions[0], study_pool(study.get_trials(deepcopy=False), spec.directions[0]),
+                               selected=selected)
+            header.append(f"gain over the baseline: {gain.text()}" if gain else
+                          "gain over the baseline: not measured (no common training seed, or no per-prompt results to pair)")
             if gain is not None and gain.unit == "prompts":
                 header.append("  (one seed each: the interval does not include training randomness; "
                               "`sweeper verify` reruns both with fresh seeds)")
     elif not spec.is_multi_objective:
         header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
+    race = contender_lines(spec, study, delta) if not spec.is_multi_objective and frozen.state.name == "COMPLETE" else []
+    header += race
     text = export_text(validated, fmt, header, target_version)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     _log_export(spec, output)
-    if gain is not None and not gain.difference.significant:
+    if gain is not None and not gain.difference.significant and not gain.selected:
         warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
                       f"{gain.text()}", stacklevel=2)
-    return Exported(output, frozen.number, gain, baseline.number if baseline is not None else None)
+    return Exported(output, frozen.number, gain, baseline.number if baseline is not None else None, race)
+
+
+def _selected(study: Any, spec: StudySpec, frozen: Any, baseline: Any) -> bool:
+    """True when ``frozen`` is the study's best of two or more complete configs besides the baseline: chosen on
+    the same seeds and prompts its gain is measured on (the winner's curse)."""
+    others = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.number != baseline.number
+              and t.user_attrs.get(ATTR_SAME_CONFIG) is None]
+    try:
+        best = study.best_trial.number
+    except ValueError:
+        return False
+    return frozen.number == best and len(others) >= 2
+
+
+def contender_lines(spec: StudySpec, study: Any, delta: float | None) -> list[str]:
+    """Header lines: the complete configs not ruled out within delta of the best (sweeper.results.standing)."""
+    from sweeper.results.standing import contenders, race_settings, study_standings
+
+    delta, alpha = race_settings(spec, delta)
+    if delta is None:
+        return ["configs within delta of the best: not computed (give --delta, the smallest gain worth finding)"]
+    standings, best, _, pool = study_standings(spec, study, delta=delta, alpha=alpha)
+    keep = contenders(standings)
+    basis = (f"run-to-run sd pooled over {pool.configs} replicated configs" if pool.df else
+             "one seed each: over prompts only, training randomness not included")
+    lines = [f"configs not ruled out within delta {delta:g} of the best (trial {best.number}; ruled out: the "
+             f"{100 * (1 - alpha):.0f}% upper bound of the paired gain over the best < -{delta:g}; {basis}): "
+             + ", ".join(f"#{n}" for n in keep)]
+    for number in keep:
+        gain = standings[number].over_best
+        if gain is not None:
+            lines.append(f"  #{number}: gain over the best {gain.difference.mean:+.4g} (SE {gain.difference.se:.2g})")
+    return lines
 
 
 def export_text(validated: dict[str, Any], fmt: str, header: list[str], target_version: str | None = None) -> str:

@@ -7,6 +7,13 @@ by their objective (best first), then pruned trials by their last value, then th
 Every value carries its standard error and what it rests on (prompts, seeds). Trials rejected before
 launch (a constraint or the run config refused the sampled values) are counted but listed only with
 ``show_rejected``.
+
+A single-objective study also shows, per complete trial (:mod:`sweeper.results.standing`), its paired gain
+over the best and over the baseline with the SE of that gain (paired over common seeds, run-to-run sd
+pooled over replicated configs: prompt difficulty cancels, unlike in the objective's own ± SE), whether it
+is still in the race (running, best, within ``delta`` of the best, or ruled out) and why a trial stopped
+(the pruner's ``stop_reason`` when it records one, else the prune reason and step; "same config as #N"
+for a config that reused an earlier result).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from sweeper.contract import (ATTR_FAIL_REASON, ATTR_LAST_STEP, ATTR_PRUNE_REASO
 from sweeper.study.spec import StudySpec
 
 
-def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False,
+               standings: dict[int, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    standings = standings or {}
     counts: dict[str, int] = {}
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -31,6 +40,8 @@ def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False) -> t
             reason = attrs.get(ATTR_FAIL_REASON, "lost")
         else:
             reason = attrs.get(ATTR_PRUNE_REASON) or attrs.get(ATTR_FAIL_REASON) or ""
+            if t.number in standings and standings[t.number].why:
+                reason = standings[t.number].why
             if attrs.get(ATTR_REQUEUED_FROM) is not None:
                 reason = (reason + " " if reason else "") + f"(re-queued from {attrs[ATTR_REQUEUED_FROM]})"
         counts[state] = counts.get(state, 0) + 1
@@ -45,6 +56,9 @@ def trial_rows(spec: StudySpec, study: Any, *, show_rejected: bool = False) -> t
             "step": attrs.get(ATTR_PRUNED_AT_STEP) if state == "PRUNED" else attrs.get(ATTR_LAST_STEP, t.last_step),
             "reason": reason,
             "params": dict(t.params),
+            "over_best": standings[t.number].over_best if t.number in standings else None,
+            "over_baseline": standings[t.number].over_baseline if t.number in standings else None,
+            "race": standings[t.number].race if t.number in standings else "",
         })
     sign = -1.0 if spec.directions[0] == "maximize" else 1.0
     rank = {"COMPLETE": 0, "PRUNED": 1}
@@ -70,7 +84,15 @@ def _estimate_text(estimate: Any) -> str:
     return f"{estimate.value:.4g}{se}"
 
 
-def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, int], best: Any | None) -> str:
+def _gain_text(gain: Any | None) -> str:
+    if gain is None:
+        return "-"
+    d = gain.difference
+    return f"{d.mean:+.3g}" + (f" ± {d.se:.2g}" if math.isfinite(d.se) else "")
+
+
+def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, int], best: Any | None,
+                 race: list[str] | None = None) -> str:
     metrics = [o.metric for o in spec.objective]
     head = [f"study {spec.study.name}  ({spec.study.storage})"]
     head.append("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) if counts else "trials: none yet")
@@ -79,19 +101,24 @@ def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, 
     if not rows:
         return "\n".join(head)
     shown = " / ".join(m.split("/", 1)[-1] for m in metrics)
-    table = [["#", "state", f"{shown} ± SE", "pruned at (± SE)", "step", "reason", "params"]]
+    gains = any(row.get("race") for row in rows)
+    table = [["#", "state", f"{shown} ± SE", "pruned at (± SE)", "step"]
+             + (["vs best ± SE", "vs baseline ± SE", "race"] if gains else []) + ["reason", "params"]]
     for row in rows:
         params = "  ".join(f"{_short_name(k)}={_num(v)}" for k, v in row["params"].items())
-        reason = row["reason"] if len(row["reason"]) <= 48 else row["reason"][:45] + "..."
+        reason = row["reason"] if len(row["reason"]) <= 72 else row["reason"][:69] + "..."
+        extra = [_gain_text(row.get("over_best")), _gain_text(row.get("over_baseline")), row.get("race") or ""] if gains else []
         table.append([str(row["number"]), row["state"], _estimates_text(row["objective"]), _estimates_text(row["last_value"]),
-                      "" if row["step"] is None else str(row["step"]), reason, params])
-    widths = [max(len(r[i]) for r in table) for i in range(6)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i < 6 else cell for i, cell in enumerate(r)).rstrip() for r in table]
+                      "" if row["step"] is None else str(row["step"])] + extra + [reason, params])
+    last = len(table[0]) - 1
+    widths = [max(len(r[i]) for r in table) for i in range(last)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < last else cell for i, cell in enumerate(r)).rstrip() for r in table]
     prompts, seeds = _units(rows)
     footer = []
     if prompts:
         over_seeds = f", combined with the spread over the {seeds} seeds a complete trial ran" if seeds else ""
         footer.append(f"± one standard error over the {prompts}{over_seeds}.")
+    footer += race or []
     return "\n".join(head + [""] + lines + footer)
 
 
@@ -114,15 +141,37 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def study_status(spec: StudySpec, *, show_rejected: bool = False) -> str:
+def race_footer(pool: Any, delta: float | None, alpha: float) -> list[str]:
+    """What the gain columns rest on, and the rule of the race column."""
+    if pool.df:
+        basis = (f"vs best / vs baseline: paired gain over their common training seeds ± its SE (run-to-run sd "
+                 f"{pool.sd:.3g} pooled over {pool.configs} replicated configs, {pool.df} df).")
+    else:
+        basis = ("vs best / vs baseline: paired gain over the prompts of their common seed ± its SE (one seed each: "
+                 "training randomness not included).")
+    if delta is None:
+        rule = "race: no delta (the pruner's delta or --delta), so no complete config is ruled out on its score."
+    else:
+        rule = (f"race: a complete config is ruled out when the {100 * (1 - alpha):.0f}% upper bound of its gain over the "
+                f"best is below -delta {delta:g}; the others are in the race (within delta of the best).")
+    return [basis, rule]
+
+
+def study_status(spec: StudySpec, *, show_rejected: bool = False, delta: float | None = None) -> str:
     from sweeper.run.storage import open_study
 
     study, _ = open_study(spec, create=False)
-    rows, counts = trial_rows(spec, study, show_rejected=show_rejected)
-    best = None
+    best = standings = None
+    race: list[str] = []
     if not spec.is_multi_objective:
+        from sweeper.results.standing import race_settings, study_standings
+
         try:
             best = (study.best_trial.number, [objective_estimate(study.best_trial)])
         except ValueError:
             best = None
-    return format_table(spec, rows, counts, best)
+        delta, alpha = race_settings(spec, delta)
+        standings, _, _, pool = study_standings(spec, study, delta=delta, alpha=alpha)
+        race = race_footer(pool, delta, alpha) if best is not None else []
+    rows, counts = trial_rows(spec, study, show_rejected=show_rejected, standings=standings)
+    return format_table(spec, rows, counts, best, race)

@@ -4,14 +4,21 @@ study's baseline with N fresh training seeds, through the study's own executor, 
 The verification is a study of its own, ``<study>-verify-t<chosen>-vs-t<baseline>-s<N>``, in the same
 storage and MLflow experiment (its trials in ``<study dir>/verify/``), with two trials: the chosen trial's
 exact config and the baseline's, each run with the same N seeds (``budget.seeds`` N; seeds the study never
-used). Its answer is the paired gain over those seeds (:func:`sweeper.results.compare.paired_gain`): an interval
-that includes the run-to-run randomness of training, which a study's single-seed trials cannot show.
+used), validated on the **held-out** prompts (``eval.split: heldout``: the ``eval.num_prompts`` validation
+problems after the ones the study selected on, trainers/data.py ``validation_prompts``). N >= 3: 1 is
+refused (no run-to-run spread), 2 warns (2 df per arm: a very wide interval, or a lucky narrow one).
+
+Its answer is the paired gain over those seeds (:func:`sweeper.results.compare.paired_gain`, the run-to-run
+sd pooled over the two arms: 2(N - 1) df): an interval that includes the run-to-run randomness of training,
+which a study's single-seed trials cannot show, on prompts and seeds the choice was not made on, so free of
+the winner's curse. The selection *survives* when that interval excludes 0 on the side of a gain.
 Re-running the command resumes the same verification (and prints it when it is done).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -47,8 +54,29 @@ class Verification:
         for arm, number in (("chosen", self.chosen), ("baseline", self.baseline)):
             estimate = self.estimates.get(arm)
             out.append(f"  trial {number} ({arm}): {metric} = {estimate.text() if estimate else 'no complete result'}")
-        out.append(f"  gain: {self.gain.text()}" if self.gain else "  gain: not measured (an arm did not complete)")
+        out.append(f"  gain on the held-out prompts: {self.gain.text()}" if self.gain else
+                   "  gain: not measured (an arm did not complete)")
+        out.append(f"  {self.verdict}")
         return out
+
+    @property
+    def survives(self) -> bool:
+        """True when the chosen config's gain over the baseline is significant and positive on the held-out
+        prompts with fresh seeds."""
+        return self.gain is not None and self.gain.difference.low > 0
+
+    @property
+    def verdict(self) -> str:
+        if self.gain is None:
+            return "the selection is not verified: an arm did not complete"
+        if self.survives:
+            return (f"the selection survives: trial {self.chosen} beats the baseline significantly on held-out prompts "
+                    f"with fresh seeds")
+        if self.gain.difference.high < 0:
+            return (f"the selection does NOT survive: trial {self.chosen} is significantly worse than the baseline on "
+                    f"held-out prompts with fresh seeds")
+        return (f"the selection does NOT survive: on held-out prompts with fresh seeds, trial {self.chosen}'s gain over "
+                f"the baseline is not significant (more seeds narrow the interval)")
 
 
 class _VerifyDriver(Driver):
@@ -71,7 +99,11 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
     if seeds < 2:
-        raise SpecError(f"--seeds must be at least 2 (a spread over seeds needs two), got {seeds}")
+        raise SpecError(f"--seeds must be at least 3 (a run-to-run spread needs several fresh seeds; 1 gives none), "
+                        f"got {seeds}")
+    if seeds == 2:
+        warnings.warn("--seeds 2: two fresh seeds per config give a run-to-run sd on 2 degrees of freedom, a very wide "
+                      "(or a luckily narrow) interval; use 3 or more", stacklevel=2)
     if spec.is_multi_objective:
         raise SpecError("verify compares one objective; this study has several")
     study, _ = open_study(spec, create=False)
@@ -88,6 +120,8 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     first = max(used) + 1
     for config in configs.values():
         config["seed"] = first
+        set_path(config, "eval.split", "heldout")  # prompts disjoint from those the study selected on
+        _make_room_for_heldout(config)
     name = f"{spec.study.name}-verify-t{chosen.number}-vs-t{baseline.number}-s{seeds}"
     verification_spec = spec.model_copy(update={
         "study": spec.study.model_copy(update={"name": name, "dir": str(spec.study_dir / "verify" / name)}),
@@ -107,3 +141,18 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     estimates = {arm: objective_estimate(t) for arm, t in trials.items()}
     gain = paired_gain(trials["chosen"], trials["baseline"], spec.directions[0]) if len(trials) == 2 else None
     return Verification(name, list(range(first, first + seeds)), chosen.number, baseline.number, estimates, gain)
+
+
+def _make_room_for_heldout(config: dict[str, Any]) -> None:
+    """A synthetic validation set smaller than 2 x eval.num_prompts is drawn larger for the verification: its
+    draw is sequential, so the first eval.num_prompts problems (the study's selection prompts) stay the same
+    and the next ones are held out (a dataset's is checked by the trainer when it loads it)."""
+    data, evaluation = config.get("data") or {}, config.get("eval") or {}
+    if (data.get("source") or "synthetic") != "synthetic":
+        return
+    from trainers.config import EvalConfig, SyntheticTaskConfig
+
+    count = evaluation.get("num_prompts", EvalConfig().num_prompts)
+    size = (data.get("synthetic") or {}).get("val_size", SyntheticTaskConfig().val_size)
+    if size < 2 * count:
+        set_path(config, "data.synthetic.val_size", 2 * count)

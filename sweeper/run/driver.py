@@ -9,7 +9,8 @@ Each round of the loop (every ``poll_interval`` seconds, 0.05 s by default):
    ``<study dir>/trials/NNNNN/`` and submit :func:`sweeper.run.trial.run_trial` to the executor. The
    trial's user attrs get ``job_id``, ``trial_dir``, ``config`` (the resolved config) and
    ``log_paths``. A sampled config that breaks a constraint or the run-config schema is told FAIL
-   with user attr ``rejected`` and never launched.
+   with user attr ``rejected`` and never launched; one identical to a COMPLETE trial's is told that
+   trial's result (user attr ``same_config_as``, :mod:`sweeper.run.reuse`) and never launched.
 2. *reap*: every job that is done is turned into a final state from its ``outcome.json``: COMPLETE
    (value), PRUNED (user attr ``prune_reason``: pass@k | entropy_collapse | entropy_explosion | nan),
    or FAIL (``fail_reason``, ``stderr_tail``; also a job that died without writing an outcome). The
@@ -34,6 +35,11 @@ One driver per study, across hosts: the driver holds a lease kept in the study's
 live, and takes over the lease of a dead one (same machine: at once; another host: once its
 heartbeat is older than the lease ttl).
 
+Live view (:mod:`sweeper.run.live`): while trials run, a line every ``live_interval`` seconds (when it
+changed) gives each running trial's seed r/R, step s/S and last validation, and a trial that stops is
+logged with why (the pruner's ``stop_reason`` when it records one); the same text goes into the MLflow
+parent run's description.
+
 Ctrl-C (and, under :func:`run_study`, SIGTERM and SIGHUP: :mod:`sweeper.run.interrupts`) cancels the jobs in
 flight and records them as lost (re-queued on the next run); with ``on_interrupt="detach"`` (default: the
 spec's ``executor.on_interrupt``) they keep running and the next run re-attaches to them.
@@ -55,10 +61,12 @@ import yaml
 
 from sweeper.run.checks import check_launch
 from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
-                       ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
+                       ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from sweeper.run.executors import TrialJob, make_executor
 from sweeper.run.interrupts import stop_signals_interrupt
+from sweeper.run.live import LiveView
+from sweeper.run.reuse import find_identical, reuse_result
 from sweeper.study.space import Rejected, SampledConfig, resolve, sample
 from sweeper.study.spec import SpecError, StudySpec, load_spec
 from sweeper.run.storage import open_study
@@ -123,6 +131,7 @@ class Driver:
         on_interrupt: str | None = None,
         refresh_interval: float = 5.0,
         log: Callable[[str], None] | None = None,
+        live_interval: float = 10.0,
     ):
         self.spec = spec
         self.n_trials = n_trials if n_trials is not None else spec.budget.n_trials
@@ -155,6 +164,7 @@ class Driver:
         self._last_refresh = 0.0
         self._rejections_in_a_row = 0
         self._lease = None  # the study's driver lease (sweeper.run.lock), held while the driver runs
+        self.live = LiveView(live_interval)  # running trials and stops, on stderr and in MLflow (sweeper.run.live)
 
     # ------------------------------------------------------------------ logging / progress
 
@@ -228,6 +238,8 @@ class Driver:
                     break
                 flight = self._launch()
                 launched_here += 1
+                if flight is None:
+                    continue  # a known config: its result was reused (sweeper.run.reuse), nothing runs
                 self.in_flight.append(flight)
                 self._update_bar()
                 if self.spec.executor.type == "debug":
@@ -239,6 +251,8 @@ class Driver:
                 break
             done = [f for f in self.in_flight if f.job.done()]
             if not done:
+                if self.live.tick(self._flights(), self.log):
+                    self._needs_refresh = True
                 if self._needs_refresh:
                     self._refresh_tracking()
                 time.sleep(self.poll_interval)
@@ -252,7 +266,7 @@ class Driver:
 
     # ------------------------------------------------------------------ launch
 
-    def _launch(self) -> InFlight:
+    def _launch(self) -> InFlight | None:
         import optuna
 
         while True:
@@ -274,6 +288,13 @@ class Driver:
             self._rejections_in_a_row = 0
             break
 
+        seeds = [int(config["seed"]) + r for r in range(self.spec.budget.seeds)]
+        if (source := find_identical(self.study, config, seeds)) is not None:
+            reuse_result(self.study, trial, source, config, self.spec.is_multi_objective)
+            self.counts["COMPLETE"] += 1
+            self.log(f"trial {trial.number} COMPLETE: same config as #{source.number}, its result is reused (nothing trained)")
+            self._update_bar(1)
+            return None
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         trial_id = self._trial_id(trial.number)
@@ -290,7 +311,7 @@ class Driver:
             sampled=sampled.sampled,
             sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
-            seeds=[int(config["seed"]) + r for r in range(self.spec.budget.seeds)],
+            seeds=seeds,
             baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
             seeds_min=self.spec.budget.seeds_min or 0,
         )
@@ -363,10 +384,12 @@ class Driver:
                 self.best = (value, flight.number)
         detail = {
             "COMPLETE": lambda: "value " + ", ".join(f"{v:.4g}" for v in values),
-            "PRUNED": lambda: f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}",
+            "PRUNED": lambda: frozen.user_attrs.get(ATTR_STOP_REASON) or f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}",
             "FAIL": lambda: attrs.get("fail_reason", ""),
         }[state]()
         self.log(f"trial {flight.number} {state}: {detail} ({now - flight.submitted:.1f} s)")
+        if state != "COMPLETE":
+            self.live.stopped(f"trial {flight.number} {state}: {detail}")
         self._mark_tracking(flight.trial_id, flight.number, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
         self._update_bar(1)
 
@@ -518,7 +541,10 @@ class Driver:
             return
         self._needs_refresh = False
         self._last_refresh = time.time()
-        self.tracker.refresh(self.study)
+        self.tracker.refresh(self.study, note=self.live.note(self._flights()))
+
+    def _flights(self) -> list[tuple[int, Path]]:
+        return [(f.number, f.trial_dir) for f in self.in_flight]
 
     def _end_tracking(self, status: str) -> None:
         if self.tracker is None:
@@ -565,6 +591,7 @@ def run_study(
     on_interrupt: str | None = None,
     poll_interval: float = 0.05,
     log: Callable[[str], None] | None = None,
+    live_interval: float = 10.0,
 ) -> StudyReport:
     """Run (or resume) a study to its budget; see :class:`Driver`. Returns a :class:`StudyReport`."""
     if not isinstance(spec, StudySpec):
@@ -572,7 +599,7 @@ def run_study(
     check_launch(spec)
     driver = Driver(
         spec, n_trials=n_trials, max_parallel=max_parallel, timeout=timeout, progress=progress,
-        on_interrupt=on_interrupt, poll_interval=poll_interval, log=log,
+        on_interrupt=on_interrupt, poll_interval=poll_interval, log=log, live_interval=live_interval,
     )
     with stop_signals_interrupt():  # SIGTERM and SIGHUP stop it like Ctrl-C (sweeper.run.interrupts)
         return driver.run()

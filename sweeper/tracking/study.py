@@ -113,19 +113,20 @@ class StudyTracker:
             return None
         return find_trial_run_id(self.uri, self.parent_run_id, trial_number)
 
-    def refresh(self, study) -> None:
-        """Log the study's state on the parent run: best value/params, counts by state, plots, summary."""
+    def refresh(self, study, note: str | None = None) -> None:
+        """Log the study's state on the parent run: best value/params, counts by state, plots, summary; ``note``
+        (the driver's live view: running trials, recent stops) is added to the run's description."""
         if self._connection.down and not self._connection.may_try():
             return
         if not self._ready():
             return
         try:
-            self._refresh(study)
+            self._refresh(study, note)
             self._connection.succeeded()
         except Exception as error:  # noqa: BLE001
             self._connection.failed(error)
 
-    def _refresh(self, study) -> None:
+    def _refresh(self, study, note: str | None = None) -> None:
         client, run_id = self.client, self.parent_run_id
         trials = study.get_trials(deepcopy=False)
         counts = count_states(trials)
@@ -140,6 +141,7 @@ class StudyTracker:
             + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]) + ")"
             + (f". Best: trial {best.number} ({trial_run_name(best.number)}), value {_best_text(best)}." if best is not None else ".")
             + " Plots and summary.md under Artifacts; trials are the child runs."
+            + (f"\n\n{note}" if note else "")
         )
         if best is not None:
             metrics.append(Metric("study/best_value", float(best.value), now, step))

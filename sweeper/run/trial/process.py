@@ -33,6 +33,7 @@ from sweeper.contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, T
 from sweeper.study.futility import ATTR_SEED_VALUES, PRUNE_REASON, FutilityPruner
 from sweeper.study.pruning import build_pruner, health_rules
 from sweeper.statistics import mean_and_se, replicate_summary
+from sweeper.run.trial.progress import ProgressReporter
 from sweeper.run.trial.reporter import TrialReporter
 
 
@@ -168,6 +169,8 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
         if preemption is not None:
             reporters.append(PreemptionReporter(preemption))  # after the TrialReporter: a prune verdict wins
         reporters.append(ConsoleReporter(every=max(1, run_config.train.steps // 20)))
+        reporters.append(ProgressReporter(trial_dir, seed, index + 1, len(runs), run_config.train.steps,
+                                          ticket.objectives[0]["metric"]))  # the driver's live view
         summary = train(run_config, reporters)
         if summary.get("stop_reason") == PREEMPTED:
             print(f"[sweeper] trial {ticket.trial_number} preempted at step {summary.get('step')}: checkpoint saved, "

@@ -1,0 +1,55 @@
+"""`sweeper verify` with the real trainer on the shipped tiny model: the two arms run fresh seeds on the held-out
+validation prompts (another prompt digest than the study's), and the answer says whether the selection survives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import tiny_run_config
+from sweeper.results.verify import verify
+from sweeper.run.driver import run_study
+from sweeper.run.storage import make_storage
+from sweeper.study.spec import load_spec
+from trainers.reporting import read_per_prompt
+
+
+@pytest.mark.slow
+def test_verify_runs_fresh_seeds_on_heldout_prompts_with_the_real_trainer(tmp_path):
+    base = tiny_run_config(tmp_path / "unused", train={"steps": 1, "eval_every": 1, "mini_batches": 1, "ppo_epochs": 1,
+                                                       "checkpoint_every": 0, "output_dir": str(tmp_path / "unused")})
+    spec = {
+        "study": {"name": "held"},
+        "objective": {"metric": "val/pass@4"},
+        "base": base,
+        "space": {"params": {"clip.eps_high": [0.28, 0.2]}},
+        "enqueue": [{"clip.eps_high": 0.2}, {"clip.eps_high": 0.28}],   # the first is the baseline
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2, "max_parallel": 1},
+        "executor": {"type": "local", "resources": {"cpus_per_trial": 1, "timeout_min": 10}},
+        "tracking": {"enabled": False},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run_study(path, progress=False, log=lambda m: None)
+    loaded = load_spec(path)
+    study = optuna.load_study(study_name="held", storage=make_storage(loaded.study.storage))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], study.trials[-1].user_attrs.get("stderr_tail")
+    selection = {read_per_prompt(Path(t.user_attrs["trial_dir"]) / "run" / "per_prompt.jsonl")[0]["prompt_digest"]
+                 for t in study.trials}
+
+    result = verify(loaded, 3, trial=1, progress=False, log=lambda m: None)
+    assert result.seeds == [1, 2, 3] and result.gain is not None and result.gain.unit == "seeds"
+    assert result.gain.pool.df == 4                                      # 2 arms x (3 seeds - 1)
+    arms = optuna.load_study(study_name=result.study_name, storage=make_storage(loaded.study.storage)).trials
+    heldout = set()
+    for arm in arms:
+        assert arm.state.name == "COMPLETE" and arm.user_attrs["config"]["eval"]["split"] == "heldout"
+        for folder in ("run", "run-seed2", "run-seed3"):
+            heldout |= {r["prompt_digest"] for r in read_per_prompt(Path(arm.user_attrs["trial_dir"]) / folder / "per_prompt.jsonl")}
+    assert len(heldout) == 1 and not heldout & selection                 # one held-out set, not the selection one
+    text = "\n".join(result.lines("val/pass@4"))
+    assert "gain on the held-out prompts:" in text and "the selection" in text and ("survives" in text or "NOT survive" in text)
