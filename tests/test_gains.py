@@ -7,14 +7,16 @@ import math
 import pytest
 
 from sweeper.results.compare import paired_gain, study_pool
-from sweeper.results.gains import pooled_sd, ruled_out, seed_gain, upper_bound
+from sweeper.decisions import pooled_sd
+from sweeper.results.gains import ruled_out, seed_gain, upper_bound
 
 
 def test_pooled_sd_by_hand():
     # config 1: 1, 3 (mean 2, squares 1 + 1); config 2: 2, 4, 6 (mean 4, squares 4 + 0 + 4); config 3: one seed
-    sd, df = pooled_sd([[1.0, 3.0], [2.0, 4.0, 6.0], [9.0]])
-    assert df == 3 and sd == pytest.approx(math.sqrt(10 / 3))
-    assert pooled_sd([[1.0], [2.0]]) == (pytest.approx(math.nan, nan_ok=True), 0)
+    pooled = pooled_sd([[1.0, 3.0], [2.0, 4.0, 6.0], [9.0]])
+    assert pooled.df == 3 and pooled.sd == pytest.approx(math.sqrt(10 / 3))
+    none = pooled_sd([[1.0], [2.0]])
+    assert none.df == 0 and math.isnan(none.sd) and not none.known
 
 
 def test_seed_gain_pairs_common_seeds_by_hand():

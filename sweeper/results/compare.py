@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeper.contract import ATTR_BASELINE, ATTR_REPLICATES, ATTR_SAME_CONFIG
-from sweeper.results.gains import SeedGain, pooled_sd, seed_gain
+from sweeper.decisions import pooled_sd
+from sweeper.results.gains import SeedGain, seed_gain
 from sweeper.statistics import PairedDifference, paired_difference
 
 SELECTION_BIAS = ("selection-biased: chosen as the best on these same seeds and prompts, so the gain is biased upwards "
@@ -92,8 +93,8 @@ def study_pool(trials: Any, direction: str = "maximize") -> Pool:
     groups = [list(seed_values(t, direction).values()) for t in trials
               if t.state.name == "COMPLETE" and t.user_attrs.get(ATTR_SAME_CONFIG) is None]
     groups = [g for g in groups if len(g) >= 2]
-    sd, df = pooled_sd(groups)
-    return Pool(sd, df, len(groups))
+    pooled = pooled_sd(groups)
+    return Pool(pooled.sd, pooled.df, len(groups))
 
 
 def paired_gain(better: Any, reference: Any, direction: str = "maximize", pool: Pool | None = None,

@@ -3,9 +3,8 @@ the study's replicated configs; and the rule that rules a config out of "within 
 
 Pure functions over plain numbers (scipy for the t quantile); no optuna.
 
-* :func:`pooled_sd`: the run-to-run standard deviation of the objective over training seeds, pooled over
-  configs: ``s^2 = sum_i sum_r (x_ir - mean_i)^2 / df`` with ``df = sum_i (R_i - 1)`` over the configs
-  that ran ``R_i >= 2`` seeds (one-seed configs add nothing).
+* the run-to-run standard deviation they rest on is :func:`sweeper.decisions.pooled_sd` (pooled over the
+  configs that ran 2 or more seeds, ``df = sum_i (R_i - 1)``), the one the pruners use.
 * :func:`seed_gain`: the gain ``a - b`` over the seeds both configs ran (always the *common* seeds, never
   "each one's first run": seed s of a and seed s of b share their random numbers), its standard error
   ``sd * sqrt(2 / n)`` over n common seeds (``sd * sqrt(1/r_a + 1/r_b)`` with ``r_a = r_b = n``; the two
@@ -21,26 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
-
-def t_quantile(probability: float, degrees_of_freedom: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(probability, degrees_of_freedom))
-
-
-def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
-    """``(sd, df)``: the standard deviation pooled over ``groups`` (one group per config: its values over
-    seeds), ``df = sum(len(g) - 1)`` over groups of 2 or more values; ``(nan, 0)`` when no group has 2."""
-    squares, df = 0.0, 0
-    for group in groups:
-        if len(group) < 2:
-            continue
-        mean = sum(group) / len(group)
-        squares += sum((x - mean) ** 2 for x in group)
-        df += len(group) - 1
-    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+from sweeper.decisions import paired_by_seed, t_upper
 
 
 @dataclass(frozen=True)
@@ -67,26 +49,22 @@ def seed_gain(a: Mapping[int, float], b: Mapping[int, float], sd: float, df: int
     """``a - b`` paired over the seeds in both ``a`` and ``b`` (seed -> objective value, signed so that larger
     is better), with the SE ``sd * sqrt(2 / n)`` and a ``level`` Student-t interval on ``df`` degrees of
     freedom; None when the two share no seed."""
-    common = sorted(set(a) & set(b))
-    if not common:
+    pairs = paired_by_seed(a, b)
+    if not pairs:
         return None
-    count = len(common)
-    mean = sum(a[s] - b[s] for s in common) / count
+    count = len(pairs)
+    mean = sum(x - y for _, x, y in pairs) / count
     se = sd * math.sqrt(2.0 / count) if df > 0 and math.isfinite(sd) else math.nan
     if not math.isfinite(se):
         return SeedGain(mean, se, count, df, math.nan, math.nan, sd, level)
-    half = t_quantile(0.5 + level / 2, df) * se
+    half = t_upper(0.5 + level / 2, df) * se
     return SeedGain(mean, se, count, df, mean - half, mean + half, sd, level)
 
 
 def upper_bound(gain: float, se: float, df: int, alpha: float) -> float:
     """The one-sided ``1 - alpha`` upper confidence bound ``gain + t(1 - alpha, df) * se`` (the normal quantile
     when ``df`` is None or 0: an SE over many prompts)."""
-    if not df:
-        from scipy.stats import norm
-
-        return gain + float(norm.ppf(1 - alpha)) * se
-    return gain + t_quantile(1 - alpha, df) * se
+    return gain + t_upper(1 - alpha, df or math.inf) * se
 
 
 def ruled_out(gain: float, se: float, df: int, delta: float, alpha: float = 0.1) -> bool:
