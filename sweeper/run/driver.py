@@ -57,7 +57,9 @@ from sweeper.run.checks import check_launch
 from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
+from sweeper.redaction import secret_environment
 from sweeper.run.executors import TrialJob, make_executor
+from sweeper.run.executors.base import patched_environ
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.study.space import Rejected, SampledConfig, resolve, sample
 from sweeper.study.spec import SpecError, StudySpec, load_spec
@@ -295,7 +297,9 @@ class Driver:
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
         trial.set_user_attr(ATTR_CONFIG, config)
         try:
-            job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
+            # the URLs' passwords reach the trial through its environment, never trial.json or argv
+            with patched_environ(secret_environment(self.spec.study.storage, self.spec.tracking.uri)):
+                job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
         except Exception as error:
             trial.set_user_attr(ATTR_FAIL_REASON, f"submission failed: {type(error).__name__}: {error}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

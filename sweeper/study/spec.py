@@ -80,6 +80,7 @@ from sweeper.study.samplers import SINGLE_OBJECTIVE_ONLY, SamplerSpec, TPESample
 from sweeper.study.schema import SpecError, SpecModel, read_yaml
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, SpaceSpec, expand_space, get_path, param_path,
                     set_path)
+from sweeper.redaction import redact_url
 from sweeper.run.storage import JOURNAL_PREFIX, SQLITE_PREFIX, default_storage_url, default_tracking_uri
 
 __all__ = ["StudySpec", "SpecError", "load_spec", "parse_duration"]
@@ -108,7 +109,7 @@ class StudySection(SpecModel):
         schemes = ("sqlite://", "journal://", "postgresql", "mysql", "oracle", "mssql")
         if not value.startswith(schemes) or "://" not in value:
             raise ValueError(
-                f"{value!r} is not a storage URL; accepted: sqlite:///path.db, journal:///path.log "
+                f"{redact_url(value)!r} is not a storage URL; accepted: sqlite:///path.db, journal:///path.log "
                 f"(Optuna journal file, for shared filesystems), or a SQLAlchemy URL such as postgresql://user@host/db"
             )
         return value

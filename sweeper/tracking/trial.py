@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +12,8 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from sweeper.contract import atomic_write
+from sweeper.redaction import TRACKING_ENV, strip_secret, with_secret
 from sweeper.tracking.names import (CONFIG_ARTIFACT, MAX_PARAM_VALUE, MAX_TAG_VALUE, METRICS_PER_REQUEST, PER_PROMPT_ARTIFACT,
                     SAMPLED_PARAM_PREFIX, STATE_TO_RUN_STATUS, STDERR_ARTIFACT, TAG_JOB_ID, TAG_LOG_PREFIX, TAG_PARENT,
                     TAG_PRUNE_REASON, TAG_ROLE, TAG_SAMPLED, TAG_STATE, TAG_TRIAL_NUMBER, Connection,
@@ -150,16 +151,14 @@ class TrialTracker:
         if self.spill_path is None:
             return False
         state = {
-            "uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent_run_id,
+            "uri": strip_secret(self.uri), "experiment": self.experiment, "parent_run_id": self.parent_run_id,
             "trial_number": self.trial_number, "config": self.config, "sampled": self.sampled, "job_id": self.job_id,
             "log_paths": self.log_paths, "run_id": self.run_id,
             "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
             "tags": self._pending_tags, "artifacts": self._pending_artifacts, "terminal_status": self._terminal_status,
         }
         try:
-            staging = self.spill_path.with_suffix(".tmp")
-            staging.write_text(json.dumps(state, default=str))
-            os.replace(staging, self.spill_path)
+            atomic_write(self.spill_path, json.dumps(state, default=str), private=True)  # the owner's only
             return True
         except OSError as error:
             logger.warning("could not keep trial %d's unsent tracking data in %s: %s", self.trial_number, self.spill_path, error)
@@ -257,13 +256,20 @@ class TrialTracker:
             self._terminal_status = None
 
 
-def send_spilled(path: str | Path) -> bool:
+def send_spilled(path: str | Path, uri: str | None = None) -> bool:
     """Send what a trial process spilled when it ended with MLflow unreachable (create or re-open its run,
     log its metrics, tags and artifacts, end it), then delete the file. Returns True when all was sent;
-    False leaves the file (with what is still unsent) for a later try. Never raises."""
+    False leaves the file (with what is still unsent) for a later try. Never raises.
+
+    ``uri``: the tracking URI with its password (the file holds it without one,
+    :func:`sweeper.redaction.strip_secret`); used when it is the file's URI."""
     path = Path(path)
     try:
         state = json.loads(path.read_text())
+        if uri is not None:
+            state["uri"] = with_secret(state["uri"], TRACKING_ENV, {TRACKING_ENV: uri})
+        else:
+            state["uri"] = with_secret(state["uri"], TRACKING_ENV)
         tracker = TrialTracker(state["uri"], state["experiment"], state["parent_run_id"], state["trial_number"],
                                state["config"], state["sampled"], state["job_id"], state["log_paths"],
                                run_id=state["run_id"], retry_interval=0, spill_path=path)
