@@ -429,8 +429,8 @@ def dry_sampling_problems(spec: "StudySpec", n: int = DRY_SAMPLES, seed: int = 0
                 applied[index] += 1
                 try:
                     held[index] += bool(evaluate_constraint(constraint.expr, config))
-                except (TypeError, ZeroDivisionError, ArithmeticError):
-                    pass
+                except Rejected:
+                    pass  # cannot be evaluated for this config: the driver rejects that config, never the study
         if accepted:
             continue  # one config the trainer accepts is enough: the rest only count the constraints
         try:

@@ -224,7 +224,21 @@ def _dotted(node: ast.AST, expr: str) -> str:
 
 
 def evaluate_constraint(expr: str, config: Mapping[str, Any]) -> bool:
-    """Evaluate a constraint on a (resolved) config; False when a path it reads has no value."""
+    """Evaluate a constraint on a (resolved) config; False when a path it reads has no value.
+
+    Raises :class:`Rejected` (the config, never the study) when it cannot be evaluated for this config: a
+    division by zero, an overflow, a value that is no number (a string, a list) where arithmetic or an
+    ordering needs one."""
+    try:
+        return _evaluate(expr, config)
+    except (ArithmeticError, TypeError, ValueError) as error:
+        _, paths = parse_constraint(expr)
+        shown = ", ".join(f"{p}={_short(get_path(config, p))}" for p in paths)
+        reason = "division by zero" if isinstance(error, ZeroDivisionError) else f"{type(error).__name__}: {error}"
+        raise Rejected(f"constraint {expr!r} cannot be evaluated for this config ({shown}): {reason}") from None
+
+
+def _evaluate(expr: str, config: Mapping[str, Any]) -> bool:
     tree, _ = parse_constraint(expr)
 
     def value(node: ast.AST) -> float:

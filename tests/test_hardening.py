@@ -1,0 +1,188 @@
+"""Faults and attacks of issue 26, each reproduced on real parts first: a real driver and Optuna storage,
+real trial processes (the stand-in trainer), MLflow unreachable for real (a closed port) or a real
+``mlflow server``, the real lock on a real storage, real include files on disk.
+
+The threat matrix in docs/threats.md names the test of each row.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sweeper.contract import TRACKING_SPILL_FILE, trial_folder
+from sweeper.run.driver import run_study
+from sweeper.run.storage import make_storage
+from sweeper.study.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"
+
+
+@pytest.fixture(autouse=True)
+def fast_failing_http(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]    # nothing listens once the socket is closed
+
+
+def study_file(tmp_path: Path, *, executor: dict | None = None, **sections) -> Path:
+    spec = {
+        "study": {"name": "hard"},
+        "objective": {"metric": "val/pass@8"},
+        "base": {"train": {"steps": 4, "eval_every": 2}},
+        "space": {"params": {"clip.eps_high": {"type": "float", "low": 0.2, "high": 0.4}}},
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 1, "max_parallel": 1},
+        "executor": executor or {"type": "debug", "entrypoint": STANDIN},
+        "tracking": {"enabled": False},
+    }
+    spec.update(sections)
+    path = tmp_path / "hard.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def trials_of(path: Path):
+    spec = load_spec(path)
+    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ M4: a constraint that cannot be evaluated
+
+DIVIDING_SPACE = {
+    "params": {"optim.warmup_steps": {"type": "int", "low": 0, "high": 4}},
+    "constraints": ["train.steps / optim.warmup_steps >= 0.1"],
+}
+
+
+def test_a_constraint_dividing_by_zero_rejects_that_config_not_the_study(tmp_path):
+    path = study_file(tmp_path, space=DIVIDING_SPACE, enqueue=[{"optim.warmup_steps": 0}, {"optim.warmup_steps": 2}],
+                      budget={"n_trials": 2, "max_parallel": 1})
+    report = run_study(path, progress=False, log=quiet)
+    trials = trials_of(path)
+    assert [t.params["optim.warmup_steps"] for t in trials[:2]] == [0, 2]
+    assert "division by zero" in trials[0].user_attrs["rejected"]
+    assert "optim.warmup_steps=0" in trials[0].user_attrs["rejected"]
+    assert [t.state.name for t in trials[1:]] == ["COMPLETE", "COMPLETE"]   # a rejected config is not in the budget
+    assert report.rejected == 1
+
+
+def test_a_string_or_missing_operand_rejects_that_config_with_the_reason():
+    from sweeper.study.space import Rejected, evaluate_constraint
+
+    with pytest.raises(Rejected, match=r"cannot be evaluated.*model.path='standin:a'.*TypeError"):
+        evaluate_constraint("model.path / 2 >= 1", {"model": {"path": "standin:a"}})
+    with pytest.raises(Rejected, match="cannot be evaluated"):
+        evaluate_constraint("train.steps >= model.path", {"train": {"steps": 3}, "model": {"path": "x"}})
+    with pytest.raises(Rejected, match="cannot be evaluated"):
+        evaluate_constraint("train.steps / optim.warmup_steps >= 1", {"train": {"steps": 3}})  # None operand
+    assert evaluate_constraint("train.steps / optim.warmup_steps >= 1", {"train": {"steps": 3}, "optim": {"warmup_steps": 2}})
+
+
+def test_a_resumed_study_whose_requeued_config_divides_by_zero_goes_on(tmp_path):
+    """The old driver died on this config and left its trial RUNNING; the re-run re-queues it (lost), then
+    rejects it, and the study runs to its budget."""
+    path = study_file(tmp_path, space=DIVIDING_SPACE, enqueue=[{"optim.warmup_steps": 2}], budget={"n_trials": 2, "max_parallel": 1})
+    spec = load_spec(path)
+    study = optuna.create_study(study_name=spec.study.name, storage=make_storage(spec.study.storage), direction="maximize")
+    study.enqueue_trial({"optim.warmup_steps": 0})
+    crashed = study.ask()                           # what a driver had sampled when it died on it
+    crashed.suggest_int("optim.warmup_steps", 0, 4)
+    report = run_study(path, progress=False, log=quiet)
+    trials = trials_of(path)
+    assert trials[0].user_attrs.get("lost") and report.requeued == 1
+    requeued = [t for t in trials if t.user_attrs.get("requeued_from") == 0]
+    assert len(requeued) == 1 and "division by zero" in requeued[0].user_attrs["rejected"]
+    assert [t.state.name for t in trials if t.user_attrs.get("rejected") is None and not t.user_attrs.get("lost")] == ["COMPLETE", "COMPLETE"]
+
+
+# ------------------------------------------------------------------ M5: buffered metrics survive a raise or a preemption
+
+
+def test_a_trainer_that_raises_with_mlflow_unreachable_keeps_its_metrics(tmp_path):
+    path = study_file(tmp_path, base={"model": {"path": "standin:crash"}, "train": {"steps": 6, "eval_every": 2}},
+                      executor={"type": "local", "entrypoint": STANDIN, "warm_start": False},
+                      tracking={"enabled": True, "uri": f"http://127.0.0.1:{closed_port()}"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_study(path, progress=False, log=quiet)
+    trial = trials_of(path)[0]
+    assert trial.state.name == "FAIL"
+    spill = trial_folder(load_spec(path).study.dir, 0) / TRACKING_SPILL_FILE
+    assert spill.exists(), "the buffered metrics died with the trial process"
+    kept = json.loads(spill.read_text())
+    assert sorted({step for key, _, _, step in kept["metrics"] if key == "train/entropy"}) == [1, 2]
+    assert kept["terminal_status"] == "FAILED"
+
+
+def test_a_preempted_trial_keeps_its_metrics_and_the_requeued_job_sends_them(tmp_path):
+    from sweeper.tracking import TrialTracker
+
+    spill = tmp_path / TRACKING_SPILL_FILE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first_job = TrialTracker(f"http://127.0.0.1:{closed_port()}", "exp", None, 0, {"a": 1}, {}, "job-1", {},
+                                 retry_interval=3600, spill_path=spill)
+        for step in (1, 2, 3):
+            first_job.on_train_step(step, {"train/loss": float(step)})
+        assert first_job.keep_unsent("was preempted")            # what the trial process does on PREEMPTED
+    assert spill.exists()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"                  # MLflow is back for the requeued job
+    second_job = TrialTracker(uri, "exp", None, 0, {"a": 1}, {}, "job-1", {}, spill_path=spill)
+    for step in (4, 5):
+        second_job.on_train_step(step, {"train/loss": float(step)})
+    second_job.on_end({"status": "completed", "step": 5})
+    assert not spill.exists()
+    history = MlflowClient(tracking_uri=uri).get_metric_history(second_job.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+def test_a_corrupt_spill_file_costs_its_metrics_not_the_trial(tmp_path):
+    from sweeper.tracking import TrialTracker
+
+    spill = tmp_path / TRACKING_SPILL_FILE
+    spill.write_text('{"trial_number": 0, "metrics": [[')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = TrialTracker(uri, "exp", None, 0, {"a": 1}, {}, "job", {}, spill_path=spill)
+    tracker.on_train_step(1, {"train/loss": 1.0})
+    tracker.on_end({"status": "completed", "step": 1})
+    assert tracker.unsent_metrics == 0 and spill.exists()      # left for a person to look at
+
+
+# ------------------------------------------------------------------ M2: sweeper ui serves no writable artifact store
+
+
+def test_sweeper_ui_refuses_artifact_uploads_from_any_local_user(tmp_path, monkeypatch):
+    from sweeper.results.ui import MlflowServer, free_port
+
+    monkeypatch.chdir(tmp_path)                                   # where the old server wrote ./mlartifacts
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    server = MlflowServer(uri, (tmp_path / "artifacts").as_uri(), port=free_port(), log_path=tmp_path / "ui.log")
+    with server:
+        put = urllib.request.Request(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/0/evil.txt", data=b"owned",
+                                     method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=30)
+        assert refused.value.code in (404, 405, 503)
+    assert not (tmp_path / "mlartifacts").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
