@@ -69,7 +69,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainers.config import RunConfig, format_validation_error, render_location
 
@@ -148,15 +148,20 @@ def parse_duration(value: Any) -> float | None:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+BASE_INVALID = "base_invalid"  # validation context: the base config was refused (the defaults stand in for it)
+MAX_SEEDS = 100  # replicate seeds per config; papers use 3 to 10, and a trial runs them one after another
+
+
 class BudgetSpec(SpecModel):
     n_trials: int | None = Field(None, gt=0, description="Trials to run in total, counting those already in storage.")
     timeout: float | None = Field(None, gt=0, description="Seconds (or 30m, 2h) after which no new trial starts.")
     max_parallel: int = Field(1, gt=0, description="Trials in flight at once.")
     steps: int | None = Field(None, gt=0, description="Override train.steps for every trial.")
     seeds: int = Field(
-        1, ge=1,
+        1, ge=1, le=MAX_SEEDS,
         description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
-        "and its value is their mean, with a standard error over seeds and validation prompts.",
+        "and its value is their mean, with a standard error over seeds and validation prompts. At most "
+        f"{MAX_SEEDS}: the seeds of a config run one after another inside its trial.",
     )
 
     @field_validator("timeout", mode="before")
@@ -220,7 +225,7 @@ class StudySpec(SpecModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StudySpec":
+    def _consistent(self, info: ValidationInfo) -> "StudySpec":
         problems: list[str] = []
         if len(self.objective) > 1:
             metrics = [o.metric for o in self.objective]
@@ -238,7 +243,8 @@ class StudySpec(SpecModel):
                             "(seed, seed + 1, ...): remove one of the two")
         problems += self._check_param_values()
         problems += self._check_baseline()
-        problems += self._check_objective_metrics()
+        if not (info.context or {}).get(BASE_INVALID):  # the defaults stand in for it: no second, misleading error
+            problems += self._check_objective_metrics()
         problems += self._check_enqueue()
         if self.sampler.type == "grid":
             for name, param in self.space.params.items():
@@ -387,11 +393,13 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
         except SpecError as error:
             problems.append(f"  {error}")
             raw["space"] = {}
+    context = {}
     try:
         base, base_source = _load_base(raw.get("base"), folder)
     except SpecError as error:
         problems += [line if line.startswith("  ") else f"  {line}" for line in str(error).splitlines()]
         base, base_source = RunConfig().model_dump(mode="json"), None
+        context[BASE_INVALID] = True
     raw["base"] = base
     if "executor" in raw:
         try:
@@ -401,7 +409,7 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
     raw = _resolve_paths(raw, folder)
 
     try:
-        spec = StudySpec.model_validate(raw)
+        spec = StudySpec.model_validate(raw, context=context)
     except ValidationError as error:
         problems += format_spec_error(error, raw, origins, source_file).splitlines()
     if problems:
