@@ -271,6 +271,40 @@ def test_an_invalid_base_gives_no_second_error_about_the_objective(tmp_path):
     assert "objective" not in err and "eval.k = [1, 8]" not in err, err
 
 
+def diamond_includes(folder: Path, depth: int) -> Path:
+    """Files a<i>, b<i> that each include both a<i+1> and b<i+1>: 2^depth paths from the top, 2 depth files."""
+    for level in range(depth, -1, -1):
+        below = [f"a{level + 1}.yaml", f"b{level + 1}.yaml"] if level < depth else []
+        for side in "ab":
+            write(folder / f"{side}{level}.yaml", {"include": below, "params": {f"clip.eps_high": [0.2, 0.28]}}
+                  if below else {"params": {"clip.eps_high": [0.2, 0.28]}})
+    return folder / "a0.yaml"
+
+
+def test_include_fan_out_reads_each_file_once(tmp_path, monkeypatch):
+    """Only cycles were refused: a diamond chain 30 deep was 2^30 expansions (a hang); now each file is read once."""
+    from sweeper.study import includes
+
+    reads = []
+    real_read = includes.read_yaml
+    monkeypatch.setattr(includes, "read_yaml", lambda path, what: reads.append(path) or real_read(path, what))  # counts, reads for real
+    study = mutate(valid_study(tmp_path), "space/include", [str(diamond_includes(tmp_path, 30))])
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "study.yaml", study))])
+    assert code == 0, err
+    assert len(reads) == len(set(reads)) == 1 + 2 * 30   # a0, then a1..a30 and b1..b30: each file once
+
+
+def test_an_include_chain_deeper_than_the_limit_is_refused(tmp_path):
+    from sweeper.study.includes import MAX_INCLUDE_DEPTH
+
+    depth = MAX_INCLUDE_DEPTH + 5
+    for level in range(depth):
+        write(tmp_path / f"c{level}.yaml", {"include": [f"c{level + 1}.yaml"]} if level + 1 < depth else {"params": {}})
+    study = mutate(valid_study(tmp_path), "space/include", [str(tmp_path / "c0.yaml")])
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "study.yaml", study))])
+    assert_refused(code, err, "space.include", f"more than {MAX_INCLUDE_DEPTH} files deep")
+
+
 def test_a_huge_grid_is_refused_before_it_is_built(tmp_path):
     study = valid_study(tmp_path)
     study["sampler"] = {"type": "grid"}
