@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -186,3 +187,45 @@ def test_sweeper_ui_refuses_artifact_uploads_from_any_local_user(tmp_path, monke
         assert refused.value.code in (404, 405, 503)
     assert not (tmp_path / "mlartifacts").exists()
     assert not list(tmp_path.rglob("evil.txt"))
+
+
+# ------------------------------------------------------------------ L5: a cancel that does not stop the job
+
+
+def test_a_trial_that_outlives_its_cancel_is_reported_and_not_requeued_while_it_runs(tmp_path):
+    """The job's controller is stopped (SIGSTOP: a frozen process) when the driver is interrupted: the cancel
+    cannot end it within the wait. It used to be told lost and re-queued while it might still run (twice);
+    now the driver says so and leaves it RUNNING, and the next run decides from the job itself."""
+    import os
+    import signal as signals
+    import subprocess
+    import sys
+
+    from _signals import default_stop_signals
+    from test_sweeper_driver import _wait_for_running
+
+    path = study_file(tmp_path, base={"train": {"steps": 100, "eval_every": 2}},
+                      executor={"type": "local", "entrypoint": STANDIN, "warm_start": False,
+                                "env": {"STANDIN_STEP_SECONDS": "0.2"}})
+    log = tmp_path / "driver.log"   # a file, not a pipe: the job inherits the driver's stdout and outlives it
+    with log.open("w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "sweeper", "run", str(path), "--no-progress"], cwd=REPO,
+                                  stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_stop_signals)
+    running = _wait_for_running(path, 1, driver)
+    controller = int(running[0].user_attrs["job_id"])            # the submitit job: its pid
+    os.kill(controller, signals.SIGSTOP)
+    try:
+        driver.send_signal(signals.SIGTERM)
+        driver.wait(timeout=120)
+        output = log.read_text()
+        assert "may still be running" in output and "re-attaches" in output, output
+        trial = trials_of(path)[0]
+        assert trial.state.name == "RUNNING" and not trial.user_attrs.get("lost")   # not re-queued while alive
+    finally:
+        os.kill(controller, signals.SIGCONT)                       # it now takes the cancel and ends
+    deadline = time.time() + 60
+    while Path(f"/proc/{controller}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    run_study(path, progress=False, log=quiet)
+    trials = trials_of(path)   # finished from what the job itself wrote when it took the cancel: one run, not two
+    assert [t.state.name for t in trials] == ["FAIL"] and "KeyboardInterrupt" in trials[0].user_attrs["fail_reason"]

@@ -424,12 +424,16 @@ class Driver:
             self._end_tracking("RUNNING")
             return
         self.log(f"interrupted: cancelling {len(self.in_flight)} trial(s); they are re-queued for the next run")
-        for flight in self.in_flight:
-            flight.job.cancel()
+        failed = {flight.number: flight.job.cancel() for flight in self.in_flight}
         deadline = time.time() + 15
         while time.time() < deadline and not all(f.job.done() for f in self.in_flight):
             time.sleep(0.1)
         for flight in self.in_flight:
+            if not flight.job.outlives_driver and not flight.job.done():  # re-queued, it would run twice: re-attached instead
+                why = failed.get(flight.number) or "it did not stop within 15 s"
+                self.log(f"trial {flight.number}: job {flight.job.job_id} may still be running ({why}); it stays RUNNING "
+                         f"and the next run re-attaches to it (stop it by hand to cancel it)")
+                continue
             self._lose(flight.trial_id, self.storage.get_trial(flight.trial_id), "cancelled: the driver was interrupted", None)
         self.in_flight = []
         self._end_tracking("KILLED")
