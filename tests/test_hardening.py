@@ -229,3 +229,53 @@ def test_a_trial_that_outlives_its_cancel_is_reported_and_not_requeued_while_it_
     run_study(path, progress=False, log=quiet)
     trials = trials_of(path)   # finished from what the job itself wrote when it took the cancel: one run, not two
     assert [t.state.name for t in trials] == ["FAIL"] and "KeyboardInterrupt" in trials[0].user_attrs["fail_reason"]
+
+
+# ------------------------------------------------------------------ L1: the driver lease and clocks that disagree
+
+SKEWED_ACQUIRE = """
+import sys, time
+real_time = time.time
+time.time = lambda: real_time() + float(sys.argv[2])     # this host's wall clock is off by argv[2] seconds
+from sweeper.run.lock import LeaseHeld, StudyLease
+from sweeper.run.storage import make_storage
+try:
+    lease = StudyLease(make_storage(sys.argv[1]), "s", ttl=30, log=lambda m: print(m, flush=True)).acquire()
+except LeaseHeld as refused:
+    print("REFUSED", refused)
+else:
+    print("ACQUIRED")
+    lease.release()
+"""
+
+
+def acquire_from_a_skewed_host(storage_url: str, skew_s: float) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", SKEWED_ACQUIRE, storage_url, str(skew_s)], capture_output=True,
+                          text=True, env=env, timeout=120, check=True).stdout
+
+
+def test_a_host_whose_clock_runs_ahead_cannot_take_over_a_live_lease(tmp_path):
+    from sweeper.run.lock import Owner, StudyLease
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    remote = Owner(host="node7", pid=4242, process_start=None, machine="boot-of-node7/1", token="token-node7")
+    holder = StudyLease(make_storage(url), "s", ttl=2, owner=remote, log=quiet).acquire().start_heartbeat()
+    try:
+        ahead = acquire_from_a_skewed_host(url, +65)               # the issue's case: 65 s ahead, heartbeat 0 s old
+        assert "REFUSED" in ahead and "heartbeat moved" in ahead, ahead
+        behind = acquire_from_a_skewed_host(url, -65)              # a heartbeat stamped in the future: watched too
+        assert "REFUSED" in behind, behind
+    finally:
+        holder._stop.set()                                         # the holder hangs: no more heartbeats
+    taken = acquire_from_a_skewed_host(url, +65)                   # now its count stands still for a whole ttl
+    assert "ACQUIRED" in taken and "did not move for 2 s" in taken, taken
+    from sweeper.run.lock import LeaseLost
+
+    holder.refresh()                                               # the stale holder wakes up: it is fenced
+    with pytest.raises(LeaseLost, match="lost its lease"):
+        holder.check()                                             # (the driver checks before every ask and tell)

@@ -255,6 +255,8 @@ class Driver:
     def _launch(self) -> InFlight:
         import optuna
 
+        if self._lease is not None:
+            self._lease.check()  # fencing: a driver paused past its lease asks for nothing (LeaseLost)
         while True:
             trial = self.study.ask()
             trial_dir = trial_folder(self.study_dir, trial.number)
@@ -326,6 +328,8 @@ class Driver:
     def _finish(self, flight: InFlight) -> None:
         import optuna
 
+        if self._lease is not None:
+            self._lease.check()  # fencing: a driver paused past its lease tells nothing (LeaseLost)
         now = time.time()
         self.report.slot_busy_seconds += now - flight.submitted
         self.report.intervals.append((flight.number, flight.submitted, now))
