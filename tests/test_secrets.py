@@ -202,3 +202,30 @@ def test_a_postgres_study_keeps_its_password_out_of_files(postgres_database, tmp
     assert run.returncode == 0, run.stderr[-3000:]                     # the trial connected: the password reached it
     assert password not in run.stdout + run.stderr + sweeper("status", str(path)).stdout
     assert_no_secret_in(tmp_path, password)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(), reason="needs root and setpriv to act as a second user")
+def test_another_user_can_read_neither_the_spill_nor_a_password_in_the_trial_folder(tmp_path):
+    """The attack as it was reproduced: a second uid (nobody) reads the trial folder on a shared filesystem."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="sweeper-shared-"))      # pytest's tmp_path is 0700: a shared folder is not
+    folder = shared / "trial"
+    folder.mkdir()
+    os.chmod(shared, 0o755)
+    os.chmod(folder, 0o755)
+    ticket(f"postgresql://alice:{SECRET}@db/optuna", "sqlite:////tmp/mlflow.db").write(folder)
+    atomic_write(folder / TRACKING_SPILL_FILE, json.dumps({"metrics": [["train/loss", 1.0, 0, 1]]}), private=True)
+
+    def read_as_nobody(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(path)],
+                              capture_output=True, text=True)
+
+    ticket_read = read_as_nobody(folder / TICKET_FILE)   # readable (0644, as before) and without the password
+    assert ticket_read.returncode == 0 and "alice@db/optuna" in ticket_read.stdout and SECRET not in ticket_read.stdout
+    try:
+        spill_read = read_as_nobody(folder / TRACKING_SPILL_FILE)
+    finally:
+        shutil.rmtree(shared)
+    assert spill_read.returncode != 0 and "Permission denied" in spill_read.stderr
