@@ -11,8 +11,8 @@ A database URL may carry a password (``postgresql://user:pw@host/db`` or ``...?p
   with :func:`with_secret`, only when the variable's URL is the one on disk with its password stripped.
 
 Neither function ever raises: a URL that no parser accepts (a password with ``/`` or ``[``, a bad port) is
-redacted by the same rule, on the text: everything between ``://`` and the first ``@`` after a ``:`` is the
-user's credentials.
+redacted by the same rule, on the text: everything between the ``:`` after the user name and the last ``@``
+is the password.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ TRACKING_ENV = "SWEEPER_TRACKING_URI"   # the MLflow tracking URI with its passw
 # key=value pairs whose value is a secret, in a query string or a libpq keyword/value string
 _SECRET_KEYS = r"password|passwd|pwd|pass|secret|token|access_token|api_key|apikey|sslpassword|sslkey_password"
 _SECRET_PARAM = re.compile(rf"(^|[?&;\s])({_SECRET_KEYS})=([^&;#\s]*)", re.IGNORECASE)
-# scheme://user:password@rest; the password is anything up to the first '@' (SQLAlchemy's rule: a raw
-# '@' in a password must be written %40, a raw '/' or '[' is allowed and breaks urllib's parser)
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/]*):(?P<password>[^@]*)@(?P<rest>.*)$", re.DOTALL)
+# scheme://user:password@rest; the password is anything up to the last '@' (a raw '/' or '[' in it breaks
+# urllib's parser, SQLAlchemy allows them; a raw '@' should be %40, and is hidden all the same): a '@' later
+# in the URL hides more than the password, never less
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/]*):(?P<password>.*)@(?P<rest>[^@]*)$", re.DOTALL)
 
 
 def has_secret(url: str | None) -> bool:
