@@ -178,8 +178,18 @@ def test_sweeper_ui_refuses_artifact_uploads_from_any_local_user(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)                                   # where the old server wrote ./mlartifacts
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)                       # a run as the sweeper logs it: its own artifact location
+    experiment = client.create_experiment("exp", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_text(run_id, "per-prompt results", "per_prompt/step_000002.json")
     server = MlflowServer(uri, (tmp_path / "artifacts").as_uri(), port=free_port(), log_path=tmp_path / "ui.log")
     with server:
+        listed = json.loads(urllib.request.urlopen(f"{server.url}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}"
+                                                   f"&path=per_prompt", timeout=30).read())
+        assert [f["path"] for f in listed["files"]] == ["per_prompt/step_000002.json"]   # the UI still shows them
+        shown = urllib.request.urlopen(f"{server.url}/get-artifact?path=per_prompt/step_000002.json&run_uuid={run_id}",
+                                       timeout=30).read()
+        assert shown == b"per-prompt results"
         put = urllib.request.Request(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/0/evil.txt", data=b"owned",
                                      method="PUT")
         with pytest.raises(urllib.error.HTTPError) as refused:
