@@ -230,3 +230,19 @@ def test_another_user_can_read_neither_the_spill_nor_a_password_in_the_trial_fol
     finally:
         shutil.rmtree(shared)
     assert spill_read.returncode != 0 and "Permission denied" in spill_read.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.slurm
+def test_a_slurm_study_gets_its_password_through_sbatch_not_the_batch_script(slurm_cluster, postgres_database, tmp_path):
+    """On Slurm the password travels in sbatch's environment: the batch script and trial.json hold none."""
+    storage = postgres_database("optuna")
+    password = storage.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    path = study_file(tmp_path, storage, {"enabled": False})
+    spec = yaml.safe_load(path.read_text())
+    spec["executor"] = {"type": "slurm", "profile": "local-test", "state_poll_s": 1, "entrypoint": STANDIN}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run = sweeper("run", str(path))
+    assert run.returncode == 0, run.stderr[-3000:]                     # the trial on the node connected
+    assert list(tmp_path.rglob("*.sh")) or list(tmp_path.rglob("submitit"))
+    assert_no_secret_in(tmp_path, password)

@@ -118,13 +118,13 @@ def storage_problems(url: str | None, field: str, mounts_text: str | None = None
     kind = "sqlite:///path/optuna.db" if url.startswith("sqlite") else "journal:///path/optuna.journal"
     if field == "tracking.uri":
         kind = "sqlite:///path/mlflow.db"
-    real = os.path.realpath(os.path.abspath(path))
     try:
+        real = os.path.realpath(os.path.abspath(path))
         if os.path.isdir(real):
             return [f"{field}: {path} is a folder; the URL names the database file itself: {kind}"]
+        fstype = filesystem_type(real, mounts_text)
     except (OSError, ValueError):
-        return []
-    fstype = filesystem_type(real, mounts_text)
+        return []  # a path the OS refuses: the folder checks (sweeper.run.checks) name it
     under_root = any(real == root or real.startswith(root + "/") for root in PSEUDO_ROOTS) and not any(
         real == keep or real.startswith(keep + "/") for keep in PSEUDO_EXCEPTIONS)
     if (fstype or "").lower() in PSEUDO_FILESYSTEMS or under_root:
