@@ -290,6 +290,9 @@ def _train(argv: list[str]) -> int:
 def _add_ui(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML")
     p.add_argument("--port", type=int, default=5000, help="port of the MLflow UI on 127.0.0.1 (default 5000)")
+    p.add_argument("--basic-auth", action="store_true",
+                   help="MLflow's basic auth (users and passwords; needs pip install 'mlflow[auth]'): on a shared "
+                        "node every local user can reach 127.0.0.1 (docs/threats.md)")
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -304,7 +307,7 @@ def _ui(args: argparse.Namespace) -> int:
     if not spec.tracking.enabled:
         raise UsageError(f"{args.study}: tracking.enabled is false, so this study has no MLflow store to show")
     return cmd_ui(spec.tracking.uri, spec.tracking.experiment, port=args.port,
-                  log_path=Path(spec.study.dir) / "mlflow-ui.log")
+                  log_path=Path(spec.study.dir) / "mlflow-ui.log", app_name="basic-auth" if args.basic_auth else None)
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ it submits the trial process:
 
 * ``config.yaml`` (:data:`CONFIG_FILE`): the trial's complete RunConfig (``sweeper train config.yaml``
   reruns it by hand); the trainer's output folder is ``run/`` (:data:`RUN_DIR`);
-* ``trial.json`` (:data:`TICKET_FILE`): a :class:`TrialTicket`: storage URL, study name, trial number
+* ``trial.json`` (:data:`TICKET_FILE`): a :class:`TrialTicket`: storage URL (without its password), study name, trial number
   and id, objective(s), pruner spec (the pruner is *not* stored in Optuna's storage: a process that
   re-opened the study with the default pruner would silently never prune), tracking, trainer entry point.
 
@@ -27,10 +27,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from sweeper.redaction import STORAGE_ENV, TRACKING_ENV, strip_secret, with_secret
 from sweeper.statistics import Estimate, mean_and_se
 
 TRIALS_DIR = "trials"
@@ -83,10 +85,50 @@ def trial_folder(study_dir: str | Path, number: int) -> Path:
     return Path(study_dir) / TRIALS_DIR / f"{number:05d}"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write(path: Path, text: str, private: bool = False) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new file, never a part, and the new
+    one survives a crash: a temporary file of a name no other writer uses, fsync'ed, then renamed.
+    ``private``: readable by its owner only (0600 from the first byte), for files that hold anything
+    sensitive; otherwise the mode the umask gives."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: a plain file gets the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: some filesystems refuse to open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- the ticket
@@ -113,11 +155,22 @@ class TrialTicket:
     seeds_min: int = 0                                      # racing: seeds every config runs (0 = all of seeds)
 
     def write(self, trial_dir: Path) -> None:
-        atomic_write(Path(trial_dir) / TICKET_FILE, json.dumps(asdict(self), indent=2, default=str))
+        """``trial.json`` holds no password: the URLs are written without one (the trial process gets them
+        with it through its environment, :mod:`sweeper.redaction`)."""
+        data = asdict(self)
+        data["storage"] = strip_secret(self.storage)
+        if data["tracking"].get("uri"):
+            data["tracking"]["uri"] = strip_secret(data["tracking"]["uri"])
+        atomic_write(Path(trial_dir) / TICKET_FILE, json.dumps(data, indent=2, default=str))
 
     @classmethod
     def read(cls, trial_dir: Path) -> "TrialTicket":
-        return cls(**json.loads((Path(trial_dir) / TICKET_FILE).read_text()))
+        """The ticket, with the URLs' passwords from this process's environment where it has them."""
+        ticket = cls(**json.loads((Path(trial_dir) / TICKET_FILE).read_text()))
+        ticket.storage = with_secret(ticket.storage, STORAGE_ENV)
+        if ticket.tracking.get("uri"):
+            ticket.tracking["uri"] = with_secret(ticket.tracking["uri"], TRACKING_ENV)
+        return ticket
 
 
 # --------------------------------------------------------------------------- the outcome

@@ -234,6 +234,21 @@ VALUE_CASES = {
     "constraints_true_with_include": ("space/constraints", True, ["space.constraints", "list"]),
     "constraints_mapping_with_include": ("space/constraints", {"expr": "clip.eps_high >= 0.2"}, ["space.constraints", "list"]),
     "params_list_with_include": ("space/params", ["clip.eps_high"], ["space.params", "dict"]),
+    # issue 26: specs the schema took that can never work
+    "seeds_absurd": ("budget/seeds", 10 ** 6, ["budget.seeds", "less than or equal to 100", "1000000"]),
+    "choice_twice": ("space/params/entropy.method/choices", ["none", "siren", "steer", "siren"],
+                     ["space.params[entropy.method].choices", "'siren' appears more than once"]),
+    "when_value_twice": ("space/params/entropy.steer.w_min/when", {"entropy.method": ["steer", "steer"]},
+                         ["space.params[entropy.steer.w_min].when.entropy.method", "'steer' appears more than once"]),
+    "health_metric_twice": ("pruner/health/collapse/metrics", ["train/entropy", "train/entropy"],
+                            ["pruner.health.collapse.metrics", "'train/entropy' appears more than once"]),
+    "storage_is_a_folder": ("study/storage", "sqlite:////tmp", ["study.storage", "/tmp is a folder", "sqlite:///path/optuna.db"]),
+    "storage_under_proc": ("study/storage", "sqlite:////proc/self/optuna.db", ["study.storage", "pseudo-filesystem"]),
+    "journal_under_sys": ("study/storage", "journal:///sys/optuna.journal", ["study.storage", "pseudo-filesystem"]),
+    "tracking_scheme_typo": ("tracking", {"enabled": True, "uri": "htp://localhost:5000"},
+                             ["tracking.uri", "'htp'", "http"]),
+    "when_reads_itself": ("space/params/entropy.steer.w_min/when", {"entropy.steer.w_min": 0.5},
+                          ["space.params[entropy.steer.w_min].when.entropy.steer.w_min", "this parameter sets"]),
 }
 
 
@@ -243,6 +258,51 @@ def test_bad_values_are_refused_at_validate(case, tmp_path):
     path = write(tmp_path / "study.yaml", mutate(valid_study(tmp_path), where, value))
     code, _, err, _ = run_cli(sweeper_main, ["validate", str(path)])
     assert_refused(code, err, *expected)
+
+
+def test_an_invalid_base_gives_no_second_error_about_the_objective(tmp_path):
+    """The defaults stand in for a refused base: the objective is not checked against their eval.k."""
+    study = mutate(mutate(mutate(valid_study(tmp_path), "base/eval/k", [1, 16]), "base/eval/n_samples", 16),
+                   "objective/metric", "val/pass@16")
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "ok.yaml", study))])
+    assert code == 0, err
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "bad.yaml", mutate(study, "base/train/steps", -1)))])
+    assert_refused(code, err, "base.train.steps")
+    assert "objective" not in err and "eval.k = [1, 8]" not in err, err
+
+
+def diamond_includes(folder: Path, depth: int) -> Path:
+    """Files a<i>, b<i> that each include both a<i+1> and b<i+1>: 2^depth paths from the top, 2 depth files."""
+    for level in range(depth, -1, -1):
+        below = [f"a{level + 1}.yaml", f"b{level + 1}.yaml"] if level < depth else []
+        for side in "ab":
+            write(folder / f"{side}{level}.yaml", {"include": below, "params": {f"clip.eps_high": [0.2, 0.28]}}
+                  if below else {"params": {"clip.eps_high": [0.2, 0.28]}})
+    return folder / "a0.yaml"
+
+
+def test_include_fan_out_reads_each_file_once(tmp_path, monkeypatch):
+    """Only cycles were refused: a diamond chain 30 deep was 2^30 expansions (a hang); now each file is read once."""
+    from sweeper.study import includes
+
+    reads = []
+    real_read = includes.read_yaml
+    monkeypatch.setattr(includes, "read_yaml", lambda path, what: reads.append(path) or real_read(path, what))  # counts, reads for real
+    study = mutate(valid_study(tmp_path), "space/include", [str(diamond_includes(tmp_path, 30))])
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "study.yaml", study))])
+    assert code == 0, err
+    assert len(reads) == len(set(reads)) == 1 + 2 * 30   # a0, then a1..a30 and b1..b30: each file once
+
+
+def test_an_include_chain_deeper_than_the_limit_is_refused(tmp_path):
+    from sweeper.study.includes import MAX_INCLUDE_DEPTH
+
+    depth = MAX_INCLUDE_DEPTH + 5
+    for level in range(depth):
+        write(tmp_path / f"c{level}.yaml", {"include": [f"c{level + 1}.yaml"]} if level + 1 < depth else {"params": {}})
+    study = mutate(valid_study(tmp_path), "space/include", [str(tmp_path / "c0.yaml")])
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(write(tmp_path / "study.yaml", study))])
+    assert_refused(code, err, "space.include", f"more than {MAX_INCLUDE_DEPTH} files deep")
 
 
 def test_a_huge_grid_is_refused_before_it_is_built(tmp_path):
@@ -491,3 +551,55 @@ def test_the_sweeper_train_command_itself(tmp_path):
         result = subprocess.run([sys.executable, "-m", "sweeper", "train", *argv], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)
         assert_refused(result.returncode, result.stderr)
+
+
+# --------------------------------------------------------------------------- issue 26: bad-spec classes, drawn at random
+
+def _drawn_bad_spec(draw, tmp_path: Path) -> tuple[dict, str]:
+    """A valid study made bad in one of the classes `validate` refuses, and the field its message must name."""
+    from sweeper.run.sanity import mlflow_schemes
+    from sweeper.study.spec import MAX_SEEDS
+
+    study = valid_study(tmp_path)
+    kind = draw(st.sampled_from(["seeds", "choices", "when_values", "health_metrics", "storage_folder", "storage_pseudo",
+                                 "tracking_scheme", "when_itself"]))
+    event(kind)
+    if kind == "seeds":
+        return mutate(study, "budget/seeds", draw(st.integers(MAX_SEEDS + 1, 10 ** 12))), "budget.seeds"
+    if kind in ("choices", "when_values", "health_metrics"):
+        values = {"choices": ["none", "siren", "steer"], "when_values": ["steer", "siren"],
+                  "health_metrics": ["train/entropy", "val/entropy"]}[kind]
+        values = draw(st.permutations(values))
+        doubled = list(values)
+        doubled.insert(draw(st.integers(0, len(values))), draw(st.sampled_from(values)))
+        where, field = {"choices": ("space/params/entropy.method/choices", "space.params[entropy.method].choices"),
+                        "when_values": ("space/params/entropy.steer.w_min/when", "space.params[entropy.steer.w_min].when"),
+                        "health_metrics": ("pruner/health/collapse/metrics", "pruner.health.collapse.metrics")}[kind]
+        value = {"entropy.method": doubled} if kind == "when_values" else doubled
+        return mutate(study, where, value), field
+    if kind in ("storage_folder", "storage_pseudo"):
+        if kind == "storage_folder":
+            folder = draw(st.sampled_from([tmp_path, tmp_path / "sub", Path("/"), Path("/tmp")]))
+            folder.mkdir(exist_ok=True)
+            path = str(folder)
+        else:
+            root = draw(st.sampled_from(["/proc", "/sys", "/dev", "/proc/self", "/sys/kernel", "/dev/pts"]))
+            path = root + "/" + draw(st.from_regex(r"[a-z][a-z0-9_]{0,12}\.(db|journal)", fullmatch=True))
+        scheme = draw(st.sampled_from(["sqlite:///", "journal://"]))
+        return mutate(study, "study/storage", scheme + path), "study.storage"
+    if kind == "tracking_scheme":
+        scheme = draw(st.from_regex(r"[a-z][a-z0-9.\-]{0,10}", fullmatch=True).filter(lambda s: s not in mlflow_schemes()))
+        rest = draw(st.sampled_from(["//localhost:5000", "///tmp/x.db", "//user@host/db"]))
+        return mutate(study, "tracking", {"enabled": True, "uri": f"{scheme}:{rest}"}), "tracking.uri"
+    name = draw(st.sampled_from(["clip.eps_high", "entropy.steer.w_min"]))
+    return mutate(study, f"space/params/{name}/when", {name: draw(st.sampled_from([0.2, 0.5, 1.0]))}), f"space.params[{name}].when"
+
+
+@settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "60")), deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_bad_spec_classes_are_refused_naming_the_field(data, tmp_path):
+    study, field = _drawn_bad_spec(data.draw, tmp_path)
+    path = write(tmp_path / "study.yaml", study)
+    code, _, err, _ = run_cli(sweeper_main, ["validate", str(path)])
+    assert_refused(code, err, field)

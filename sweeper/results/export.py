@@ -38,6 +38,7 @@ from sweeper.results.compare import Gain, baseline_trial, paired_gain, study_poo
 from sweeper.contract import ATTR_CONFIG, ATTR_SAME_CONFIG, objective_estimate
 from sweeper.results.formats import model_path, target_version as describe_target, to_trl, to_verl
 from sweeper.study.space import get_path, leaves, set_path
+from sweeper.redaction import redact_url
 from sweeper.study.spec import SpecError, StudySpec, load_spec
 
 FORMATS = ("native", "trl", "verl")
@@ -291,7 +292,7 @@ def provenance_lines(spec: StudySpec, frozen: Any, trial_steps: Any, steps: int 
     lines = [
         f"exported by entropy-sweeper {package_version()} on {_dt.datetime.now().isoformat(timespec='seconds')}",
         f"git commit: {git_commit() or 'unknown'}",
-        f"study: {spec.study.name}   storage: {spec.study.storage}",
+        f"study: {spec.study.name}   storage: {redact_url(spec.study.storage)}",
         f"spec: {spec.source_file or '(mapping)'}" + (f"   base: {spec.base_source}" if spec.base_source else ""),
         f"trial: {frozen.number} ({frozen.state.name})   objective: {value}",
         f"sampled: {sampled}",

@@ -23,6 +23,7 @@ from typing import Any
 
 from sweeper.contract import (ATTR_FAIL_REASON, ATTR_LAST_STEP, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_REJECTED,
                        ATTR_REQUEUED_FROM, objective_estimate, trial_state)
+from sweeper.redaction import redact_url
 from sweeper.study.spec import StudySpec
 
 
@@ -94,7 +95,7 @@ def _gain_text(gain: Any | None) -> str:
 def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, int], best: Any | None,
                  race: list[str] | None = None) -> str:
     metrics = [o.metric for o in spec.objective]
-    head = [f"study {spec.study.name}  ({spec.study.storage})"]
+    head = [f"study {spec.study.name}  ({redact_url(spec.study.storage)})"]
     head.append("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) if counts else "trials: none yet")
     if best is not None:
         head.append(f"best: trial {best[0]}  " + ", ".join(f"{m} = {e.text()}" for m, e in zip(metrics, best[1])))

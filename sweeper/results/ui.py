@@ -1,7 +1,7 @@
 """``sweeper ui``: serve a study's MLflow tracking store on 127.0.0.1 and print where to look.
 
-:class:`MlflowServer` runs ``mlflow server --backend-store-uri ... --default-artifact-root ...
---host 127.0.0.1 --port P --workers 1`` in its own process group (the server starts about ten
+:class:`MlflowServer` runs ``mlflow server --no-serve-artifacts --default-artifact-root ...
+--host 127.0.0.1 --port P --workers 1`` (the store's URI in its environment, never its argv) in its own process group (the server starts about ten
 processes) and stops the whole group. :func:`cmd_ui` is the command: it starts the server for a
 SQLite (or file) store, waits for ``/health``, prints the URL of the study's runs table
 (``/#/experiments/<id>/runs?workflowType=machine_learning``: in MLflow 3 the bare experiment URL
@@ -49,11 +49,15 @@ class MlflowServer:
             artifact location; this only matters for experiments created through the UI).
         host, port: where to listen (port None = a free one).
         log_path: the server's stdout/stderr go here (None = discarded).
+        app_name: ``--app-name`` (``basic-auth``: MLflow's users and passwords, for a shared node; see
+            docs/threats.md).
     """
 
     def __init__(self, backend_store_uri: str, artifact_root: str | Path | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, workers: int = 1, log_path: str | Path | None = None):
+                 port: int | None = None, workers: int = 1, log_path: str | Path | None = None,
+                 app_name: str | None = None):
         self.backend_store_uri = backend_store_uri
+        self.app_name = app_name
         self.artifact_root = artifact_root
         self.host = host
         self.port = port if port is not None else free_port(host)
@@ -66,14 +70,23 @@ class MlflowServer:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
+        """The server's argv. It holds no store URI (a password there would be in every user's ``ps``: the
+        URI goes through the environment, ``MLFLOW_BACKEND_STORE_URI``) and serves no artifact store
+        (``--no-serve-artifacts``: otherwise any local user could PUT files, written as this user into
+        ``./mlartifacts``); the UI still shows the runs' artifacts, read from their own locations."""
+        command = [sys.executable, "-m", "mlflow", "server", "--no-serve-artifacts",
                    "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
         if self.artifact_root is not None:
             command += ["--default-artifact-root", str(self.artifact_root)]
+        if self.app_name is not None:
+            command += ["--app-name", self.app_name]
         return command
 
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_BACKEND_STORE_URI=self.backend_store_uri)
+
     def start(self) -> "MlflowServer":
-        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+        env = self.environment()
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = self.log_path.open("ab")
@@ -177,7 +190,7 @@ def experiment_id_of(uri: str, experiment: str) -> str | None:
 
 
 def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "127.0.0.1",
-           log_path: str | Path | None = None, out=None) -> int:
+           log_path: str | Path | None = None, out=None, app_name: str | None = None) -> int:
     """Serve the tracking store and print the study's runs page; blocks until Ctrl-C. Returns an exit code."""
     out = out or sys.stdout
     if tracking_uri.startswith(("http://", "https://")):
@@ -197,7 +210,7 @@ def cmd_ui(tracking_uri: str, experiment: str, port: int = 5000, host: str = "12
         return 2
     experiment_id = experiment_id_of(tracking_uri, experiment)
     artifact_root = default_artifact_root(tracking_uri)
-    server = MlflowServer(tracking_uri, artifact_root, host=host, port=port, log_path=log_path)
+    server = MlflowServer(tracking_uri, artifact_root, host=host, port=port, log_path=log_path, app_name=app_name)
 
     def on_stop_signal(signum, frame):
         raise KeyboardInterrupt

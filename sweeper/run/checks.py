@@ -14,6 +14,8 @@ filesystem, the trainer's declarations or a look at the space as a whole:
   (``trainers.config.launch_problems``), the objective and every health-rule metric against the names
   the trainer reports (``trainers.config.logged_metrics``); checked on the base config and on the base
   with each value a parameter can set;
+* specs that can never work (:mod:`sweeper.run.sanity`): a doubled value in a list that is a set, a storage
+  that can never hold a database, a tracking scheme MLflow does not have, a ``when`` that reads itself;
 * the study folder (and a SQLite or journal storage's, a SQLite MLflow store's) can be created and written;
 * the pruner against the trial's steps (a first rung beyond the last step prunes nothing);
 * ``when`` conditions that can never hold (a value no parameter takes, or a path no parameter sets whose
@@ -45,6 +47,7 @@ from trainers.config import RunConfig, launch_problems as run_config_problems, l
 
 from sweeper.run.executors.base import DEFAULT_ENTRYPOINT, PROJECT_ROOT
 from sweeper.study.schema import SpecError
+from sweeper.run.sanity import sanity_problems
 from sweeper.run.storage import JOURNAL_PREFIX, sqlite_file
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, condition_holds, evaluate_constraint,
                     get_path, param_path, resolve, sample, set_path)
@@ -68,7 +71,7 @@ def check_launch(spec: "StudySpec") -> None:
 
 def launch_problems(spec: "StudySpec") -> list[str]:
     """One line per problem (``field: what is wrong; what would be accepted``); [] when none is found."""
-    problems = entrypoint_problems(spec.executor)
+    problems = sanity_problems(spec) + entrypoint_problems(spec.executor)
     if spec.executor.entrypoint == DEFAULT_ENTRYPOINT:
         candidates = candidate_configs(spec)
         problems += _run_config_problems(candidates)
@@ -429,8 +432,8 @@ def dry_sampling_problems(spec: "StudySpec", n: int = DRY_SAMPLES, seed: int = 0
                 applied[index] += 1
                 try:
                     held[index] += bool(evaluate_constraint(constraint.expr, config))
-                except (TypeError, ZeroDivisionError, ArithmeticError):
-                    pass
+                except Rejected:
+                    pass  # cannot be evaluated for this config: the driver rejects that config, never the study
         if accepted:
             continue  # one config the trainer accepts is enough: the rest only count the constraints
         try:

@@ -63,7 +63,9 @@ from sweeper.run.checks import check_launch
 from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
+from sweeper.redaction import secret_environment
 from sweeper.run.executors import TrialJob, make_executor
+from sweeper.run.executors.base import patched_environ
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.run.live import LiveView
 from sweeper.run.reuse import find_identical, reuse_result
@@ -269,6 +271,8 @@ class Driver:
     def _launch(self) -> InFlight | None:
         import optuna
 
+        if self._lease is not None:
+            self._lease.check()  # fencing: a driver paused past its lease asks for nothing (LeaseLost)
         while True:
             trial = self.study.ask()
             trial_dir = trial_folder(self.study_dir, trial.number)
@@ -319,7 +323,9 @@ class Driver:
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
         trial.set_user_attr(ATTR_CONFIG, config)
         try:
-            job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
+            # the URLs' passwords reach the trial through its environment, never trial.json or argv
+            with patched_environ(secret_environment(self.spec.study.storage, self.spec.tracking.uri)):
+                job = self.executor.submit(trial_dir, f"{self.spec.study.name}-{trial.number}")
         except Exception as error:
             trial.set_user_attr(ATTR_FAIL_REASON, f"submission failed: {type(error).__name__}: {error}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -352,6 +358,8 @@ class Driver:
     def _finish(self, flight: InFlight) -> None:
         import optuna
 
+        if self._lease is not None:
+            self._lease.check()  # fencing: a driver paused past its lease tells nothing (LeaseLost)
         now = time.time()
         self.report.slot_busy_seconds += now - flight.submitted
         self.report.intervals.append((flight.number, flight.submitted, now))
@@ -452,12 +460,16 @@ class Driver:
             self._end_tracking("RUNNING")
             return
         self.log(f"interrupted: cancelling {len(self.in_flight)} trial(s); they are re-queued for the next run")
-        for flight in self.in_flight:
-            flight.job.cancel()
+        failed = {flight.number: flight.job.cancel() for flight in self.in_flight}
         deadline = time.time() + 15
         while time.time() < deadline and not all(f.job.done() for f in self.in_flight):
             time.sleep(0.1)
         for flight in self.in_flight:
+            if not flight.job.outlives_driver and not flight.job.done():  # re-queued, it would run twice: re-attached instead
+                why = failed.get(flight.number) or "it did not stop within 15 s"
+                self.log(f"trial {flight.number}: job {flight.job.job_id} may still be running ({why}); it stays RUNNING "
+                         f"and the next run re-attaches to it (stop it by hand to cancel it)")
+                continue
             self._lose(flight.trial_id, self.storage.get_trial(flight.trial_id), "cancelled: the driver was interrupted", None)
         self.in_flight = []
         self._end_tracking("KILLED")

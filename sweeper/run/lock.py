@@ -12,7 +12,8 @@ generation; study names cannot contain ``:``, so it never collides with a user's
 system attr ``sweeper_driver_lease`` holds the owner: ``host``, ``pid``, ``process_start`` (the
 pid's start time in ``/proc``, against pid reuse), ``machine`` (boot id and pid namespace),
 ``token`` (random, per process), ``acquired`` and ``ttl``; the attr ``sweeper_driver_heartbeat``
-holds the last heartbeat (wall-clock seconds; alone, so that a heartbeat appends little to a journal).
+holds the last heartbeat: ``{"seq": n, "time": wall-clock seconds}`` (alone, so that a heartbeat appends
+little to a journal; ``seq`` counts the heartbeats).
 The study's lease is its highest generation; a released lease is deleted, so a storage holds a
 marker only while a driver runs.
 
@@ -32,7 +33,10 @@ marker only while a driver runs.
 names): live while the owner's pid runs the process that took the lease, so a driver killed on this
 machine is taken over at once. Seen from another host: live while its heartbeat is younger than its
 ttl (default :data:`DEFAULT_TTL_S`, env ``SWEEPER_DRIVER_LEASE_TTL``); the holder refreshes it every
-ttl / 6 from a thread. The hosts' clocks must agree to well within the ttl (NTP does). A generation
+ttl / 6 from a thread. The hosts' wall clocks only decide a refusal (a heartbeat 0 to ttl s old: live):
+a lease they call stale (or stamped in the future) is taken over only after this driver has *watched*
+its heartbeat count not move for a whole ttl on its own monotonic clock (:meth:`StudyLease.acquire`), so
+a host whose clock runs ahead cannot take over a live lease. A generation
 without an owner record (its creator is between steps 2 and 3) is awaited for up to
 :data:`OWNERLESS_GRACE_S`, then stale.
 
@@ -157,24 +161,30 @@ class Owner:
         pid = os.getpid()
         return cls(socket.gethostname(), pid, process_start_time(pid), machine_id(), uuid.uuid4().hex)
 
-    def judge(self, record: dict[str, Any], now: float) -> tuple[bool, str]:
-        """(live, why) for a lease ``record`` seen by this owner at wall time ``now``."""
+    def judge(self, record: dict[str, Any], now: float) -> tuple[bool | None, str]:
+        """(live, why) for a lease ``record`` seen by this owner at wall time ``now``; live None: the wall
+        clocks say stale (or disagree), which only watching the heartbeat count can confirm."""
         if record.get("machine") and record.get("machine") == self.machine:
             if process_alive(int(record["pid"]), record.get("process_start")):
                 return True, "its process runs on this machine"
             return False, "its process is gone"
         age = now - float(record.get("heartbeat", 0.0))
         ttl = float(record.get("ttl") or DEFAULT_TTL_S)
-        if age <= ttl:
-            return True, f"last heartbeat {max(age, 0.0):.0f} s ago, ttl {ttl:g} s"
-        return False, f"no heartbeat for {age:.0f} s (ttl {ttl:g} s)"
+        if 0.0 <= age <= ttl:
+            return True, f"last heartbeat {age:.0f} s ago, ttl {ttl:g} s"
+        return None, (f"its heartbeat is stamped {-age:.0f} s in the future (clocks differ)" if age < 0 else
+                      f"no heartbeat for {age:.0f} s by the wall clocks (ttl {ttl:g} s)")
 
 
 def _with_heartbeat(system_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The owner record with ``heartbeat`` (wall time of the last one) and ``beats`` (their count)."""
     record = system_attrs.get(LEASE_ATTR)
     if record is None:
         return None
-    return {**record, "heartbeat": system_attrs.get(HEARTBEAT_ATTR, record.get("acquired", 0.0))}
+    beat = system_attrs.get(HEARTBEAT_ATTR)
+    if isinstance(beat, dict):
+        return {**record, "heartbeat": beat.get("time", record.get("acquired", 0.0)), "beats": beat.get("seq", 0)}
+    return {**record, "heartbeat": beat if beat is not None else record.get("acquired", 0.0), "beats": beat}
 
 
 def describe_holder(record: dict[str, Any]) -> str:
@@ -226,6 +236,7 @@ class StudyLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat_failing = False
+        self._beats = 0
 
     # ---- reading
 
@@ -253,6 +264,28 @@ class StudyLease:
                 return record
             time.sleep(0.05)
 
+    def _watch(self, generation: int, record: dict[str, Any], why: str) -> tuple[bool | None, str]:
+        """Watch a lease the wall clocks call stale for its ttl, on this host's monotonic clock: live if its
+        heartbeat count moves; stale if it does not; None if the generation went or a newer one came."""
+        ttl = float(record.get("ttl") or DEFAULT_TTL_S)
+        self._log(f"study {self.study_name}: the driver lease of {describe_holder(record)} looks stale ({why}); "
+                  f"watching its heartbeat for {ttl:g} s before taking it over")
+        started = time.monotonic()
+        while time.monotonic() - started < ttl:
+            time.sleep(min(0.5, ttl / 10))
+            try:
+                current = self._record_of(generation)
+            except KeyError:
+                return None, "the lease was released"
+            try:
+                self._record_of(generation + 1)
+                return None, "a newer lease appeared"
+            except KeyError:
+                pass
+            if current is not None and current.get("beats") != record.get("beats"):
+                return True, f"its heartbeat moved while this driver watched ({why})"
+        return False, f"its heartbeat did not move for {ttl:g} s on this host's clock ({why})"
+
     # ---- acquire / refresh / release
 
     def acquire(self) -> "StudyLease":
@@ -270,6 +303,10 @@ class StudyLease:
                     continue  # released or taken over while we looked: read again
                 if record is not None:
                     live, why = self.owner.judge(record, time.time())
+                    if live is None:
+                        live, why = self._watch(top, record, why)
+                        if live is None:
+                            continue  # released or taken over while we watched: read again
                     if live:
                         raise LeaseHeld(self._held_message(record, why))
                     self._log(f"study {self.study_name}: taking over the driver lease of {describe_holder(record)}: {why}")
@@ -324,7 +361,8 @@ class StudyLease:
                 return
             if not self._confirm():
                 return
-            self.storage.set_study_system_attr(self._study_id, HEARTBEAT_ATTR, time.time())
+            self._beats += 1  # a count the other hosts watch: their clocks need not agree with ours
+            self.storage.set_study_system_attr(self._study_id, HEARTBEAT_ATTR, {"seq": self._beats, "time": time.time()})
 
     def start_heartbeat(self) -> "StudyLease":
         def beat() -> None:

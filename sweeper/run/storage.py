@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from sweeper.redaction import redact_url  # noqa: F401 - re-exported: the one redaction of a URL
 
 JOURNAL_PREFIX = "journal://"
 SQLITE_PREFIX = "sqlite:///"
@@ -165,18 +167,6 @@ def open_study(spec: Any, *, create: bool, max_parallel: int | None = None):
 # --------------------------------------------------------------------------- database servers
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages (``postgresql://user:***@host/db``)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[1]}"))
-    except ValueError:
-        return url
-
-
 def _uses_psycopg(url: str) -> bool:
     scheme = url.split("://", 1)[0]
     return scheme in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
@@ -192,8 +182,12 @@ def unreachable_message(url: str, error: BaseException, field: str = "study.stor
     """One paragraph: which server, what the driver said, and the likely fix."""
     detail = str(getattr(error, "orig", None) or error).strip().splitlines()
     detail_text = " ".join(line.strip() for line in detail[:2]) if detail else type(error).__name__
-    parts = urlsplit(url)
-    where = f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
+    detail_text = redact_url(detail_text)  # a driver may echo its connection string
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
+    except ValueError:  # a URL urllib cannot parse (SQLAlchemy may): no host to name
+        parts, where = urlsplit(""), "the server in the URL"
     database = parts.path.lstrip("/") or "(default database)"
     lowered = detail_text.lower()
     if "does not exist" in lowered and "database" in lowered:
@@ -317,5 +311,5 @@ def check_cluster_storage(storage_url: str, *, field: str = "study.storage", mou
         f"{field}: {storage_url} is a SQLite file on a network filesystem ({fstype}); trials on other nodes "
         f"write to it at once and SQLite locking is not reliable there (the database can be corrupted). Use "
         f"Optuna's journal file storage on the shared path (storage: journal://{journal}; the default for "
-        f"executor type slurm when storage is not set), or a database server (storage: postgresql://user:password@host/db)"
+        f"executor type slurm when storage is not set), or a database server (storage: postgresql://user@host/db, the password in ~/.pgpass or PGPASSWORD)"
     )

@@ -36,7 +36,8 @@ from pydantic import Field, field_validator, model_validator
 
 from trainers.config import ConfigError, RunConfig, as_model, parse_config
 
-from sweeper.study.schema import Scalar, SpecError, SpecModel, read_yaml
+from sweeper.study.includes import expand_include
+from sweeper.study.schema import Scalar, SpecError, SpecModel
 
 if TYPE_CHECKING:
     from sweeper.study.spec import StudySpec
@@ -224,7 +225,21 @@ def _dotted(node: ast.AST, expr: str) -> str:
 
 
 def evaluate_constraint(expr: str, config: Mapping[str, Any]) -> bool:
-    """Evaluate a constraint on a (resolved) config; False when a path it reads has no value."""
+    """Evaluate a constraint on a (resolved) config; False when a path it reads has no value.
+
+    Raises :class:`Rejected` (the config, never the study) when it cannot be evaluated for this config: a
+    division by zero, an overflow, a value that is no number (a string, a list) where arithmetic or an
+    ordering needs one."""
+    try:
+        return _evaluate(expr, config)
+    except (ArithmeticError, TypeError, ValueError) as error:
+        _, paths = parse_constraint(expr)
+        shown = ", ".join(f"{p}={_short(get_path(config, p))}" for p in paths)
+        reason = "division by zero" if isinstance(error, ZeroDivisionError) else f"{type(error).__name__}: {error}"
+        raise Rejected(f"constraint {expr!r} cannot be evaluated for this config ({shown}): {reason}") from None
+
+
+def _evaluate(expr: str, config: Mapping[str, Any]) -> bool:
     tree, _ = parse_constraint(expr)
 
     def value(node: ast.AST) -> float:
@@ -414,13 +429,11 @@ def ordered_params(params: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- space files (include)
 
-SPACE_FILE_KEYS = ("params", "constraints", "include", "description")
-
-
-def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[str]) -> Any:
+def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[str], memo: dict | None = None) -> Any:
     """Merge ``include`` d space files (in order, then this file's own params: a later definition of
     a parameter name replaces an earlier one; constraints are concatenated). ``origins`` gets the file
-    that defined each parameter."""
+    that defined each parameter; ``memo``: the files expanded so far (:mod:`sweeper.study.includes`)."""
+    memo = {} if memo is None else memo
     if not isinstance(space, dict):
         return space
     includes = space.get("include")
@@ -442,15 +455,7 @@ def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[
         path = resolve_include(include, folder)
         if str(path) in stack:
             raise SpecError(f"space.include: {include} includes itself (chain: {' -> '.join(stack + [str(path)])})")
-        data = read_yaml(path, f"space.include: {include}:")
-        if not isinstance(data, dict):
-            raise SpecError(f"space.include: {path} must be a mapping with params (and constraints, include)")
-        unknown = set(data) - set(SPACE_FILE_KEYS)
-        if unknown:
-            raise SpecError(f"space.include: {path} has unknown key(s) {sorted(unknown)}; accepted: {', '.join(SPACE_FILE_KEYS)}")
-        data.pop("description", None)
-        inner_origins: dict[str, str] = {}
-        data = expand_space(data, path.parent, inner_origins, stack + [str(path)])
+        data, inner_origins = expand_include(path, include, stack, memo, expand_space)  # each file once per spec
         for key, kind in (("params", dict), ("constraints", list)):
             if not isinstance(data.get(key) or kind(), kind):
                 raise SpecError(f"space.include: {path}: {key} must be a {'mapping' if kind is dict else 'list'}, "

@@ -69,7 +69,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainers.config import RunConfig, format_validation_error, render_location
 
@@ -80,6 +80,7 @@ from sweeper.study.samplers import SINGLE_OBJECTIVE_ONLY, SamplerSpec, TPESample
 from sweeper.study.schema import SpecError, SpecModel, read_yaml
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, SpaceSpec, expand_space, get_path, param_path,
                     set_path)
+from sweeper.redaction import redact_url
 from sweeper.run.storage import JOURNAL_PREFIX, SQLITE_PREFIX, default_storage_url, default_tracking_uri
 
 __all__ = ["StudySpec", "SpecError", "load_spec", "parse_duration"]
@@ -108,7 +109,7 @@ class StudySection(SpecModel):
         schemes = ("sqlite://", "journal://", "postgresql", "mysql", "oracle", "mssql")
         if not value.startswith(schemes) or "://" not in value:
             raise ValueError(
-                f"{value!r} is not a storage URL; accepted: sqlite:///path.db, journal:///path.log "
+                f"{redact_url(value)!r} is not a storage URL; accepted: sqlite:///path.db, journal:///path.log "
                 f"(Optuna journal file, for shared filesystems), or a SQLAlchemy URL such as postgresql://user@host/db"
             )
         return value
@@ -147,15 +148,20 @@ def parse_duration(value: Any) -> float | None:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+BASE_INVALID = "base_invalid"  # validation context: the base config was refused (the defaults stand in for it)
+MAX_SEEDS = 100  # replicate seeds per config; papers use 3 to 10, and a trial runs them one after another
+
+
 class BudgetSpec(SpecModel):
     n_trials: int | None = Field(None, gt=0, description="Trials to run in total, counting those already in storage.")
     timeout: float | None = Field(None, gt=0, description="Seconds (or 30m, 2h) after which no new trial starts.")
     max_parallel: int = Field(1, gt=0, description="Trials in flight at once.")
     steps: int | None = Field(None, gt=0, description="Override train.steps for every trial.")
     seeds: int = Field(
-        1, ge=1,
+        1, ge=1, le=MAX_SEEDS,
         description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
-        "and its value is their mean, with a standard error over seeds and validation prompts.",
+        "and its value is their mean, with a standard error over seeds and validation prompts. At most "
+        f"{MAX_SEEDS}: the seeds of a config run one after another inside its trial.",
     )
     seeds_min: int | None = Field(
         None, ge=1,
@@ -245,7 +251,7 @@ class StudySpec(SpecModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StudySpec":
+    def _consistent(self, info: ValidationInfo) -> "StudySpec":
         problems: list[str] = []
         if len(self.objective) > 1:
             metrics = [o.metric for o in self.objective]
@@ -271,7 +277,8 @@ class StudySpec(SpecModel):
                             "(seed, seed + 1, ...): remove one of the two")
         problems += self._check_param_values()
         problems += self._check_baseline()
-        problems += self._check_objective_metrics()
+        if not (info.context or {}).get(BASE_INVALID):  # the defaults stand in for it: no second, misleading error
+            problems += self._check_objective_metrics()
         problems += self._check_enqueue()
         if self.sampler.type == "grid":
             for name, param in self.space.params.items():
@@ -420,11 +427,13 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
         except SpecError as error:
             problems.append(f"  {error}")
             raw["space"] = {}
+    context = {}
     try:
         base, base_source = _load_base(raw.get("base"), folder)
     except SpecError as error:
         problems += [line if line.startswith("  ") else f"  {line}" for line in str(error).splitlines()]
         base, base_source = RunConfig().model_dump(mode="json"), None
+        context[BASE_INVALID] = True
     raw["base"] = base
     if "executor" in raw:
         try:
@@ -434,7 +443,7 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
     raw = _resolve_paths(raw, folder)
 
     try:
-        spec = StudySpec.model_validate(raw)
+        spec = StudySpec.model_validate(raw, context=context)
     except ValidationError as error:
         problems += format_spec_error(error, raw, origins, source_file).splitlines()
     if problems:

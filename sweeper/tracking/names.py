@@ -11,13 +11,13 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweeper.study.space import leaves
+from sweeper.redaction import redact_url
 from sweeper.run.storage import sqlite_file
 
 logger = logging.getLogger("sweeper.tracking")
@@ -100,12 +100,8 @@ def default_artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without user:password, for messages."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    """The URI without its password, for messages (:func:`sweeper.redaction.redact_url`)."""
+    return redact_url(uri)
 
 
 def experiment_runs_url(base_url: str, experiment_id: str) -> str:
@@ -222,7 +218,7 @@ def find_trial_run_id(uri: str, parent_run_id: str, trial_number: int) -> str | 
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = redact_url(str(error)).strip().splitlines()  # MLflow's errors repeat the URI, query string included
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 

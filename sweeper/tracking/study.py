@@ -170,7 +170,7 @@ class StudyTracker:
         for trial in study.get_trials(deepcopy=False):
             trial_dir = trial.user_attrs.get(ATTR_TRIAL_DIR)
             if trial_dir and trial.state.is_finished() and (Path(trial_dir) / TRACKING_SPILL_FILE).exists():
-                send_spilled(Path(trial_dir) / TRACKING_SPILL_FILE)
+                send_spilled(Path(trial_dir) / TRACKING_SPILL_FILE, self.uri)
 
     def _reconcile(self, study, children: Mapping[int, Any]) -> None:
         """Bring child runs in line with Optuna (a trial whose process died never ended its run)."""

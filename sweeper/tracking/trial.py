@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +12,8 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from sweeper.contract import atomic_write
+from sweeper.redaction import TRACKING_ENV, strip_secret, with_secret
 from sweeper.tracking.names import (CONFIG_ARTIFACT, MAX_PARAM_VALUE, MAX_TAG_VALUE, METRICS_PER_REQUEST, PER_PROMPT_ARTIFACT,
                     SAMPLED_PARAM_PREFIX, STATE_TO_RUN_STATUS, STDERR_ARTIFACT, TAG_JOB_ID, TAG_LOG_PREFIX, TAG_PARENT,
                     TAG_PRUNE_REASON, TAG_ROLE, TAG_SAMPLED, TAG_STATE, TAG_TRIAL_NUMBER, Connection,
@@ -89,6 +90,7 @@ class TrialTracker:
         self._connection = Connection(uri, f"trial {self.trial_number}", retry_interval)
         self._client = None
         self.spill_path = Path(spill_path) if spill_path else None
+        self._adopted_spill = self._adopt_spill()
         _ensure_sqlite_dir(uri)
         self._sync()
 
@@ -133,15 +135,23 @@ class TrialTracker:
             tags[TAG_PRUNE_REASON] = str(summary["stop_reason"]).removeprefix("pruned:")
         self._queue_tags({k: v for k, v in tags.items() if v is not None})
         self._terminal_status = STATE_TO_RUN_STATUS.get(state or "", None)
+        self.keep_unsent("ended")
+
+    def keep_unsent(self, how: str = "stopped") -> bool:
+        """Send what is buffered; what MLflow did not take is written to ``spill_path`` (True then). Called
+        by :meth:`on_end`, and by the trial process when the trainer raised or was preempted, so that no
+        buffered metric dies with the process (a requeued job's tracker takes the file over)."""
         self._sync(force=True)
         lost = self.unsent_metrics
-        if lost or not self._setup_done or self._terminal_status is not None:
+        if lost or self._pending_tags or self._pending_artifacts or not self._setup_done or self._terminal_status is not None:
             spilled = self._spill()
             logger.warning(
-                "trial %d ended with MLflow unreachable: %d metric values not logged%s%s",
-                self.trial_number, lost, "" if self._setup_done else " (its run was never created)",
-                f"; kept in {self.spill_path}, sent by the driver when MLflow is back" if spilled else "",
+                "trial %d %s with MLflow unreachable: %d metric values not logged%s%s",
+                self.trial_number, how, lost, "" if self._setup_done else " (its run was never created)",
+                f"; kept in {self.spill_path}, sent when MLflow is back" if spilled else "",
             )
+            return spilled
+        return False
 
     # ---- what could not be sent survives the trial process
 
@@ -150,19 +160,38 @@ class TrialTracker:
         if self.spill_path is None:
             return False
         state = {
-            "uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent_run_id,
+            "uri": strip_secret(self.uri), "experiment": self.experiment, "parent_run_id": self.parent_run_id,
             "trial_number": self.trial_number, "config": self.config, "sampled": self.sampled, "job_id": self.job_id,
             "log_paths": self.log_paths, "run_id": self.run_id,
             "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
             "tags": self._pending_tags, "artifacts": self._pending_artifacts, "terminal_status": self._terminal_status,
         }
         try:
-            staging = self.spill_path.with_suffix(".tmp")
-            staging.write_text(json.dumps(state, default=str))
-            os.replace(staging, self.spill_path)
+            atomic_write(self.spill_path, json.dumps(state, default=str), private=True)  # the owner's only
             return True
         except OSError as error:
             logger.warning("could not keep trial %d's unsent tracking data in %s: %s", self.trial_number, self.spill_path, error)
+            return False
+
+    def _adopt_spill(self) -> bool:
+        """Take over what an earlier process of this trial kept in ``spill_path`` (a preempted job, or the
+        driver sending a finished trial's file): it is sent with this tracker's own data, and the file
+        goes once all of it is in MLflow. False when there is none (or it is another trial's)."""
+        if self.spill_path is None or not self.spill_path.exists():
+            return False
+        try:
+            state = json.loads(self.spill_path.read_text())
+            if int(state["trial_number"]) != self.trial_number:
+                return False
+            self.run_id = self.run_id or state.get("run_id")
+            self._pending = [Metric(key, value, timestamp, step) for key, value, timestamp, step in state["metrics"]]
+            self._pending_tags.update(state.get("tags") or {})
+            self._pending_artifacts.update(state.get("artifacts") or {})
+            self._terminal_status = state.get("terminal_status")
+            return True
+        except Exception as error:  # noqa: BLE001 - a corrupt file costs its metrics, never the trial
+            logger.warning("could not read the unsent tracking data in %s (%s): it is left as it is",
+                           self.spill_path, _short(error))
             return False
 
     # ---- internals
@@ -194,6 +223,9 @@ class TrialTracker:
                 self._setup_done = True
             self._flush()
             self._connection.succeeded()
+            if self._adopted_spill and self.spill_path is not None:  # all of an earlier process's data is sent
+                self.spill_path.unlink(missing_ok=True)
+                self._adopted_spill = False
         except Exception as error:  # noqa: BLE001 - tracking must never raise into the trainer
             self._connection.failed(error)
 
@@ -257,23 +289,28 @@ class TrialTracker:
             self._terminal_status = None
 
 
-def send_spilled(path: str | Path) -> bool:
+def send_spilled(path: str | Path, uri: str | None = None) -> bool:
     """Send what a trial process spilled when it ended with MLflow unreachable (create or re-open its run,
     log its metrics, tags and artifacts, end it), then delete the file. Returns True when all was sent;
-    False leaves the file (with what is still unsent) for a later try. Never raises."""
+    False leaves the file (with what is still unsent) for a later try. Never raises.
+
+    ``uri``: the tracking URI with its password (the file holds it without one,
+    :func:`sweeper.redaction.strip_secret`); used when it is the file's URI."""
     path = Path(path)
     try:
         state = json.loads(path.read_text())
+        if uri is not None:
+            state["uri"] = with_secret(state["uri"], TRACKING_ENV, {TRACKING_ENV: uri})
+        else:
+            state["uri"] = with_secret(state["uri"], TRACKING_ENV)
         tracker = TrialTracker(state["uri"], state["experiment"], state["parent_run_id"], state["trial_number"],
                                state["config"], state["sampled"], state["job_id"], state["log_paths"],
                                run_id=state["run_id"], retry_interval=0, spill_path=path)
     except Exception as error:  # noqa: BLE001 - tracking must never break the driver
         logger.warning("could not read the unsent tracking data in %s: %s", path, _short(error))
         return False
-    tracker._pending = [Metric(key, value, timestamp, step) for key, value, timestamp, step in state["metrics"]]
-    tracker._pending_tags.update(state["tags"])
-    tracker._pending_artifacts.update(state["artifacts"])
-    tracker._terminal_status = state["terminal_status"]
+    if not tracker._adopted_spill and path.exists():
+        return False  # unreadable or another trial's: left for a person to look at
     tracker._sync(force=True)
     if tracker._setup_done and not tracker._pending and not tracker._pending_tags and not tracker._pending_artifacts \
             and tracker._terminal_status is None:

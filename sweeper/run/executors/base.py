@@ -26,7 +26,8 @@ class TrialJob(Protocol):
 
     def done(self) -> bool: ...
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> str | None:
+        """Ask the job to stop; why that failed (the job may keep running), or None."""
 
     def failure_text(self) -> str:
         """The tail of the job's stderr (and its state), for a trial that failed."""

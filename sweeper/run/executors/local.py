@@ -65,9 +65,12 @@ class SubmititJob:
     def done(self) -> bool:
         return bool(self.job.done())
 
-    def cancel(self) -> None:
-        with contextlib.suppress(Exception):
+    def cancel(self) -> str | None:
+        try:
             self.job.cancel(check=False)
+        except Exception as error:  # noqa: BLE001 - reported: the job may keep running
+            return f"cancelling job {self.job_id} failed: {type(error).__name__}: {error}"
+        return None
 
     def log_paths(self) -> dict[str, str]:
         return {"stdout": str(self.job.paths.stdout), "stderr": str(self.job.paths.stderr)}
@@ -117,10 +120,15 @@ class ReattachedLocalJob:
     def done(self) -> bool:
         return not _pid_alive(int(self.job_id), str(self.folder))
 
-    def cancel(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+    def cancel(self) -> str | None:
+        try:
             if _pid_alive(int(self.job_id), str(self.folder)):
                 os.kill(int(self.job_id), signal.SIGINT)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
+        except (PermissionError, ValueError) as error:
+            return f"cancelling job {self.job_id} failed: {type(error).__name__}: {error}"
+        return None
 
     def log_paths(self) -> dict[str, str]:
         return {"stdout": str(self.folder / f"{self.job_id}_0_log.out"), "stderr": str(self.folder / f"{self.job_id}_0_log.err")}

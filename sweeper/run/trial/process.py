@@ -171,10 +171,17 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
         reporters.append(ConsoleReporter(every=max(1, run_config.train.steps // 20)))
         reporters.append(ProgressReporter(trial_dir, seed, index + 1, len(runs), run_config.train.steps,
                                           ticket.objectives[0]["metric"]))  # the driver's live view
-        summary = train(run_config, reporters)
+        try:
+            summary = train(run_config, reporters)
+        except BaseException:
+            if tracker is not None:  # what MLflow did not get yet is kept (mlflow_unsent.json), not lost with the process
+                tracker.on_end({"status": "failed"})
+            raise
         if summary.get("stop_reason") == PREEMPTED:
             print(f"[sweeper] trial {ticket.trial_number} preempted at step {summary.get('step')}: checkpoint saved, "
                   f"the job is requeued", flush=True)
+            if tracker is not None:  # the requeued job's tracker takes the kept file over
+                tracker.keep_unsent("was preempted")
             return Outcome("PREEMPTED", step=summary.get("step"))
         ending = reporter.outcome(summary)
         if ending.state != "COMPLETE":
