@@ -26,8 +26,11 @@ def study(tmp_path: Path, name: str, **sections) -> Path:
         "objective": {"metric": "val/pass@8", "aggregation": "last"},
         "base": {"seed": 10, "train": {"steps": 20, "eval_every": 10},
                  "eval": {"num_prompts": 64, "n_samples": 16, "k": [1, 8]}},
-        "space": {"params": {"clip.eps_high": [0.28, 0.45]}},
-        "enqueue": [{"clip.eps_high": 0.28}, {"clip.eps_high": 0.45}, {"clip.eps_high": 0.28}],
+        # optim.lr: the stand-in ignores it, so the third config trains like the first without being the same
+        # config (an identical one would reuse the first's result: sweeper.run.reuse)
+        "space": {"params": {"clip.eps_high": [0.28, 0.45], "optim.lr": [1.0e-5, 2.0e-5]}},
+        "enqueue": [{"clip.eps_high": 0.28, "optim.lr": 1.0e-5}, {"clip.eps_high": 0.45, "optim.lr": 1.0e-5},
+                    {"clip.eps_high": 0.28, "optim.lr": 2.0e-5}],
         "sampler": {"type": "random", "seed": 0},
         "pruner": {"type": "futility", "delta": 0.03, "alpha": 0.1, "sd": 0.02},
         "budget": {"n_trials": 3, "max_parallel": 1, "seeds": "1-3"},
