@@ -102,16 +102,23 @@ def test_tokenizer_is_qwens_bpe_with_its_special_tokens(tokenizer):
     assert tokenizer("<|im_start|>user\nhi<|im_end|>", add_special_tokens=False)["input_ids"] == [IM_START, 872, 198, 6023, IM_END]
 
 
-def test_chat_prompts_are_chatml_without_a_bos(tokenizer, qwen_folder):
-    from trainers.rollout import _tokenize_prompts, format_prompts
+def test_chat_prompts_are_chatml_without_a_bos(tokenizer, model, qwen_folder):
+    """The rollout engine's prompt ids are the ChatML rendering's ids exactly: left padding, nothing added
+    (Qwen has no BOS; a tokenizer call that added one would put it before <|im_start|>)."""
+    from trainers.rollout import HFRolloutEngine, SamplingSettings, format_prompts
 
-    question = _questions(qwen_folder, "test", 1)[0]["question"]
-    text = format_prompts(tokenizer, [question], chat_template=True)[0]
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                    f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-    ids, mask = _tokenize_prompts(tokenizer, [text])
-    assert ids[0].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]  # nothing added: one start, no BOS
-    assert ids[0, 0].item() == IM_START and ids[0].tolist().count(IM_START) == 3 and mask.all()
+    questions = [row["question"] for row in _questions(qwen_folder, "test", 6)]
+    texts = format_prompts(tokenizer, questions, chat_template=True)
+    assert texts[0] == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                        f"<|im_start|>user\n{questions[0]}<|im_end|>\n<|im_start|>assistant\n")
+    rollout = HFRolloutEngine(model, tokenizer, chat_template=True).generate(questions, n=2, sampling=SamplingSettings(max_new_tokens=1, seed=0))
+    assert len({len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts}) > 1  # padding is exercised
+    for row, (ids, mask) in enumerate(zip(rollout.prompt_ids, rollout.prompt_mask)):
+        expected = tokenizer(texts[row // 2], add_special_tokens=False)["input_ids"]
+        kept = ids[mask.bool()].tolist()
+        assert kept == expected and kept[0] == IM_START and kept.count(IM_START) == 3
+        assert mask.tolist() == [0] * (len(mask) - len(kept)) + [1] * len(kept)  # left padded
+        assert (ids[~mask.bool()] == tokenizer.pad_token_id).all()
 
 
 def test_generation_config_stops_on_im_end_and_endoftext(tokenizer, model):
@@ -167,7 +174,7 @@ def _quick_run_config(output_dir: Path) -> dict:
     config = yaml.safe_load(EXAMPLE.read_text())
     config["rollout"].update(prompts_per_step=4, group_size=4)
     config["train"].update(steps=2, eval_every=2, checkpoint_every=0, micro_batch_size=8, output_dir=str(output_dir))
-    config["eval"].update(num_prompts=16, n_samples=8, k=[1, 8])
+    config["eval"].update(num_prompts=8, n_samples=8, k=[1, 8])
     return config
 
 
