@@ -72,11 +72,22 @@ def resolve_builtin_file(value: str) -> str:
             raise ValueError(f"{value!r}: the model {name!r} is not built yet at {built_model_folder(name)}; "
                              f"build it with `{build_command(name)}`")
         folder = built_model_folder(name)
-    elif (ASSETS_DIR / name).is_dir():
+    elif _is_dir(ASSETS_DIR / name):
         folder = ASSETS_DIR / name
     else:
         raise ValueError(f"{value!r}: no built-in model {name!r}; built-in: {sorted(BUILD_SCRIPTS)} and trainers/assets")
-    path = (folder / relative).resolve()
-    if folder.resolve() not in path.parents or not path.is_file():
+    try:
+        path = (folder / relative).resolve()
+        found = folder.resolve() in path.parents and path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        found = False
+    if not found:
         raise ValueError(f"{value!r}: no such file in {folder} (files of {name!r}: data/train.jsonl, data/test.jsonl)")
     return str(path)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
