@@ -80,3 +80,20 @@ def test_bad_builtin_files_are_refused_with_the_field(cache):
     # shipped assets resolve too; anything else is left as it is
     assert resolve_builtin_file("builtin:tiny-arith/config.json").endswith("trainers/assets/tiny-arith/config.json")
     assert resolve_builtin_file("data/train.jsonl") == "data/train.jsonl"
+
+
+def test_the_qwen_examples_are_valid_configs(cache):
+    """examples/tiny_qwen_grpo.yaml and examples/tiny_qwen_study.yaml pass their schemas (no build needed; the
+    launch checks then ask for the build: test_not_built_names_the_build_command)."""
+    from pathlib import Path
+
+    from sweeper.spec import load_spec
+    from trainers.config import load_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    run = load_config(examples / "tiny_qwen_grpo.yaml")
+    assert (run.model.path, run.model.chat_template, run.data.reward) == ("builtin:tiny-qwen-arith", True, "math_verify")
+    assert run.data.dataset.data_files["train"] == "builtin:tiny-qwen-arith/data/train.jsonl"
+    assert "build_tiny_qwen_model.py" in dict(launch_problems(run))["model.path"]
+    spec = load_spec(examples / "tiny_qwen_study.yaml")
+    assert spec.base["model"]["path"] == "builtin:tiny-qwen-arith" and spec.budget.n_trials == 2
