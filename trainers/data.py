@@ -147,7 +147,7 @@ def _load_split(config: DatasetConfig, split: str) -> Any:
     if config.name is not None:
         kwargs["name"] = config.name
     if config.data_files is not None:
-        kwargs["data_files"] = config.data_files
+        kwargs["data_files"] = _resolve_data_files(config.data_files)
     try:
         return datasets.load_dataset(config.path, **kwargs)
     except ValueError as error:
@@ -167,6 +167,24 @@ def _load_split(config: DatasetConfig, split: str) -> Any:
             f"data.dataset: cannot load {config.path!r} (data_files={config.data_files!r}): {error} "
             f"(check data.dataset.path and data.dataset.data_files)"
         ) from error
+
+
+def _resolve_data_files(data_files: Any) -> Any:
+    """``data_files`` with each ``builtin:NAME/path`` entry made the path of that file of the built-in model
+    (``trainers.built_models.resolve_builtin_file``: e.g. ``builtin:tiny-qwen-arith/data/train.jsonl``)."""
+    from .built_models import resolve_builtin_file
+
+    def one(value: Any) -> Any:
+        if isinstance(value, list):
+            return [one(item) for item in value]
+        try:
+            return resolve_builtin_file(value)
+        except ValueError as error:
+            raise ValueError(f"data.dataset.data_files: {error}") from None
+
+    if isinstance(data_files, dict):
+        return {split: one(value) for split, value in data_files.items()}
+    return one(data_files)
 
 
 def _rows_to_problems(rows: Any, config: DatasetConfig, where: str) -> list[Problem]:

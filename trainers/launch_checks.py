@@ -25,11 +25,16 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?"
 def model_path_problem(path: str) -> str | None:
     """None when ``path`` can name a model: a shipped ``builtin:NAME``, a local folder, or a hub id
     (``org/name``, resolved when the run loads it); else what is wrong and what would be accepted."""
+    from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built
     from .config import ASSETS_DIR, BUILTIN_PREFIX, shipped_models
 
     accepted = f"give a local model folder, a hub id (org/name) or one of: {', '.join(BUILTIN_PREFIX + m for m in shipped_models())}"
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
+        if name in BUILD_SCRIPTS:
+            if is_built(name):
+                return None
+            return f"{path!r} is not built yet at {built_model_folder(name)}: build it with `{build_command(name)}`"
         if re.fullmatch(r"[A-Za-z0-9][\w.-]*", name) and (ASSETS_DIR / name).is_dir():
             return None
         return f"{path!r}: no built-in model {name!r}; {accepted}"
@@ -58,6 +63,8 @@ def launch_problems(config: "RunConfig", rewards: Sequence[str] = BUILTIN_REWARD
     if config.data.reward not in rewards:
         problems.append(("data.reward", f"{config.data.reward!r} is not a registered reward; registered: {', '.join(sorted(rewards))}"))
     dataset = config.data.dataset if config.data.source == "dataset" else None
+    if dataset is not None and (problem := builtin_data_files_problem(dataset.data_files)) is not None:
+        problems.append(("data.dataset.data_files", problem))
     if dataset is not None and dataset.path.startswith(("/", "./", "../", "~")):
         try:
             missing = not Path(dataset.path).expanduser().exists()
@@ -67,3 +74,17 @@ def launch_problems(config: "RunConfig", rewards: Sequence[str] = BUILTIN_REWARD
             problems.append(("data.dataset.path", f"{dataset.path!r}: no such file or folder; give a local dataset "
                                                   f"folder or file, or a datasets hub id"))
     return problems
+
+
+def builtin_data_files_problem(data_files: object) -> str | None:
+    """None unless a ``builtin:NAME/path`` entry of ``data.dataset.data_files`` names no file (or a model not built)."""
+    from .built_models import resolve_builtin_file
+
+    values = data_files.values() if isinstance(data_files, dict) else data_files if isinstance(data_files, list) else [data_files]
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                resolve_builtin_file(item)
+            except ValueError as error:
+                return str(error)
+    return None
