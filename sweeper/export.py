@@ -36,7 +36,8 @@ from trainers.config import RunConfig, parse_config
 
 from .compare import Gain, baseline_trial, paired_gain
 from .contract import ATTR_CONFIG, objective_estimate
-from .formats import model_path, target_version as describe_target, to_trl, to_verl
+from .formats import EngineRefused, model_path, target_version as describe_target, to_trl, to_verl
+from .launchers import TRL_ENTRY_POINT, write_trl_launcher
 from .space import get_path, leaves, set_path
 from .spec import SpecError, StudySpec, load_spec
 
@@ -187,10 +188,15 @@ def export_trial(
                               "`sweeper verify` reruns both with fresh seeds)")
     elif not spec.is_multi_objective:
         header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
-    text = export_text(validated, fmt, header, target_version)
+    try:
+        text = export_text(validated, fmt, header, target_version)
+    except EngineRefused as refused:
+        raise SpecError(f"trial {frozen.number}: {refused}") from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
+    if fmt == "trl":
+        write_trl_launcher(output, validated, header)
     _log_export(spec, output)
     if gain is not None and not gain.difference.significant:
         warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
@@ -221,8 +227,9 @@ def format_lines(fmt: str, validated: dict[str, Any], version: str | None = None
         warnings.warn(warning, stacklevel=3)
         lines.append(f"WARNING: {warning}")
     if fmt == "trl":
-        lines.append(f"run it: GRPOTrainer(model={model_path(validated)!r}, args=GRPOConfig(**yaml.safe_load(this file)), "
-                     "reward_funcs=..., train_dataset=..., eval_dataset=...)")
+        lines.append(f"run it: bash <this file without .yaml>.launch.sh (accelerate launch -m {TRL_ENTRY_POINT} with the run "
+                     f"config <this file without .yaml>.run.yaml: TRL's GRPOTrainer with the trial's method, model "
+                     f"{model_path(validated)!r})")
     else:
         lines.append("run it: python -m verl.trainer.main_ppo --config-path <this folder> --config-name <this file without "
                      ".yaml> data.train_files=... data.val_files=...")
