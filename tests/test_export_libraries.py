@@ -381,9 +381,10 @@ def test_checkpoints(verl, trl):
     # precision and remote code travel with the same export
     assert verl["checkpoints_every"]["resolved"]["actor_rollout_ref"]["model"]["trust_remote_code"] is True
     # float32 master weights, bf16 compute (as the trial: bf16 weights round away small updates)
-    fsdp = verl["checkpoints_every"]["resolved"]["actor_rollout_ref"]["actor"]["fsdp_config"]
-    assert fsdp["model_dtype"] == "fp32" and fsdp["mixed_precision"]["param_dtype"] == "bf16"
-    assert verl["checkpoints_every"]["ref"]["model_dtype"] == "fp32"
+    for role in ("actor", "ref"):
+        fsdp = verl["checkpoints_every"]["resolved"]["actor_rollout_ref"][role]["fsdp_config"]
+        assert fsdp["model_dtype"] == "fp32" and fsdp["mixed_precision"]["param_dtype"] == "bf16"
+    assert verl["kl"]["ref"]["model_dtype"] == "fp32"   # the reference policy as verl's worker builds it
     assert trl["checkpoints_every"]["args"]["trust_remote_code"] is True and trl["checkpoints_every"]["args"]["bf16"] is True
     assert trl["checkpoints_every"]["trainer"]["model_dtype"] == "float32"
     assert trl["checkpoints_end"]["trainer"]["model_dtype"] == "float32" and trl["checkpoints_end"]["args"]["bf16"] is False
@@ -400,7 +401,7 @@ def test_sweeper_export_cli_files_start_in_both_libraries(trl, exported, capsys)
     assert trl["cli"]["args"]["num_generations"] == 8 and trl["cli"]["trainer"]["model_type"] == "llama"
     text = header(exported["trl", "cli"])
     assert "# trial: " in text and "# target: trl " in text and "(--target-version)" in text and "WARNING" not in text
-    assert "entropy.steer" not in text                 # carried by the run config beside the file, not listed as lost
+    assert "#   entropy.steer" not in text              # carried by the run config beside the file, not listed as lost
     run_config = yaml.safe_load((exported["trl", "cli"].parent / "best.trl.run.yaml").read_text())
     assert run_config["entropy"]["method"] == "steer"
     launcher = (exported["trl", "cli"].parent / "best.trl.launch.sh").read_text()
