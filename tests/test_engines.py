@@ -147,8 +147,8 @@ def test_the_trl_export_runs_two_steps_with_the_method_logged(tmp_path):
         "seed": 0, "model": {"path": "builtin:tiny-arith", "dtype": "float32"},
         "entropy": {"method": "siren", "siren": {"coef": 0.5}},
         "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 6},
-        "train": {"steps": 2, "eval_every": 100, "eval_at_start": False, "checkpoint_every": 1,
-                  "output_dir": str(tmp_path / "run")},
+        "train": {"steps": 2, "mini_batches": 2, "ppo_epochs": 1, "eval_every": 100, "eval_at_start": False,
+                  "checkpoint_every": 1, "output_dir": str(tmp_path / "run")},
         "eval": {"num_prompts": 2, "n_samples": 2, "k": [1]},
     }, "trl launch").model_dump(mode="json")
     output = tmp_path / "best.trl.yaml"
@@ -158,8 +158,10 @@ def test_the_trl_export_runs_two_steps_with_the_method_logged(tmp_path):
     assert launch.startswith("exec accelerate launch ${ACCELERATE_ARGS:-} -m trainers.engines.trl ")
     module_args = shlex.split(launch.split(" -m trainers.engines.trl ", 1)[1].replace(' "$@"', ""))
     answer = run_trl("run", {"run_config": str(tmp_path / module_args[0]), "trl_config": str(tmp_path / module_args[1])})
-    assert answer["global_step"] == 2 and answer["model_dtype"] == "float32"
+    # 2 rollout steps x 2 mini-batches = 4 optimizer steps; each rollout step needs the old-policy pass (off-policy
+    # after the first update) and SIREN's anchor from it; TRL logs every rollout step (logging_steps = 2)
+    assert answer["global_step"] == 4 and answer["model_dtype"] == "float32"
     steps = [entry for entry in answer["log_history"] if "siren/anchor" in entry]
-    assert len(steps) == 2 and all(entry["siren/selected_fraction"] > 0 for entry in steps)
-    assert all("train/pg_loss" in entry for entry in steps)
-    assert (tmp_path / "run" / "checkpoint-2" / "intervention.pt").exists()   # the method's state is checkpointed
+    assert len(steps) == 2 and all("train/pg_loss" in entry and "siren/selected_fraction" in entry for entry in steps)
+    assert any(entry["siren/mse"] > 0 for entry in steps)   # the method's term acted (the anchor is step 1's value)
+    assert (tmp_path / "run" / "checkpoint-4" / "intervention.pt").exists()   # the method's state is checkpointed
