@@ -16,8 +16,10 @@ front, chosen with ``pareto_index`` (index in the front sorted by the first obje
 ``fmt="trl"`` / ``"verl"`` write the same knobs as TRL ``GRPOConfig`` arguments / a verl Hydra config
 where an equivalent exists (:mod:`sweeper.formats`), and in comments: the target library version (``target_version``,
 else the installed library, else the tested one; a version outside the supported range warns), every semantic
-difference with the value the trial ran with, and the knobs that have no equivalent (e.g. SIREN, AER and STEER
-knobs are not in upstream TRL or verl).
+difference with the value the trial ran with, and the knobs that have no equivalent. ``"trl"`` also writes the run
+config and an ``accelerate launch`` script beside the file (:mod:`sweeper.launchers`), which run TRL with the trial's
+method; a method the target engine cannot run is refused (``SpecError`` naming what differs), never exported as a
+plain GRPO.
 """
 
 from __future__ import annotations

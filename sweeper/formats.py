@@ -2,7 +2,9 @@
 
 :func:`to_trl` and :func:`to_verl` map a validated RunConfig (plain data) to ``(mapped, unmapped, notes)``:
 the same knobs under the other trainer's names where an equivalent exists, the knobs that have none
-(``[(path, value)]``; e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl), and notes.
+(``[(path, value)]``), and notes. The entropy methods run in the other engines through this project's adapters
+(``trainers/engines``): TRL takes every method from the run config written beside its file; verl takes Clip-Cov
+and KL-Cov from its plugin, and :func:`to_verl` refuses the methods verl cannot run (:class:`EngineRefused`).
 A note that starts with ``differs:`` names a semantic difference that no key of the target can remove:
 the key, the value written, and the value (or formula) the trial ran with. :func:`sweeper.export.export_best`
 writes them all as comments in the exported file, so nothing silently changes the training.
