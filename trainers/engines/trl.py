@@ -138,8 +138,23 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._last_rewards = rewards_per_func
         return rewards_per_func
 
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        """TRL's own no-grad log-prob pass of the policy during generation (its old log-probs) is skipped when this
+        trainer's old-policy pass replaces it (``_old_policy_pass``): one pass, not two. Every other call is TRL's."""
+        if getattr(self, "_replacing_old_pass", False) and model is self.model and not torch.is_grad_enabled():
+            input_ids, logits_to_keep = args[0], args[2]
+            return input_ids.new_zeros((input_ids.shape[0], logits_to_keep), dtype=torch.float32), None, None
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        # the reference pass (beta > 0) without a separate reference model runs the policy with its adapter off:
+        # never replaced
+        self._replacing_old_pass = (self.model.training and self.needs_old_policy_pass()
+                                    and (self.beta == 0.0 or self.ref_model is not None))
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._replacing_old_pass = False
         if not self.model.training:
             return output
         cfg, G = self.run_config, self.num_generations
