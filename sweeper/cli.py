@@ -259,6 +259,14 @@ def _export(args: argparse.Namespace) -> int:
                                 target_version=args.target_version, delta=args.delta)
     path = exported.path
     print(f"wrote {path} (trial {exported.trial})" + (f"; run it with: sweeper train {path}" if args.format == "native" else ""))
+    if args.format != "native":   # every difference from the trial, as written in the file's comments
+        differences = [line[2:] for line in path.read_text().splitlines() if line.startswith("# differs:")]
+        print("\n".join(differences) if differences else "no semantic difference from the trial noted")
+    if args.format == "trl":
+        from sweeper.results.launchers import trl_companions
+
+        run_config, script = trl_companions(path)
+        print(f"wrote {run_config} and {script}; run it with: bash {script}")
     if exported.gain is not None:
         print(f"gain over the baseline (trial {exported.baseline}): {exported.gain.text()}")
         if exported.gain.selected:

@@ -87,7 +87,7 @@ def test_the_qwen_examples_are_valid_configs(cache):
     launch checks then ask for the build: test_not_built_names_the_build_command)."""
     from pathlib import Path
 
-    from sweeper.spec import load_spec
+    from sweeper.study.spec import load_spec
     from trainers.config import load_config
 
     examples = Path(__file__).resolve().parents[1] / "examples"

@@ -33,7 +33,7 @@ import yaml
 from sweeper.results.export import export_text
 from sweeper.results.formats import batch_shape
 from trainers.algorithms import aggregate, kl_k3, ppo_clip_loss
-from trainers.config import RunConfig, parse_config
+from trainers.config import RunConfig, engine_refusal, parse_config
 from trainers.entropy.bonus import entropy_bonus_loss
 from trainers.entropy.clip_cov import clip_cov_selection
 from trainers.entropy.kl_cov import kl_cov_selection, kl_cov_token_loss
@@ -136,8 +136,10 @@ def run_library(name: str, requests: dict) -> dict:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    # this project on the path, and its verl plugin (trainers.engines.verl_plugin: entropy_sweeper.clip_cov / kl_cov)
+    # loaded by verl's own external-module mechanism, as a worker with VERL_USE_EXTERNAL_MODULES set loads it
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
-           "WANDB_MODE": "disabled", "PYTHONPATH": ""}
+           "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "VERL_USE_EXTERNAL_MODULES": "trainers.engines.verl_plugin"}
     done = subprocess.run([str(python), str(REPO / "tests" / "exports" / f"{name}_check.py")], input=json.dumps(requests),
                           capture_output=True, text=True, timeout=900, env=env, cwd=str(REPO))
     assert done.returncode == 0, f"{name} rejected an export:\n{done.stderr[-6000:]}"
@@ -155,30 +157,33 @@ def exported(tmp_path_factory):
     files = {}
     for fmt in ("verl", "trl"):
         for name, config in VARIANTS.items():
+            if engine_refusal(config["entropy"]["method"], fmt):   # refused at export (test_methods_an_engine_cannot_run)
+                continue
             path = folder / f"{name}.{fmt}.yaml"
             path.write_text(export_text(config, fmt, [f"test variant {name}"]))
             files[fmt, name] = path
-    study = run_small_study(folder)
-    for fmt, version in (("verl", "0.9.1"), ("trl", "1.16.0")):
-        files[fmt, "cli"] = folder / f"best.{fmt}.yaml"
-        assert main(["export", str(study), "-o", str(files[fmt, "cli"]), "--format", fmt, "--target-version", version]) == 0
+    study = run_small_study(folder)   # a STEER study: TRL runs it, verl cannot (test_sweeper_export_cli_files_...)
+    files["trl", "cli"] = folder / "best.trl.yaml"
+    assert main(["export", str(study), "-o", str(files["trl", "cli"]), "--format", "trl", "--target-version", "1.16.0"]) == 0
+    files["study"] = study
     return files
 
 
 @pytest.fixture(scope="module")
 def verl(exported):
     batch = {k: v.tolist() for k, v in mini_batch().items()}
-    return run_library("verl", {name: {"config": str(path), "batch": batch if name in LOSS_VARIANTS else None}
-                                for (fmt, name), path in exported.items() if fmt == "verl"})
+    return run_library("verl", {key[1]: {"config": str(path), "batch": batch if key[1] in LOSS_VARIANTS else None}
+                                for key, path in exported.items() if key[0] == "verl"})
 
 
 @pytest.fixture(scope="module")
 def trl(exported):
     """TRL gets the model the export names in its header (GRPOConfig has no model key)."""
     requests = {}
-    for (fmt, name), path in exported.items():
-        if fmt == "trl":
-            model = re.search(r"GRPOTrainer\(model='([^']+)'", header(path))
+    for key, path in exported.items():
+        if key[0] == "trl":
+            name = key[1]
+            model = re.search(r"method, model '([^']+)'", header(path))
             assert model, f"{path.name}: no model in the header"
             requests[name] = {"config": str(path), "model": model.group(1)}
     return run_library("trl", requests)
@@ -320,30 +325,32 @@ def test_loss_aggregation(verl, trl, exported):
     assert trl["agg_sum_norm"]["trainer"]["max_completion_length"] == 6
     assert verl["agg_sum_norm"]["algorithm"]["norm_adv_by_std_in_grpo"] is False
     assert trl["agg_sum_norm"]["trainer"]["scale_rewards"] == "none"
-    for fmt in ("verl", "trl"):
-        assert "differs: seq-mean-token-sum-norm is normalised by max_new_tokens = 6" in header(exported[fmt, "agg_sum_norm"])
+    for fmt in ("verl", "trl"):   # the same divisor as this trainer's (max_new_tokens): a note, not a difference
+        text = header(exported[fmt, "agg_sum_norm"])
+        assert "seq_mean_token_sum_norm (Dr.GRPO) is normalised by max_new_tokens = 6" in text and "differs: seq" not in text
 
 
 def test_entropy_terms(verl, trl):
     assert verl["entropy_bonus"]["actor"]["entropy_coeff"] == 0.01
     assert_same_loss(verl, "entropy_bonus")
     assert verl["clip_dual"]["actor"]["entropy_coeff"] == 0.0
-    assert trl["entropy_bonus"]["trainer"]["entropy_coef"] == 0.01
-    assert trl["forking"]["trainer"]["top_entropy_quantile"] == 0.2
-    assert trl["clip_dual"]["trainer"]["top_entropy_quantile"] == 1.0 and trl["clip_dual"]["trainer"]["entropy_coef"] == 0.0
+    # TRL: the method runs in trainers.engines.trl (the launcher beside the file): TRL's own entropy options stay off
+    for name in ("entropy_bonus", "forking", "clip_dual"):
+        assert trl[name]["trainer"]["entropy_coef"] == 0.0 and trl[name]["trainer"]["top_entropy_quantile"] == 1.0
 
 
 def test_clip_cov_and_kl_cov(verl, exported):
     clip_cov = verl["clip_cov"]["policy_loss"]
-    assert (clip_cov["loss_mode"], clip_cov["clip_cov_ratio"], clip_cov["clip_cov_lb"], clip_cov["clip_cov_ub"]) == ("clip_cov", 1.0, 0.05, 5.0)
+    """verl runs this project's Clip-Cov and KL-Cov (trainers.engines.verl_plugin, registered in verl's policy-loss
+    registry): the loss through verl's get_policy_loss_fn equals this trainer's on the same tensors."""
+    assert (clip_cov["loss_mode"], clip_cov["clip_cov_ratio"], clip_cov["clip_cov_lb"], clip_cov["clip_cov_ub"]) == (
+        "entropy_sweeper.clip_cov", 1.0, 0.05, 5.0)
     assert_same_loss(verl, "clip_cov")
     kl_cov = verl["kl_cov"]["policy_loss"]
-    assert (kl_cov["loss_mode"], kl_cov["kl_cov_ratio"], kl_cov["ppo_kl_coef"]) == ("kl_cov", 0.1, 0.5)
+    assert (kl_cov["loss_mode"], kl_cov["kl_cov_ratio"], kl_cov["ppo_kl_coef"]) == ("entropy_sweeper.kl_cov", 0.1, 0.5)
     assert_same_loss(verl, "kl_cov")
-    # clip_ratio_c does not reach verl's Clip-Cov loss: with a dual clip, the export says so
-    with_dual = copy.deepcopy(VARIANTS["clip_cov"])
-    with_dual["clip"]["dual_c"] = 3.0
-    assert "differs: actor_rollout_ref.actor.clip_ratio_c (3.0) is ignored by verl's clip_cov loss" in export_text(with_dual, "verl", [])
+    for name in ("clip_cov", "kl_cov"):
+        assert "trainers.engines.verl_plugin" in header(exported["verl", name])
 
 
 # --------------------------------------------------------------------------- evaluation and checkpoints
@@ -373,24 +380,36 @@ def test_checkpoints(verl, trl):
         assert args["save_strategy"] == "steps" and args["save_steps"] == every * K and args["save_total_limit"] == 1
     # precision and remote code travel with the same export
     assert verl["checkpoints_every"]["resolved"]["actor_rollout_ref"]["model"]["trust_remote_code"] is True
-    assert verl["checkpoints_every"]["resolved"]["actor_rollout_ref"]["actor"]["fsdp_config"]["model_dtype"] == "bf16"
+    # float32 master weights, bf16 compute (as the trial: bf16 weights round away small updates)
+    for role in ("actor", "ref"):
+        fsdp = verl["checkpoints_every"]["resolved"]["actor_rollout_ref"][role]["fsdp_config"]
+        assert fsdp["model_dtype"] == "fp32" and fsdp["mixed_precision"]["param_dtype"] == "bf16"
+    assert verl["kl"]["ref"]["model_dtype"] == "fp32"   # the reference policy as verl's worker builds it
     assert trl["checkpoints_every"]["args"]["trust_remote_code"] is True and trl["checkpoints_every"]["args"]["bf16"] is True
-    assert trl["checkpoints_every"]["trainer"]["model_dtype"] == "bfloat16"
-    assert trl["checkpoints_end"]["trainer"]["model_dtype"] == "float32"
+    assert trl["checkpoints_every"]["trainer"]["model_dtype"] == "float32"
+    assert trl["checkpoints_end"]["trainer"]["model_dtype"] == "float32" and trl["checkpoints_end"]["args"]["bf16"] is False
 
 
 # --------------------------------------------------------------------------- the CLI path and the version check
 
 
-def test_sweeper_export_cli_files_start_in_both_libraries(verl, trl, exported):
-    """The files the CLI writes for a study's best trial (a STEER study: its knobs are listed, not mapped)."""
-    assert verl["cli"]["rollout_registered"] and verl["cli"]["model_type"] == "llama"
-    assert verl["cli"]["resolved"]["actor_rollout_ref"]["actor"]["optim"]["lr_scheduler_type"] == "constant"
+def test_sweeper_export_cli_files_start_in_both_libraries(trl, exported, capsys):
+    """The files the CLI writes for a study's best trial (a STEER study): TRL's file, its run config and launcher
+    carry the method; verl is refused with what it lacks (no file, never a plain GRPO)."""
+    from sweeper.cli import main
+
     assert trl["cli"]["args"]["num_generations"] == 8 and trl["cli"]["trainer"]["model_type"] == "llama"
-    for fmt in ("verl", "trl"):
-        text = header(exported[fmt, "cli"])
-        assert "# trial: " in text and f"# target: {fmt} " in text and "(--target-version)" in text
-        assert "#   entropy.steer.w_min = " in text and "WARNING" not in text
+    text = header(exported["trl", "cli"])
+    assert "# trial: " in text and "# target: trl " in text and "(--target-version)" in text and "WARNING" not in text
+    assert "#   entropy.steer" not in text              # carried by the run config beside the file, not listed as lost
+    run_config = yaml.safe_load((exported["trl", "cli"].parent / "best.trl.run.yaml").read_text())
+    assert run_config["entropy"]["method"] == "steer"
+    launcher = (exported["trl", "cli"].parent / "best.trl.launch.sh").read_text()
+    assert "accelerate launch ${ACCELERATE_ARGS:-} -m trainers.engines.trl best.trl.run.yaml best.trl.yaml" in launcher
+    refused = exported["study"].parent / "best.verl.yaml"
+    assert main(["export", str(exported["study"]), "-o", str(refused), "--format", "verl"]) != 0
+    assert not refused.exists()
+    assert "cannot run on verl: STEER's Omega needs the old policy's full-vocabulary entropy" in capsys.readouterr().err
     native = yaml.safe_load(export_text(VARIANTS["clip_dual"], "native", []))
     assert native["model"]["path"] == "builtin:tiny-arith"       # the native export keeps the builtin name
 

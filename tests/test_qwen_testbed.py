@@ -196,8 +196,8 @@ def test_a_small_study_runs_end_to_end(tmp_path, qwen_folder):
     """examples/tiny_qwen_study.yaml (its study folder moved to tmp_path) through the local executor."""
     import optuna
 
-    from sweeper.driver import run_study
-    from sweeper.spec import load_spec
+    from sweeper.run.driver import run_study
+    from sweeper.study.spec import load_spec
 
     spec = yaml.safe_load(STUDY.read_text())
     spec["study"]["dir"] = str(tmp_path / "study")

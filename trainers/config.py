@@ -209,6 +209,9 @@ class MethodSection(_Strict):
     reads: ClassVar[tuple[str, ...]] = ()
     metrics: ClassVar[tuple[str, ...]] = ()            # logged at every step as <method>/<name> (trainers/logged_metrics.py)
     metrics_sometimes: ClassVar[tuple[str, ...]] = ()  # logged only in steps whose batch allows it
+    # engine (trainers/engines: "trl", "verl") -> what that engine does not give the method; the export and the
+    # engine's adapter refuse the method there with this reason (never a silent plain GRPO)
+    refused_on: ClassVar[dict[str, str]] = {}
     _defined: ClassVar[list[type["MethodSection"]]] = []
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -222,6 +225,10 @@ class MethodSection(_Strict):
         if "method" not in cls.__dict__:
             raise TypeError(f"{cls.__name__}: a MethodSection names its entropy.method (method: ClassVar[str] = ...)")
         MethodSection._defined.append(cls)
+
+
+_VERL_POLICY_LOSS = ("verl's policy-loss entry point receives only log-probs, old log-probs, advantages and the mask "
+                     "(verl.trainer.ppo.core_algos.register_policy_loss), no logits, entropies or step-batch state")
 
 
 class AnchorConfig(_Strict):
@@ -250,6 +257,8 @@ class BonusConfig(MethodSection):
 
 class SirenConfig(MethodSection):
     method = "siren"
+    refused_on = {"verl": "SIREN needs the current policy's logits (its nucleus entropy, with grad) and a per-step "
+                           "anchor from the old policy's logits over the whole step batch; " + _VERL_POLICY_LOSS}
     reads = ("anchor",)
     metrics = ("anchor", "target", "old_selected_entropy", "old_nucleus_entropy", "old_selected_fraction", "selected_entropy",
                "mse", "selected_fraction", "nucleus_entropy", "entropy_selected")
@@ -264,6 +273,8 @@ class SirenConfig(MethodSection):
 
 class AERConfig(MethodSection):
     method = "aer"
+    refused_on = {"verl": "AER needs the current policy's full-vocabulary entropy with grad, each group's accuracy and a "
+                          "per-step alpha from the old policy's entropy over the whole step batch; " + _VERL_POLICY_LOSS}
     reads = ("anchor",)
     metrics = ("alpha", "entropy", "target", "anchor", "fraction_regularized", "weight_mean", "coef_mean")
     metrics_sometimes = ("entropy_regularized", "entropy_unregularized", "current_entropy")
@@ -277,6 +288,8 @@ class AERConfig(MethodSection):
 
 class SteerConfig(MethodSection):
     method = "steer"
+    refused_on = {"verl": "STEER's Omega needs the old policy's full-vocabulary entropy H(pi_old) per token; "
+                          + _VERL_POLICY_LOSS}
     metrics = ("weight_mean", "weight_min", "weight_max", "downweighted_fraction", "omega_abs_mean", "omega_abs_max")
 
     w_min: float = Field(0.8, gt=0.0, le=1.0, description="Weight floor lambda_min (release 0.8).")
@@ -298,6 +311,8 @@ class SteerConfig(MethodSection):
 
 class ForkingConfig(MethodSection):
     method = "forking_tokens"
+    refused_on = {"verl": "the 80/20 mask needs the old policy's per-token entropy over the whole step batch; "
+                          + _VERL_POLICY_LOSS}
     metrics = ("selected_fraction",)
     metrics_sometimes = ("entropy_selected", "entropy_unselected")
 
@@ -328,6 +343,7 @@ class KLCovConfig(MethodSection):
 
 class EntropyAdvantageConfig(MethodSection):
     method = "entropy_advantage"
+    refused_on = {"verl": "the entropy advantage needs the old policy's per-token entropy; " + _VERL_POLICY_LOSS}
     metrics = ("bonus_mean", "cap_active_fraction")
 
     alpha: float = Field(0.4, ge=0.0)
@@ -372,6 +388,20 @@ def _method_sections() -> dict[str, tuple[str, ...]]:
 
 # Torch-free: the sweeper reads it to tell which entropy.* sections a trial's method uses.
 METHOD_SECTIONS: dict[str, tuple[str, ...]] = _method_sections()
+
+ENGINES = ("native", "trl", "verl")
+
+
+def engine_refusal(method: str, engine: str) -> str | None:
+    """Why ``engine`` cannot run entropy.method ``method`` faithfully (its section's ``refused_on``), or None
+    when it can. Torch-free: the export asks it before writing a file, the engine adapters before training."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: unknown engine {engine!r}; accepted: {', '.join(ENGINES)}")
+    for section in MethodSection._defined:
+        if section.method == method:
+            reason = section.refused_on.get(engine)
+            return None if reason is None else f"entropy.method {method!r} cannot run on {engine}: {reason}"
+    return None
 
 
 # --------------------------------------------------------------------------- the run

@@ -97,21 +97,22 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     return prefix_cache(model, prompt_ids[first, :-1], prompt_mask[first, :-1]), inverse
 
 
-def response_logits(model, rollout, device: torch.device, temperature: float = 1.0) -> torch.Tensor:
+def response_logits(model, rollout, device: torch.device, temperature: float = 1.0, share_prompt: bool = True) -> torch.Tensor:
     """Logits that predict each response token, divided by ``temperature``: [B, T, V], contiguous, in the
     dtype of the forward (the caller's autocast). ``model`` may be wrapped (DDP): the suffix pass goes
     through the wrapper (its gradient hooks), the prefix pass through the unwrapped model.
 
     Without a shared prefix, a model that takes ``logits_to_keep`` projects only the T positions that
     predict the response (no [B, P + T, V] block, no sliced copy of it); the temperature is applied in place
-    (the vocabulary projection's backward does not need its output)."""
+    (the vocabulary projection's backward does not need its output). ``share_prompt`` False: always the full
+    forward through ``model`` (the TRL engine: FSDP shards only what runs through the wrapper)."""
     unwrapped = getattr(model, "module", model)
     prompt_ids, prompt_mask = rollout.prompt_ids.to(device), rollout.prompt_mask.to(device)
     response_ids, response_mask = rollout.response_ids.to(device), rollout.response_mask.to(device)
     prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = position_ids_of(attention_mask)
-    shared = shared_prompt_cache(unwrapped, prompt_ids, prompt_mask) if shares_prompt_prefix(unwrapped) else None
+    shared = shared_prompt_cache(unwrapped, prompt_ids, prompt_mask) if share_prompt and shares_prompt_prefix(unwrapped) else None
     if shared is not None:
         cache, inverse = shared
         cache.batch_select_indices(inverse)   # indexing: the backward sums each copy's gradient into its prompt

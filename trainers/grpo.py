@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
+from .algorithms import compute_advantages
 from .collectives import global_ratio
 from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
@@ -42,6 +42,7 @@ from .forward import response_logits
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
 from .setup import COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed
+from .step_loss import micro_batch_loss
 from .validation_cache import read_step0, step0_key, write_step0
 
 CHECKPOINT_DIR = "checkpoint"
@@ -341,44 +342,8 @@ class GRPOTrainer:
             group_accuracy=batch.group_accuracy[rows_device], rows=rows_device,
             old_features={k: v[rows_device] for k, v in batch.old_features.items()},
             num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size, seed=seed)
-        intervention = self.intervention
-        prefix = f"{intervention.name}/"
-        metrics: dict[str, float] = {}
-
-        advantages = intervention.token_advantages(micro)
-        token_loss, clip = ppo_clip_loss(logp, micro.old_logp, advantages, cfg.clip.eps_low, cfg.clip.eps_high, cfg.clip.dual_c)
-        micro.clip_stats = clip  # the hooks below read which tokens are clipped from here
-        token_loss, hook_metrics = intervention.modify_token_loss(micro, token_loss, advantages)
-        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
-        weights, hook_metrics = intervention.token_weights(micro)
-        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
-        if weights is not None:
-            token_loss = token_loss * weights.detach()
-        loss_mask, hook_metrics = intervention.loss_mask(micro)
-        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
-        loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
-        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask, cfg.rollout.max_new_tokens)
-        loss = pg_loss
-        extra, hook_metrics = intervention.extra_loss(micro)
-        metrics.update({prefix + k: v for k, v in hook_metrics.items()})
-        if extra is not None:
-            loss = loss + extra
-            metrics["train/extra_loss"] = float(extra.detach())
-        if ref_logp is not None:
-            kl_ref = kl_k3(logp, ref_logp[rows_device])
-            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask, cfg.rollout.max_new_tokens)
-            metrics["train/kl_ref"] = masked_mean(kl_ref.detach(), mask)
-
-        metrics.update({
-            "train/pg_loss": float(pg_loss.detach()),
-            "train/loss": float(loss.detach()),
-            "train/clip_frac_low": masked_mean(clip["clipped_low"].float(), mask),
-            "train/clip_frac_high": masked_mean(clip["clipped_high"].float(), mask),
-            "train/clip_frac_dual": masked_mean(clip["clipped_dual"].float(), mask),
-            "train/ratio_mean": masked_mean(clip["ratio"], mask),
-            "train/kl_old": masked_mean(kl_k3(micro.old_logp, logp.detach()), mask),
-        })
-        return loss, metrics
+        ref = ref_logp[rows_device] if ref_logp is not None else None
+        return micro_batch_loss(cfg, self.intervention, micro, ref)
 
     # ------------------------------------------------------------------ validation
 

@@ -16,8 +16,10 @@ front, chosen with ``pareto_index`` (index in the front sorted by the first obje
 ``fmt="trl"`` / ``"verl"`` write the same knobs as TRL ``GRPOConfig`` arguments / a verl Hydra config
 where an equivalent exists (:mod:`sweeper.results.formats`), and in comments: the target library version (``target_version``,
 else the installed library, else the tested one; a version outside the supported range warns), every semantic
-difference with the value the trial ran with, and the knobs that have no equivalent (e.g. SIREN, AER and STEER
-knobs are not in upstream TRL or verl).
+difference with the value the trial ran with, and the knobs that have no equivalent. ``"trl"`` also writes the run
+config and an ``accelerate launch`` script beside the file (:mod:`sweeper.results.launchers`), which run TRL with the trial's
+method; a method the target engine cannot run is refused (``SpecError`` naming what differs), never exported as a
+plain GRPO.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from trainers.config import RunConfig, parse_config
 
 from sweeper.results.compare import Gain, baseline_trial, paired_gain, study_pool
 from sweeper.contract import ATTR_CONFIG, ATTR_SAME_CONFIG, objective_estimate
-from sweeper.results.formats import model_path, target_version as describe_target, to_trl, to_verl
+from sweeper.results.formats import EngineRefused, model_path, target_version as describe_target, to_trl, to_verl
 from sweeper.study.space import get_path, leaves, set_path
 from sweeper.redaction import redact_url
+from sweeper.results.launchers import TRL_ENTRY_POINT, write_trl_launcher
 from sweeper.study.spec import SpecError, StudySpec, load_spec
 
 FORMATS = ("native", "trl", "verl")
@@ -197,10 +200,15 @@ def export_trial(
         header.append("baseline: none complete (objective.baseline or a first enqueue entry names it)")
     race = contender_lines(spec, study, delta) if not spec.is_multi_objective and frozen.state.name == "COMPLETE" else []
     header += race
-    text = export_text(validated, fmt, header, target_version)
+    try:
+        text = export_text(validated, fmt, header, target_version)
+    except EngineRefused as refused:
+        raise SpecError(f"trial {frozen.number}: {refused}") from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
+    if fmt == "trl":
+        write_trl_launcher(output, validated, header)
     _log_export(spec, output)
     if gain is not None and not gain.difference.significant and not gain.selected:
         warnings.warn(f"trial {frozen.number}'s gain over the baseline (trial {baseline.number}) is not significant: "
@@ -264,8 +272,9 @@ def format_lines(fmt: str, validated: dict[str, Any], version: str | None = None
         warnings.warn(warning, stacklevel=3)
         lines.append(f"WARNING: {warning}")
     if fmt == "trl":
-        lines.append(f"run it: GRPOTrainer(model={model_path(validated)!r}, args=GRPOConfig(**yaml.safe_load(this file)), "
-                     "reward_funcs=..., train_dataset=..., eval_dataset=...)")
+        lines.append(f"run it: bash <this file without .yaml>.launch.sh (accelerate launch -m {TRL_ENTRY_POINT} with the run "
+                     f"config <this file without .yaml>.run.yaml: TRL's GRPOTrainer with the trial's method, model "
+                     f"{model_path(validated)!r})")
     else:
         lines.append("run it: python -m verl.trainer.main_ppo --config-path <this folder> --config-name <this file without "
                      ".yaml> data.train_files=... data.val_files=...")

@@ -2,7 +2,9 @@
 
 :func:`to_trl` and :func:`to_verl` map a validated RunConfig (plain data) to ``(mapped, unmapped, notes)``:
 the same knobs under the other trainer's names where an equivalent exists, the knobs that have none
-(``[(path, value)]``; e.g. SIREN, AER and STEER knobs are not in upstream TRL or verl), and notes.
+(``[(path, value)]``), and notes. The entropy methods run in the other engines through this project's adapters
+(``trainers/engines``): TRL takes every method from the run config written beside its file; verl takes Clip-Cov
+and KL-Cov from its plugin, and :func:`to_verl` refuses the methods verl cannot run (:class:`EngineRefused`).
 A note that starts with ``differs:`` names a semantic difference that no key of the target can remove:
 the key, the value written, and the value (or formula) the trial ran with. :func:`sweeper.results.export.export_best`
 writes them all as comments in the exported file, so nothing silently changes the training.
@@ -29,7 +31,7 @@ import copy
 import math
 from typing import Any
 
-from trainers.config import METHOD_SECTIONS, resolve_model_path
+from trainers.config import METHOD_SECTIONS, engine_refusal, resolve_model_path
 
 from sweeper.study.space import leaves, set_path
 
@@ -123,6 +125,21 @@ def _unmapped(config: dict[str, Any], used: set[str]) -> list[tuple[str, Any]]:
     return [(p, v) for p, v in leaves(config).items() if p not in used and _relevant(p, config)]
 
 
+# --------------------------------------------------------------------------- methods an engine cannot run
+
+
+class EngineRefused(ValueError):
+    """The trial's entropy method needs what the target engine does not give it (``MethodSection.refused_on``)."""
+
+
+def refuse_unsupported(config: dict[str, Any], engine: str) -> None:
+    """Raise :class:`EngineRefused` naming what differs when ``engine`` cannot run the trial's method: an export
+    never starts a plain GRPO in place of the tuned method."""
+    reason = engine_refusal(config["entropy"]["method"], engine)
+    if reason:
+        raise EngineRefused(f"--format {engine}: {reason}. Export --format native (sweeper train) or --format trl instead.")
+
+
 # --------------------------------------------------------------------------- batch units and shared notes
 
 
@@ -160,10 +177,8 @@ def _common_differences(config: dict[str, Any], target: str) -> list[str]:
                      f"{shape['micro']} and averages the {shape['accumulation']} means (the same when micro-batches hold "
                      f"equally many tokens; train.micro_batch_size: null makes them equal)")
     if c["loss_agg"] == "seq_mean_token_sum_norm":
-        notes.append(f"differs: seq-mean-token-sum-norm is normalised by max_new_tokens = {c['rollout']['max_new_tokens']} "
-                     f"in {target}; this trainer divides by the padded response length of each rollout batch (its longest "
-                     f"response, at most {c['rollout']['max_new_tokens']}), so {target}'s loss is smaller by "
-                     f"longest/{c['rollout']['max_new_tokens']} on steps where no response reaches the limit")
+        notes.append(f"seq_mean_token_sum_norm (Dr.GRPO) is normalised by max_new_tokens = {c['rollout']['max_new_tokens']} "
+                     f"in {target}, as in this trainer (trainers.algorithms.aggregate's norm_length)")
     if c["kl"]["ref_path"]:
         notes.append(f"differs: kl.ref_path = {c['kl']['ref_path']!r}: {target}'s reference model is the initial policy")
     if c["train"]["ppo_epochs"] > 1 and c["train"]["mini_batches"] > 1:
@@ -187,6 +202,7 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
     per optimizer step, ``steps_per_generation`` = micro-batches per rollout step, so one generation holds
     ``prompts_per_step x group_size`` completions."""
     c = config
+    refuse_unsupported(c, "trl")
     out: dict[str, Any] = {}
     used: set[str] = set()
     notes: list[str] = []
@@ -200,7 +216,9 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
     put("output_dir", c["train"]["output_dir"], "train.output_dir")
     put("seed", c["seed"], "seed")
     put("max_steps", c["train"]["steps"] * per_rollout, "train.steps")
-    put("model_init_kwargs", {"dtype": c["model"]["dtype"]}, "model.dtype")
+    # float32 master weights (TRL's default dtype) with the compute dtype through autocast (bf16 / fp16 flags), as
+    # the trial keeps them: bf16 weights would round away updates at small learning rates
+    put("model_init_kwargs", {"dtype": "float32"}, "model.dtype")
     put("trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
     put("bf16", c["model"]["dtype"] == "bfloat16", "model.dtype")
     put("fp16", c["model"]["dtype"] == "float16", "model.dtype")
@@ -248,6 +266,7 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
     if c["rollout"]["engine"] == "vllm":
         put("vllm_mode", "colocate")
         put("vllm_gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
+        put("vllm_importance_sampling_correction", False)   # on by default in TRL; the trial has no such correction
 
     # clip
     put("epsilon", c["clip"]["eps_low"], "clip.eps_low")
@@ -259,28 +278,21 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
 
     # KL, loss aggregation, advantages
     put("beta", c["kl"]["beta"], "kl.beta")
+    if c["kl"]["beta"] > 0:
+        put("use_bias_correction_kl", False)          # TRL's default multiplies the KL term by the ratio; the trial does not
     put("loss_type", _LOSS_AGG_TRL[c["loss_agg"]], "loss_agg")
     put("scale_rewards", "group" if c["advantage"] == "grpo" else "none", "advantage")
-    if c["advantage"] == "grpo":
-        notes.append("differs: TRL divides advantages by std + 1e-4; this trainer by std + 1e-6")
 
-    # entropy terms
-    method = c["entropy"]["method"]
-    if method == "forking_tokens":
-        put("top_entropy_quantile", c["entropy"]["forking"]["top_fraction"], "entropy.forking.top_fraction", "entropy.method")
-        if c["entropy"]["forking"]["scope"] != "batch":
-            notes.append(f"differs: top_entropy_quantile thresholds over each micro-batch; entropy.forking.scope "
-                         f"{c['entropy']['forking']['scope']!r} (per response) has no TRL equivalent")
-        else:
-            notes.append("differs: TRL's top_entropy_quantile threshold is taken over each micro-batch; this trainer's "
-                         "entropy.forking.scope 'batch' takes it over the micro-batch too, but TRL's micro-batches mix groups")
-    elif method == "entropy_bonus":
-        put("entropy_coef", c["entropy"]["bonus"]["coef"], "entropy.bonus.coef", "entropy.method")
-        if c["loss_agg"] != "token_mean":
-            notes.append(f"differs: TRL's entropy bonus is the token mean of each micro-batch whatever loss_type is; this "
-                         f"trainer aggregates it like the loss ({c['loss_agg']})")
-    elif method == "none":
-        put("entropy_coef", 0.0, "entropy.method")
+    # the method: trainers.engines.trl runs the trial's loss (trainers.step_loss: PPO clip, the method's module,
+    # aggregation, KL) and its advantages; TRL's own entropy options stay off
+    put("top_entropy_quantile", 1.0)
+    put("entropy_coef", 0.0)
+    used.update(p for p in leaves(c) if p.startswith("entropy.") and _relevant(p, c))
+    notes.append("the loss, the advantages and the entropy method are the trial's: trainers.engines.trl.EntropyGRPOTrainer "
+                 "(the launcher written beside this file) reads the run config written beside it; a plain "
+                 "GRPOTrainer(args=GRPOConfig(**this file)) would train TRL's own GRPO loss without the method")
+    notes.append("micro-batches hold whole groups in order (EntropyGRPOTrainer does not shuffle the generation batch; "
+                 "TRL's GRPOTrainer does)")
 
     # evaluation and checkpoints
     put("eval_strategy", "steps", "train.eval_every")
@@ -305,6 +317,8 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
 # --------------------------------------------------------------------------- verl
 
 
+VERL_PLUGIN = "trainers.engines.verl_plugin"
+VERL_LOSS_PREFIX = "entropy_sweeper."   # trainers.engines.verl_plugin.PREFIX
 VERL_HYDRA = {"hydra": {"searchpath": ["pkg://verl.trainer.config"]}, "defaults": ["ppo_trainer", "_self_"]}
 
 
@@ -316,6 +330,7 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
     verl's defaults. Batch units: prompts for ``data.train_batch_size`` and ``ppo_mini_batch_size``,
     responses per GPU for the micro-batch keys (written for one GPU)."""
     c = config
+    refuse_unsupported(c, "verl")
     flat: dict[str, Any] = {}
     used: set[str] = set()
     notes: list[str] = []
@@ -330,9 +345,11 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
     put(f"{arr}.model.path", model_path(c), "model.path")
     put(f"{arr}.model.trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
     put("data.trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
+    # float32 master weights (verl's default model_dtype) with the compute dtype as FSDP's param_dtype, as the trial
+    # keeps them: bf16 weights would round away updates at small learning rates
     precision = _VERL_PRECISION[c["model"]["dtype"]]
     for role in ("actor", "ref"):
-        put(f"{arr}.{role}.fsdp_config.model_dtype", precision, "model.dtype")
+        put(f"{arr}.{role}.fsdp_config.model_dtype", "fp32", "model.dtype")
         put(f"{arr}.{role}.fsdp_config.mixed_precision",
             {"param_dtype": precision, "reduce_dtype": "fp32", "buffer_dtype": "fp32"}, "model.dtype")
     put(f"{rollout}.dtype", c["model"]["dtype"], "model.dtype")
@@ -361,6 +378,9 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
 
     # rollout
     put("data.max_response_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
+    notes.append("differs: verl's rollout left-truncates (with a warning) every prompt longer than data.max_prompt_length "
+                 "(512 tokens by default); this trainer never truncates a prompt: set data.max_prompt_length to your "
+                 "longest prompt in tokens, or data.filter_overlong_prompts: true to drop longer ones")
     put(f"{rollout}.name", "vllm", "rollout.engine")
     if c["rollout"]["engine"] == "vllm":
         put(f"{rollout}.gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
@@ -422,21 +442,22 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
     if method == "none":
         used.add("entropy.method")
 
-    # Clip-Cov / KL-Cov
+    # Clip-Cov / KL-Cov: this project's modules, registered in verl's policy-loss registry by its plugin
+    if method in ("clip_cov", "kl_cov"):
+        put(f"{actor}.policy_loss.loss_mode", f"{VERL_LOSS_PREFIX}{method}", "entropy.method")
+        notes.append(f"policy_loss.loss_mode {VERL_LOSS_PREFIX}{method} is this project's {method} "
+                     f"(trainers/entropy/{method}.py through trainers.step_loss), registered by the plugin "
+                     f"{VERL_PLUGIN}: install this package where verl runs (its verl.plugins entry point loads it) or "
+                     f"set VERL_USE_EXTERNAL_MODULES={VERL_PLUGIN}")
     if method == "clip_cov":
-        put(f"{actor}.policy_loss.loss_mode", "clip_cov", "entropy.method")
         put(f"{actor}.policy_loss.clip_cov_ratio", c["entropy"]["clip_cov"]["ratio"], "entropy.clip_cov.ratio")
         put(f"{actor}.policy_loss.clip_cov_lb", c["entropy"]["clip_cov"]["lower"], "entropy.clip_cov.lower")
         put(f"{actor}.policy_loss.clip_cov_ub", c["entropy"]["clip_cov"]["upper"], "entropy.clip_cov.upper")
-        if dual_c is not None:
-            notes.append(f"differs: actor_rollout_ref.actor.clip_ratio_c ({dual_c}) is ignored by verl's clip_cov loss (its "
-                         f"vanilla loss only); this trainer applies clip.dual_c = {dual_c} with Clip-Cov too")
+        notes.append("differs: Clip-Cov's random draw is seeded per call in each verl worker; this trainer seeds it from "
+                     "(seed, step, micro-batch): the tokens drawn differ, not their law")
     elif method == "kl_cov":
-        put(f"{actor}.policy_loss.loss_mode", "kl_cov", "entropy.method")
         put(f"{actor}.policy_loss.kl_cov_ratio", c["entropy"]["kl_cov"]["ratio"], "entropy.kl_cov.ratio")
         put(f"{actor}.policy_loss.ppo_kl_coef", c["entropy"]["kl_cov"]["coef"], "entropy.kl_cov.coef")
-        notes.append("KL-Cov replaces the clipped loss in verl as here: clip ratios and clip_ratio_c do not apply; verl "
-                     "does not clamp the log-ratio before exp (this trainer clamps it to [-20, 20])")
 
     # evaluation
     put(f"{rollout}.val_kwargs.n", c["eval"]["n_samples"], "eval.n_samples")
