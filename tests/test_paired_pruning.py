@@ -161,7 +161,7 @@ def test_export_gives_the_paired_gain_over_the_baseline_and_verify_reruns_both(t
         export_best(close, close)
 
     assert main(["verify", str(path), "--seeds", "1", "--no-progress"]) != 0
-    assert "--seeds must be at least 3" in capsys.readouterr().err
+    assert "--seeds: give 3 or more" in capsys.readouterr().err
     assert main(["verify", str(path), "--seeds", "3", "--trial", str(best.number), "--no-progress"]) == 0
     lines = capsys.readouterr().out
     assert f"trial {best.number} vs the baseline (trial {baseline.number})" in lines

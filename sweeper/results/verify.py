@@ -99,8 +99,8 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
     if seeds < 2:
-        raise SpecError(f"--seeds must be at least 3 (a run-to-run spread needs several fresh seeds; 1 gives none), "
-                        f"got {seeds}")
+        raise SpecError(f"--seeds: give 3 or more (2 is accepted with a warning): a run-to-run spread needs several "
+                        f"fresh seeds, 1 gives none; got {seeds}")
     if seeds == 2:
         warnings.warn("--seeds 2: two fresh seeds per config give a run-to-run sd on 2 degrees of freedom, a very wide "
                       "(or a luckily narrow) interval; use 3 or more", stacklevel=2)
