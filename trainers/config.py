@@ -21,11 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .schema import (annotation_at, as_model, format_validation_error, refuse_bool_as_number,  # noqa: F401  (shared with
                      render_location, step_into, union_tags)                                   # the study spec)
+from .assets import ASSETS_DIR, BUILTIN_PREFIX, shipped_models  # noqa: F401  (the shipped models: builtin:NAME)
 from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
 from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.study.schema)
-
-BUILTIN_PREFIX = "builtin:"
-ASSETS_DIR = Path(__file__).parent / "assets"
 
 
 class _Strict(BaseModel):
@@ -202,12 +200,17 @@ class MethodSection(_Strict):
     reads: ClassVar[tuple[str, ...]] = ()
     metrics: ClassVar[tuple[str, ...]] = ()            # logged at every step as <method>/<name> (trainers/logged_metrics.py)
     metrics_sometimes: ClassVar[tuple[str, ...]] = ()  # logged only in steps whose batch allows it
+    extra_loss: ClassVar[Literal["always", "sometimes"] | None] = None  # the method adds train/extra_loss (every step / some)
     _defined: ClassVar[list[type["MethodSection"]]] = []
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(always, sometimes): the method's own metric names for this section's values (a section whose
         metrics depend on its knobs overrides this); ``tests/test_logged_metrics.py`` checks them against runs."""
         return self.metrics, self.metrics_sometimes
+
+    def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
+        """Whether the method's loss term is logged as ``train/extra_loss`` for this section's values."""
+        return self.extra_loss
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -240,10 +243,14 @@ class BonusConfig(MethodSection):
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (self.metrics, ()) if self.coef else ((), ())  # a zero coefficient adds no term, logs nothing
 
+    def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
+        return "always" if self.coef else None
+
 
 class SirenConfig(MethodSection):
     method = "siren"
     reads = ("anchor",)
+    extra_loss = "always"
     metrics = ("anchor", "target", "old_selected_entropy", "old_nucleus_entropy", "old_selected_fraction", "selected_entropy",
                "mse", "selected_fraction", "nucleus_entropy", "entropy_selected")
 
@@ -258,6 +265,7 @@ class SirenConfig(MethodSection):
 class AERConfig(MethodSection):
     method = "aer"
     reads = ("anchor",)
+    extra_loss = "sometimes"  # only in a step where some group is regularized
     metrics = ("alpha", "entropy", "target", "anchor", "fraction_regularized", "weight_mean", "coef_mean")
     metrics_sometimes = ("entropy_regularized", "entropy_unregularized", "current_entropy")
 
@@ -343,6 +351,11 @@ class EntropyConfig(_Strict):
     clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
     entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+    def active_section(self) -> MethodSection | None:
+        """The section of ``method`` (None for plain GRPO)."""
+        sections = METHOD_SECTIONS[self.method]
+        return getattr(self, sections[0]) if sections else None
 
 
 def _method_sections() -> dict[str, tuple[str, ...]]:
@@ -460,11 +473,6 @@ def resolve_model_path(path: str) -> str:
             raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped_models()} (build it with scripts/build_tiny_model.py)")
         return str(folder)
     return path
-
-
-def shipped_models() -> list[str]:
-    """The models shipped in trainers/assets (``builtin:NAME``)."""
-    return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir()) if ASSETS_DIR.is_dir() else []
 
 
 # What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free

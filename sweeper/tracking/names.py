@@ -17,8 +17,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeper.study.space import leaves
-from sweeper.run.storage import sqlite_file
+from sweeper.paths import leaves
+from sweeper.urls import sqlite_file
 
 logger = logging.getLogger("sweeper.tracking")
 

@@ -13,9 +13,9 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from sweeper.results import report
+from sweeper.tracking import report
 from sweeper.contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states, objective_estimate
-from sweeper.run.storage import sqlite_file
+from sweeper.urls import sqlite_file
 from sweeper.tracking.names import (ENTROPY_METRIC, MAX_TAG_VALUE, STATE_TO_RUN_STATUS, TAG_BEST_PREFIX, TAG_STATE, TAG_STUDY,
                     Connection, TrackingUnavailableWarning, _RUN_STATUS_ALIASES, _ensure_sqlite_dir, _now_ms,
                     _param_text, _short, _truncate, display_key, find_study_run, find_trial_run_id, find_trial_runs,

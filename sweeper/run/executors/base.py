@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, ClassVar, Iterator, Literal, Protocol
 
 from pydantic import Field, field_validator
 
@@ -56,6 +56,14 @@ class ResourcesSpec(SpecModel):
 
 
 class ExecutorSpecBase(SpecModel):
+    """What every ``executor`` section has. A kind adds ``type: Literal[name]``, its fields, and
+    :meth:`build`; it is listed in :data:`sweeper.registry.EXECUTORS`."""
+
+    # True: trials write the study's storage from other machines (the default storage is then Optuna's
+    # journal file, and a SQLite file on a network filesystem is refused)
+    trials_on_other_nodes: ClassVar[bool] = False
+    one_at_a_time: ClassVar[bool] = False  # True: trials run one by one whatever budget.max_parallel says
+
     entrypoint: str = Field(
         DEFAULT_ENTRYPOINT,
         description="The trainer: 'module:function' or 'file.py:function' taking (RunConfig, reporters) -> summary dict.",
@@ -67,6 +75,21 @@ class ExecutorSpecBase(SpecModel):
         description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), or detach "
         "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
     )
+
+    @classmethod
+    def prepare_section(cls, section: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """The raw section before validation (``folder``: the study file's); e.g. a Slurm profile merged in."""
+        return section
+
+    def describe(self) -> str:
+        """One line for ``sweeper validate``."""
+        r = self.resources
+        return (f"{getattr(self, 'type', '?')}: {self.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, "
+                f"time limit {r.timeout_min:g} min")
+
+    def build(self) -> Executor:
+        """The executor this section describes."""
+        raise NotImplementedError(f"executor type {getattr(self, 'type', '?')!r} defines no build()")
 
     @field_validator("entrypoint")
     @classmethod

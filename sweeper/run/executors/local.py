@@ -46,11 +46,18 @@ class LocalExecutorSpec(ExecutorSpecBase):
             return value
         raise ValueError(f"must be auto, true or false (got {value!r})")
 
+    def build(self) -> "LocalExecutor":
+        return LocalExecutor(self)
+
 
 class DebugExecutorSpec(ExecutorSpecBase):
     """In-process, one trial at a time: for pdb and quick checks."""
 
+    one_at_a_time = True
     type: Literal["debug"]
+
+    def build(self) -> "DebugExecutor":
+        return DebugExecutor(self)
 
 
 class SubmititJob:
@@ -170,7 +177,7 @@ class LocalExecutor:
         return executor
 
     def submit(self, trial_dir: Path, job_name: str) -> SubmititJob:
-        from sweeper.run.trial import run_trial
+        from sweeper.run.trial.process import run_trial
 
         executor = self._submitit_executor(Path(trial_dir) / SUBMITIT_DIR)
         with patched_environ(trial_environment(self.spec)):
@@ -217,7 +224,7 @@ class DebugExecutor:
         self.spec = spec
 
     def submit(self, trial_dir: Path, job_name: str) -> FinishedJob:
-        from sweeper.run.trial import run_trial
+        from sweeper.run.trial.process import run_trial
 
         env = trial_environment(self.spec)
         env.pop("PYTHONPATH", None)

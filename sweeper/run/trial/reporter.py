@@ -19,7 +19,6 @@ from typing import Any, Mapping, Sequence
 from trainers.reporting import METRICS_FILE, PER_PROMPT_FILE, read_metrics, read_per_prompt
 
 from sweeper.contract import STOP_PREFIX, Outcome, per_prompt_attr
-from sweeper.study.paired_pruner import PairedPruner
 from sweeper.study.pruning import Verdict, first_verdict
 from sweeper.statistics import objective_per_prompt
 
@@ -134,7 +133,8 @@ class TrialReporter:
             if self.use_pruner and self.trial.should_prune():
                 metric = self.objectives[0]["metric"]
                 pruner = self.trial.study.pruner
-                why = f": {pruner.explain()}" if isinstance(pruner, PairedPruner) else ""
+                explain = getattr(pruner, "explain", None)  # a pruner that can say why (the paired pruner) is asked
+                why = f": {explain()}" if callable(explain) else ""
                 self._stop(Verdict("pass@k", f"the {self.pruner_name} pruner stopped it at step {step} ({metric} = {value:.4g}){why}"), step)
         except Exception as error:  # noqa: BLE001 - a storage hiccup must not kill the training
             if not self._storage_warned:
