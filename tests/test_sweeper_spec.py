@@ -206,3 +206,11 @@ def test_the_sweeper_never_imports_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("executor", [{"type": "local", "warm_start": True}, {"warm_start": "auto"}])
+def test_a_spec_that_still_asks_for_warm_start_is_told_it_was_removed(tmp_path, executor):
+    with pytest.raises(SpecError) as error:
+        load_spec(minimal(executor=executor), base_dir=tmp_path)
+    message = str(error.value)
+    assert "warm_start" in message and "warm start was removed" in message and "delete executor.warm_start" in message

@@ -11,7 +11,7 @@
     executor.close()                                # the driver submits nothing more (jobs may run on)
 
 * ``local`` (the default, :mod:`.local`): submitit's LocalExecutor, one process per trial on this machine,
-  forked from a per-study server that has done the imports (:mod:`.warm`; ``warm_start: false``: cold).
+  each a fresh interpreter (the warm start that forked trials from a server was removed: docs/sweeper.md).
 * ``debug`` (:mod:`.local`): the trial runs in the driver's process, one at a time.
 * ``slurm`` (:mod:`.slurm`): one Slurm job per trial through submitit's AutoExecutor.
 

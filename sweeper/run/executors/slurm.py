@@ -331,6 +331,6 @@ class SlurmExecutor:
         return SlurmTrialJob(self, Path(trial_dir) / SUBMITIT_DIR, str(job_id), Path(trial_dir))
 
     def close(self) -> None:
-        pass  # each Slurm job starts its own interpreter on its node: there is no warm server to stop
+        pass  # each Slurm job starts its own interpreter on its node: nothing to stop
 
 
