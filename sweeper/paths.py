@@ -1,4 +1,6 @@
-"""Dotted paths into a nested config mapping (``clip.eps_high``): read, write, flatten. Imports nothing of the sweeper."""
+"""Dotted paths into a nested config mapping (``clip.eps_high``): read, write, flatten.
+
+Imports nothing of the sweeper."""
 
 from __future__ import annotations
 

@@ -81,7 +81,9 @@ class Registry:
         try:
             target = self._targets[name]
         except KeyError:
-            raise KeyError(f"{self.field}: {name!r} is not a known {self.kind}; accepted: {', '.join(self._targets)}") from None
+            raise KeyError(
+                f"{self.field}: {name!r} is not a known {self.kind}; accepted: {', '.join(self._targets)}"
+            ) from None
         if isinstance(target, str):
             module, _, attribute = target.partition(":")
             target = getattr(importlib.import_module(module), attribute)
@@ -108,36 +110,52 @@ class Registry:
         return next((name for name in self._targets if predicate(name, self.get(name))), None)
 
 
-SAMPLERS = Registry("sampler", "sampler.type", {
-    "tpe": "sweeper.study.samplers:TPESamplerSpec",
-    "random": "sweeper.study.samplers:RandomSamplerSpec",
-    "grid": "sweeper.study.samplers:GridSamplerSpec",
-    "cmaes": "sweeper.study.samplers:CmaEsSamplerSpec",
-    "gp": "sweeper.study.samplers:GPSamplerSpec",
-    "nsga2": "sweeper.study.samplers:NSGA2SamplerSpec",
-})
+SAMPLERS = Registry(
+    "sampler",
+    "sampler.type",
+    {
+        "tpe": "sweeper.study.samplers:TPESamplerSpec",
+        "random": "sweeper.study.samplers:RandomSamplerSpec",
+        "grid": "sweeper.study.samplers:GridSamplerSpec",
+        "cmaes": "sweeper.study.samplers:CmaEsSamplerSpec",
+        "gp": "sweeper.study.samplers:GPSamplerSpec",
+        "nsga2": "sweeper.study.samplers:NSGA2SamplerSpec",
+    },
+)
 
-PRUNERS = Registry("pruner", "pruner.type", {
-    "none": "sweeper.study.pruning:NoPrunerSpec",
-    "median": "sweeper.study.pruning:MedianPrunerSpec",
-    "successive_halving": "sweeper.study.pruning:SuccessiveHalvingPrunerSpec",
-    "hyperband": "sweeper.study.pruning:HyperbandPrunerSpec",
-    "wilcoxon": "sweeper.study.pruning:WilcoxonPrunerSpec",
-    "paired": "sweeper.study.pruning:PairedPrunerSpec",
-})
+PRUNERS = Registry(
+    "pruner",
+    "pruner.type",
+    {
+        "none": "sweeper.study.pruning:NoPrunerSpec",
+        "median": "sweeper.study.pruning:MedianPrunerSpec",
+        "successive_halving": "sweeper.study.pruning:SuccessiveHalvingPrunerSpec",
+        "hyperband": "sweeper.study.pruning:HyperbandPrunerSpec",
+        "wilcoxon": "sweeper.study.pruning:WilcoxonPrunerSpec",
+        "paired": "sweeper.study.pruning:PairedPrunerSpec",
+    },
+)
 
-EXECUTORS = Registry("executor", "executor.type", {
-    "local": "sweeper.run.executors.local:LocalExecutorSpec",
-    "debug": "sweeper.run.executors.local:DebugExecutorSpec",
-    "slurm": "sweeper.run.executors.slurm:SlurmExecutorSpec",
-})
+EXECUTORS = Registry(
+    "executor",
+    "executor.type",
+    {
+        "local": "sweeper.run.executors.local:LocalExecutorSpec",
+        "debug": "sweeper.run.executors.local:DebugExecutorSpec",
+        "slurm": "sweeper.run.executors.slurm:SlurmExecutorSpec",
+    },
+)
 
 # by URL scheme (before any "+driver"): the one list of the storages a study.storage URL may name
-STORAGES = Registry("storage", "study.storage", {
-    "sqlite": "sweeper.run.storage_kinds:SQLiteStorage",
-    "journal": "sweeper.run.storage_kinds:JournalStorage",
-    "postgresql": "sweeper.run.storage_kinds:DatabaseStorage",
-    "mysql": "sweeper.run.storage_kinds:DatabaseStorage",
-    "oracle": "sweeper.run.storage_kinds:DatabaseStorage",
-    "mssql": "sweeper.run.storage_kinds:DatabaseStorage",
-})
+STORAGES = Registry(
+    "storage",
+    "study.storage",
+    {
+        "sqlite": "sweeper.run.storage_kinds:SQLiteStorage",
+        "journal": "sweeper.run.storage_kinds:JournalStorage",
+        "postgresql": "sweeper.run.storage_kinds:DatabaseStorage",
+        "mysql": "sweeper.run.storage_kinds:DatabaseStorage",
+        "oracle": "sweeper.run.storage_kinds:DatabaseStorage",
+        "mssql": "sweeper.run.storage_kinds:DatabaseStorage",
+    },
+)

@@ -15,9 +15,18 @@ JOURNAL_PREFIX = "journal://"
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_EXTRA = "entropy-sweeper[postgres]"
 # the pip package of a database driver module, for the error message (psycopg: the extra)
-DRIVER_PACKAGES = {"psycopg": f"'{POSTGRES_EXTRA}'", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
-                   "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
-                   "pyodbc": "pyodbc", "pymssql": "pymssql", "oracledb": "oracledb", "cx_Oracle": "cx_Oracle"}
+DRIVER_PACKAGES = {
+    "psycopg": f"'{POSTGRES_EXTRA}'",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+}
 # MLflow treats tracking URIs with these schemes (before any +driver) as SQLAlchemy database URLs
 MLFLOW_DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 
@@ -62,5 +71,5 @@ def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL (None for other URLs and in-memory databases)."""
     if not url.startswith(SQLITE_PREFIX):
         return None
-    db = url[len(SQLITE_PREFIX):].split("?", 1)[0]
+    db = url[len(SQLITE_PREFIX) :].split("?", 1)[0]
     return Path(db) if db and db != ":memory:" else None

@@ -32,9 +32,20 @@ TRIAL_PROCESS = SWEEPER / "run" / "trial"
 MAX_MODULE_LINES = 620
 MAX_FLOORS = 8
 # phase of each sweeper module, by module-name prefix (longest prefix wins); a module may import its own phase and below
-PHASES = {"sweeper.contract": 0, "sweeper.statistics": 0, "sweeper.paths": 0, "sweeper.urls": 0, "sweeper.registry": 0,
-          "sweeper.study": 1, "sweeper.tracking": 2, "sweeper.run": 3, "sweeper.results": 4,
-          "sweeper": 5, "sweeper.cli": 5, "sweeper.__main__": 5}
+PHASES = {
+    "sweeper.contract": 0,
+    "sweeper.statistics": 0,
+    "sweeper.paths": 0,
+    "sweeper.urls": 0,
+    "sweeper.registry": 0,
+    "sweeper.study": 1,
+    "sweeper.tracking": 2,
+    "sweeper.run": 3,
+    "sweeper.results": 4,
+    "sweeper": 5,
+    "sweeper.cli": 5,
+    "sweeper.__main__": 5,
+}
 PHASE_NAMES = ["shared", "study", "tracking", "run", "results", "cli/api"]
 
 
@@ -56,7 +67,8 @@ def sources(package: Path) -> list[Path]:
 def test_sweeper_imports_no_trainer_module_but_the_shared_config():
     offending = [
         f"{path.relative_to(REPO)}:{line} imports {module}"
-        for path in sources(SWEEPER) if TRIAL_PROCESS not in path.parents
+        for path in sources(SWEEPER)
+        if TRIAL_PROCESS not in path.parents
         for module, line in imported_modules(path)
         if module.split(".")[0] == "trainers" and module != "trainers.config"
     ]
@@ -64,8 +76,11 @@ def test_sweeper_imports_no_trainer_module_but_the_shared_config():
 
 
 def test_the_trial_process_is_where_the_sweeper_meets_the_trainer():
-    assert any(module.startswith("trainers.") and module != "trainers.config"
-               for path in sources(TRIAL_PROCESS) for module, _ in imported_modules(path))
+    assert any(
+        module.startswith("trainers.") and module != "trainers.config"
+        for path in sources(TRIAL_PROCESS)
+        for module, _ in imported_modules(path)
+    )
 
 
 @pytest.mark.parametrize("package, forbidden", [(SWEEPER, ("torch",)), (TRAINERS, ("optuna", "mlflow", "sweeper"))])
@@ -80,8 +95,11 @@ def test_forbidden_imports(package, forbidden):
 
 
 def test_modules_stay_one_concept_in_size():
-    too_long = {str(path.relative_to(REPO)): n for path in sources(SWEEPER) + sources(TRAINERS)
-                if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    too_long = {
+        str(path.relative_to(REPO)): n
+        for path in sources(SWEEPER) + sources(TRAINERS)
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not too_long, f"split these modules by concept: {too_long}"
 
 
@@ -109,7 +127,7 @@ def import_graph(package: Path) -> dict[str, dict[str, int]]:
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = name.split(".") if is_package else name.split(".")[:-1]
-                    base = base[:len(base) - (node.level - 1)]
+                    base = base[: len(base) - (node.level - 1)]
                     module = ".".join(base + ([node.module] if node.module else []))
                 else:
                     module = node.module or ""
@@ -180,9 +198,15 @@ def phase(module: str) -> int:
 def test_no_import_loop(package):
     graph = import_graph(package)
     found = loops(graph)
-    described = [" <-> ".join(component) + ": " + "; ".join(f"{a} -> {b} (line {graph[a][b]})" for a in component
-                                                            for b in graph[a] if b in component) for component in found]
-    assert not found, "import loops (a loop means two modules are one concept, or one is missing):\n" + "\n".join(described)
+    described = [
+        " <-> ".join(component)
+        + ": "
+        + "; ".join(f"{a} -> {b} (line {graph[a][b]})" for a in component for b in graph[a] if b in component)
+        for component in found
+    ]
+    assert not found, "import loops (a loop means two modules are one concept, or one is missing):\n" + "\n".join(
+        described
+    )
 
 
 def test_the_graph_sees_every_kind_of_import(tmp_path, monkeypatch):
@@ -212,8 +236,12 @@ def test_at_most_eight_floors_of_imports_in_the_sweeper():
 
 def test_the_phases_import_one_way():
     graph = import_graph(SWEEPER)
-    back = [f"{a} ({PHASE_NAMES[phase(a)]}) imports {b} ({PHASE_NAMES[phase(b)]}), line {line}"
-            for a, targets in graph.items() for b, line in targets.items() if phase(b) > phase(a)]
+    back = [
+        f"{a} ({PHASE_NAMES[phase(a)]}) imports {b} ({PHASE_NAMES[phase(b)]}), line {line}"
+        for a, targets in graph.items()
+        for b, line in targets.items()
+        if phase(b) > phase(a)
+    ]
     assert not back, "imports against the phases (study <- tracking <- run <- results):\n" + "\n".join(back)
 
 
@@ -222,7 +250,12 @@ def test_every_sweeper_module_has_a_phase():
         assert phase(module) in range(len(PHASE_NAMES)), module
 
 
-REGISTRY_PHASES = {"sampler": "sweeper.study", "pruner": "sweeper.study", "executor": "sweeper.run", "storage": "sweeper.run"}
+REGISTRY_PHASES = {
+    "sampler": "sweeper.study",
+    "pruner": "sweeper.study",
+    "executor": "sweeper.run",
+    "storage": "sweeper.run",
+}
 
 
 def test_registry_entries_name_modules_of_their_phase_that_do_not_reach_back_to_the_spec():
@@ -231,7 +264,11 @@ def test_registry_entries_name_modules_of_their_phase_that_do_not_reach_back_to_
     graph = import_graph(SWEEPER)
     entries = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Registry" and isinstance(node.args[2], ast.Dict):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "Registry"
+            and isinstance(node.args[2], ast.Dict)
+        ):
             kind = node.args[0].value
             entries += [(kind, value.value.partition(":")[0]) for value in node.args[2].values]
     assert {kind for kind, _ in entries} == set(REGISTRY_PHASES)
@@ -246,5 +283,7 @@ def test_registry_entries_name_modules_of_their_phase_that_do_not_reach_back_to_
 
     for kind, module in entries:
         assert module in graph, f"{kind} entry names {module}, which is not a module of sweeper/"
-        assert module.startswith(REGISTRY_PHASES[kind] + "."), f"{kind} entry {module} is outside {REGISTRY_PHASES[kind]}"
+        assert module.startswith(REGISTRY_PHASES[kind] + "."), (
+            f"{kind} entry {module} is outside {REGISTRY_PHASES[kind]}"
+        )
         assert "sweeper.study.spec" not in reachable(module), f"{kind} entry {module} imports the spec (a loop by name)"

@@ -93,7 +93,12 @@ def toy_kinds():
     STORAGES.register("memory", MemoryStorage)
     CALLS.update(sampler=0, pruner=0, submitted=0)
     yield
-    for registry, name in ((SAMPLERS, "toy_random"), (PRUNERS, "toy_floor"), (EXECUTORS, "toy_inline"), (STORAGES, "memory")):
+    for registry, name in (
+        (SAMPLERS, "toy_random"),
+        (PRUNERS, "toy_floor"),
+        (EXECUTORS, "toy_inline"),
+        (STORAGES, "memory"),
+    ):
         registry.unregister(name)
 
 

@@ -31,7 +31,7 @@ class JournalStorage:
         import optuna
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-        path = Path(url[len(JOURNAL_PREFIX):])
+        path = Path(url[len(JOURNAL_PREFIX) :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
@@ -57,7 +57,9 @@ class DatabaseStorage:
             engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
         try:
             if worker:
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, skip_table_creation=True
+                )
             else:
                 storage = _create_rdb_storage(url, engine_kwargs)
         except Exception as error:  # noqa: BLE001 - only connection failures of a server are translated
@@ -105,10 +107,6 @@ def _use_wal(storage: Any) -> None:
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
-
-
-
-
 def _uses_psycopg(url: str) -> bool:
     scheme = url.split("://", 1)[0]
     return scheme in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
@@ -131,10 +129,14 @@ def unreachable_message(url: str, error: BaseException, field: str = "study.stor
     if "does not exist" in lowered and "database" in lowered:
         fix = f"create the database first (as its owner: createdb -h {parts.hostname} {database})"
     elif "password" in lowered or "authentication" in lowered:
-        fix = ("check the user and password (a password can also come from ~/.pgpass or PGPASSWORD on every "
-               "machine that runs the driver or trials)")
+        fix = (
+            "check the user and password (a password can also come from ~/.pgpass or PGPASSWORD on every "
+            "machine that runs the driver or trials)"
+        )
     else:
-        fix = (f"check that the database server runs and listens on {where}, and that this machine (and every "
-               f"node that runs trials) can reach it")
+        fix = (
+            f"check that the database server runs and listens on {where}, and that this machine (and every "
+            f"node that runs trials) can reach it"
+        )
     end = "" if detail_text.endswith((".", "?", "!")) else "."
     return f"{field}: cannot connect to {redact_url(url)}: {detail_text}{end} {fix[0].upper()}{fix[1:]}"

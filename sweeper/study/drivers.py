@@ -31,11 +31,15 @@ def check_database_driver(url: str | None, field: str = "study.storage") -> None
     try:
         dialect = make_url(url).get_dialect()
     except (NoSuchModuleError, ArgumentError) as error:
-        raise SpecError(f"{field}: {shown} is not a database URL SQLAlchemy can use ({error}); for PostgreSQL write "
-                        f"postgresql://user@host:5432/database") from None
+        raise SpecError(
+            f"{field}: {shown} is not a database URL SQLAlchemy can use ({error}); for PostgreSQL write "
+            f"postgresql://user@host:5432/database"
+        ) from None
     if getattr(dialect, "is_async", False):
-        raise SpecError(f"{field}: {scheme} is an asyncio driver; Optuna and MLflow need a synchronous one: write "
-                        f"postgresql:// (psycopg, pip install '{POSTGRES_EXTRA}')")
+        raise SpecError(
+            f"{field}: {scheme} is an asyncio driver; Optuna and MLflow need a synchronous one: write "
+            f"postgresql:// (psycopg, pip install '{POSTGRES_EXTRA}')"
+        )
     try:
         dialect.import_dbapi()
     except ImportError as error:
@@ -45,5 +49,7 @@ def check_database_driver(url: str | None, field: str = "study.storage") -> None
         fix = f"pip install {package}"
         if module == "psycopg2":
             fix += f", or use psycopg 3: {base}+psycopg:// or {base}:// with pip install '{POSTGRES_EXTRA}'"
-        raise SpecError(f"{field}: {shown} needs the database driver {module}{how}, which is not installed in "
-                        f"{sys.executable}: {fix}") from None
+        raise SpecError(
+            f"{field}: {shown} needs the database driver {module}{how}, which is not installed in "
+            f"{sys.executable}: {fix}"
+        ) from None

@@ -48,7 +48,9 @@ class SamplerSpecBase(SpecModel):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return getattr(optuna.samplers, self.optuna_class)(**self.optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset))
+            return getattr(optuna.samplers, self.optuna_class)(
+                **self.optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset)
+            )
 
 
 _SamplerSpec = SamplerSpecBase
@@ -71,8 +73,10 @@ class TPESamplerSpec(_SamplerSpec):
 
     def describe(self, *, max_parallel: int = 1) -> str:
         liar = self.constant_liar if self.constant_liar is not None else max_parallel > 1
-        return (super().describe(max_parallel=max_parallel) + f", {'multivariate' if self.multivariate else 'independent'}"
-                f"{', group' if self.group else ''}, constant_liar {'on' if liar else 'off'}")
+        return (
+            super().describe(max_parallel=max_parallel) + f", {'multivariate' if self.multivariate else 'independent'}"
+            f"{', group' if self.group else ''}, constant_liar {'on' if liar else 'off'}"
+        )
 
     def optuna_arguments(self, *, max_parallel: int, seed_offset: int) -> dict[str, Any]:
         arguments = super().optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset)
@@ -126,12 +130,16 @@ SamplerSpec = Annotated[  # the built-in kinds (the spec reads sweeper.registry.
     Union[TPESamplerSpec, RandomSamplerSpec, GridSamplerSpec, CmaEsSamplerSpec, GPSamplerSpec, NSGA2SamplerSpec],
     Field(discriminator="type"),
 ]
-SINGLE_OBJECTIVE_ONLY = tuple(kind.model_fields["type"].annotation.__args__[0] for kind in SamplerSpec.__args__[0].__args__
-                              if kind.single_objective_only)
+SINGLE_OBJECTIVE_ONLY = tuple(
+    kind.model_fields["type"].annotation.__args__[0]
+    for kind in SamplerSpec.__args__[0].__args__
+    if kind.single_objective_only
+)
 
 
 def grid_size(grid: dict[str, list[Any]]) -> int:
-    """Points in a grid (:func:`sweeper.study.space.grid_search_space`; the driver caps a grid study's n_trials at this)."""
+    """Points in a grid (:func:`sweeper.study.space.grid_search_space`); the driver caps a grid study's n_trials
+    at this."""
     size = 1
     for values in grid.values():
         size *= len(values)
@@ -151,8 +159,9 @@ def _grid_sampler_class():
     return AskTellGridSampler
 
 
-def build_sampler(sampler: SamplerSpecBase, max_parallel: int = 1, seed_offset: int = 0,
-                  grid: dict[str, list[Any]] | None = None) -> Any:
+def build_sampler(
+    sampler: SamplerSpecBase, max_parallel: int = 1, seed_offset: int = 0, grid: dict[str, list[Any]] | None = None
+) -> Any:
     """The Optuna sampler of a ``sampler`` section, its fields passed as Optuna's arguments.
 
     ``seed_offset`` is added to the seed (the driver passes the number of trials already in storage, so

@@ -66,14 +66,15 @@ class ExecutorSpecBase(SpecModel):
 
     entrypoint: str = Field(
         DEFAULT_ENTRYPOINT,
-        description="The trainer: 'module:function' or 'file.py:function' taking (RunConfig, reporters) -> summary dict.",
+        description="The trainer: 'module:function' or 'file.py:function' taking (RunConfig, reporters) "
+        "-> summary dict.",
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the trial process.")
     on_interrupt: Literal["cancel", "detach"] = Field(
         "cancel",
-        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), or detach "
-        "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
+        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), "
+        "or detach (they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
     )
 
     @classmethod
@@ -84,8 +85,10 @@ class ExecutorSpecBase(SpecModel):
     def describe(self) -> str:
         """One line for ``sweeper validate``."""
         r = self.resources
-        return (f"{getattr(self, 'type', '?')}: {self.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, "
-                f"time limit {r.timeout_min:g} min")
+        return (
+            f"{getattr(self, 'type', '?')}: {self.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per "
+            f"trial, time limit {r.timeout_min:g} min"
+        )
 
     def build(self) -> Executor:
         """The executor this section describes."""
@@ -95,7 +98,9 @@ class ExecutorSpecBase(SpecModel):
     @classmethod
     def _module_colon_function(cls, value: str) -> str:
         if not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"{value!r} must be 'module:function' (e.g. trainers.grpo:train) or 'path/to/file.py:function'")
+            raise ValueError(
+                f"{value!r} must be 'module:function' (e.g. trainers.grpo:train) or 'path/to/file.py:function'"
+            )
         return value
 
     @field_validator("env", mode="before")
@@ -108,10 +113,14 @@ class ExecutorSpecBase(SpecModel):
         problems, env = [], {}
         for key, item in value.items():
             if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                problems.append(f"{key}: not an environment variable name (use letters, digits and '_', not starting with a digit)")
+                problems.append(
+                    f"{key}: not an environment variable name (use letters, digits and '_', not starting with a digit)"
+                )
             elif isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 shown = "null" if item is None else str(item).lower() if isinstance(item, bool) else type(item).__name__
-                problems.append(f"{key}: a value must be a string (or a number), got {shown}; quote it, e.g. {key}: \"1\"")
+                problems.append(
+                    f'{key}: a value must be a string (or a number), got {shown}; quote it, e.g. {key}: "1"'
+                )
             else:
                 env[key] = str(item)
         if problems:
@@ -135,7 +144,12 @@ def tail(path: Path | str | None, chars: int = STDERR_TAIL_CHARS) -> str:
 def thread_environment(threads: int) -> dict[str, str]:
     """One thread count for every math library of the trial process (and no tokenizer threads)."""
     count = str(threads)
-    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count, "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        "OMP_NUM_THREADS": count,
+        "MKL_NUM_THREADS": count,
+        "OPENBLAS_NUM_THREADS": count,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def trial_environment(spec: Any) -> dict[str, str]:
