@@ -75,6 +75,7 @@ from trainers.config import RunConfig, format_validation_error, render_location
 
 from sweeper import registry
 from sweeper.registry import EXECUTORS, PRUNERS, SAMPLERS, STORAGES
+from sweeper.statistics import ObjectiveRule
 from sweeper.study.schema import SpecError, SpecModel, read_yaml
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, SampledConfig, SpaceSpec,
                                  describe_params, expand_space, get_path, grid_search_space, param_path, resolve_config,
@@ -123,6 +124,10 @@ class ObjectiveSpec(SpecModel):
     baseline: dict[str, Any] | None = Field(
         None, description="The config results are measured against, by parameter name like an enqueue entry "
         "(default: the first enqueue entry). It runs first and is not pruned on its score.")
+
+    def rule(self) -> ObjectiveRule:
+        """The objective as trials are scored (:class:`sweeper.statistics.ObjectiveRule`)."""
+        return ObjectiveRule(self.metric, self.direction, self.aggregation, self.last_n)
 
     @field_validator("metric")
     @classmethod
