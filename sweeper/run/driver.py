@@ -413,7 +413,7 @@ class Driver:
             self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number, **marks})
         self.report.requeued += 1
         self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
-        self._mark_tracking(trial_id, trial.number, "FAIL", None, f"lost: {reason}\n{tail}", None)
+        self._mark_tracking(trial_id, trial.number, "LOST", None, f"lost: {reason}\n{tail}", None)
 
     def _interrupted(self) -> None:
         if self.on_interrupt == "detach":

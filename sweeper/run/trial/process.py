@@ -179,7 +179,7 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
             atomic_write(trial_dir / REPLICATES_FILE, json.dumps(finished))
     outcome = _with_uncertainty(ending, finished, len(runs), ticket)
     if tracker is not None:
-        tracker.on_end(summary)
+        tracker.on_end(summary, state=outcome.state)  # the run's status and tags from the outcome, as Optuna's
     print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
     return outcome
 
