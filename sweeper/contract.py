@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -113,7 +113,19 @@ class TrialTicket:
 
     @classmethod
     def read(cls, trial_dir: Path) -> "TrialTicket":
-        return cls(**json.loads((Path(trial_dir) / TICKET_FILE).read_text()))
+        """The ticket in ``trial_dir``; ``ValueError`` naming the file and what is wrong (the dataclass's fields
+        are the file's schema, as :class:`Outcome`'s are ``outcome.json``'s)."""
+        path = Path(trial_dir) / TICKET_FILE
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a JSON object was expected, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or unknown:
+            raise ValueError(f"{path}: " + "; ".join(([f"missing {missing}"] if missing else [])
+                                                    + ([f"unknown keys {unknown}"] if unknown else [])))
+        return cls(**data)
 
 
 # --------------------------------------------------------------------------- the outcome

@@ -142,3 +142,14 @@ def test_an_outcome_file_is_validated_on_read(tmp_path):
     written = Outcome("PRUNED", step=4, prune_reason="nan", message="train/loss is nan", pruned_at_step=4, values_se=[0.1])
     written.write(tmp_path)
     assert Outcome.read(tmp_path) == written
+
+
+def test_a_ticket_is_read_through_its_schema(tmp_path):
+    from sweeper.contract import TICKET_FILE, TrialTicket
+
+    ticket = TrialTicket("sqlite:///x.db", "s", 0, 1, str(tmp_path), "m:f", [{"metric": "val/pass@8"}], {"type": "none"}, 10)
+    ticket.write(tmp_path)
+    assert TrialTicket.read(tmp_path) == ticket
+    (tmp_path / TICKET_FILE).write_text(json.dumps({"storage": "sqlite:///x.db", "stray": 1}))
+    with pytest.raises(ValueError, match=r"trial.json: missing \[.*'study_name'.*\]; unknown keys \['stray'\]"):
+        TrialTicket.read(tmp_path)

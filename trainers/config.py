@@ -201,6 +201,10 @@ class MethodSection(_Strict):
     metrics: ClassVar[tuple[str, ...]] = ()            # logged at every step as <method>/<name> (trainers/logged_metrics.py)
     metrics_sometimes: ClassVar[tuple[str, ...]] = ()  # logged only in steps whose batch allows it
     extra_loss: ClassVar[Literal["always", "sometimes"] | None] = None  # the method adds train/extra_loss (every step / some)
+    # how an export maps the method (sweeper/results/formats.py reads these; a method without them has no equivalent):
+    trl: ClassVar[dict[str, str]] = {}    # TRL GRPOConfig argument -> this section's field
+    verl_loss_mode: ClassVar[str | None] = None  # verl actor policy_loss.loss_mode that runs the method
+    verl: ClassVar[dict[str, str]] = {}   # verl actor key (under actor_rollout_ref.actor) -> this section's field
     _defined: ClassVar[list[type["MethodSection"]]] = []
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -211,6 +215,14 @@ class MethodSection(_Strict):
     def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
         """Whether the method's loss term is logged as ``train/extra_loss`` for this section's values."""
         return self.extra_loss
+
+    def trl_notes(self, run: dict[str, Any]) -> list[str]:
+        """Where the TRL export of this method differs from this trainer (``run``: the run config as data)."""
+        return []
+
+    def verl_notes(self, run: dict[str, Any]) -> list[str]:
+        """Where the verl export of this method differs from this trainer."""
+        return []
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -246,6 +258,15 @@ class BonusConfig(MethodSection):
     def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
         return "always" if self.coef else None
 
+    trl = {"entropy_coef": "coef"}
+    verl = {"entropy_coeff": "coef"}
+
+    def trl_notes(self, run: dict[str, Any]) -> list[str]:
+        if run["loss_agg"] == "token_mean":
+            return []
+        return [f"differs: TRL's entropy bonus is the token mean of each micro-batch whatever loss_type is; this "
+                f"trainer aggregates it like the loss ({run['loss_agg']})"]
+
 
 class SirenConfig(MethodSection):
     method = "siren"
@@ -276,6 +297,13 @@ class AERConfig(MethodSection):
     alpha_max: float = Field(1e-2, ge=0.0)
 
 
+def steer_bounds_problem(w_min: float, w_max: float, mapping: str) -> str | None:
+    """The one check of STEER's weight bounds (the section's validator and ``steer_weights`` both ask it)."""
+    if mapping == "linear" and w_max < w_min:
+        return f"entropy.steer.w_max ({w_max}) < w_min ({w_min}): the linear mapping needs w_max >= w_min"
+    return None
+
+
 class SteerConfig(MethodSection):
     method = "steer"
     metrics = ("weight_mean", "weight_min", "weight_max", "downweighted_fraction", "omega_abs_mean", "omega_abs_max")
@@ -289,8 +317,9 @@ class SteerConfig(MethodSection):
 
     @model_validator(mode="after")
     def _w_max_ge_w_min(self) -> "SteerConfig":
-        if self.mapping == "linear" and self.w_max < self.w_min:
-            raise ValueError(f"entropy.steer.w_max ({self.w_max}) < w_min ({self.w_min}): the linear mapping needs w_max >= w_min")
+        problem = steer_bounds_problem(self.w_min, self.w_max, self.mapping)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -308,6 +337,15 @@ class ForkingConfig(MethodSection):
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self.metrics + (("threshold",) if self.scope == "batch" else ()), self.metrics_sometimes
 
+    trl = {"top_entropy_quantile": "top_fraction"}
+
+    def trl_notes(self, run: dict[str, Any]) -> list[str]:
+        if self.scope != "batch":
+            return [f"differs: top_entropy_quantile thresholds over each micro-batch; entropy.forking.scope "
+                    f"{self.scope!r} (per response) has no TRL equivalent"]
+        return ["differs: TRL's top_entropy_quantile threshold is taken over each micro-batch; this trainer's "
+                "entropy.forking.scope 'batch' takes it over the micro-batch too, but TRL's micro-batches mix groups"]
+
 
 class ClipCovConfig(MethodSection):
     method = "clip_cov"
@@ -317,6 +355,16 @@ class ClipCovConfig(MethodSection):
     lower: float = 1.0
     upper: float = 5.0
 
+    verl_loss_mode = "clip_cov"
+    verl = {"policy_loss.clip_cov_ratio": "ratio", "policy_loss.clip_cov_lb": "lower", "policy_loss.clip_cov_ub": "upper"}
+
+    def verl_notes(self, run: dict[str, Any]) -> list[str]:
+        dual_c = run["clip"]["dual_c"]
+        if dual_c is None:
+            return []
+        return [f"differs: actor_rollout_ref.actor.clip_ratio_c ({dual_c}) is ignored by verl's clip_cov loss (its "
+                f"vanilla loss only); this trainer applies clip.dual_c = {dual_c} with Clip-Cov too"]
+
 
 class KLCovConfig(MethodSection):
     method = "kl_cov"
@@ -325,6 +373,13 @@ class KLCovConfig(MethodSection):
 
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
+
+    verl_loss_mode = "kl_cov"
+    verl = {"policy_loss.kl_cov_ratio": "ratio", "policy_loss.ppo_kl_coef": "coef"}
+
+    def verl_notes(self, run: dict[str, Any]) -> list[str]:
+        return ["KL-Cov replaces the clipped loss in verl as here: clip ratios and clip_ratio_c do not apply; verl "
+                "does not clamp the log-ratio before exp (this trainer clamps it to [-20, 20])"]
 
 
 class EntropyAdvantageConfig(MethodSection):

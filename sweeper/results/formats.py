@@ -29,7 +29,7 @@ import copy
 import math
 from typing import Any
 
-from trainers.config import METHOD_SECTIONS, resolve_model_path
+from trainers.config import METHOD_SECTIONS, RunConfig, resolve_model_path
 
 from sweeper.study.space import leaves, set_path
 
@@ -178,6 +178,15 @@ def _common_differences(config: dict[str, Any], target: str) -> list[str]:
 # --------------------------------------------------------------------------- TRL
 
 
+def _method_section(config: dict[str, Any]) -> tuple[str | None, Any]:
+    """(the name of the run's entropy-method section, the section as its model), or (None, None) for plain GRPO:
+    each method declares on its section how it maps to TRL and verl."""
+    sections = METHOD_SECTIONS.get(config["entropy"]["method"], ())
+    if not sections:
+        return None, None
+    return sections[0], getattr(RunConfig.model_validate(config).entropy, sections[0])
+
+
 def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
     """RunConfig -> (TRL ``GRPOConfig`` kwargs, knobs without equivalent, notes).
 
@@ -264,21 +273,13 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
     if c["advantage"] == "grpo":
         notes.append("differs: TRL divides advantages by std + 1e-4; this trainer by std + 1e-6")
 
-    # entropy terms
+    # entropy terms: what the method's config section declares (trainers.config.MethodSection.trl)
     method = c["entropy"]["method"]
-    if method == "forking_tokens":
-        put("top_entropy_quantile", c["entropy"]["forking"]["top_fraction"], "entropy.forking.top_fraction", "entropy.method")
-        if c["entropy"]["forking"]["scope"] != "batch":
-            notes.append(f"differs: top_entropy_quantile thresholds over each micro-batch; entropy.forking.scope "
-                         f"{c['entropy']['forking']['scope']!r} (per response) has no TRL equivalent")
-        else:
-            notes.append("differs: TRL's top_entropy_quantile threshold is taken over each micro-batch; this trainer's "
-                         "entropy.forking.scope 'batch' takes it over the micro-batch too, but TRL's micro-batches mix groups")
-    elif method == "entropy_bonus":
-        put("entropy_coef", c["entropy"]["bonus"]["coef"], "entropy.bonus.coef", "entropy.method")
-        if c["loss_agg"] != "token_mean":
-            notes.append(f"differs: TRL's entropy bonus is the token mean of each micro-batch whatever loss_type is; this "
-                         f"trainer aggregates it like the loss ({c['loss_agg']})")
+    name, section = _method_section(c)
+    if section is not None and section.trl:
+        for argument, field in section.trl.items():
+            put(argument, getattr(section, field), f"entropy.{name}.{field}", "entropy.method")
+        notes.extend(section.trl_notes(c))
     elif method == "none":
         put("entropy_coef", 0.0, "entropy.method")
 
@@ -416,27 +417,22 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
         put(f"{actor}.kl_loss_coef", c["kl"]["beta"])
         put(f"{actor}.kl_loss_type", "k3")
         notes.append("differs: verl clamps the per-token k3 KL at 10; this trainer does not clamp it")
+    # entropy terms: what the method's config section declares (trainers.config.MethodSection.verl, verl_loss_mode)
     method = c["entropy"]["method"]
-    put(f"{actor}.entropy_coeff", c["entropy"]["bonus"]["coef"] if method == "entropy_bonus" else 0.0,
-        *(["entropy.bonus.coef", "entropy.method"] if method == "entropy_bonus" else []))
+    name, section = _method_section(c)
+    declared = dict(section.verl) if section is not None else {}
+    coef_field = declared.pop("entropy_coeff", None)
+    put(f"{actor}.entropy_coeff", getattr(section, coef_field) if coef_field else 0.0,
+        *([f"entropy.{name}.{coef_field}", "entropy.method"] if coef_field else []))
     if method == "none":
         used.add("entropy.method")
 
-    # Clip-Cov / KL-Cov
-    if method == "clip_cov":
-        put(f"{actor}.policy_loss.loss_mode", "clip_cov", "entropy.method")
-        put(f"{actor}.policy_loss.clip_cov_ratio", c["entropy"]["clip_cov"]["ratio"], "entropy.clip_cov.ratio")
-        put(f"{actor}.policy_loss.clip_cov_lb", c["entropy"]["clip_cov"]["lower"], "entropy.clip_cov.lower")
-        put(f"{actor}.policy_loss.clip_cov_ub", c["entropy"]["clip_cov"]["upper"], "entropy.clip_cov.upper")
-        if dual_c is not None:
-            notes.append(f"differs: actor_rollout_ref.actor.clip_ratio_c ({dual_c}) is ignored by verl's clip_cov loss (its "
-                         f"vanilla loss only); this trainer applies clip.dual_c = {dual_c} with Clip-Cov too")
-    elif method == "kl_cov":
-        put(f"{actor}.policy_loss.loss_mode", "kl_cov", "entropy.method")
-        put(f"{actor}.policy_loss.kl_cov_ratio", c["entropy"]["kl_cov"]["ratio"], "entropy.kl_cov.ratio")
-        put(f"{actor}.policy_loss.ppo_kl_coef", c["entropy"]["kl_cov"]["coef"], "entropy.kl_cov.coef")
-        notes.append("KL-Cov replaces the clipped loss in verl as here: clip ratios and clip_ratio_c do not apply; verl "
-                     "does not clamp the log-ratio before exp (this trainer clamps it to [-20, 20])")
+    # a method that is a verl policy loss (Clip-Cov, KL-Cov)
+    if section is not None and section.verl_loss_mode:
+        put(f"{actor}.policy_loss.loss_mode", section.verl_loss_mode, "entropy.method")
+        for key, field in declared.items():
+            put(f"{actor}.{key}", getattr(section, field), f"entropy.{name}.{field}")
+        notes.extend(section.verl_notes(c))
 
     # evaluation
     put(f"{rollout}.val_kwargs.n", c["eval"]["n_samples"], "eval.n_samples")
