@@ -70,7 +70,7 @@ class Registry:
         return list(self._targets)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._targets
+        return isinstance(name, str) and name in self._targets  # a hostile spec may give a list or a mapping
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._targets)
@@ -79,7 +79,7 @@ class Registry:
         """The kind registered as ``name`` (a built-in's module is imported now). Unknown names raise
         ``KeyError`` naming the field and the kinds accepted."""
         try:
-            target = self._targets[name]
+            target = self._targets[name] if isinstance(name, str) else self._targets[repr(name)]
         except KeyError:
             raise KeyError(
                 f"{self.field}: {name!r} is not a known {self.kind}; accepted: {', '.join(self._targets)}"
