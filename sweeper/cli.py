@@ -37,8 +37,7 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from sweeper.study.space import describe_space
-    from sweeper.study.spec import load_spec
+    from sweeper.study.spec import describe_space, load_spec
 
     from sweeper.run.checks import check_launch
 
@@ -57,14 +56,9 @@ def _validate(args: argparse.Namespace) -> int:
 def describe_spec(spec: Any) -> list[str]:
     o = spec.objective
     objective = "; ".join(f"{x.metric} ({x.direction}, {x.aggregation}{f' {x.last_n}' if x.aggregation == 'mean_last_n' else ''})" for x in o)
-    s = spec.sampler
-    sampler = s.type + (f" seed {s.seed}" if s.seed is not None else "")
-    if s.type == "tpe":
-        liar = s.constant_liar if s.constant_liar is not None else spec.budget.max_parallel > 1
-        sampler += f", {'multivariate' if s.multivariate else 'independent'}{', group' if s.group else ''}, constant_liar {'on' if liar else 'off'}"
+    sampler = spec.sampler.describe(max_parallel=spec.budget.max_parallel)
     p = spec.pruner
-    pruner_opts = {k: v for k, v in p.model_dump().items() if k not in ("type", "health")}
-    pruner = p.type + (" (" + ", ".join(f"{k} {v}" for k, v in pruner_opts.items()) + ")" if pruner_opts else "")
+    pruner = p.describe()
     health = []
     if p.health.nan:
         health.append("nan")
@@ -80,16 +74,9 @@ def describe_spec(spec: Any) -> list[str]:
     budget += f", {steps} steps per trial" + (" (budget.steps)" if b.steps else " (base train.steps)")
     if b.seeds > 1:
         budget += f", {b.seeds} seeds per config (a trial's value is their mean ± SE over seeds and prompts)"
-    e = spec.executor
-    r = e.resources
-    executor = f"{e.type}: {e.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per trial, time limit {r.timeout_min:g} min"
-    if e.type == "slurm":
-        where = ", ".join(f"{k} {getattr(e, k)}" for k in ("partition", "account", "qos", "constraint") if getattr(e, k))
-        executor = (f"slurm{f' (profile {e.profile})' if e.profile else ''}: {e.entrypoint}, {where or 'default partition'}, "
-                    f"{e.nodes} node(s) x {e.tasks_per_node} task(s) x {e.cpus_per_task} cpu, {e.gpus_per_node} gpu/node, "
-                    f"{f'{e.mem_gb:g} GB/node, ' if e.mem_gb else ''}time limit {e.time_limit_min} min")
+    executor = spec.executor.describe()
     t = spec.tracking
-    from sweeper.run.storage import redact_url  # a password in a database URL is not printed
+    from sweeper.urls import redact_url  # a password in a database URL is not printed
 
     tracking = f"MLflow {redact_url(t.uri)}, experiment {t.experiment}" if t.enabled else "off"
     if t.enabled and t.artifact_location:
@@ -188,11 +175,11 @@ def dry_run(spec: Any, n: int = 3) -> list[dict[str, Any]]:
     import optuna
 
     from sweeper.contract import RUN_DIR, trial_folder
-    from sweeper.study.samplers import build_sampler
-    from sweeper.study.space import Rejected, leaves, resolve, sample
+    from sweeper.study.space import Rejected, leaves
+    from sweeper.study.spec import build_sampler_of, resolve, sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec))
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler_of(spec))
     for params in spec.enqueue:
         study.enqueue_trial(dict(params))
     base = leaves(spec.base)
@@ -326,7 +313,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     from sweeper.study.spec import load_spec
     from sweeper.run.storage import open_study
-    from sweeper.tracking import write_study_report
+    from sweeper.tracking.study import write_study_report
 
     spec = load_spec(args.study)
     study, _ = open_study(spec, create=False)

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -165,8 +165,19 @@ class TrialTicket:
 
     @classmethod
     def read(cls, trial_dir: Path) -> "TrialTicket":
-        """The ticket, with the URLs' passwords from this process's environment where it has them."""
-        ticket = cls(**json.loads((Path(trial_dir) / TICKET_FILE).read_text()))
+        """The ticket in ``trial_dir``; ``ValueError`` naming the file and what is wrong (the dataclass's fields
+        are the file's schema, as :class:`Outcome`'s are ``outcome.json``'s)."""
+        path = Path(trial_dir) / TICKET_FILE
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a JSON object was expected, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or unknown:
+            raise ValueError(f"{path}: " + "; ".join(([f"missing {missing}"] if missing else [])
+                                                    + ([f"unknown keys {unknown}"] if unknown else [])))
+        ticket = cls(**data)  # the URLs' passwords come from this process's environment where it has them
         ticket.storage = with_secret(ticket.storage, STORAGE_ENV)
         if ticket.tracking.get("uri"):
             ticket.tracking["uri"] = with_secret(ticket.tracking["uri"], TRACKING_ENV)
@@ -206,14 +217,18 @@ class Outcome:
 
     @classmethod
     def read(cls, trial_dir: Path) -> "Outcome | None":
-        """The outcome in ``trial_dir``, or None when there is none (yet) or it cannot be read."""
+        """The outcome in ``trial_dir``, validated: None when there is none (yet); a FAIL naming what is wrong
+        when the file cannot be read, is not JSON, or holds an unknown state or values of the wrong kind."""
         path = Path(trial_dir) / OUTCOME_FILE
         if not path.exists():
             return None
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+        except (OSError, ValueError) as error:
+            return cls("FAIL", fail_reason=f"{OUTCOME_FILE} cannot be read: {type(error).__name__}: {error}")
+        problem = outcome_problem(data)
+        if problem is not None:
+            return cls("FAIL", fail_reason=f"{OUTCOME_FILE} is invalid: {problem}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -239,6 +254,39 @@ class Outcome:
         if self.seconds is not None:
             attrs["trial_seconds"] = round(float(self.seconds), 3)
         return attrs
+
+
+OUTCOME_STATES = ("COMPLETE", "PRUNED", "FAIL", "PREEMPTED")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def outcome_problem(data: Any) -> str | None:
+    """What makes ``data`` (a parsed ``outcome.json``) not an :class:`Outcome`, or None: the schema of the file,
+    checked on read so that a corrupt or foreign file is a FAIL with a reason, never a crash or a guess."""
+    if not isinstance(data, dict):
+        return f"a JSON object was expected, got {type(data).__name__}"
+    state = data.get("state")
+    if state not in OUTCOME_STATES:
+        return f"state {state!r} is not one of {', '.join(OUTCOME_STATES)}"
+    values = data.get("values")
+    if state == "COMPLETE" and (not isinstance(values, list) or not values or not all(_is_number(v) for v in values)):
+        return f"a COMPLETE outcome needs values, a non-empty list of numbers; got {values!r}"
+    for name in ("step", "pruned_at_step", "prompts", "num_processes", "resumed_from_step"):
+        if data.get(name) is not None and not (isinstance(data[name], int) and not isinstance(data[name], bool)):
+            return f"{name} must be an integer, got {data[name]!r}"
+    for name in ("prune_reason", "message", "fail_reason", "traceback"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            return f"{name} must be a string, got {type(data[name]).__name__}"
+    for name in ("partial_values", "values_se"):
+        if data.get(name) is not None and not (isinstance(data[name], list) and all(v is None or _is_number(v) for v in data[name])):
+            return f"{name} must be a list of numbers, got {data[name]!r}"
+    for name in ("objective_history", "summary"):
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            return f"{name} must be a mapping, got {type(data[name]).__name__}"
+    return None
 
 
 # --------------------------------------------------------------------------- states

@@ -6,6 +6,9 @@ Every validation of a trial records one value per validation prompt (``per_promp
 validate the same prompts with the same sampling seeds, so two trials are compared prompt by prompt.
 
 * :func:`mean_and_se`: the mean of values and its standard error ``s / sqrt(n)`` (s with ddof 1).
+* :class:`ObjectiveRule`: the one rule that turns a trial's validations into its objective (the reporter,
+  the statistics, status and export all use it): :meth:`ObjectiveRule.value` over the validation values,
+  :meth:`ObjectiveRule.per_prompt` over the per-prompt values.
 * :func:`objective_per_prompt`: a trial's per-prompt objective, aggregated over its validations the way
   the objective is (``last``, ``mean_last_n``: per prompt, the mean of its last n values; ``best``: the
   values of the validation whose mean is best). Its mean is the objective; its standard error over
@@ -29,9 +32,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 Aggregation = Literal["last", "best", "mean_last_n"]
+Direction = Literal["maximize", "minimize"]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -62,6 +66,46 @@ def objective_per_prompt(vectors: Sequence[Sequence[float]], aggregation: Aggreg
         return list(vectors[means.index(pick(means))])
     tail = vectors[-last_n:]
     return [sum(column) / len(tail) for column in zip(*tail)]
+
+
+@dataclass(frozen=True)
+class ObjectiveRule:
+    """One objective of a study, as its trials are scored: the validation ``metric``, its ``direction``, and
+    how a trial's validations make its value (``aggregation``: the last one, the best one, or the mean of the
+    last ``last_n``). Built from the study's ``objective`` section (:meth:`from_section`), whose schema
+    (``sweeper.study.spec.ObjectiveSpec``) holds the defaults."""
+
+    metric: str
+    direction: Direction
+    aggregation: Aggregation
+    last_n: int
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> "ObjectiveRule":
+        """From a validated ``objective`` section's dump (every field present; extra keys ignored)."""
+        names = ("metric", "direction", "aggregation", "last_n")
+        missing = [name for name in names if name not in section]
+        if missing:
+            raise ValueError(f"objective: {missing} missing from {dict(section)!r}; give a validated objective section")
+        return cls(**{name: section[name] for name in names})
+
+    def value(self, values: Sequence[float]) -> float | None:
+        """The objective from a trial's validation values in step order (None: no validation)."""
+        if not values:
+            return None
+        if self.aggregation == "last":
+            return float(values[-1])
+        if self.aggregation == "best":
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                return float(values[-1])
+            return max(finite) if self.direction == "maximize" else min(finite)
+        tail = values[-int(self.last_n):]
+        return float(sum(tail) / len(tail))
+
+    def per_prompt(self, vectors: Sequence[Sequence[float]]) -> list[float]:
+        """The objective per prompt from the validations' per-prompt values (:func:`objective_per_prompt`)."""
+        return objective_per_prompt(vectors, self.aggregation, self.last_n, self.direction)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from _signals import default_stop_signals
 from sweeper import tracking
-from sweeper.contract import TRACKING_SPILL_FILE
+from sweeper.contract import TRACKING_SPILL_FILE, trial_state
 from sweeper.tracking.names import STATE_TO_RUN_STATUS
 from sweeper.run.driver import NO_OUTCOME, run_study
 from sweeper.study.spec import load_spec
@@ -91,7 +91,7 @@ def assert_consistent(path: Path) -> list:
     by_number = {int(r.data.tags[tracking.TAG_TRIAL_NUMBER]): r for r in runs}
     for trial in launched:
         run = by_number[trial.number]
-        state = trial.state.name
+        state = trial_state(trial)  # the one classification: a lost trial is LOST in MLflow too
         assert run.info.status == STATE_TO_RUN_STATUS[state], (trial.number, state, run.info.status)
         assert run.data.tags[tracking.TAG_STATE] == state
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/pass_at_8")}

@@ -448,9 +448,9 @@ def test_slurm_study_on_postgres_four_in_parallel_resumed_by_a_driver_on_another
 def test_a_server_that_accepts_but_never_answers_times_out_with_the_same_clear_error(monkeypatch):
     import socket
 
-    import sweeper.run.storage
+    import sweeper.run.storage_kinds
 
-    monkeypatch.setattr(sweeper.run.storage, "CONNECT_TIMEOUT_S", 2)      # the default is 10 s
+    monkeypatch.setattr(sweeper.run.storage_kinds, "CONNECT_TIMEOUT_S", 2)      # the default is 10 s
     with socket.socket() as hung:                                      # the kernel accepts; nobody ever answers
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)

@@ -75,3 +75,32 @@ def test_wilcoxon_with_a_margin_tests_worse_by_more_than_it():
     assert wilcoxon_worse_p(a, b) == pytest.approx(1 / 32)
     assert wilcoxon_worse_p(a, b, margin=0.05) == pytest.approx(1 / 32)       # -0.05 each: still all below
     assert wilcoxon_worse_p(a, b, margin=0.2) == pytest.approx(1.0)           # +0.1 each: not worse by 0.2
+
+
+def test_the_objective_rule_scores_validations_one_way():
+    """The one aggregation rule (the reporter's value and per-prompt values; status and export read its result)."""
+    from sweeper.statistics import ObjectiveRule
+
+    values = [0.2, float("nan"), 0.6, 0.5]
+    assert ObjectiveRule("val/pass@8", "maximize", "last", 3).value(values) == 0.5
+    assert ObjectiveRule("val/pass@8", "maximize", "best", 3).value(values) == 0.6      # NaN skipped
+    assert ObjectiveRule("val/pass@8", "minimize", "best", 3).value(values) == 0.2
+    assert ObjectiveRule("val/pass@8", "maximize", "mean_last_n", 2).value(values) == pytest.approx(0.55)
+    assert ObjectiveRule("val/pass@8", "maximize", "last", 3).value([]) is None
+    vectors = [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    assert ObjectiveRule("val/pass@8", "maximize", "mean_last_n", 2).per_prompt(vectors) == [1.0, 0.5]
+    assert ObjectiveRule("val/pass@8", "minimize", "best", 3).per_prompt(vectors) == [0.0, 1.0]
+    section = {"metric": "val/pass@8", "direction": "maximize", "aggregation": "last", "last_n": 3, "baseline": None}
+    assert ObjectiveRule.from_section(section) == ObjectiveRule("val/pass@8", "maximize", "last", 3)
+    with pytest.raises(ValueError, match="last_n"):
+        ObjectiveRule.from_section({"metric": "val/pass@8", "direction": "maximize", "aggregation": "last"})
+
+
+def test_the_spec_objective_gives_the_rule():
+    from sweeper.statistics import ObjectiveRule
+    from sweeper.study.spec import load_spec
+
+    spec = load_spec({"study": {"name": "s"}, "objective": {"metric": "val/pass@8", "aggregation": "mean_last_n", "last_n": 2},
+                      "budget": {"n_trials": 1}, "tracking": {"enabled": False}})
+    assert spec.objective[0].rule() == ObjectiveRule("val/pass@8", "maximize", "mean_last_n", 2)
+    assert ObjectiveRule.from_section(spec.objective[0].model_dump()) == spec.objective[0].rule()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeper.study.samplers import build_sampler
-from sweeper.study.space import Rejected, grid_search_space, resolve, sample
+from sweeper.study.space import Rejected, grid_search_space
+from sweeper.study.spec import build_sampler_of, resolve, sample
 from sweeper.study.spec import load_spec
 from sweeper.run.storage import make_storage
 from trainers.config import parse_config
@@ -28,7 +28,7 @@ def spec_for(tmp_path, space, sampler, **extra):
 @pytest.mark.parametrize("sampler", [{"type": "random", "seed": 1}, {"type": "tpe", "seed": 1, "n_startup_trials": 8}])
 def test_unchosen_method_knobs_are_never_sampled(tmp_path, sampler):
     spec = spec_for(tmp_path, {"include": "builtin:all_methods"}, sampler)
-    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'o.db'}"), sampler=build_sampler(spec), direction="maximize")
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'o.db'}"), sampler=build_sampler_of(spec), direction="maximize")
     base = spec.base
     seen_methods = set()
     for i in range(40):
@@ -60,7 +60,7 @@ def test_unchosen_method_knobs_are_never_sampled(tmp_path, sampler):
 def test_two_parameters_share_a_path_under_exclusive_conditions(tmp_path):
     spec = spec_for(tmp_path, {"include": ["builtin:siren", "builtin:aer"],
                                "params": {"entropy.method": ["siren", "aer"]}}, {"type": "random", "seed": 0})
-    study = optuna.create_study(sampler=build_sampler(spec))
+    study = optuna.create_study(sampler=build_sampler_of(spec))
     for _ in range(20):
         trial = study.ask()
         sampled = sample(spec, trial)
@@ -75,7 +75,7 @@ def test_two_parameters_share_a_path_under_exclusive_conditions(tmp_path):
 
 def test_constraints_are_enforced_by_rejection(tmp_path):
     spec = spec_for(tmp_path, {"include": "builtin:clip"}, {"type": "random", "seed": 3})
-    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'o.db'}"), sampler=build_sampler(spec))
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'o.db'}"), sampler=build_sampler_of(spec))
     accepted = rejected = 0
     for _ in range(60):
         trial = study.ask()
@@ -126,9 +126,9 @@ def test_grid(tmp_path):
                                           "clip.eps_high": {"type": "float", "low": 0.2, "high": 0.3, "step": 0.05},
                                           "rollout.group_size": {"type": "int", "low": 4, "high": 8, "step": 4}}},
                     {"type": "grid"})
-    assert grid_search_space(spec) == {"entropy.method": ["none", "steer"], "clip.eps_high": [0.2, 0.25, 0.3],
+    assert grid_search_space(spec.space) == {"entropy.method": ["none", "steer"], "clip.eps_high": [0.2, 0.25, 0.3],
                                        "rollout.group_size": [4, 8]}
-    study = optuna.create_study(sampler=build_sampler(spec))
+    study = optuna.create_study(sampler=build_sampler_of(spec))
     seen = set()
     for _ in range(12):
         trial = study.ask()

@@ -190,7 +190,8 @@ def test_include_cycle_is_refused(tmp_path):
 def test_the_sweeper_never_imports_torch(tmp_path):
     """A login node without torch can validate, run (drive), report and export: only the trial process
     (sweeper.run.trial, inside run_trial) and `sweeper train` import the trainer. The contract is
-    trainers.config with the torch-free modules it re-exports (safe YAML reading, the logged metric names)."""
+    trainers.config with the torch-free modules it re-exports or reads (safe YAML reading, the logged metric names,
+    the shipped models, the reward registry's names)."""
     code = (
         "import importlib, pkgutil, sys, sweeper\n"
         "for m in pkgutil.iter_modules(sweeper.__path__):\n"
@@ -199,10 +200,18 @@ def test_the_sweeper_never_imports_torch(tmp_path):
         f"main(['validate', {str(write(tmp_path, minimal(space={'include': 'builtin:all_methods'})))!r}])\n"
         "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers', 'accelerate'))\n"
         "contract = ('trainers.config', 'trainers.schema', 'trainers.safe_yaml', 'trainers.logged_metrics', 'trainers.launch_checks',\n"
-        "            'trainers.built_models',\n"
-        "            'trainers.reporting')\n"
+        "            'trainers.reporting', 'trainers.assets', 'trainers.rewards',\n"
+        "            'trainers.built_models')\n"
         "trainer = sorted(k for k in sys.modules if k.startswith('trainers.') and k not in contract)\n"
         "assert not heavy and not trainer, (heavy, trainer)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("executor", [{"type": "local", "warm_start": True}, {"warm_start": "auto"}])
+def test_a_spec_that_still_asks_for_warm_start_is_told_it_was_removed(tmp_path, executor):
+    with pytest.raises(SpecError) as error:
+        load_spec(minimal(executor=executor), base_dir=tmp_path)
+    message = str(error.value)
+    assert "warm_start" in message and "warm start was removed" in message and "delete executor.warm_start" in message

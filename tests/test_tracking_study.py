@@ -214,3 +214,5 @@ def test_status_and_the_mlflow_study_run_count_every_trial_state_alike(tmp_path,
     metrics = parent.data.metrics
     assert {state: int(metrics[f"study/n_{state.lower()}"]) for state in expected} == expected
     assert metrics["study/n_running"] == 0 and metrics["study/n_trials"] == 6
+    lost_run = tracking.find_trial_runs(client, parent.info.run_id, experiment.experiment_id)[0]  # trial 0
+    assert (lost_run.data.tags[tracking.TAG_STATE], lost_run.info.status) == ("LOST", "KILLED")   # as status says

@@ -62,7 +62,7 @@ def resolve_builtin_file(value: str) -> str:
 
     Raises ValueError naming the build command when NAME is a built model not built yet, or the file is missing.
     """
-    from .config import ASSETS_DIR, BUILTIN_PREFIX
+    from .assets import ASSETS_DIR, BUILTIN_PREFIX
 
     if not isinstance(value, str) or not value.startswith(BUILTIN_PREFIX) or "/" not in value:
         return value

@@ -21,11 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .schema import (annotation_at, as_model, format_validation_error, refuse_bool_as_number,  # noqa: F401  (shared with
                      render_location, step_into, union_tags)                                   # the study spec)
+from .assets import ASSETS_DIR, BUILTIN_PREFIX, shipped_models  # noqa: F401  (the shipped models: builtin:NAME)
 from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
 from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.study.schema)
-
-BUILTIN_PREFIX = "builtin:"
-ASSETS_DIR = Path(__file__).parent / "assets"
 
 
 class _Strict(BaseModel):
@@ -212,12 +210,24 @@ class MethodSection(_Strict):
     # engine (trainers/engines: "trl", "verl") -> what that engine does not give the method; the export and the
     # engine's adapter refuse the method there with this reason (never a silent plain GRPO)
     refused_on: ClassVar[dict[str, str]] = {}
+    extra_loss: ClassVar[Literal["always", "sometimes"] | None] = None  # the method adds train/extra_loss (every step / some)
+    # how an export maps the method (sweeper/results/formats.py reads these; a method without them has no equivalent):
+    verl_loss_mode: ClassVar[str | None] = None  # verl actor policy_loss.loss_mode that runs the method
+    verl: ClassVar[dict[str, str]] = {}   # verl actor key (under actor_rollout_ref.actor) -> this section's field
     _defined: ClassVar[list[type["MethodSection"]]] = []
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(always, sometimes): the method's own metric names for this section's values (a section whose
         metrics depend on its knobs overrides this); ``tests/test_logged_metrics.py`` checks them against runs."""
         return self.metrics, self.metrics_sometimes
+
+    def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
+        """Whether the method's loss term is logged as ``train/extra_loss`` for this section's values."""
+        return self.extra_loss
+
+    def verl_notes(self, run: dict[str, Any]) -> list[str]:
+        """Where the verl export of this method differs from this trainer."""
+        return []
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -254,12 +264,18 @@ class BonusConfig(MethodSection):
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (self.metrics, ()) if self.coef else ((), ())  # a zero coefficient adds no term, logs nothing
 
+    def logs_extra_loss(self) -> Literal["always", "sometimes"] | None:
+        return "always" if self.coef else None
+
+    verl = {"entropy_coeff": "coef"}
+
 
 class SirenConfig(MethodSection):
     method = "siren"
     refused_on = {"verl": "SIREN needs the current policy's logits (its nucleus entropy, with grad) and a per-step "
                            "anchor from the old policy's logits over the whole step batch; " + _VERL_POLICY_LOSS}
     reads = ("anchor",)
+    extra_loss = "always"
     metrics = ("anchor", "target", "old_selected_entropy", "old_nucleus_entropy", "old_selected_fraction", "selected_entropy",
                "mse", "selected_fraction", "nucleus_entropy", "entropy_selected")
 
@@ -276,6 +292,7 @@ class AERConfig(MethodSection):
     refused_on = {"verl": "AER needs the current policy's full-vocabulary entropy with grad, each group's accuracy and a "
                           "per-step alpha from the old policy's entropy over the whole step batch; " + _VERL_POLICY_LOSS}
     reads = ("anchor",)
+    extra_loss = "sometimes"  # only in a step where some group is regularized
     metrics = ("alpha", "entropy", "target", "anchor", "fraction_regularized", "weight_mean", "coef_mean")
     metrics_sometimes = ("entropy_regularized", "entropy_unregularized", "current_entropy")
 
@@ -284,6 +301,13 @@ class AERConfig(MethodSection):
     alpha_init: float = Field(1e-3, ge=0.0)
     alpha_lr: float = Field(1e-3, ge=0.0, description="eta_alpha in alpha <- clip(alpha + eta (H* - H_t), 0, alpha_max).")
     alpha_max: float = Field(1e-2, ge=0.0)
+
+
+def steer_bounds_problem(w_min: float, w_max: float, mapping: str) -> str | None:
+    """The one check of STEER's weight bounds (the section's validator and ``steer_weights`` both ask it)."""
+    if mapping == "linear" and w_max < w_min:
+        return f"entropy.steer.w_max ({w_max}) < w_min ({w_min}): the linear mapping needs w_max >= w_min"
+    return None
 
 
 class SteerConfig(MethodSection):
@@ -301,8 +325,9 @@ class SteerConfig(MethodSection):
 
     @model_validator(mode="after")
     def _w_max_ge_w_min(self) -> "SteerConfig":
-        if self.mapping == "linear" and self.w_max < self.w_min:
-            raise ValueError(f"entropy.steer.w_max ({self.w_max}) < w_min ({self.w_min}): the linear mapping needs w_max >= w_min")
+        problem = steer_bounds_problem(self.w_min, self.w_max, self.mapping)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def logged_metrics(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -323,6 +348,7 @@ class ForkingConfig(MethodSection):
         return self.metrics + (("threshold",) if self.scope == "batch" else ()), self.metrics_sometimes
 
 
+
 class ClipCovConfig(MethodSection):
     method = "clip_cov"
     metrics = ("detached_fraction", "candidate_fraction")
@@ -330,6 +356,13 @@ class ClipCovConfig(MethodSection):
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     lower: float = 1.0
     upper: float = 5.0
+
+    verl_loss_mode = "clip_cov"  # run by trainers.engines.verl_plugin (this module, through trainers.step_loss)
+    verl = {"policy_loss.clip_cov_ratio": "ratio", "policy_loss.clip_cov_lb": "lower", "policy_loss.clip_cov_ub": "upper"}
+
+    def verl_notes(self, run: dict[str, Any]) -> list[str]:
+        return ["differs: Clip-Cov's random draw is seeded per call in each verl worker; this trainer seeds it from "
+                "(seed, step, micro-batch): the tokens drawn differ, not their law"]
 
 
 class KLCovConfig(MethodSection):
@@ -339,6 +372,9 @@ class KLCovConfig(MethodSection):
 
     ratio: float = Field(2e-4, gt=0.0, le=1.0)
     coef: float = Field(1.0, ge=0.0)
+
+    verl_loss_mode = "kl_cov"  # run by trainers.engines.verl_plugin (this module, through trainers.step_loss)
+    verl = {"policy_loss.kl_cov_ratio": "ratio", "policy_loss.ppo_kl_coef": "coef"}
 
 
 class EntropyAdvantageConfig(MethodSection):
@@ -366,6 +402,11 @@ class EntropyConfig(_Strict):
     clip_cov: ClipCovConfig = Field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = Field(default_factory=KLCovConfig)
     entropy_advantage: EntropyAdvantageConfig = Field(default_factory=EntropyAdvantageConfig)
+
+    def active_section(self) -> MethodSection | None:
+        """The section of ``method`` (None for plain GRPO)."""
+        sections = METHOD_SECTIONS[self.method]
+        return getattr(self, sections[0]) if sections else None
 
 
 def _method_sections() -> dict[str, tuple[str, ...]]:
@@ -502,13 +543,6 @@ def resolve_model_path(path: str) -> str:
             raise ConfigError(f"model.path: no built-in model {name!r}; shipped: {shipped_models()} (build it with scripts/build_tiny_model.py)")
         return str(folder)
     return path
-
-
-def shipped_models() -> list[str]:
-    """The ``builtin:NAME`` models: those shipped in trainers/assets and those built into the cache
-    (:mod:`trainers.built_models`, built or not yet)."""
-    shipped = [p.name for p in ASSETS_DIR.iterdir() if p.is_dir()] if ASSETS_DIR.is_dir() else []
-    return sorted({*shipped, *BUILD_SCRIPTS})
 
 
 # What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free

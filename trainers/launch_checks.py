@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from .config import RunConfig
+from .assets import ASSETS_DIR, BUILTIN_PREFIX, shipped_models
+from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built
+from .rewards import registered_rewards
 
-BUILTIN_REWARDS = ("exact_numeric", "math_verify")
-"""The rewards ``trainers/rewards.py`` registers (a test keeps the two equal); a custom trainer may add more."""
+BUILTIN_REWARDS = tuple(registered_rewards())
+"""The rewards ``trainers/rewards.py`` registers, read from its registry (torch-free); a custom trainer may add more."""
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
@@ -25,9 +26,6 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?"
 def model_path_problem(path: str) -> str | None:
     """None when ``path`` can name a model: a shipped ``builtin:NAME``, a local folder, or a hub id
     (``org/name``, resolved when the run loads it); else what is wrong and what would be accepted."""
-    from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built
-    from .config import ASSETS_DIR, BUILTIN_PREFIX, shipped_models
-
     accepted = f"give a local model folder, a hub id (org/name) or one of: {', '.join(BUILTIN_PREFIX + m for m in shipped_models())}"
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
@@ -51,7 +49,7 @@ def model_path_problem(path: str) -> str | None:
     return None
 
 
-def launch_problems(config: "RunConfig", rewards: Sequence[str] = BUILTIN_REWARDS) -> list[tuple[str, str]]:
+def launch_problems(config: Any, rewards: Sequence[str] = BUILTIN_REWARDS) -> list[tuple[str, str]]:
     """``(field, problem)`` for what the schema cannot see but the filesystem and the registries can, before
     a run starts: a ``builtin:`` model that is not shipped, a local model (or reference model) folder that
     does not exist, a local dataset path that does not exist, a reward that is not registered."""

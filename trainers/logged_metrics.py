@@ -18,10 +18,7 @@ regularized): they are declared *sometimes*, the others *always*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import RunConfig
+from typing import Any
 
 TRAIN_METRICS = (
     "train/reward_mean", "train/reward_std", "train/accuracy", "train/entropy", "train/response_length",
@@ -46,18 +43,17 @@ class LoggedMetrics:
         return self.train | self.train_sometimes | self.validation | self.validation_sometimes
 
 
-def logged_metrics(config: "RunConfig") -> LoggedMetrics:
-    """The names ``trainers.grpo.train(config)`` reports (see the module docstring)."""
-    from .config import METHOD_SECTIONS
-
+def logged_metrics(config: Any) -> LoggedMetrics:
+    """The names ``trainers.grpo.train(config)`` reports for a :class:`trainers.config.RunConfig` (see the
+    module docstring); the method's own names come from its section's declarations."""
     method = config.entropy.method
-    always, sometimes = getattr(config.entropy, METHOD_SECTIONS[method][0]).logged_metrics() if method != "none" else ((), ())
+    section = config.entropy.active_section()
+    always, sometimes = section.logged_metrics() if section is not None else ((), ())
     train = set(TRAIN_METRICS) | {f"{method}/{name}" for name in always}
     train_sometimes = {f"{method}/{name}" for name in sometimes}
-    if method == "siren" or (method == "entropy_bonus" and always):
-        train.add("train/extra_loss")
-    elif method == "aer":  # only in a step where some group is regularized
-        train_sometimes.add("train/extra_loss")
+    extra_loss = section.logs_extra_loss() if section is not None else None
+    if extra_loss is not None:
+        (train if extra_loss == "always" else train_sometimes).add("train/extra_loss")
     if config.kl.beta > 0:
         train.add("train/kl_ref")
 

@@ -120,7 +120,7 @@ def trial_config(spec: StudySpec, frozen: Any) -> dict[str, Any]:
         return copy.deepcopy(config)
     import optuna
 
-    from sweeper.study.space import resolve, sample
+    from sweeper.study.spec import resolve, sample
 
     return resolve(spec, sample(spec, optuna.trial.FixedTrial(frozen.params)))
 
@@ -324,7 +324,7 @@ def _log_export(spec: StudySpec, output: Path) -> None:
     if not spec.tracking.enabled:
         return
     try:
-        from sweeper.tracking import StudyTracker
+        from sweeper.tracking.study import StudyTracker
 
         tracker = StudyTracker(spec.tracking.uri, spec.tracking.experiment, spec.study.name)
         tracker.log_export(output)

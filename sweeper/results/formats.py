@@ -31,7 +31,7 @@ import copy
 import math
 from typing import Any
 
-from trainers.config import METHOD_SECTIONS, engine_refusal, resolve_model_path
+from trainers.config import METHOD_SECTIONS, RunConfig, engine_refusal, resolve_model_path
 
 from sweeper.study.space import leaves, set_path
 
@@ -191,6 +191,15 @@ def _common_differences(config: dict[str, Any], target: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- TRL
+
+
+def _method_section(config: dict[str, Any]) -> tuple[str | None, Any]:
+    """(the name of the run's entropy-method section, the section as its model), or (None, None) for plain GRPO:
+    each method declares on its section how it maps to TRL and verl."""
+    sections = METHOD_SECTIONS.get(config["entropy"]["method"], ())
+    if not sections:
+        return None, None
+    return sections[0], getattr(RunConfig.model_validate(config).entropy, sections[0])
 
 
 def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
@@ -436,28 +445,28 @@ def to_verl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any
         put(f"{actor}.kl_loss_coef", c["kl"]["beta"])
         put(f"{actor}.kl_loss_type", "k3")
         notes.append("differs: verl clamps the per-token k3 KL at 10; this trainer does not clamp it")
+    # entropy terms: what the method's config section declares (trainers.config.MethodSection.verl, verl_loss_mode)
     method = c["entropy"]["method"]
-    put(f"{actor}.entropy_coeff", c["entropy"]["bonus"]["coef"] if method == "entropy_bonus" else 0.0,
-        *(["entropy.bonus.coef", "entropy.method"] if method == "entropy_bonus" else []))
+    name, section = _method_section(c)
+    declared = dict(section.verl) if section is not None else {}
+    coef_field = declared.pop("entropy_coeff", None)
+    put(f"{actor}.entropy_coeff", getattr(section, coef_field) if coef_field else 0.0,
+        *([f"entropy.{name}.{coef_field}", "entropy.method"] if coef_field else []))
     if method == "none":
         used.add("entropy.method")
 
-    # Clip-Cov / KL-Cov: this project's modules, registered in verl's policy-loss registry by its plugin
-    if method in ("clip_cov", "kl_cov"):
-        put(f"{actor}.policy_loss.loss_mode", f"{VERL_LOSS_PREFIX}{method}", "entropy.method")
-        notes.append(f"policy_loss.loss_mode {VERL_LOSS_PREFIX}{method} is this project's {method} "
-                     f"(trainers/entropy/{method}.py through trainers.step_loss), registered by the plugin "
+    # a method that runs as a verl policy loss (Clip-Cov, KL-Cov): this project's module, registered in verl's
+    # policy-loss registry by the plugin; the section declares the loss and its verl keys
+    if section is not None and section.verl_loss_mode:
+        loss_mode = f"{VERL_LOSS_PREFIX}{section.verl_loss_mode}"
+        put(f"{actor}.policy_loss.loss_mode", loss_mode, "entropy.method")
+        for key, field in declared.items():
+            put(f"{actor}.{key}", getattr(section, field), f"entropy.{name}.{field}")
+        notes.append(f"policy_loss.loss_mode {loss_mode} is this project's {name} "
+                     f"(trainers/entropy/{name}.py through trainers.step_loss), registered by the plugin "
                      f"{VERL_PLUGIN}: install this package where verl runs (its verl.plugins entry point loads it) or "
                      f"set VERL_USE_EXTERNAL_MODULES={VERL_PLUGIN}")
-    if method == "clip_cov":
-        put(f"{actor}.policy_loss.clip_cov_ratio", c["entropy"]["clip_cov"]["ratio"], "entropy.clip_cov.ratio")
-        put(f"{actor}.policy_loss.clip_cov_lb", c["entropy"]["clip_cov"]["lower"], "entropy.clip_cov.lower")
-        put(f"{actor}.policy_loss.clip_cov_ub", c["entropy"]["clip_cov"]["upper"], "entropy.clip_cov.upper")
-        notes.append("differs: Clip-Cov's random draw is seeded per call in each verl worker; this trainer seeds it from "
-                     "(seed, step, micro-batch): the tokens drawn differ, not their law")
-    elif method == "kl_cov":
-        put(f"{actor}.policy_loss.kl_cov_ratio", c["entropy"]["kl_cov"]["ratio"], "entropy.kl_cov.ratio")
-        put(f"{actor}.policy_loss.ppo_kl_coef", c["entropy"]["kl_cov"]["coef"], "entropy.kl_cov.coef")
+        notes.extend(section.verl_notes(c))
 
     # evaluation
     put(f"{rollout}.val_kwargs.n", c["eval"]["n_samples"], "eval.n_samples")

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sweeper.run.storage import sqlite_file
+from sweeper.urls import sqlite_file
 from sweeper.tracking.names import default_artifact_root, experiment_runs_url, redact_uri
 
 

@@ -39,7 +39,7 @@ import random
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -48,12 +48,10 @@ from trainers.config import RunConfig, launch_problems as run_config_problems, l
 from sweeper.run.executors.base import DEFAULT_ENTRYPOINT, PROJECT_ROOT
 from sweeper.study.schema import SpecError
 from sweeper.run.sanity import sanity_problems
-from sweeper.run.storage import JOURNAL_PREFIX, sqlite_file
+from sweeper.urls import JOURNAL_PREFIX, sqlite_file
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, condition_holds, evaluate_constraint,
-                    get_path, param_path, resolve, sample, set_path)
-
-if TYPE_CHECKING:
-    from sweeper.study.spec import StudySpec
+                                 get_path, param_path, set_path)
+from sweeper.study.spec import StudySpec, resolve, sample
 
 DRY_SAMPLES = 200          # the driver gives up after as many rejections in a row (driver.MAX_CONSECUTIVE_REJECTIONS)
 MIN_EVIDENCE = 20          # a constraint is reported only when it applied to at least this many sampled configs
@@ -311,15 +309,7 @@ def _max_trial_steps(spec: "StudySpec") -> int:
 
 
 def _pruner_problems(spec: "StudySpec") -> list[str]:
-    pruner, steps = spec.pruner, _max_trial_steps(spec)
-    if pruner.type == "median" and pruner.n_warmup_steps >= steps:
-        return [f"pruner.n_warmup_steps: {pruner.n_warmup_steps} is not below the trial's {steps} steps: the median "
-                f"pruner would never prune; give fewer warm-up steps, or pruner: none"]
-    first_rung = getattr(pruner, "min_resource", None) if pruner.type in ("successive_halving", "hyperband") else None
-    if isinstance(first_rung, int) and first_rung > steps:
-        return [f"pruner.min_resource: {first_rung} is beyond the trial's {steps} steps: no trial reaches the first rung, "
-                f"so nothing would be pruned; give at most {steps}"]
-    return []
+    return spec.pruner.problems_for(_max_trial_steps(spec))
 
 
 def _when_problems(spec: "StudySpec") -> list[str]:
@@ -371,7 +361,7 @@ def _values(values: list[Any]) -> str:
 
 
 def _grid_problems(spec: "StudySpec") -> list[str]:
-    if spec.sampler.type != "grid":
+    if not spec.sampler.needs_grid:
         return []
     size = 1.0
     for param in spec.space.params.values():

@@ -64,13 +64,13 @@ from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FA
                        ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
                        RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from sweeper.redaction import secret_environment
-from sweeper.run.executors import TrialJob, make_executor
-from sweeper.run.executors.base import patched_environ
+from sweeper.run.executors.base import TrialJob, patched_environ
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.run.live import LiveView
 from sweeper.run.reuse import find_identical, reuse_result
-from sweeper.study.space import Rejected, SampledConfig, resolve, sample
-from sweeper.study.spec import SpecError, StudySpec, load_spec
+from sweeper.study.samplers import grid_size
+from sweeper.study.space import Rejected, SampledConfig, grid_search_space
+from sweeper.study.spec import SpecError, StudySpec, build_pruner_of, build_sampler_of, load_spec, resolve, sample
 from sweeper.run.storage import open_study
 
 MAX_CONSECUTIVE_REJECTIONS = 200
@@ -137,13 +137,11 @@ class Driver:
     ):
         self.spec = spec
         self.n_trials = n_trials if n_trials is not None else spec.budget.n_trials
-        if spec.sampler.type == "grid":
-            from sweeper.study.samplers import grid_size
-
-            size = grid_size(spec)
+        if spec.sampler.needs_grid:
+            size = grid_size(grid_search_space(spec.space))
             self.n_trials = size if self.n_trials is None else min(self.n_trials, size)
         self.max_parallel = max_parallel or spec.budget.max_parallel
-        if spec.executor.type == "debug":
+        if spec.executor.one_at_a_time:
             self.max_parallel = 1
         self.timeout = timeout if timeout is not None else spec.budget.timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -199,9 +197,11 @@ class Driver:
         self._acquire_lock()
         try:
             preflight(self.spec)
-            self.study, self.storage = open_study(self.spec, create=True, max_parallel=self.max_parallel)
+            self.study, self.storage = open_study(
+                self.spec, create=True, pruner=build_pruner_of(self.spec),
+                sampler=lambda stored: build_sampler_of(self.spec, self.max_parallel, seed_offset=stored))
             self.study_id = self.storage.get_study_id_from_name(self.spec.study.name)
-            self.executor = make_executor(self.spec.executor)
+            self.executor = self.spec.executor.build()
             self.report = StudyReport(self.spec.study.name, str(self.study_dir), self.spec.study.storage, {}, max_parallel=self.max_parallel)
             self._start_tracking()
             self._enqueue_fixed_configs()
@@ -244,7 +244,7 @@ class Driver:
                     continue  # a known config: its result was reused (sweeper.run.reuse), nothing runs
                 self.in_flight.append(flight)
                 self._update_bar()
-                if self.spec.executor.type == "debug":
+                if self.spec.executor.one_at_a_time:
                     break  # it already ran: reap it before the next one
             self.report.driver_seconds += time.perf_counter() - t0
             if loop_start is None and self.in_flight:
@@ -452,7 +452,7 @@ class Driver:
             self.study.enqueue_trial(dict(trial.params), user_attrs={ATTR_REQUEUED_FROM: trial.number, **marks})
         self.report.requeued += 1
         self.log(f"trial {trial.number}: lost ({reason}); its params are re-queued")
-        self._mark_tracking(trial_id, trial.number, "FAIL", None, f"lost: {reason}\n{tail}", None)
+        self._mark_tracking(trial_id, trial.number, "LOST", None, f"lost: {reason}\n{tail}", None)
 
     def _interrupted(self) -> None:
         if self.on_interrupt == "detach":
@@ -527,7 +527,7 @@ class Driver:
     def _start_tracking(self) -> None:
         if not self.spec.tracking.enabled:
             return
-        from sweeper.tracking import StudyTracker
+        from sweeper.tracking.study import StudyTracker
 
         t = self.spec.tracking
         self.tracker = StudyTracker(t.uri, t.experiment, self.spec.study.name, objective_metric=self.spec.objective[0].metric,
@@ -539,7 +539,7 @@ class Driver:
         """Record a trial's final state on its MLflow run (found by number when the trial could not record its id)."""
         if self.tracker is None:
             return
-        from sweeper.tracking import mark_trial
+        from sweeper.tracking.trial import mark_trial
 
         run_id = self.storage.get_trial(trial_id).user_attrs.get(ATTR_MLFLOW_RUN_ID) or self.tracker.trial_run_id(number)
         if run_id:
@@ -569,7 +569,7 @@ def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
     """Checks before a study whose trials run on other machines (executor slurm): the Optuna storage
     must not be a SQLite file on a network filesystem (SpecError naming the alternatives); a SQLite
     MLflow store there only warns (tracking never stops a study)."""
-    if spec.executor.type != "slurm":
+    if not spec.executor.trials_on_other_nodes:
         return
     from sweeper.run.storage import check_cluster_storage, filesystem_type, is_network_filesystem, sqlite_file
 

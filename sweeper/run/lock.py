@@ -457,7 +457,7 @@ def acquire_driver_lease(spec: Any, *, log: Callable[[str], None] | None = None)
     It opens its own storage instance: the heartbeat thread must not share the driver's."""
     from sweeper.run.storage import check_cluster_storage, make_storage, redact_url
 
-    if spec.executor.type == "slurm":  # refuse SQLite on a network filesystem before opening it (driver.preflight)
+    if spec.executor.trials_on_other_nodes:  # refuse SQLite on a network filesystem before opening it (driver.preflight)
         check_cluster_storage(spec.study.storage, field="study.storage")
     storage = make_storage(spec.study.storage)
     lease = StudyLease(storage, spec.study.name, label=redact_url(spec.study.storage), log=log)

@@ -188,9 +188,24 @@ def first_verdict(rules: Sequence[HealthRule], history: Mapping[str, Sequence[fl
 # --------------------------------------------------------------------------- Optuna pruners
 
 
-class _PrunerSpec(SpecModel):
+class PrunerSpecBase(SpecModel):
+    """What every ``pruner`` section has. A kind adds ``type: Literal[name]`` and its fields and is listed in
+    :data:`sweeper.registry.PRUNERS`; :meth:`build` makes the pruner from the section plus the trial's
+    steps and validation steps (the default passes the fields to ``optuna.pruners.<optuna_class>``)."""
+
     optuna_class: ClassVar[str]
+    prunes: ClassVar[bool] = True  # False: never stops a trial on its score (type none; the health rules still apply)
+    judges_validations: ClassVar[bool] = True  # the trial reports each validation to the pruner (Optuna's should_prune)
     health: HealthSpec = Field(default_factory=HealthSpec)
+
+    def problems_for(self, trial_steps: int) -> list[str]:
+        """What makes this pruner useless for trials of at most ``trial_steps`` steps (``sweeper validate``)."""
+        return []
+
+    def describe(self) -> str:
+        """One line for ``sweeper validate``: the type and its own fields."""
+        options = {k: v for k, v in self.model_dump().items() if k not in ("type", "health")}
+        return self.type + (" (" + ", ".join(f"{k} {v}" for k, v in options.items()) + ")" if options else "")
 
     def optuna_arguments(self, trial_steps: int | None) -> dict[str, Any]:
         """The Optuna pruner's arguments: this spec's own fields."""
@@ -199,15 +214,18 @@ class _PrunerSpec(SpecModel):
     def build(self, trial_steps: int | None, validation_steps: list[int] | None) -> Any:
         import optuna
 
-        return getattr(optuna.pruners, self.optuna_class)(**self.optuna_arguments(trial_steps))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return getattr(optuna.pruners, self.optuna_class)(**self.optuna_arguments(trial_steps))
 
 
-class NoPrunerSpec(_PrunerSpec):
+class NoPrunerSpec(PrunerSpecBase):
     optuna_class = "NopPruner"
+    prunes = False
     type: Literal["none"]
 
 
-class MedianPrunerSpec(_PrunerSpec):
+class MedianPrunerSpec(PrunerSpecBase):
     optuna_class = "MedianPruner"
     type: Literal["median"]
     n_startup_trials: int = Field(5, ge=0)
@@ -215,8 +233,14 @@ class MedianPrunerSpec(_PrunerSpec):
     interval_steps: int = Field(1, gt=0)
     n_min_trials: int = Field(1, gt=0)
 
+    def problems_for(self, trial_steps: int) -> list[str]:
+        if self.n_warmup_steps < trial_steps:
+            return []
+        return [f"pruner.n_warmup_steps: {self.n_warmup_steps} is not below the trial's {trial_steps} steps: the median "
+                f"pruner would never prune; give fewer warm-up steps, or pruner: none"]
 
-class SuccessiveHalvingPrunerSpec(_PrunerSpec):
+
+class SuccessiveHalvingPrunerSpec(PrunerSpecBase):
     optuna_class = "SuccessiveHalvingPruner"
     type: Literal["successive_halving"]
     min_resource: int | Literal["auto"] = Field("auto", description="Steps before the first rung (>= 1), or auto.")
@@ -235,7 +259,14 @@ class SuccessiveHalvingPrunerSpec(_PrunerSpec):
         return self
 
 
-class HyperbandPrunerSpec(_PrunerSpec):
+    def problems_for(self, trial_steps: int) -> list[str]:
+        if not isinstance(self.min_resource, int) or self.min_resource <= trial_steps:
+            return []
+        return [f"pruner.min_resource: {self.min_resource} is beyond the trial's {trial_steps} steps: no trial reaches the "
+                f"first rung, so nothing would be pruned; give at most {trial_steps}"]
+
+
+class HyperbandPrunerSpec(PrunerSpecBase):
     optuna_class = "HyperbandPruner"
     type: Literal["hyperband"]
     min_resource: int = Field(1, gt=0)
@@ -260,15 +291,21 @@ class HyperbandPrunerSpec(_PrunerSpec):
             arguments["max_resource"] = trial_steps or "auto"
         return arguments
 
+    def problems_for(self, trial_steps: int) -> list[str]:
+        if not isinstance(self.min_resource, int) or self.min_resource <= trial_steps:
+            return []
+        return [f"pruner.min_resource: {self.min_resource} is beyond the trial's {trial_steps} steps: no trial reaches the "
+                f"first rung, so nothing would be pruned; give at most {trial_steps}"]
 
-class WilcoxonPrunerSpec(_PrunerSpec):
+
+class WilcoxonPrunerSpec(PrunerSpecBase):
     optuna_class = "WilcoxonPruner"
     type: Literal["wilcoxon"]
     p_threshold: float = Field(0.1, gt=0, lt=1)
     n_startup_steps: int = Field(2, ge=0)
 
 
-class PairedPrunerSpec(_PrunerSpec):
+class PairedPrunerSpec(PrunerSpecBase):
     """Prune a trial worse than the incumbent at the same step, by a paired test over the validation prompts."""
 
     type: Literal["paired"]
@@ -290,8 +327,10 @@ class PairedPrunerSpec(_PrunerSpec):
                             self.min_difference, self.run_sd, self.allowance)
 
 
-class FutilityPrunerSpec(_PrunerSpec):
+class FutilityPrunerSpec(PrunerSpecBase):
     """Stop a config that cannot be ``delta`` better than the incumbent (:mod:`sweeper.study.futility`)."""
+
+    judges_validations = False  # it looks after each seed (and at validations) through its own rule, not should_prune
 
     type: Literal["futility"]
     delta: float = Field(..., gt=0, description="The smallest gain worth finding, in the objective's units.")
@@ -309,7 +348,7 @@ class FutilityPrunerSpec(_PrunerSpec):
         return FutilityPruner(**self.model_dump(exclude={"type", "health"}), validation_steps=validation_steps)
 
 
-PrunerSpec = Annotated[
+PrunerSpec = Annotated[  # the built-in kinds (the spec and the trial read sweeper.registry.PRUNERS, which may hold more)
     Union[NoPrunerSpec, MedianPrunerSpec, SuccessiveHalvingPrunerSpec, HyperbandPrunerSpec, WilcoxonPrunerSpec,
           PairedPrunerSpec, FutilityPrunerSpec],
     Field(discriminator="type"),
@@ -320,8 +359,4 @@ def build_pruner(pruner: Any, trial_steps: int | None = None, validation_steps: 
     """The Optuna pruner for a spec's ``pruner`` section. Built identically in the driver and in
     every trial process (Optuna does not store the pruner in the storage). ``validation_steps``: the steps a
     trial validates at (the paired pruner's Bonferroni correction; the trial process passes them)."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return pruner.build(trial_steps, validation_steps)
+    return pruner.build(trial_steps, validation_steps)

@@ -14,19 +14,46 @@ Imports optuna only inside :func:`build_sampler`.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
 from sweeper.study.schema import SpecModel
 
-if TYPE_CHECKING:
-    from sweeper.study.spec import StudySpec
 
+class SamplerSpecBase(SpecModel):
+    """What every ``sampler`` section has. A kind adds ``type: Literal[name]`` and its fields (the Optuna
+    sampler's own arguments) and is listed in :data:`sweeper.registry.SAMPLERS`; :meth:`build` makes the
+    sampler from the section plus the facts it needs (override it when the arguments are not the fields)."""
 
-class _SamplerSpec(SpecModel):
     optuna_class: ClassVar[str]
+    single_objective_only: ClassVar[bool] = False
+    needs_grid: ClassVar[bool] = False  # True: build() takes the space's grid (every parameter needs a finite grid)
     seed: int | None = Field(None, description="Sampler seed (reproducible suggestions).")
+
+    def describe(self, *, max_parallel: int = 1) -> str:
+        """One line for ``sweeper validate``."""
+        return self.type + (f" seed {self.seed}" if self.seed is not None else "")
+
+    def optuna_arguments(self, *, max_parallel: int, seed_offset: int) -> dict[str, Any]:
+        arguments = self.model_dump(exclude={"type"})
+        if self.seed is not None:
+            arguments["seed"] = self.seed + seed_offset
+        return arguments
+
+    def build(self, *, max_parallel: int = 1, seed_offset: int = 0, grid: dict[str, list[Any]] | None = None) -> Any:
+        """The Optuna sampler. ``max_parallel``: trials in flight at once; ``seed_offset``: added to the seed;
+        ``grid``: the space's grid (:func:`sweeper.study.space.grid_search_space`), for samplers that need it."""
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return getattr(optuna.samplers, self.optuna_class)(
+                **self.optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset)
+            )
+
+
+_SamplerSpec = SamplerSpecBase
 
 
 class TPESamplerSpec(_SamplerSpec):
@@ -44,6 +71,19 @@ class TPESamplerSpec(_SamplerSpec):
             raise ValueError("group: true needs multivariate: true (set group: false to use the independent TPE)")
         return self
 
+    def describe(self, *, max_parallel: int = 1) -> str:
+        liar = self.constant_liar if self.constant_liar is not None else max_parallel > 1
+        return (
+            super().describe(max_parallel=max_parallel) + f", {'multivariate' if self.multivariate else 'independent'}"
+            f"{', group' if self.group else ''}, constant_liar {'on' if liar else 'off'}"
+        )
+
+    def optuna_arguments(self, *, max_parallel: int, seed_offset: int) -> dict[str, Any]:
+        arguments = super().optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset)
+        if self.constant_liar is None:
+            arguments["constant_liar"] = max_parallel > 1
+        return arguments
+
 
 class RandomSamplerSpec(_SamplerSpec):
     optuna_class = "RandomSampler"
@@ -52,11 +92,18 @@ class RandomSamplerSpec(_SamplerSpec):
 
 class GridSamplerSpec(_SamplerSpec):
     optuna_class = "GridSampler"
+    needs_grid = True
     type: Literal["grid"]
+
+    def build(self, *, max_parallel: int = 1, seed_offset: int = 0, grid: dict[str, list[Any]] | None = None) -> Any:
+        if grid is None:
+            raise ValueError("sampler.type grid: build() needs the space's grid (grid_search_space(spec.space))")
+        return _grid_sampler_class()(grid, **self.optuna_arguments(max_parallel=max_parallel, seed_offset=seed_offset))
 
 
 class CmaEsSamplerSpec(_SamplerSpec):
     optuna_class = "CmaEsSampler"
+    single_objective_only = True
     type: Literal["cmaes"]
     n_startup_trials: int = Field(1, ge=0)
     sigma0: float | None = Field(None, gt=0)
@@ -79,19 +126,22 @@ class NSGA2SamplerSpec(_SamplerSpec):
     swapping_prob: float = Field(0.5, ge=0, le=1)
 
 
-SamplerSpec = Annotated[
+SamplerSpec = Annotated[  # the built-in kinds (the spec reads sweeper.registry.SAMPLERS, which may hold more)
     Union[TPESamplerSpec, RandomSamplerSpec, GridSamplerSpec, CmaEsSamplerSpec, GPSamplerSpec, NSGA2SamplerSpec],
     Field(discriminator="type"),
 ]
-SINGLE_OBJECTIVE_ONLY = ("cmaes",)
+SINGLE_OBJECTIVE_ONLY = tuple(
+    kind.model_fields["type"].annotation.__args__[0]
+    for kind in SamplerSpec.__args__[0].__args__
+    if kind.single_objective_only
+)
 
 
-def grid_size(spec: "StudySpec") -> int:
-    """Points in the grid (the driver caps a grid study's n_trials at this)."""
-    from sweeper.study.space import grid_search_space
-
+def grid_size(grid: dict[str, list[Any]]) -> int:
+    """Points in a grid (:func:`sweeper.study.space.grid_search_space`); the driver caps a grid study's n_trials
+    at this."""
     size = 1
-    for values in grid_search_space(spec).values():
+    for values in grid.values():
         size *= len(values)
     return size
 
@@ -109,24 +159,12 @@ def _grid_sampler_class():
     return AskTellGridSampler
 
 
-def build_sampler(spec: "StudySpec", max_parallel: int | None = None, seed_offset: int = 0) -> Any:
-    """The Optuna sampler of ``spec.sampler``, its fields passed as Optuna's arguments.
+def build_sampler(
+    sampler: SamplerSpecBase, max_parallel: int = 1, seed_offset: int = 0, grid: dict[str, list[Any]] | None = None
+) -> Any:
+    """The Optuna sampler of a ``sampler`` section, its fields passed as Optuna's arguments.
 
     ``seed_offset`` is added to the seed (the driver passes the number of trials already in storage, so
-    a resumed study does not replay the first run's suggestions); ``max_parallel`` (default
-    ``budget.max_parallel``) > 1 turns TPE's constant liar on unless the spec says otherwise."""
-    import optuna
-
-    sampler = spec.sampler
-    arguments = sampler.model_dump(exclude={"type"})
-    if sampler.seed is not None:
-        arguments["seed"] = sampler.seed + seed_offset
-    if sampler.type == "tpe" and sampler.constant_liar is None:
-        arguments["constant_liar"] = (max_parallel or spec.budget.max_parallel) > 1
-    if sampler.type == "grid":
-        from sweeper.study.space import grid_search_space
-
-        return _grid_sampler_class()(grid_search_space(spec), **arguments)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.samplers, sampler.optuna_class)(**arguments)
+    a resumed study does not replay the first run's suggestions); ``max_parallel`` > 1 turns TPE's
+    constant liar on unless the section says otherwise; ``grid`` is the space's grid (sampler grid)."""
+    return sampler.build(max_parallel=max_parallel, seed_offset=seed_offset, grid=grid)

@@ -30,54 +30,21 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from trainers.config import ConfigError, RunConfig, as_model, parse_config
 
+from sweeper.paths import get_path, leaves, set_path  # noqa: F401 (re-exported: the space speaks in dotted paths)
 from sweeper.study.includes import expand_include
 from sweeper.study.schema import Scalar, SpecError, SpecModel
-
-if TYPE_CHECKING:
-    from sweeper.study.spec import StudySpec
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 BUILTIN_PREFIX = "builtin:"
 
 
 # --------------------------------------------------------------------------- config paths
-
-
-def get_path(data: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path of a nested mapping, None where a part is missing."""
-    node: Any = data
-    for part in path.split("."):
-        node = node[part] if isinstance(node, Mapping) and part in node else None
-    return node
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path of a nested dict, creating the mappings on the way."""
-    parts = path.split(".")
-    node = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {dotted.path: value} of its leaves (a list or an empty mapping is one leaf)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(leaves(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def check_config_path(path: str) -> str | None:
@@ -504,11 +471,11 @@ class SampledConfig:
     skipped: list[str] = field(default_factory=list)         # parameters whose `when` did not hold
 
 
-def sample(spec: "StudySpec", trial: Any) -> SampledConfig:
-    """Suggest every active parameter on ``trial`` (an ``optuna.Trial``) and return the trial config
-    (unvalidated: see :func:`resolve`)."""
-    params = spec.space.params
-    config = copy.deepcopy(spec.base)
+def sample_params(space: "SpaceSpec", base: Mapping[str, Any], trial: Any) -> SampledConfig:
+    """Suggest every active parameter of ``space`` on ``trial`` (an ``optuna.Trial``) over a copy of the
+    ``base`` config and return the trial config (unvalidated: see :func:`resolve_config`)."""
+    params = space.params
+    config = copy.deepcopy(dict(base))
     out = SampledConfig(config=config)
     for name in ordered_params(params):
         param = params[name]
@@ -535,19 +502,19 @@ def suggest(trial: Any, name: str, param: Any) -> Any:
     return copy.deepcopy(param.value)
 
 
-def resolve(spec: "StudySpec", sampled: SampledConfig, *, output_dir: str | None = None,
-            step0_cache: str | None = None) -> dict[str, Any]:
-    """Apply the budget's step override, the trial's output folder and the study's step-0 validation cache
+def resolve_config(space: "SpaceSpec", sampled: SampledConfig, *, steps: int | None = None, output_dir: str | None = None,
+                   step0_cache: str | None = None) -> dict[str, Any]:
+    """Apply the budget's step override (``steps``), the trial's output folder and the study's step-0 validation cache
     (unless the base config names its own), check the constraints, and validate through ``parse_config``.
     Returns the RunConfig as plain data; raises :class:`Rejected`."""
     config = copy.deepcopy(sampled.config)
-    if spec.budget.steps:
-        set_path(config, "train.steps", spec.budget.steps)
+    if steps:
+        set_path(config, "train.steps", steps)
     if output_dir is not None:
         set_path(config, "train.output_dir", output_dir)
     if step0_cache is not None and get_path(config, "eval.step0_cache") is None:
         set_path(config, "eval.step0_cache", step0_cache)
-    for constraint in spec.space.constraints:
+    for constraint in space.constraints:
         if condition_holds(constraint.when, config) and not evaluate_constraint(constraint.expr, config):
             shown = ", ".join(f"{p}={_short(get_path(config, p))}" for p in constraint.paths)
             raise Rejected(f"constraint {constraint.expr!r} is false ({shown})")
@@ -561,12 +528,12 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else repr(value)
 
 
-def grid_search_space(spec: "StudySpec") -> dict[str, list[Any]]:
+def grid_search_space(space: "SpaceSpec") -> dict[str, list[Any]]:
     """The GridSampler's grid: every sampled parameter's values (categorical choices, int and
     stepped float ranges). Conditional parameters are part of the grid; a grid point whose
     parameter is inactive repeats a config (Optuna's grid does not know conditions)."""
     grid: dict[str, list[Any]] = {}
-    for name, param in spec.space.params.items():
+    for name, param in space.params.items():
         if isinstance(param, CategoricalParam):
             grid[name] = list(param.choices)
         elif isinstance(param, IntParam):
@@ -577,11 +544,12 @@ def grid_search_space(spec: "StudySpec") -> dict[str, list[Any]]:
     return grid
 
 
-def describe_space(spec: "StudySpec") -> list[str]:
-    """Human-readable lines, one per parameter and constraint (for ``sweeper validate``)."""
+def describe_params(space: "SpaceSpec", origins: Mapping[str, str] | None = None, source_file: str | None = None) -> list[str]:
+    """Human-readable lines, one per parameter and constraint (for ``sweeper validate``); ``origins``: the
+    file that defined each parameter, shown when it is not ``source_file``."""
     lines = []
-    params = spec.space.params
-    origins = spec.param_origins
+    params = space.params
+    origins = origins or {}
     for name in ordered_params(params):
         param = params[name]
         path = param_path(name, param)
@@ -600,9 +568,9 @@ def describe_space(spec: "StudySpec") -> list[str]:
                 f"{k} in {v}" if isinstance(v, list) else f"{k} == {v}" for k, v in param.when.items()
             )
         origin = origins.get(name)
-        source = f"  ({origin})" if origin and origin != spec.source_file else ""
+        source = f"  ({origin})" if origin and origin != source_file else ""
         lines.append(f"{head:32s} {dist}{when}{source}")
-    for constraint in spec.space.constraints:
+    for constraint in space.constraints:
         when = ""
         if constraint.when:
             when = "  when " + " and ".join(f"{k} == {v}" for k, v in constraint.when.items())

@@ -67,23 +67,25 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainers.config import RunConfig, format_validation_error, render_location
 
-from sweeper.run.executors import ExecutorSpec, LocalExecutorSpec
-from sweeper.run.executors.slurm import apply_profile
-from sweeper.study.pruning import MedianPrunerSpec, PrunerSpec
-from sweeper.study.samplers import SINGLE_OBJECTIVE_ONLY, SamplerSpec, TPESamplerSpec
+from sweeper import registry
+from sweeper.registry import EXECUTORS, PRUNERS, SAMPLERS, STORAGES
+from sweeper.statistics import ObjectiveRule
 from sweeper.study.schema import SpecError, SpecModel, read_yaml
-from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, SpaceSpec, expand_space, get_path, param_path,
-                    set_path)
+from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, SampledConfig, SpaceSpec,
+                                 describe_params, expand_space, get_path, grid_search_space, param_path, resolve_config,
+                                 sample_params, set_path)
+from sweeper.study.drivers import check_database_driver
+from sweeper.urls import JOURNAL_PREFIX, SQLITE_PREFIX, default_storage_url, default_tracking_uri, is_database_server, url_scheme
 from sweeper.redaction import redact_url
-from sweeper.run.storage import JOURNAL_PREFIX, SQLITE_PREFIX, default_storage_url, default_tracking_uri
 
-__all__ = ["StudySpec", "SpecError", "load_spec", "parse_duration"]
+__all__ = ["StudySpec", "SpecError", "Rejected", "load_spec", "parse_duration", "sample", "resolve", "describe_space",
+           "build_sampler_of", "build_pruner_of"]
 
 
 # --------------------------------------------------------------------------- study / objective
@@ -106,11 +108,11 @@ class StudySection(SpecModel):
     def _known_scheme(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        schemes = ("sqlite://", "journal://", "postgresql", "mysql", "oracle", "mssql")
-        if not value.startswith(schemes) or "://" not in value:
+        if url_scheme(value) not in STORAGES:
             raise ValueError(
                 f"{redact_url(value)!r} is not a storage URL; accepted: sqlite:///path.db, journal:///path.log "
-                f"(Optuna journal file, for shared filesystems), or a SQLAlchemy URL such as postgresql://user@host/db"
+                f"(Optuna journal file, for shared filesystems), or a SQLAlchemy URL such as postgresql://user@host/db "
+                f"(schemes: {', '.join(STORAGES)})"
             )
         return value
 
@@ -123,6 +125,10 @@ class ObjectiveSpec(SpecModel):
     baseline: dict[str, Any] | None = Field(
         None, description="The config results are measured against, by parameter name like an enqueue entry "
         "(default: the first enqueue entry). It runs first and is not pruned on its score.")
+
+    def rule(self) -> ObjectiveRule:
+        """The objective as trials are scored (:class:`sweeper.statistics.ObjectiveRule`)."""
+        return ObjectiveRule(self.metric, self.direction, self.aggregation, self.last_n)
 
     @field_validator("metric")
     @classmethod
@@ -221,10 +227,11 @@ class StudySpec(SpecModel):
     base: dict[str, Any] = Field(default_factory=dict, description="The resolved base RunConfig (as a plain dict).")
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Parameter values tried first, by parameter name.")
-    sampler: SamplerSpec = Field(default_factory=lambda: TPESamplerSpec(type="tpe"))
-    pruner: PrunerSpec = Field(default_factory=lambda: MedianPrunerSpec(type="median"))
+    # sampler, pruner, executor: the union of the kinds in sweeper.registry, resolved by _rebuild_sections()
+    sampler: SamplerSection = Field(default_factory=lambda: SAMPLERS.get("tpe")(type="tpe"), discriminator="type")  # noqa: F821
+    pruner: PrunerSection = Field(default_factory=lambda: PRUNERS.get("median")(type="median"), discriminator="type")  # noqa: F821
     budget: BudgetSpec
-    executor: ExecutorSpec = Field(default_factory=lambda: LocalExecutorSpec(type="local"))
+    executor: ExecutorSection = Field(default_factory=lambda: EXECUTORS.get("local")(type="local"), discriminator="type")  # noqa: F821
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     _source_file: str | None = PrivateAttr(None)
@@ -257,12 +264,12 @@ class StudySpec(SpecModel):
             metrics = [o.metric for o in self.objective]
             if len(set(metrics)) != len(metrics):
                 problems.append(f"objective: the same metric appears twice ({metrics})")
-            if self.pruner.type != "none":
+            if self.pruner.prunes:
                 problems.append(
                     f"pruner.type: {self.pruner.type!r} cannot prune a multi-objective study (Optuna prunes only "
                     f"single-objective studies); use type: none (the health rules still apply)"
                 )
-            if self.sampler.type in SINGLE_OBJECTIVE_ONLY:
+            if self.sampler.single_objective_only:
                 problems.append(f"sampler.type: {self.sampler.type!r} is single-objective; use nsga2, tpe, random or gp")
         if self.budget.seeds_min is not None and self.budget.seeds_min < self.budget.seeds and self.pruner.type != "futility":
             problems.append(f"budget.seeds: a range ({self.budget.seeds_min}-{self.budget.seeds}) races configs over seeds, "
@@ -280,7 +287,7 @@ class StudySpec(SpecModel):
         if not (info.context or {}).get(BASE_INVALID):  # the defaults stand in for it: no second, misleading error
             problems += self._check_objective_metrics()
         problems += self._check_enqueue()
-        if self.sampler.type == "grid":
+        if self.sampler.needs_grid:
             for name, param in self.space.params.items():
                 if isinstance(param, FloatParam) and param.step is None:
                     problems.append(f"space.params[{name}]: sampler grid needs a finite grid: give step, or make it categorical")
@@ -398,6 +405,36 @@ class StudySpec(SpecModel):
         return self.budget.steps or (self.base.get("train") or {}).get("steps") or RunConfig().train.steps
 
 
+# --------------------------------------------------------------------------- the study's components, from their sections
+
+
+def sample(spec: StudySpec, trial: Any) -> SampledConfig:
+    """The space's parameters suggested on ``trial`` over the study's base config (unvalidated: :func:`resolve`)."""
+    return sample_params(spec.space, spec.base, trial)
+
+
+def resolve(spec: StudySpec, sampled: SampledConfig, *, output_dir: str | None = None,
+            step0_cache: str | None = None) -> dict[str, Any]:
+    """A sampled config checked and validated as a trial config (``budget.steps`` applied); raises ``Rejected``."""
+    return resolve_config(spec.space, sampled, steps=spec.budget.steps, output_dir=output_dir, step0_cache=step0_cache)
+
+
+def describe_space(spec: StudySpec) -> list[str]:
+    """One line per parameter and constraint, with the file that defined a parameter (``sweeper validate``)."""
+    return describe_params(spec.space, spec.param_origins, spec.source_file)
+
+
+def build_sampler_of(spec: StudySpec, max_parallel: int | None = None, seed_offset: int = 0) -> Any:
+    """The Optuna sampler of ``spec.sampler``, given the facts it needs (in-flight trials, the space's grid)."""
+    grid = grid_search_space(spec.space) if spec.sampler.needs_grid else None
+    return spec.sampler.build(max_parallel=max_parallel or spec.budget.max_parallel, seed_offset=seed_offset, grid=grid)
+
+
+def build_pruner_of(spec: StudySpec) -> Any:
+    """The Optuna pruner of ``spec.pruner`` for trials of ``spec.trial_steps()`` steps (as the driver builds it)."""
+    return spec.pruner.build(spec.trial_steps(), None)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -437,11 +474,12 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
     raw["base"] = base
     if "executor" in raw:
         try:
-            raw["executor"] = apply_profile(raw["executor"], folder)
+            raw["executor"] = _prepare_executor(raw["executor"], folder)
         except SpecError as error:
             problems.append(f"  {error}")
     raw = _resolve_paths(raw, folder)
 
+    _rebuild_sections()
     try:
         spec = StudySpec.model_validate(raw, context=context)
     except ValidationError as error:
@@ -451,7 +489,7 @@ def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | Non
 
     study_dir = Path(spec.study.dir) if spec.study.dir else folder / "studies" / spec.study.name
     study_dir = study_dir.resolve()
-    storage = spec.study.storage or default_storage_url(study_dir, spec.executor.type)
+    storage = spec.study.storage or default_storage_url(study_dir, spec.executor.trials_on_other_nodes)
     tracking = spec.tracking.model_copy(
         update={
             "uri": spec.tracking.uri or default_tracking_uri(study_dir),
@@ -478,8 +516,7 @@ def _artifact_location(tracking: TrackingSpec, study_dir: Path, folder: Path) ->
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", location):  # a URI: file:///..., s3://..., mlflow-artifacts:/...
             return location
         return (folder / Path(location).expanduser()).resolve().as_uri()
-    scheme = (tracking.uri or "").split("://", 1)[0].split("+", 1)[0]
-    if "://" in (tracking.uri or "") and scheme in ("postgresql", "mysql", "mssql"):
+    if is_database_server(tracking.uri):
         slug = re.sub(r"[^\w.-]+", "_", tracking.experiment or "").strip("._") or "experiment"
         return (study_dir / "mlartifacts" / slug).as_uri()
     return None
@@ -488,11 +525,36 @@ def _artifact_location(tracking: TrackingSpec, study_dir: Path, folder: Path) ->
 def _check_database_drivers(storage: str, tracking: TrackingSpec) -> None:
     """The database driver of the Optuna storage and of the MLflow store must be importable
     (``SpecError`` naming the package, e.g. ``entropy-sweeper[postgres]``)."""
-    from sweeper.run.storage import check_database_driver
-
-    check_database_driver(storage, "study.storage")
+    check_url = getattr(STORAGES.get(url_scheme(storage)), "check_url", None)  # the storage kind's own preflight
+    if check_url is not None:
+        check_url(storage, "study.storage")
     if tracking.enabled:
         check_database_driver(tracking.uri, "tracking.uri")
+
+
+def _prepare_executor(section: Any, folder: Path) -> Any:
+    """The raw ``executor`` section as its kind prepares it (a Slurm profile merged in); anything else as it is."""
+    if not isinstance(section, dict) or section.get("type", "local") not in EXECUTORS:
+        return section
+    return EXECUTORS.get(section.get("type", "local")).prepare_section(section, folder)
+
+
+_BUILT_AT = [-1]  # the registry revision the spec's section unions were built from
+
+
+def _rebuild_sections() -> None:
+    """Resolve the ``sampler``, ``pruner`` and ``executor`` fields to the unions of the kinds registered now."""
+    if _BUILT_AT[0] == registry.revision():
+        return
+    unions = {field: Union[tuple(kinds.kinds())] for field, kinds in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("executor", EXECUTORS))}
+    if StudySpec.__pydantic_fields_complete__:  # a kind was registered since: pydantic keeps resolved fields, so set them
+        for field, union in unions.items():
+            StudySpec.__pydantic_fields__[field].annotation = union
+        StudySpec.model_rebuild(force=True)
+    else:
+        StudySpec.model_rebuild(force=True, _types_namespace={
+            "SamplerSection": unions["sampler"], "PrunerSection": unions["pruner"], "ExecutorSection": unions["executor"]})
+    _BUILT_AT[0] = registry.revision()
 
 
 def _load_base(base: Any, folder: Path) -> tuple[dict[str, Any], str | None]:
@@ -569,3 +631,6 @@ def format_spec_error(error: ValidationError, raw: Any, origins: dict[str, str] 
             if origin and origin != source_file:
                 lines[i] = f"{line}  [defined in {origin}]"
     return "\n".join(lines)
+
+
+_rebuild_sections()

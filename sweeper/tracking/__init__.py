@@ -12,7 +12,7 @@ What lands where:
   ``study/n_<state>`` for every state of :func:`sweeper.contract.trial_state` (``n_complete``,
   ``n_pruned``, ``n_fail``, ``n_rejected``, ``n_lost``, ``n_running``, ``n_waiting``: the counts
   ``sweeper status`` shows; step = number of trials so far); tags ``sweeper.best_trial``, ``sweeper.best_value``, ``sweeper.best.<path>`` (one per
-  best param); artifacts ``plots/*.png`` (see :mod:`sweeper.results.report`), ``summary.md``, ``best_params.json``.
+  best param); artifacts ``plots/*.png`` (see :mod:`sweeper.tracking.report`), ``summary.md``, ``best_params.json``.
   :meth:`StudyTracker.log_export` adds ``exports/<file>``.
 * Child run ``trial-NNNN`` per trial, created by :class:`TrialTracker` in the trial's own process and
   nested under the parent with the ``mlflow.parentRunId`` tag (works across processes). It holds

@@ -16,9 +16,9 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeper.study.space import leaves
+from sweeper.paths import leaves
 from sweeper.redaction import redact_url
-from sweeper.run.storage import sqlite_file
+from sweeper.urls import sqlite_file
 
 logger = logging.getLogger("sweeper.tracking")
 
@@ -46,7 +46,9 @@ MAX_PARAM_VALUE = 6000  # characters
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 
-STATE_TO_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+# a trial's state (sweeper.contract.trial_state) -> its MLflow run's status; LOST: the driver stopped and the
+# trial's job was gone (its config is re-queued), KILLED as MLflow calls a run ended from outside
+STATE_TO_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "LOST": "KILLED"}
 _RUN_STATUS_ALIASES = {
     "FINISHED": "FINISHED", "COMPLETED": "FINISHED", "COMPLETE": "FINISHED",
     "FAILED": "FAILED", "FAIL": "FAILED",

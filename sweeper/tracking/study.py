@@ -13,9 +13,9 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from sweeper.results import report
-from sweeper.contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states, objective_estimate
-from sweeper.run.storage import sqlite_file
+from sweeper.tracking import report
+from sweeper.contract import ATTR_TRIAL_DIR, STATES, TRACKING_SPILL_FILE, count_states, objective_estimate, trial_state
+from sweeper.urls import sqlite_file
 from sweeper.tracking.names import (ENTROPY_METRIC, MAX_TAG_VALUE, STATE_TO_RUN_STATUS, TAG_BEST_PREFIX, TAG_STATE, TAG_STUDY,
                     Connection, TrackingUnavailableWarning, _RUN_STATUS_ALIASES, _ensure_sqlite_dir, _now_ms,
                     _param_text, _short, _truncate, display_key, find_study_run, find_trial_run_id, find_trial_runs,
@@ -176,7 +176,7 @@ class StudyTracker:
         """Bring child runs in line with Optuna (a trial whose process died never ended its run)."""
         for trial in study.get_trials(deepcopy=False):
             run = children.get(trial.number)
-            state = trial.state.name
+            state = trial_state(trial)  # the one classification (LOST, not the FAIL Optuna holds)
             status = STATE_TO_RUN_STATUS.get(state)
             if run is None or status is None:
                 continue

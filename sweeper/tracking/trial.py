@@ -125,9 +125,11 @@ class TrialTracker:
     def stop_reason(self) -> str | None:
         return None
 
-    def on_end(self, summary: Mapping[str, Any]) -> None:
+    def on_end(self, summary: Mapping[str, Any], state: str | None = None) -> None:
+        """End the run. ``state``: the trial's final state from its outcome (the trial process passes it, so the
+        run says what Optuna will record); without it (a bare reporter), the trainer's summary status decides."""
         status = str(summary.get("status") or "")
-        state = _SUMMARY_STATUS_TO_STATE.get(status)
+        state = state or _SUMMARY_STATUS_TO_STATE.get(status)
         tags = {"sweeper.end_step": summary.get("step")}
         if state is not None:
             tags[TAG_STATE] = state
@@ -334,7 +336,8 @@ def mark_trial(
     Sets ``sweeper.state`` (and ``sweeper.prune_reason``), logs ``stderr_tail`` as ``stderr_tail.txt``
     (whenever given; the driver passes it for FAIL), logs ``value`` as the metric ``objective``, and
     sets the run description to the state and reason, and ends the run: COMPLETE -> FINISHED,
-    PRUNED -> FINISHED (the tags tell it from COMPLETE), FAIL -> FAILED. Other states (RUNNING,
+    PRUNED -> FINISHED (the tags tell it from COMPLETE), FAIL -> FAILED, LOST -> KILLED (``STATE_TO_RUN_STATUS``,
+    the one table; ``state`` is :func:`sweeper.contract.trial_state`'s). Other states (RUNNING,
     WAITING) only set the tags. Never raises.
     """
     if not run_id:
@@ -344,7 +347,7 @@ def mark_trial(
         client = MlflowClient(tracking_uri=uri)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         reason = prune_reason
-        if not reason and state == "FAIL" and stderr_tail:  # the error line, e.g. "RuntimeError: CUDA error ..."
+        if not reason and state in ("FAIL", "LOST") and stderr_tail:  # the error line, e.g. "RuntimeError: CUDA error ..."
             reason = next((line.strip() for line in reversed(stderr_tail.splitlines()) if line.strip()), None)
         note = state + (f": {_truncate(reason, 500)}" if reason else "") + (f" (objective {value:.6g})" if numeric else "")
         tags = [RunTag(TAG_STATE, state), RunTag("mlflow.note.content", note)]

@@ -163,9 +163,9 @@ def package_modules() -> list[str]:
     """The modules of ``trainers.entropy``, found by name: each method's module registers itself on import;
     the shared ones (base, ops, anchor, ...) register nothing."""
     import pkgutil
+    import sys
 
-    from .. import entropy as package
-
+    package = sys.modules[__package__]  # imported before this module is (importing it here would be a loop)
     return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
 
 

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from ..collectives import global_max
+from ..config import steer_bounds_problem
 from .base import EntropyIntervention, MicroBatch, StepBatch, register_intervention
 
 OMEGA_FORMS = ("code", "paper")
@@ -111,8 +112,9 @@ def steer_weights(omega: torch.Tensor, mask: torch.Tensor, w_min: float, mapping
             k = -torch.log(torch.tensor(w_min, dtype=torch.float32, device=omega.device)) / torch.clamp(m_max, min=omega_floor)
             valid_weights = torch.exp(-k * magnitude).clamp(w_min, 1.0)
         elif mapping == "linear":
-            if w_max < w_min:
-                raise ValueError(f"entropy.steer.w_max ({w_max}) < w_min ({w_min}): the linear mapping needs w_max >= w_min")
+            problem = steer_bounds_problem(w_min, w_max, mapping)
+            if problem is not None:
+                raise ValueError(problem)
             if bool(m_max > m_min):
                 valid_weights = w_max - (magnitude - m_min) * (w_max - w_min) / (m_max - m_min)
             else:

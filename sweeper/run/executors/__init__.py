@@ -11,31 +11,25 @@
     executor.close()                                # the driver submits nothing more (jobs may run on)
 
 * ``local`` (the default, :mod:`.local`): submitit's LocalExecutor, one process per trial on this machine,
-  forked from a per-study server that has done the imports (:mod:`.warm`; ``warm_start: false``: cold).
+  each a fresh interpreter (the warm start that forked trials from a server was removed: docs/sweeper.md).
 * ``debug`` (:mod:`.local`): the trial runs in the driver's process, one at a time.
 * ``slurm`` (:mod:`.slurm`): one Slurm job per trial through submitit's AutoExecutor.
 
-Each kind's spec (the ``executor`` section) lives beside its code. A job's *outcome* is never read from
+Each kind's spec (the ``executor`` section) lives beside its code and builds its executor; the kinds are
+listed in :data:`sweeper.registry.EXECUTORS`. A job's *outcome* is never read from
 submitit: the trial writes ``outcome.json`` itself (:mod:`sweeper.contract`); a job that ends without
 one was killed, and the driver records it as FAIL with :meth:`failure_text` (and :meth:`end_reason`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Any
 
-from pydantic import Field
+from sweeper.run.executors.base import DEFAULT_ENTRYPOINT, Executor, ExecutorSpecBase, ResourcesSpec, TrialJob
 
-from sweeper.run.executors.base import DEFAULT_ENTRYPOINT, Executor, ResourcesSpec, TrialJob
-from sweeper.run.executors.local import DebugExecutor, DebugExecutorSpec, LocalExecutor, LocalExecutorSpec
-from sweeper.run.executors.slurm import SlurmExecutor, SlurmExecutorSpec
-
-ExecutorSpec = Annotated[Union[LocalExecutorSpec, DebugExecutorSpec, SlurmExecutorSpec], Field(discriminator="type")]
-_EXECUTORS = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
-
-__all__ = ["DEFAULT_ENTRYPOINT", "Executor", "ExecutorSpec", "ResourcesSpec", "TrialJob", "LocalExecutorSpec",
-           "DebugExecutorSpec", "SlurmExecutorSpec", "make_executor"]
+__all__ = ["DEFAULT_ENTRYPOINT", "Executor", "ExecutorSpecBase", "ResourcesSpec", "TrialJob", "make_executor"]
 
 
-def make_executor(spec: Any) -> Executor:
-    return _EXECUTORS[spec.type](spec)
+def make_executor(section: Any) -> Executor:
+    """The executor of an ``executor`` section: the section builds it (kinds: :data:`sweeper.registry.EXECUTORS`)."""
+    return section.build()

@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, ClassVar, Iterator, Literal, Protocol
 
 from pydantic import Field, field_validator
 
@@ -57,23 +57,51 @@ class ResourcesSpec(SpecModel):
 
 
 class ExecutorSpecBase(SpecModel):
+    """What every ``executor`` section has. A kind adds ``type: Literal[name]``, its fields, and
+    :meth:`build`; it is listed in :data:`sweeper.registry.EXECUTORS`."""
+
+    # True: trials write the study's storage from other machines (the default storage is then Optuna's
+    # journal file, and a SQLite file on a network filesystem is refused)
+    trials_on_other_nodes: ClassVar[bool] = False
+    one_at_a_time: ClassVar[bool] = False  # True: trials run one by one whatever budget.max_parallel says
+
     entrypoint: str = Field(
         DEFAULT_ENTRYPOINT,
-        description="The trainer: 'module:function' or 'file.py:function' taking (RunConfig, reporters) -> summary dict.",
+        description="The trainer: 'module:function' or 'file.py:function' taking (RunConfig, reporters) "
+        "-> summary dict.",
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the trial process.")
     on_interrupt: Literal["cancel", "detach"] = Field(
         "cancel",
-        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), or detach "
-        "(they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
+        description="Ctrl-C, SIGTERM or SIGHUP on the driver: cancel the trials in flight (re-queued by the next run), "
+        "or detach (they keep running and the next run re-attaches to them); `sweeper run --detach` forces detach.",
     )
+
+    @classmethod
+    def prepare_section(cls, section: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """The raw section before validation (``folder``: the study file's); e.g. a Slurm profile merged in."""
+        return section
+
+    def describe(self) -> str:
+        """One line for ``sweeper validate``."""
+        r = self.resources
+        return (
+            f"{getattr(self, 'type', '?')}: {self.entrypoint}, {r.cpus_per_trial} cpu / {r.gpus_per_trial} gpu per "
+            f"trial, time limit {r.timeout_min:g} min"
+        )
+
+    def build(self) -> Executor:
+        """The executor this section describes."""
+        raise NotImplementedError(f"executor type {getattr(self, 'type', '?')!r} defines no build()")
 
     @field_validator("entrypoint")
     @classmethod
     def _module_colon_function(cls, value: str) -> str:
         if not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"{value!r} must be 'module:function' (e.g. trainers.grpo:train) or 'path/to/file.py:function'")
+            raise ValueError(
+                f"{value!r} must be 'module:function' (e.g. trainers.grpo:train) or 'path/to/file.py:function'"
+            )
         return value
 
     @field_validator("env", mode="before")
@@ -86,10 +114,14 @@ class ExecutorSpecBase(SpecModel):
         problems, env = [], {}
         for key, item in value.items():
             if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                problems.append(f"{key}: not an environment variable name (use letters, digits and '_', not starting with a digit)")
+                problems.append(
+                    f"{key}: not an environment variable name (use letters, digits and '_', not starting with a digit)"
+                )
             elif isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 shown = "null" if item is None else str(item).lower() if isinstance(item, bool) else type(item).__name__
-                problems.append(f"{key}: a value must be a string (or a number), got {shown}; quote it, e.g. {key}: \"1\"")
+                problems.append(
+                    f'{key}: a value must be a string (or a number), got {shown}; quote it, e.g. {key}: "1"'
+                )
             else:
                 env[key] = str(item)
         if problems:
@@ -113,7 +145,12 @@ def tail(path: Path | str | None, chars: int = STDERR_TAIL_CHARS) -> str:
 def thread_environment(threads: int) -> dict[str, str]:
     """One thread count for every math library of the trial process (and no tokenizer threads)."""
     count = str(threads)
-    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count, "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        "OMP_NUM_THREADS": count,
+        "MKL_NUM_THREADS": count,
+        "OPENBLAS_NUM_THREADS": count,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def trial_environment(spec: Any) -> dict[str, str]:

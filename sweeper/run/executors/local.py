@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from sweeper.contract import SUBMITIT_DIR
-from sweeper.run.executors.base import STDERR_TAIL_CHARS, ExecutorSpecBase, TrialJob, patched_environ, tail, trial_environment
-from sweeper.run.executors.warm import WarmServer
+from sweeper.run.executors.base import (
+    STDERR_TAIL_CHARS,
+    ExecutorSpecBase,
+    TrialJob,
+    patched_environ,
+    tail,
+    trial_environment,
+)
 
 
 class LocalExecutorSpec(ExecutorSpecBase):
@@ -31,26 +35,32 @@ class LocalExecutorSpec(ExecutorSpecBase):
 
     type: Literal["local"]
     python: str | None = Field(None, description="Python that runs the trial; default: the driver's.")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before the trial (e.g. 'source venv/bin/activate').")
-    warm_start: bool | Literal["auto"] = Field(
-        "auto",
-        description="Fork each trial from a per-study server that has imported torch, transformers and MLflow once "
-        "(sweeper/run/executors/warm.py): seconds less per trial. auto: for CPU trials (gpus_per_trial 0); true: GPU trials "
-        "too (not yet run on CUDA); false: every trial is a fresh interpreter.",
+    setup: list[str] = Field(
+        default_factory=list, description="Shell lines run before the trial (e.g. 'source venv/bin/activate')."
     )
 
-    @field_validator("warm_start", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _auto_true_or_false(cls, value: Any) -> Any:
-        if value is True or value is False or value == "auto":
-            return value
-        raise ValueError(f"must be auto, true or false (got {value!r})")
+    def _warm_start_was_removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "warm_start" in data:
+            raise ValueError(
+                f"warm_start: {data['warm_start']!r}: warm start was removed (trials always start cold: it saved "
+                f"~6 s of a ~130 s trial and none on the quickstart; docs/sweeper.md); delete executor.warm_start"
+            )
+        return data
+
+    def build(self) -> "LocalExecutor":
+        return LocalExecutor(self)
 
 
 class DebugExecutorSpec(ExecutorSpecBase):
     """In-process, one trial at a time: for pdb and quick checks."""
 
+    one_at_a_time = True
     type: Literal["debug"]
+
+    def build(self) -> "DebugExecutor":
+        return DebugExecutor(self)
 
 
 class SubmititJob:
@@ -131,7 +141,10 @@ class ReattachedLocalJob:
         return None
 
     def log_paths(self) -> dict[str, str]:
-        return {"stdout": str(self.folder / f"{self.job_id}_0_log.out"), "stderr": str(self.folder / f"{self.job_id}_0_log.err")}
+        return {
+            "stdout": str(self.folder / f"{self.job_id}_0_log.out"),
+            "stderr": str(self.folder / f"{self.job_id}_0_log.err"),
+        }
 
     def failure_text(self) -> str:
         return f"[job {self.job_id} (re-attached)]\n{tail(self.log_paths()['stderr'])}"
@@ -147,38 +160,25 @@ class LocalExecutor:
 
     def __init__(self, spec: LocalExecutorSpec):
         self.spec = spec
-        self.warm: WarmServer | None = None
-
-    def _python(self) -> str | None:
-        """submitit's ``python``: the interpreter, or the warm client in its place (the server starts on first use)."""
-        warm = self.spec.warm_start
-        if warm is False or (warm == "auto" and self.spec.resources.gpus_per_trial > 0):
-            return self.spec.python
-        python = self.spec.python or shlex.quote(sys.executable)
-        if self.warm is None:
-            env = trial_environment(self.spec)
-            if self.spec.resources.gpus_per_trial == 0:
-                env["CUDA_VISIBLE_DEVICES"] = ""  # what submitit gives a CPU trial: the server sees no GPU either
-            self.warm = WarmServer(python, list(self.spec.setup), env, self.spec.entrypoint)
-        return self.warm.python_command()
 
     def close(self) -> None:
-        """The driver is done submitting: the warm server exits once the trials it forked have ended."""
-        if self.warm is not None:
-            self.warm.close()
+        """The driver is done submitting (the trials it started run on)."""
 
     def _submitit_executor(self, folder: Path):
         import submitit
 
-        executor = submitit.LocalExecutor(folder=folder, python=self._python())
-        params: dict[str, Any] = {"timeout_min": self.spec.resources.timeout_min, "gpus_per_node": self.spec.resources.gpus_per_trial}
+        executor = submitit.LocalExecutor(folder=folder, python=self.spec.python)
+        params: dict[str, Any] = {
+            "timeout_min": self.spec.resources.timeout_min,
+            "gpus_per_node": self.spec.resources.gpus_per_trial,
+        }
         if self.spec.setup:
             params["setup"] = list(self.spec.setup)
         executor.update_parameters(**params)
         return executor
 
     def submit(self, trial_dir: Path, job_name: str) -> SubmititJob:
-        from sweeper.run.trial import run_trial
+        from sweeper.run.trial.process import run_trial
 
         executor = self._submitit_executor(Path(trial_dir) / SUBMITIT_DIR)
         with patched_environ(trial_environment(self.spec)):
@@ -225,7 +225,7 @@ class DebugExecutor:
         self.spec = spec
 
     def submit(self, trial_dir: Path, job_name: str) -> FinishedJob:
-        from sweeper.run.trial import run_trial
+        from sweeper.run.trial.process import run_trial
 
         env = trial_environment(self.spec)
         env.pop("PYTHONPATH", None)

@@ -42,6 +42,7 @@ class SlurmExecutorSpec(ExecutorSpecBase):
     to the study file); fields given in the spec replace the profile's (``additional_parameters`` is
     merged key by key). ``resources`` is not used: the Slurm fields say it per task and per node."""
 
+    trials_on_other_nodes = True
     type: Literal["slurm"]
     profile: str | None = Field(None, description="A preset of the fields below: local-test, gpu-a100, multi-node (slurm/profiles/) or a YAML path.")
     partition: str | None = Field(None, description="Slurm partition (None: the cluster's default partition).", json_schema_extra=_PROFILE)
@@ -70,6 +71,19 @@ class SlurmExecutorSpec(ExecutorSpecBase):
                 "time_limit_min (or name a profile) instead"
             )
         return self
+
+    @classmethod
+    def prepare_section(cls, section: dict[str, Any], folder: Path) -> dict[str, Any]:
+        return apply_profile(section, folder)
+
+    def describe(self) -> str:
+        where = ", ".join(f"{k} {getattr(self, k)}" for k in ("partition", "account", "qos", "constraint") if getattr(self, k))
+        return (f"slurm{f' (profile {self.profile})' if self.profile else ''}: {self.entrypoint}, {where or 'default partition'}, "
+                f"{self.nodes} node(s) x {self.tasks_per_node} task(s) x {self.cpus_per_task} cpu, {self.gpus_per_node} gpu/node, "
+                f"{f'{self.mem_gb:g} GB/node, ' if self.mem_gb else ''}time limit {self.time_limit_min} min")
+
+    def build(self) -> "SlurmExecutor":
+        return SlurmExecutor(self)
 
 
 PROFILE_FIELDS = tuple(name for name, f in SlurmExecutorSpec.model_fields.items() if f.json_schema_extra == _PROFILE)
@@ -294,7 +308,7 @@ class SlurmExecutor:
     def submit(self, trial_dir: Path, job_name: str) -> SlurmTrialJob:
         import submitit
 
-        from sweeper.run.trial import CheckpointableTrial
+        from sweeper.run.trial.slurm import CheckpointableTrial
 
         folder = Path(trial_dir) / SUBMITIT_DIR
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=self.spec.max_requeues,
@@ -317,6 +331,6 @@ class SlurmExecutor:
         return SlurmTrialJob(self, Path(trial_dir) / SUBMITIT_DIR, str(job_id), Path(trial_dir))
 
     def close(self) -> None:
-        pass  # each Slurm job starts its own interpreter on its node: there is no warm server to stop
+        pass  # each Slurm job starts its own interpreter on its node: nothing to stop
 
 

@@ -27,7 +27,7 @@ This package is the one place in ``sweeper/`` that imports trainer modules beyon
 """
 
 from sweeper.run.trial.process import load_entrypoint, run_trial
-from sweeper.run.trial.reporter import TrialReporter, aggregate
+from sweeper.run.trial.reporter import TrialReporter
 from sweeper.run.trial.slurm import CheckpointableTrial, run_secondary_rank
 
-__all__ = ["run_trial", "load_entrypoint", "TrialReporter", "aggregate", "CheckpointableTrial", "run_secondary_rank"]
+__all__ = ["run_trial", "load_entrypoint", "TrialReporter", "CheckpointableTrial", "run_secondary_rank"]

@@ -116,17 +116,16 @@ def run_trial(trial_dir: str | Path, preemption: threading.Event | None = None) 
 
 def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
     import optuna
-    from pydantic import TypeAdapter
 
     from trainers.config import load_config
 
-    from sweeper.study.pruning import PrunerSpec
+    from sweeper.registry import PRUNERS
     from sweeper.run.storage import make_storage
 
     ticket = TrialTicket.read(trial_dir)
     config = load_config(trial_dir / CONFIG_FILE)
     train = load_entrypoint(ticket.entrypoint)
-    pruner_spec = TypeAdapter(PrunerSpec).validate_python(ticket.pruner)
+    pruner_spec = PRUNERS.validate(ticket.pruner)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(ticket.storage, worker=True)
@@ -159,7 +158,8 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
             continue
         first = index == 0
         reporter = TrialReporter(trial, ticket.objectives, health_rules(pruner_spec.health),
-                                 use_pruner=first and pruner_spec.type not in ("none", "futility") and not multi and not ticket.baseline,
+                                 use_pruner=first and pruner_spec.prunes and pruner_spec.judges_validations and not multi
+                                 and not ticket.baseline,
                                  report_intermediate=first and not multi, pruner_name=pruner_spec.type,
                                  seed=seed if not multi else None,
                                  look=_validation_look(futility, study, storage, ticket, seed) if futility else None)
@@ -201,7 +201,7 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
                 break
     outcome = _with_uncertainty(ending, finished, len(runs), ticket)
     if tracker is not None:
-        tracker.on_end(summary)
+        tracker.on_end(summary, state=outcome.state)  # the run's status and tags from the outcome, as Optuna's
     print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
     return outcome
 
@@ -269,7 +269,7 @@ def _prompt_se(per_prompt: list[list[float] | None] | None) -> list[float | None
 def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | None, log_paths: dict[str, str], run_id: str | None):
     """The MLflow reporter of this trial (None if tracking cannot be set up: the trial trains anyway)."""
     try:
-        from sweeper.tracking import TrialTracker
+        from sweeper.tracking.trial import TrialTracker
 
         tracking = ticket.tracking
         tracker = TrialTracker(

@@ -19,25 +19,8 @@ from typing import Any, Mapping, Sequence
 from trainers.reporting import METRICS_FILE, PER_PROMPT_FILE, read_metrics, read_per_prompt
 
 from sweeper.contract import STOP_PREFIX, Outcome, per_prompt_attr
-from sweeper.study.paired_pruner import PairedPruner
 from sweeper.study.pruning import Verdict, first_verdict
-from sweeper.statistics import objective_per_prompt
-
-
-def aggregate(values: Sequence[float], objective: Mapping[str, Any]) -> float | None:
-    """The objective of a trial from its validation values: last, best, or mean of the last n."""
-    if not values:
-        return None
-    how = objective.get("aggregation", "last")
-    if how == "last":
-        return float(values[-1])
-    if how == "best":
-        finite = [v for v in values if math.isfinite(v)]
-        if not finite:
-            return float(values[-1])
-        return max(finite) if objective.get("direction", "maximize") == "maximize" else min(finite)
-    tail = values[-int(objective.get("last_n", 3)):]
-    return float(sum(tail) / len(tail))
+from sweeper.statistics import ObjectiveRule
 
 
 def prompt_values(per_prompt: Mapping[str, Any] | None, metric: str) -> list[float] | None:
@@ -63,7 +46,7 @@ class TrialReporter:
         look: Any = None,
     ):
         self.trial = trial
-        self.objectives = list(objectives)
+        self.objectives = [o if isinstance(o, ObjectiveRule) else ObjectiveRule.from_section(o) for o in objectives]
         self.rules = list(rules)
         self.use_pruner = use_pruner
         self.report_intermediate = report_intermediate
@@ -137,9 +120,10 @@ class TrialReporter:
                 self.trial.set_user_attr(per_prompt_attr(step), vector)  # before should_prune: the paired pruner reads it
             self.trial.report(value, step)
             if self.use_pruner and self.trial.should_prune():
-                metric = self.objectives[0]["metric"]
+                metric = self.objectives[0].metric
                 pruner = self.trial.study.pruner
-                why = f": {pruner.explain()}" if isinstance(pruner, PairedPruner) else ""
+                explain = getattr(pruner, "explain", None)  # a pruner that can say why (the paired pruner) is asked
+                why = f": {explain()}" if callable(explain) else ""
                 self._stop(Verdict("pass@k", f"the {self.pruner_name} pruner stopped it at step {step} ({metric} = {value:.4g}){why}"), step)
         except Exception as error:  # noqa: BLE001 - a storage hiccup must not kill the training
             if not self._storage_warned:
@@ -182,9 +166,9 @@ class TrialReporter:
     def _record_objectives(self, step: int, metrics: Mapping[str, float], per_prompt: Mapping[str, Any] | None) -> None:
         self.objective_steps.append(step)
         for i, objective in enumerate(self.objectives):
-            value = metrics.get(objective["metric"])
+            value = metrics.get(objective.metric)
             self.objective_values[i].append(float(value) if value is not None else math.nan)
-            self.objective_vectors[i].append(prompt_values(per_prompt, objective["metric"]))
+            self.objective_vectors[i].append(prompt_values(per_prompt, objective.metric))
 
     def _judge(self, step: int) -> None:
         if self.verdict is None:
@@ -203,21 +187,20 @@ class TrialReporter:
         out: list[list[float] | None] = []
         for objective, vectors in zip(self.objectives, self.objective_vectors):
             complete = bool(vectors) and all(v is not None for v in vectors) and len({len(v) for v in vectors}) == 1
-            out.append(objective_per_prompt(vectors, objective.get("aggregation", "last"), int(objective.get("last_n", 3)),
-                                            objective.get("direction", "maximize")) if complete else None)
+            out.append(objective.per_prompt(vectors) if complete else None)
         return out
 
     def outcome(self, summary: Mapping[str, Any] | None) -> Outcome:
         """COMPLETE with the aggregated objective(s), PRUNED with the reason, or FAIL (one replicate's)."""
         base = {
             "step": (summary or {}).get("step", self.last_step),
-            "objective_history": {o["metric"]: list(zip(self.objective_steps, v)) for o, v in zip(self.objectives, self.objective_values)},
+            "objective_history": {o.metric: list(zip(self.objective_steps, v)) for o, v in zip(self.objectives, self.objective_values)},
             "summary": _jsonable(summary or {}),
             "num_processes": self.num_processes,
             "resumed_from_step": self.resumed_from_step,
         }
         if self.verdict is not None:
-            partial = [aggregate(v, o) for o, v in zip(self.objectives, self.objective_values)]
+            partial = [o.value(v) for o, v in zip(self.objectives, self.objective_values)]
             return Outcome("PRUNED", prune_reason=self.verdict.reason, message=self.verdict.message,
                            partial_values=partial, pruned_at_step=self.verdict_step, per_prompt=self._per_prompt(), **base)
         status = (summary or {}).get("status", "completed")
@@ -226,13 +209,13 @@ class TrialReporter:
             return Outcome("FAIL", fail_reason=f"the trainer ended with status {status!r} (stop_reason {reason!r})", **base)
         values = []
         for objective, series in zip(self.objectives, self.objective_values):
-            value = aggregate(series, objective)
+            value = objective.value(series)
             if value is None:
                 seen = sorted(k for k in self.history if k.startswith("val/"))
-                return Outcome("FAIL", fail_reason=f"objective metric {objective['metric']!r} was never reported; "
+                return Outcome("FAIL", fail_reason=f"objective metric {objective.metric!r} was never reported; "
                                                    f"validation metrics seen: {seen or 'none (no validation ran)'}", **base)
             if not math.isfinite(value):
-                return Outcome("FAIL", fail_reason=f"objective {objective['metric']} is {value}", **base)
+                return Outcome("FAIL", fail_reason=f"objective {objective.metric} is {value}", **base)
             values.append(value)
         return Outcome("COMPLETE", values=values, per_prompt=self._per_prompt(), **base)
 
