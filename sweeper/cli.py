@@ -76,7 +76,7 @@ def describe_spec(spec: Any) -> list[str]:
         budget += f", {b.seeds} seeds per config (a trial's value is their mean ± SE over seeds and prompts)"
     executor = spec.executor.describe()
     t = spec.tracking
-    from sweeper.urls import redact_url  # a password in a database URL is not printed
+    from sweeper.redaction import redact_url  # a password in a database URL is not printed
 
     tracking = f"MLflow {redact_url(t.uri)}, experiment {t.experiment}" if t.enabled else "off"
     if t.enabled and t.artifact_location:

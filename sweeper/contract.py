@@ -30,7 +30,7 @@ import os
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 from sweeper.redaction import STORAGE_ENV, TRACKING_ENV, strip_secret, with_secret
 from sweeper.statistics import Estimate, mean_and_se
@@ -71,6 +71,8 @@ ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: pe
                                         # first objective's per-prompt values (paired comparisons between trials)
 ATTR_SAME_CONFIG = "same_config_as"    # a duplicate config: the complete trial whose result it reuses (sweeper.run.reuse)
 PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
+ATTR_SEED_VALUES = "seed_values"          # {seed: the objective of that seed's run}, after each finished seed
+SEED_CURVE_PREFIX = "seed_curve/"         # + seed: {step: the objective's validation value at that step}
 
 
 def per_prompt_attr(step: int) -> str:
@@ -332,3 +334,14 @@ def count_states(trials: Iterable[Any]) -> dict[str, int]:
         state = trial_state(trial)
         counts[state] = counts.get(state, 0) + 1
     return counts
+
+
+def seed_curve_attr(seed: int) -> str:
+    return f"{SEED_CURVE_PREFIX}{int(seed)}"
+
+
+def trial_seed_values(attrs: Mapping[str, Any]) -> dict[int, float]:
+    """{seed: objective} a trial has finished: its ``seed_values`` attr, else its ``replicates``."""
+    from sweeper.decisions import seed_values
+
+    return seed_values(attrs.get(ATTR_SEED_VALUES)) or seed_values(attrs.get(ATTR_REPLICATES))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeper.redaction import redact_url  # noqa: F401 (re-exported: the one redaction of a URL)
-
 JOURNAL_PREFIX = "journal://"
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_EXTRA = "entropy-sweeper[postgres]"

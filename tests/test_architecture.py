@@ -7,10 +7,10 @@
 - Modules stay one concept: none is much over 600 lines.
 - No import loop in ``sweeper/`` or ``trainers/`` (every import: absolute and relative, inside functions and
   ``if TYPE_CHECKING:`` blocks too), and at most :data:`MAX_FLOORS` floors of imports inside ``sweeper/``.
-- The sweeper's phases import one way (:data:`PHASES`): the shared modules (contract, statistics, paths,
-  urls, registry) import no phase; ``study`` (define a study) imports only shared modules; ``tracking``
-  (MLflow, the report) reads ``study``; ``run`` reads ``tracking`` and ``study``; ``results`` reads all of
-  them; the CLI and the package's API sit on top.
+- The sweeper's phases import one way (:data:`PHASES`): the shared modules (contract, statistics, decisions,
+  paths, urls, redaction, registry) import no phase; ``study`` (define a study) imports only shared modules;
+  ``tracking`` (MLflow, the report) reads ``study``; ``run`` reads ``tracking`` and ``study``; ``results`` reads
+  all of them; the CLI and the package's API sit on top.
 - The registry (:mod:`sweeper.registry`) names the components' modules by string (``"module:attribute"``),
   which is how the spec validates an executor section without importing the run phase, and how the run phase
   finds a storage kind: a plugin lookup, both ways by design. Its entries are read here too (never hidden):
@@ -38,6 +38,8 @@ PHASES = {
     "sweeper.paths": 0,
     "sweeper.urls": 0,
     "sweeper.registry": 0,
+    "sweeper.redaction": 0,
+    "sweeper.decisions": 0,
     "sweeper.study": 1,
     "sweeper.tracking": 2,
     "sweeper.run": 3,

@@ -79,8 +79,10 @@ def test_complete_crash_kill_corrupt_and_unknown_outcomes_agree_in_optuna_mlflow
         "study": {"name": "states"},
         "objective": {"metric": "val/pass@8"},
         "base": {"train": {"steps": 6, "eval_every": 2}},
-        "space": {"params": {"model.path": [ok, "standin:crash", "standin:die"]}},
-        "enqueue": [{"model.path": path} for path in configs],
+        # optim.lr (ignored by the stand-in) keeps trials 3 and 4 from being the same config as trial 0, whose
+        # result they would reuse (sweeper.run.reuse) without running
+        "space": {"params": {"model.path": [ok, "standin:crash", "standin:die"], "optim.lr": [1.0e-5, 2.0e-5, 3.0e-5]}},
+        "enqueue": [{"model.path": path, "optim.lr": lr} for path, lr in zip(configs, [1.0e-5, 1.0e-5, 1.0e-5, 2.0e-5, 3.0e-5])],
         "sampler": {"type": "random", "seed": 0},
         "pruner": {"type": "none"},
         "budget": {"n_trials": len(configs), "max_parallel": 2},

@@ -27,7 +27,8 @@ from hypothesis import given, settings, strategies as st
 from sweeper.contract import TICKET_FILE, TRACKING_SPILL_FILE, TrialTicket, atomic_write
 from sweeper.redaction import STORAGE_ENV, TRACKING_ENV, has_secret, redact_url, secret_environment, strip_secret, with_secret
 from sweeper.results.ui import MlflowServer
-from sweeper.run.storage import check_cluster_storage, unreachable_message
+from sweeper.run.storage import check_cluster_storage
+from sweeper.run.storage_kinds import unreachable_message
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"

@@ -52,6 +52,14 @@ def is_built(name: str) -> bool:
     return (built_model_folder(name) / "build_info.json").is_file()
 
 
+def builtin_models() -> list[str]:
+    """Every ``builtin:NAME`` model: those shipped in trainers/assets and those built into the cache (built or
+    not yet)."""
+    from .assets import shipped_models
+
+    return sorted({*shipped_models(), *BUILD_SCRIPTS})
+
+
 def build_command(name: str) -> str:
     """The command that builds ``name`` (for error messages)."""
     return f"python {BUILD_SCRIPTS[name].relative_to(REPO_ROOT)}"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .schema import (annotation_at, as_model, format_validation_error, refuse_bool_as_number,  # noqa: F401  (shared with
                      render_location, step_into, union_tags)                                   # the study spec)
-from .assets import ASSETS_DIR, BUILTIN_PREFIX, shipped_models  # noqa: F401  (the shipped models: builtin:NAME)
+from .assets import ASSETS_DIR, BUILTIN_PREFIX  # noqa: F401  (the shipped models: builtin:NAME)
 from .logged_metrics import LoggedMetrics, logged_metrics  # noqa: F401  (part of the contract: what the trainer logs)
 from .safe_yaml import FastSafeLoader, YamlFileError, read_yaml_file  # noqa: F401  (FastSafeLoader: for sweeper.study.schema)
 
@@ -548,4 +548,5 @@ def resolve_model_path(path: str) -> str:
 # What the filesystem and the registries tell before a run starts, and what the trainer logs: torch-free
 # modules of the contract, re-exported here (the sweeper imports no trainer module but this one).
 from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built  # noqa: E402
+from .built_models import builtin_models as shipped_models  # noqa: E402,F401  (every builtin:NAME model)
 from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401

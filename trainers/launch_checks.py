@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from .assets import ASSETS_DIR, BUILTIN_PREFIX, shipped_models
-from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built
+from .assets import ASSETS_DIR, BUILTIN_PREFIX
+from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, builtin_models, is_built
 from .rewards import registered_rewards
 
 BUILTIN_REWARDS = tuple(registered_rewards())
@@ -26,7 +26,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?"
 def model_path_problem(path: str) -> str | None:
     """None when ``path`` can name a model: a shipped ``builtin:NAME``, a local folder, or a hub id
     (``org/name``, resolved when the run loads it); else what is wrong and what would be accepted."""
-    accepted = f"give a local model folder, a hub id (org/name) or one of: {', '.join(BUILTIN_PREFIX + m for m in shipped_models())}"
+    accepted = f"give a local model folder, a hub id (org/name) or one of: {', '.join(BUILTIN_PREFIX + m for m in builtin_models())}"
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
         if name in BUILD_SCRIPTS:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sweeper.run.storage import JOURNAL_PREFIX, filesystem_type, sqlite_file
+from sweeper.run.mounts import filesystem_type
+from sweeper.urls import JOURNAL_PREFIX, sqlite_file
 from sweeper.study.space import CategoricalParam, param_path
 
-if TYPE_CHECKING:
-    from sweeper.study.spec import StudySpec
 
 # filesystems the kernel makes up: a file there is no disk file (reads of /proc, writes to /sys and /dev)
 PSEUDO_FILESYSTEMS = frozenset({
@@ -35,7 +34,7 @@ PSEUDO_EXCEPTIONS = ("/dev/shm",)              # tmpfs: a database there works (
 MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
-def sanity_problems(spec: "StudySpec", mounts_text: str | None = None) -> list[str]:
+def sanity_problems(spec: Any, mounts_text: str | None = None) -> list[str]:
     """One line per problem (``field: what is wrong; what would be accepted``); [] when none is found."""
     problems = duplicate_problems(spec)
     problems += self_condition_problems(spec)
@@ -60,7 +59,7 @@ def _twice(values: list[Any]) -> list[Any]:
     return doubled
 
 
-def duplicate_problems(spec: "StudySpec") -> list[str]:
+def duplicate_problems(spec: Any) -> list[str]:
     problems = []
 
     def check(field: str, values: Any, what: str) -> None:
@@ -87,7 +86,7 @@ def duplicate_problems(spec: "StudySpec") -> list[str]:
 # --------------------------------------------------------------------------- a `when` that reads itself
 
 
-def self_condition_problems(spec: "StudySpec") -> list[str]:
+def self_condition_problems(spec: Any) -> list[str]:
     problems = []
     for name, param in spec.space.params.items():
         path = param_path(name, param)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sweeper.redaction import redact_url
 from sweeper.study.drivers import check_database_driver
 from sweeper.study.schema import SpecError
-from sweeper.urls import JOURNAL_PREFIX, SQLITE_PREFIX, redact_url, sqlite_file
+from sweeper.urls import JOURNAL_PREFIX, SQLITE_PREFIX, sqlite_file
 
 CONNECT_TIMEOUT_S = 10
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 
+from sweeper.redaction import redact_url
 from sweeper.study.schema import SpecError
-from sweeper.urls import DRIVER_PACKAGES, JOURNAL_PREFIX, MLFLOW_DATABASE_SCHEMES, POSTGRES_EXTRA, redact_url
+from sweeper.urls import DRIVER_PACKAGES, JOURNAL_PREFIX, MLFLOW_DATABASE_SCHEMES, POSTGRES_EXTRA
 
 __all__ = ["check_database_driver"]
 

@@ -41,17 +41,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sweeper.contract import ATTR_BASELINE, ATTR_REJECTED, ATTR_REPLICATES
+from sweeper.contract import (ATTR_BASELINE, ATTR_REJECTED, ATTR_REPLICATES, ATTR_SEED_VALUES,  # noqa: F401 (re-exported)
+                              SEED_CURVE_PREFIX, seed_curve_attr, trial_seed_values)
 from sweeper.decisions import (GainBound, gain_bound, is_futile, paired_by_seed, paired_gain, pooled_pair_sd, pooled_sd,
                                seed_values)
 
-ATTR_SEED_VALUES = "seed_values"          # {seed: the objective of that seed's run}, after each finished seed
-SEED_CURVE_PREFIX = "seed_curve/"         # + seed: {step: the objective's validation value at that step}
 PRUNE_REASON = "futility"
-
-
-def seed_curve_attr(seed: int) -> str:
-    return f"{SEED_CURVE_PREFIX}{int(seed)}"
 
 
 @dataclass(frozen=True)
@@ -118,11 +113,6 @@ class FutilityRule:
         bound = gain_bound(difference, se, allowance, df, self.alpha, self.looks)
         return Look(is_futile(bound, self.delta), f"{bound.text(self.delta)} vs trial {incumbent} over {common} common "
                     f"seed{'s' if common > 1 else ''} (sd of a difference {pair_sd:.3g}, {basis}, {df} df)", bound, incumbent)
-
-
-def trial_seed_values(attrs: Mapping[str, Any]) -> dict[int, float]:
-    """{seed: objective} a trial has finished: its ``seed_values`` attr, else its ``replicates``."""
-    return seed_values(attrs.get(ATTR_SEED_VALUES)) or seed_values(attrs.get(ATTR_REPLICATES))
 
 
 def trial_values_at(attrs: Mapping[str, Any], step: int) -> dict[int, float]:

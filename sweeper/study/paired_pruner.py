@@ -33,7 +33,7 @@ from typing import Any
 
 import optuna
 
-from sweeper.contract import per_prompt_attr
+from sweeper.contract import per_prompt_attr, trial_seed_values
 from sweeper.decisions import harm_p_value, harm_se, pooled_sd
 from sweeper.statistics import mean_and_se
 
@@ -51,8 +51,6 @@ def harm_test(mine: list[float], theirs: list[float], margin: float, run_sd: flo
 
 def study_run_sd(trials) -> tuple[float, float]:
     """(sd, df) of the objective over training seeds, pooled over trials with 2 or more seeds (NaN, 0: none)."""
-    from sweeper.study.futility import trial_seed_values
-
     pooled = pooled_sd([list(trial_seed_values(t.user_attrs).values()) for t in trials])
     return pooled.sd, pooled.df
 
@@ -108,8 +106,6 @@ class PairedPruner(optuna.pruners.BasePruner):
         if run_df == 0:
             self.last_test = {"skipped": "no run-to-run sd: give pruner.run_sd or budget.seeds >= 2"}
             return False
-        from sweeper.study.futility import trial_seed_values
-
         # the incumbent is the best of several: its value is shifted down by allowance x its SE over seeds
         shift = self.allowance * run_sd / math.sqrt(max(1, len(trial_seed_values(incumbent.user_attrs))))
         test = harm_test(mine, theirs, self.min_difference, run_sd, run_df, shift) if maximize else \

@@ -29,7 +29,6 @@ import copy
 import functools
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -37,11 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from trainers.config import ConfigError, RunConfig, as_model, parse_config
 
 from sweeper.paths import get_path, leaves, set_path  # noqa: F401 (re-exported: the space speaks in dotted paths)
-from sweeper.study.includes import expand_include
 from sweeper.study.schema import Scalar, SpecError, SpecModel
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-BUILTIN_PREFIX = "builtin:"
 
 
 # --------------------------------------------------------------------------- config paths
@@ -392,65 +388,6 @@ def ordered_params(params: dict[str, Any]) -> list[str]:
     for name in params:
         visit(name, [])
     return order
-
-
-# --------------------------------------------------------------------------- space files (include)
-
-def expand_space(space: Any, folder: Path, origins: dict[str, str], stack: list[str], memo: dict | None = None) -> Any:
-    """Merge ``include`` d space files (in order, then this file's own params: a later definition of
-    a parameter name replaces an earlier one; constraints are concatenated). ``origins`` gets the file
-    that defined each parameter; ``memo``: the files expanded so far (:mod:`sweeper.study.includes`)."""
-    memo = {} if memo is None else memo
-    if not isinstance(space, dict):
-        return space
-    includes = space.get("include")
-    if includes is None:
-        for name in space.get("params") or {}:
-            origins.setdefault(name, stack[-1])
-        return space
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise SpecError(f"space.include: give a file or a list of files (builtin:NAME for search_spaces/NAME.yaml), got {includes!r}")
-    params: dict[str, Any] = {}
-    constraints: list[Any] = []
-    own = space.get("params") or {}
-    own_constraints = space.get("constraints") or []
-    if not isinstance(own, dict) or not isinstance(own_constraints, list):
-        return space  # not merged: validation reports the field's shape
-    for include in includes:
-        path = resolve_include(include, folder)
-        if str(path) in stack:
-            raise SpecError(f"space.include: {include} includes itself (chain: {' -> '.join(stack + [str(path)])})")
-        data, inner_origins = expand_include(path, include, stack, memo, expand_space)  # each file once per spec
-        for key, kind in (("params", dict), ("constraints", list)):
-            if not isinstance(data.get(key) or kind(), kind):
-                raise SpecError(f"space.include: {path}: {key} must be a {'mapping' if kind is dict else 'list'}, "
-                                f"got {type(data[key]).__name__} ({data[key]!r:.60})")
-        for name, param in (data.get("params") or {}).items():
-            params[name] = param
-            origins[name] = inner_origins.get(name, str(path))
-        constraints += data.get("constraints") or []
-    for name, param in own.items():
-        params.pop(name, None)
-        params[name] = param
-        origins[name] = stack[-1]
-    merged = {k: v for k, v in space.items() if k != "include"}
-    merged["params"] = params
-    merged["constraints"] = constraints + own_constraints
-    return merged
-
-
-def resolve_include(include: str, folder: Path) -> Path:
-    if include.startswith(BUILTIN_PREFIX):
-        name = include[len(BUILTIN_PREFIX):]
-        path = SEARCH_SPACES_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-        if not path.exists():
-            shipped = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml"))
-            raise SpecError(f"space.include: no ready space {include!r}; shipped: {', '.join('builtin:' + s for s in shipped)}")
-        return path
-    path = Path(include)
-    return (path if path.is_absolute() else folder / path).resolve()
 
 
 # --------------------------------------------------------------------------- sampling

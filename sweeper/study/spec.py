@@ -76,11 +76,13 @@ from trainers.config import RunConfig, format_validation_error, render_location
 from sweeper import registry
 from sweeper.registry import EXECUTORS, PRUNERS, SAMPLERS, STORAGES
 from sweeper.statistics import ObjectiveRule
+from sweeper.study.budget import MAX_SEEDS, BudgetSpec, parse_duration  # noqa: F401 (re-exported)
 from sweeper.study.schema import SpecError, SpecModel, read_yaml
 from sweeper.study.space import (CategoricalParam, FixedParam, FloatParam, IntParam, Rejected, SampledConfig, SpaceSpec,
-                                 describe_params, expand_space, get_path, grid_search_space, param_path, resolve_config,
+                                 describe_params, get_path, grid_search_space, param_path, resolve_config,
                                  sample_params, set_path)
 from sweeper.study.drivers import check_database_driver
+from sweeper.study.includes import expand_space
 from sweeper.urls import JOURNAL_PREFIX, SQLITE_PREFIX, default_storage_url, default_tracking_uri, is_database_server, url_scheme
 from sweeper.redaction import redact_url
 
@@ -141,71 +143,10 @@ class ObjectiveSpec(SpecModel):
         return value
 
 
-# --------------------------------------------------------------------------- budget / tracking
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from a number or a string like '90s', '30m', '2h', '1d'."""
-    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration; give seconds (3600) or a string such as 90s, 30m, 2h, 1d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+# --------------------------------------------------------------------------- tracking (the budget: sweeper.study.budget)
 
 
 BASE_INVALID = "base_invalid"  # validation context: the base config was refused (the defaults stand in for it)
-MAX_SEEDS = 100  # replicate seeds per config; papers use 3 to 10, and a trial runs them one after another
-
-
-class BudgetSpec(SpecModel):
-    n_trials: int | None = Field(None, gt=0, description="Trials to run in total, counting those already in storage.")
-    timeout: float | None = Field(None, gt=0, description="Seconds (or 30m, 2h) after which no new trial starts.")
-    max_parallel: int = Field(1, gt=0, description="Trials in flight at once.")
-    steps: int | None = Field(None, gt=0, description="Override train.steps for every trial.")
-    seeds: int = Field(
-        1, ge=1, le=MAX_SEEDS,
-        description="Training seeds per sampled config (seed, seed + 1, ...): a trial runs its config once per seed "
-        "and its value is their mean, with a standard error over seeds and validation prompts. At most "
-        f"{MAX_SEEDS}: the seeds of a config run one after another inside its trial.",
-    )
-    seeds_min: int | None = Field(
-        None, ge=1,
-        description="Racing (budget.seeds as a range, {min: 1, max: 3} or \"1-3\"): every config runs this many "
-        "seeds, the rest only while the futility pruner keeps it in the race. None = all budget.seeds.",
-    )
-    trial_steps: int | None = Field(None, gt=0, description="Stop launching trials once this many training steps "
-                                    "(over every trial and seed) are spent.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _seed_range(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "seeds" not in data:
-            return data
-        seeds, bounds = data["seeds"], None
-        if isinstance(seeds, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", seeds):
-            bounds = [int(part) for part in seeds.split("-")]
-        elif isinstance(seeds, dict):
-            if set(seeds) != {"min", "max"}:
-                raise ValueError(f"budget.seeds: {seeds!r} is not a range; give {{min: 1, max: 3}}, \"1-3\" or a number")
-            bounds = [seeds["min"], seeds["max"]]
-        if bounds is None:
-            return data
-        low, high = bounds
-        if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
-            raise ValueError(f"budget.seeds: {seeds!r} is not a range of seeds; give 1 <= min <= max, e.g. \"1-3\"")
-        return {**data, "seeds": high, "seeds_min": low}
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return parse_duration(value)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> "BudgetSpec":
-        if self.n_trials is None and self.timeout is None and self.trial_steps is None:
-            raise ValueError("give n_trials, timeout or trial_steps (or several): a study needs a budget")
-        return self
 
 
 class TrackingSpec(SpecModel):

@@ -136,7 +136,7 @@ class TrialReporter:
         if self.seed is None or self.verdict is not None:
             return
         try:
-            from sweeper.study.futility import seed_curve_attr
+            from sweeper.contract import seed_curve_attr
 
             curve = {str(s): v for s, v in zip(self.objective_steps, self.objective_values[0]) if math.isfinite(v)}
             self.trial.set_user_attr(seed_curve_attr(self.seed), curve)
