@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .algorithms import aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
-from .collectives import global_ratio
+from .algorithms import BatchTotals, aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
+from .collectives import global_ratio, global_sum
 from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
@@ -220,6 +220,7 @@ class GRPOTrainer:
                 prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini].sort().values
                 mini_rows = (prompt_ids[:, None] * G + torch.arange(G)[None, :]).reshape(-1)
                 micro_slices = [mini_rows[i:i + micro] for i in range(0, len(mini_rows), micro)]
+                totals = self._mini_batch_totals(response_mask[mini_rows.to(device)])
                 self.optimizer.zero_grad(set_to_none=True)
                 for index, rows in enumerate(micro_slices):
                     is_last = index == len(micro_slices) - 1
@@ -229,8 +230,8 @@ class GRPOTrainer:
                                      salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
                         loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
-                                                                     len(micro_slices), seed, on_policy)
-                        self.accelerator.backward(self.grad_scaler.scale(loss / len(micro_slices)))
+                                                                     len(micro_slices), seed, on_policy, totals)
+                        self.accelerator.backward(self.grad_scaler.scale(loss))
                     sums.add(micro_metrics)
                 self.grad_scaler.unscale_(self.optimizer)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
@@ -325,11 +326,32 @@ class GRPOTrainer:
             del logits
         return torch.cat(pieces)
 
+    def _mini_batch_totals(self, mini_batch_mask: torch.Tensor) -> BatchTotals:
+        """The mini-batch's response tokens and responses summed over the processes (one all-reduce per
+        mini-batch): the denominators of ``loss_agg`` (verl's ``batch_num_tokens`` and ``global_batch_size``)."""
+        local = torch.stack([mini_batch_mask.sum(), torch.tensor(float(mini_batch_mask.shape[0]), device=mini_batch_mask.device)])
+        tokens, sequences = global_sum(local).tolist()
+        return BatchTotals(tokens=tokens, sequences=sequences)
+
     def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
-                          num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None
-                          ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of the micro-batch ``rows``; ``forward``: its ``(logits, logp)`` when the step already ran it."""
+                          num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None,
+                          totals: BatchTotals | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to back-propagate for the micro-batch ``rows`` (one of ``num_micro`` of this process's mini-batch)
+        and its metrics; ``forward``: its ``(logits, logp)`` when the step already ran it; ``totals``: the
+        mini-batch's token and response counts over all processes (None: ``rows`` are the whole mini-batch, one
+        process).
+
+        The PG and KL terms are this micro-batch's share of the mini-batch's aggregate (``aggregate(...,
+        totals)``), times the process count (data parallel averages the gradients over processes): summed over
+        micro-batches and averaged over processes, the gradient is the mini-batch's, whatever the split. The
+        methods' extra terms are their own aggregates of this micro-batch, averaged over the micro-batches
+        (``/ num_micro``) and processes. The logged losses are in mini-batch units (each micro-batch's share
+        scaled by ``num_micro x world``, so the step's mean over micro-batches and processes is the mini-batch's)."""
         cfg = self.config
+        world = self.world
+        if totals is None:
+            totals = BatchTotals.of(batch.response_mask[rows.to(batch.response_mask.device)])
+            world = 1
         device = self.accelerator.device
         rows_device = rows.to(device)
         logits, logp = forward if forward is not None else self._forward(rollout.select(rows))
@@ -356,21 +378,27 @@ class GRPOTrainer:
         loss_mask, hook_metrics = intervention.loss_mask(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
-        pg_loss = aggregate(cfg.loss_agg, token_loss, loss_mask, cfg.rollout.max_new_tokens)
-        loss = pg_loss
+        share = aggregate(cfg.loss_agg, token_loss, loss_mask, cfg.rollout.max_new_tokens, totals)
+        to_mini_batch_units = num_micro * world
+        pg_loss = float(share.detach()) * to_mini_batch_units
+        logged_loss = pg_loss
         extra, hook_metrics = intervention.extra_loss(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
-        if extra is not None:
-            loss = loss + extra
-            metrics["train/extra_loss"] = float(extra.detach())
         if ref_logp is not None:
             kl_ref = kl_k3(logp, ref_logp[rows_device])
-            loss = loss + cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask, cfg.rollout.max_new_tokens)
+            kl_share = cfg.kl.beta * aggregate(cfg.loss_agg, kl_ref, mask, cfg.rollout.max_new_tokens, totals)
+            share = share + kl_share
+            logged_loss += float(kl_share.detach()) * to_mini_batch_units
             metrics["train/kl_ref"] = masked_mean(kl_ref.detach(), mask)
+        loss = share * world
+        if extra is not None:
+            loss = loss + extra / num_micro
+            logged_loss += float(extra.detach())
+            metrics["train/extra_loss"] = float(extra.detach())
 
         metrics.update({
-            "train/pg_loss": float(pg_loss.detach()),
-            "train/loss": float(loss.detach()),
+            "train/pg_loss": pg_loss,
+            "train/loss": logged_loss,
             "train/clip_frac_low": masked_mean(clip["clipped_low"].float(), mask),
             "train/clip_frac_high": masked_mean(clip["clipped_high"].float(), mask),
             "train/clip_frac_dual": masked_mean(clip["clipped_dual"].float(), mask),
