@@ -167,6 +167,44 @@ def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor, norm_le
     return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype), norm_length, totals)
 
 
+def truncated_importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (verl's TIS, TRL's ``vllm_importance_sampling_cap``): per token
+    w = min(pi_trainer / pi_sampler, C) = min(exp(trainer_logp - sampler_logp), C), no grad. The PG token loss is
+    multiplied by w, so samples the sampler over-drew count less (a sampler that matches the trainer: w = 1)."""
+    log_ratio = torch.clamp(trainer_logp.detach() - sampler_logp.detach(), max=20.0)
+    return torch.exp(log_ratio).clamp(max=cap)
+
+
+def rollout_mismatch_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far a rollout engine's log-probs of its sampled tokens are from the trainer's (pi_old), over ``mask``:
+    ``train/rollout_logprob_diff`` mean |log pi_trainer - log pi_sampler|, ``..._max`` the largest, and
+    ``train/rollout_kl`` the k3 estimate of KL(sampler || trainer) on the sampler's tokens."""
+    from .collectives import global_max, global_ratio
+
+    mask = mask.to(trainer_logp.dtype)
+    diff = (trainer_logp.detach() - sampler_logp.detach()).abs() * mask
+    delta = torch.clamp(trainer_logp.detach() - sampler_logp.detach(), -20.0, 20.0)
+    k3 = (torch.exp(delta) - delta - 1.0) * mask
+    return {
+        "train/rollout_logprob_diff": global_ratio(diff.sum(), mask.sum()),
+        "train/rollout_logprob_diff_max": float(global_max(diff.max().reshape(1))),
+        "train/rollout_kl": global_ratio(k3.sum(), mask.sum()),
+    }
+
+
+def importance_weight_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                              cap: float) -> dict[str, float]:
+    """The truncated importance weights' mean and the fraction of tokens the cap truncated, over ``mask``."""
+    from .collectives import global_ratio
+
+    mask = mask.to(trainer_logp.dtype)
+    ratio = torch.exp(torch.clamp(trainer_logp.detach() - sampler_logp.detach(), max=20.0))
+    return {
+        "train/rollout_is_weight_mean": global_ratio((ratio.clamp(max=cap) * mask).sum(), mask.sum()),
+        "train/rollout_is_truncated_fraction": global_ratio(((ratio > cap).to(mask.dtype) * mask).sum(), mask.sum()),
+    }
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
     delta = torch.clamp(ref_logp - logp, -20.0, 20.0)

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .algorithms import BatchTotals, aggregate, compute_advantages, kl_k3, masked_mean, ppo_clip_loss
+from .algorithms import (BatchTotals, aggregate, compute_advantages, importance_weight_metrics, kl_k3, masked_mean,
+                         ppo_clip_loss, rollout_mismatch_metrics, truncated_importance_weights)
 from .collectives import global_ratio, global_sum
 from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
@@ -41,7 +42,8 @@ from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entro
 from .forward import response_logits
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
-from .setup import COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed
+from .setup import (COMPUTE_DTYPES, check_batch_shape, enable_gradient_checkpointing, load_policy, make_accelerator,
+                    make_lr_lambda, step_seed)
 from .validation_cache import read_step0, step0_key, write_step0
 
 CHECKPOINT_DIR = "checkpoint"
@@ -90,11 +92,15 @@ class GRPOTrainer:
                 _, self.ref_model, _ = load_policy(ref_config)
             else:
                 self.ref_model = copy.deepcopy(model)
-            self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+            self.ref_model.requires_grad_(False).eval()
+            # kl.ref_offload: the reference stays in CPU memory and visits the device for its pass (_reference_logprobs)
+            self.ref_model.to("cpu" if config.kl.ref_offload else self.accelerator.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                       weight_decay=config.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
         model.eval()  # no dropout anywhere: the old-policy pass and the update must see the same function (TRL's disable_dropout)
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.compute_dtype = COMPUTE_DTYPES[config.model.dtype]
         # float16 needs loss scaling (its gradients underflow); a disabled scaler passes everything through
@@ -131,7 +137,7 @@ class GRPOTrainer:
         if self.config.rollout.engine == "vllm":
             return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
                                      vllm_engine_args(self.config))
-        return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
+        return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template, self.config.rollout.generation_batch_size)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
         """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V],
@@ -202,6 +208,14 @@ class GRPOTrainer:
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
             group_accuracy=group_accuracy.to(device), old_features=old_features, temperature=cfg.rollout.temperature)
         ref_logp = self._reference_logprobs(rollout, response_ids, micro) if self.ref_model is not None else None
+        sampler_metrics, is_weights = {}, None
+        if rollout.sampled_logprobs is not None:   # vLLM: how far its sampler is from the trainer's pi_old
+            sampled_logp = rollout.sampled_logprobs.to(device)
+            sampler_metrics = rollout_mismatch_metrics(old_logp, sampled_logp, response_mask)
+            if cfg.rollout.importance_sampling_cap is not None:
+                is_weights = truncated_importance_weights(old_logp, sampled_logp, cfg.rollout.importance_sampling_cap)
+                sampler_metrics.update(importance_weight_metrics(old_logp, sampled_logp, response_mask,
+                                                                 cfg.rollout.importance_sampling_cap))
 
         # 4. intervention state for this step ----------------------------------------------------
         sums = _MetricSums()
@@ -230,7 +244,7 @@ class GRPOTrainer:
                                      salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
                         loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
-                                                                     len(micro_slices), seed, on_policy, totals)
+                                                                     len(micro_slices), seed, on_policy, totals, is_weights)
                         self.accelerator.backward(self.grad_scaler.scale(loss))
                     sums.add(micro_metrics)
                 self.grad_scaler.unscale_(self.optimizer)
@@ -259,6 +273,7 @@ class GRPOTrainer:
             "train/lr": lr,
         }
         metrics.update(sums.means())
+        metrics.update(sampler_metrics)
         metrics.update({"time/rollout": t_rollout - t_start, "time/train": t_train - t_rollout})
         metrics = self._all_mean(metrics)
         metrics["time/other"] = time.perf_counter() - t_train
@@ -276,8 +291,20 @@ class GRPOTrainer:
                 and (cfg.micro_batch_size or rows) >= rows)
 
     def _forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, log pi(token))`` of the current policy over ``rollout``, with grad."""
-        logits = self._response_logits(self.model, rollout)
+        """``(logits, log pi(token))`` of the current policy over ``rollout``, with grad.
+
+        With ``train.gradient_checkpointing`` the model is in training mode for this forward only: HF checkpoints
+        its layers only then (``layer.training``); its dropout is off (``enable_gradient_checkpointing``), so
+        the function is the one the no-grad passes (eval mode) compute."""
+        policy = self.accelerator.unwrap_model(self.model)
+        checkpointing = self.config.train.gradient_checkpointing
+        if checkpointing:
+            policy.train()
+        try:
+            logits = self._response_logits(self.model, rollout)
+        finally:
+            if checkpointing:
+                policy.eval()
         return logits, token_logprobs(logits, rollout.response_ids.to(logits.device), self.config.entropy.chunk_size)
 
     @torch.no_grad()
@@ -319,11 +346,18 @@ class GRPOTrainer:
     def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
         """log pi_ref of the sampled tokens, ``rows_per_forward`` sequences per forward (as the old-policy pass)."""
         pieces = []
-        for start in range(0, response_ids.shape[0], rows_per_forward):
-            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
-            logits = self._response_logits(self.ref_model, rollout.select(rows))
-            pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
-            del logits
+        offload = self.config.kl.ref_offload
+        if offload:
+            self.ref_model.to(self.accelerator.device)
+        try:
+            for start in range(0, response_ids.shape[0], rows_per_forward):
+                rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+                logits = self._response_logits(self.ref_model, rollout.select(rows))
+                pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
+                del logits
+        finally:
+            if offload:
+                self.ref_model.to("cpu")
         return torch.cat(pieces)
 
     def _mini_batch_totals(self, mini_batch_mask: torch.Tensor) -> BatchTotals:
@@ -335,7 +369,8 @@ class GRPOTrainer:
 
     def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
                           num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None,
-                          totals: BatchTotals | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                          totals: BatchTotals | None = None, is_weights: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss to back-propagate for the micro-batch ``rows`` (one of ``num_micro`` of this process's mini-batch)
         and its metrics; ``forward``: its ``(logits, logp)`` when the step already ran it; ``totals``: the
         mini-batch's token and response counts over all processes (None: ``rows`` are the whole mini-batch, one
@@ -375,6 +410,8 @@ class GRPOTrainer:
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         if weights is not None:
             token_loss = token_loss * weights.detach()
+        if is_weights is not None:   # rollout.importance_sampling_cap: vLLM's samples reweighted to the trainer's pi_old
+            token_loss = token_loss * is_weights[rows_device]
         loss_mask, hook_metrics = intervention.loss_mask(micro)
         metrics.update({prefix + k: v for k, v in hook_metrics.items()})
         loss_mask = mask if loss_mask is None else loss_mask.to(mask.dtype) * mask
