@@ -17,6 +17,12 @@ block of ``chunk_size`` C positions:
 
 Run: ``python benchmarks/memory_scale.py [--dtype bfloat16|float32] [--response-tokens 3072] [--chunk-size 1024]``
 (about 5 GB of memory at the defaults; Linux only). Not a test: it prints the figures and the ratios.
+
+``--memory-options``: instead, the options that bound the rest (README, "Memory at scale"), on a model whose
+activations and KV cache matter (small vocabulary, hidden 512, 8 layers), each in a fresh process: a training
+micro-batch (4 x 512 tokens) with and without ``train.gradient_checkpointing``; HF generation (16 sequences x
+128 new tokens) with ``rollout.generation_batch_size`` None (one call) and 4; the bytes ``kl.ref_offload``
+keeps off the device (the reference's weights).
 """
 
 from __future__ import annotations
@@ -72,15 +78,100 @@ def build_model_folder(folder: Path) -> None:
             shutil.copy(file, folder / file.name)
 
 
+OPTION_VARIANTS = ("train-plain", "train-checkpointing", "generate-one-call", "generate-batches-of-4")
+
+
+def memory_options(dtype: str) -> None:
+    """Each variant in a fresh process (a process's peak resident memory never falls back, so variants measured
+    one after the other in one process would hide each other's peaks); printed with their ratios."""
+    import subprocess
+
+    results = {}
+    for variant in OPTION_VARIANTS:
+        done = subprocess.run([sys.executable, __file__, "--dtype", dtype, "--memory-option-variant", variant],
+                              capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            sys.exit(done.stderr[-2000:])
+        peak, seconds, reference = (float(x) for x in done.stdout.strip().splitlines()[-1].split())
+        results[variant] = (peak, seconds)
+    print(f"activation-heavy model (hidden 512, 8 layers, vocabulary 4096), {dtype}; each row a fresh process")
+    print("| pass | peak rise (MiB) | s |")
+    print("|---|---|---|")
+    for variant, (peak, seconds) in results.items():
+        print(f"| {variant} | {peak / MIB:,.0f} | {seconds:.1f} |")
+    print(f"checkpointing / plain training micro-batch (4 x 512 tokens): peak "
+          f"{results['train-checkpointing'][0] / results['train-plain'][0]:.2f}, time "
+          f"{results['train-checkpointing'][1] / results['train-plain'][1]:.2f}")
+    print(f"generation in batches of 4 / in one call (16 sequences x 128 new tokens): peak "
+          f"{results['generate-batches-of-4'][0] / results['generate-one-call'][0]:.2f}")
+    print(f"kl.ref_offload keeps the reference's {reference / MIB:,.0f} MiB of weights off the device between its passes")
+
+
+def memory_option_variant(dtype: str, variant: str) -> None:
+    """One variant of ``memory_options``; prints ``peak_bytes seconds reference_bytes``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainers.config import parse_config, resolve_model_path
+    from trainers.grpo import GRPOTrainer
+    from trainers.rollout import HFRolloutEngine, Rollout, SamplingSettings
+
+    folder = Path(tempfile.mkdtemp(prefix="memory_options_"))
+    try:
+        config = LlamaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                             num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
+                             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        for file in Path(resolve_model_path("builtin:tiny-arith")).iterdir():
+            if "token" in file.name:
+                shutil.copy(file, folder / file.name)
+        T, rows = 512, 4
+        trainer = GRPOTrainer(parse_config({
+            "model": {"path": str(folder), "dtype": dtype},
+            "data": {"synthetic": {"train_size": 16, "val_size": 4}},
+            "rollout": {"prompts_per_step": 1, "group_size": rows, "max_new_tokens": T,
+                        "generation_batch_size": 4 if variant == "generate-batches-of-4" else None},
+            "train": {"mini_batches": 1, "micro_batch_size": rows, "gradient_checkpointing": variant == "train-checkpointing",
+                      "output_dir": str(folder / "run")},
+            "eval": {"n_samples": 1, "k": [1]}, "kl": {"beta": 0.01, "ref_offload": True}}))
+        reference = sum(p.numel() * p.element_size() for p in trainer.ref_model.parameters())
+        torch.manual_seed(0)
+        if variant.startswith("train"):
+            rollout = Rollout(prompt_ids=torch.randint(3, 4096, (rows, 32)), prompt_mask=torch.ones(rows, 32, dtype=torch.long),
+                              response_ids=torch.randint(3, 4096, (rows, T)), response_mask=torch.ones(rows, T, dtype=torch.long),
+                              completions=[""] * rows)
+
+            def run():
+                logits, logp = trainer._forward(rollout)
+                logp.sum().backward()
+        else:
+            def run():
+                with trainer.autocast():
+                    trainer.engine.generate(["1+1=", "2+2=", "3+3=", "4+4="], 4, SamplingSettings(max_new_tokens=128, seed=0))
+        _, peak, seconds = measure(variant, run)
+        print(peak, seconds, reference)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--response-tokens", type=int, default=3072)
     parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--memory-options", action="store_true",
+                        help="measure gradient checkpointing and generation batches instead (see the docstring)")
+    parser.add_argument("--memory-option-variant", choices=OPTION_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not Path("/proc/self/clear_refs").exists():
         sys.exit("needs Linux /proc (VmHWM and clear_refs) to measure peak memory")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    if args.memory_option_variant:
+        memory_option_variant(args.dtype, args.memory_option_variant)
+        return
+    if args.memory_options:
+        memory_options(args.dtype)
+        return
 
     import torch
 

@@ -147,3 +147,37 @@ def test_kl_k3_is_zero_at_equality_and_positive_elsewhere():
     # delta = ref - logp = -0.5, 1, 0 -> exp(d) - d - 1
     expected = [math.exp(-0.5) + 0.5 - 1, math.exp(1) - 2, 0.0]
     assert kl_k3(logp, ref).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_truncated_importance_weights_by_hand():
+    from trainers.algorithms import importance_weight_metrics, rollout_mismatch_metrics, truncated_importance_weights
+
+    trainer = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.2)]])
+    sampler = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.4)]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # ratios 1, 3, 0.5 -> capped at 2: 1, 2, 0.5
+    assert truncated_importance_weights(trainer, sampler, 2.0)[0].tolist() == pytest.approx([1.0, 2.0, 0.5], rel=1e-6)
+    metrics = importance_weight_metrics(trainer, sampler, mask, 2.0)
+    assert metrics["train/rollout_is_weight_mean"] == pytest.approx(1.5)          # (1 + 2) / 2 masked tokens
+    assert metrics["train/rollout_is_truncated_fraction"] == pytest.approx(0.5)
+    mismatch = rollout_mismatch_metrics(trainer, sampler, mask)
+    assert mismatch["train/rollout_logprob_diff"] == pytest.approx(math.log(3) / 2, rel=1e-6)
+    assert mismatch["train/rollout_logprob_diff_max"] == pytest.approx(math.log(3), rel=1e-6)
+    # k3 of delta = log 3 on token 2: 3 - log 3 - 1; token 1: 0
+    assert mismatch["train/rollout_kl"] == pytest.approx((2 - math.log(3)) / 2, rel=1e-6)
+
+
+def test_aggregate_with_mini_batch_totals_gives_shares_that_sum_to_the_whole():
+    """Two micro-batches of one mini-batch: their shares add up to the aggregate of the whole (verl 0.9.1)."""
+    from trainers.algorithms import BatchTotals
+
+    values = torch.arange(1.0, 13.0).reshape(4, 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    totals = BatchTotals.of(mask)
+    assert (totals.tokens, totals.sequences) == (7.0, 4.0)
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        whole = aggregate(mode, values, mask, 5)
+        shares = aggregate(mode, values[:2], mask[:2], 5, totals) + aggregate(mode, values[2:], mask[2:], 5, totals)
+        assert shares.item() == pytest.approx(whole.item(), rel=1e-6), mode
+    # token_mean by hand: (1+2+3 + 4 + 7+8 + 10) / 7
+    assert aggregate("token_mean", values, mask).item() == pytest.approx(35 / 7)

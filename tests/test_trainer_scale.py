@@ -56,10 +56,11 @@ def test_dr_grpo_normalizer_is_the_configured_maximum_length_not_the_longest_res
     assert_same_gradients(padded_grads, plain_grads)
 
 
-@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_mean_token_sum_norm"])
-def test_sequence_mean_modes_are_invariant_to_the_micro_batch_size(make_run_config, loss_agg):
-    """The README's claim: with equal micro-batches, seq_mean_token_mean and seq_mean_token_sum_norm give
-    the same update whatever train.micro_batch_size is (token_mean averages per-micro-batch token means)."""
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_every_loss_agg_is_invariant_to_the_micro_batch_size(make_run_config, loss_agg):
+    """The README's claim: every loss_agg gives the same update whatever train.micro_batch_size is (the
+    mini-batch's token and response counts divide each micro-batch's sums, as verl 0.9.1); with 2 processes
+    too in tests/test_loss_aggregation.py."""
     base = dict(loss_agg=loss_agg, rollout={"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6},
                 train={"steps": 1, "mini_batches": 1, "ppo_epochs": 1})
     whole, whole_grads = one_step(make_run_config(**base))

@@ -217,3 +217,39 @@ def test_a_push_that_misses_or_fails_stops_with_a_clear_error():
         engine.push_weights()
     engine.model = policy
     engine.push_weights()  # the engine is usable again
+
+
+def test_samples_come_from_the_policy_not_the_models_generation_config(tmp_path):
+    """A model whose generation_config.json sets a repetition penalty and a top-k (as instruct models ship): vLLM's
+    log-probs of its samples (processed: after the temperature) equal the HF policy's at the rollout temperature."""
+    model_dir = tmp_path / "tiny-penalized"
+    shutil.copytree(ASSETS_DIR / "tiny-arith", model_dir)
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    generation.update({"repetition_penalty": 1.3, "top_k": 3})
+    (model_dir / "generation_config.json").write_text(json.dumps(generation))
+    _, tokenizer, policy, engine = _engines(str(model_dir))
+    torch.manual_seed(0)
+    temperature = 0.7
+    rollout = engine.generate(_val_prompts(8), 4, SamplingSettings(temperature=temperature, max_new_tokens=8))
+    mask = rollout.response_mask.bool()
+    from trainers.forward import response_logits
+    with torch.no_grad():
+        policy_logp = token_logprobs(response_logits(policy, rollout, torch.device("cpu"), temperature),
+                                     rollout.response_ids, 64)
+    torch.testing.assert_close(rollout.sampled_logprobs[mask], policy_logp[mask], rtol=LOGP_TOLERANCE, atol=LOGP_TOLERANCE)
+
+
+def test_train_step_logs_the_sampler_mismatch_and_reweights_with_the_cap(tmp_path):
+    """train/rollout_logprob_diff is vLLM's distance from the trainer's pi_old (float noise here); with
+    rollout.importance_sampling_cap the truncated weights are ~1 and the step's loss is the unweighted one."""
+    plain = GRPOTrainer(parse_config(vllm_run_config(tmp_path / "plain", train={"steps": 1})))
+    metrics = plain.train_step(1)
+    assert 0.0 <= metrics["train/rollout_logprob_diff"] < LOGP_TOLERANCE
+    assert metrics["train/rollout_logprob_diff_max"] < 10 * LOGP_TOLERANCE
+    assert "train/rollout_is_weight_mean" not in metrics
+    capped = GRPOTrainer(parse_config(vllm_run_config(tmp_path / "capped", train={"steps": 1},
+                                                      rollout={"importance_sampling_cap": 2.0})))
+    capped_metrics = capped.train_step(1)
+    assert capped_metrics["train/rollout_is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert capped_metrics["train/rollout_is_truncated_fraction"] == 0.0
+    assert capped_metrics["train/pg_loss"] == pytest.approx(metrics["train/pg_loss"], rel=1e-3, abs=1e-5)

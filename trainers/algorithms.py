@@ -11,11 +11,17 @@ r_{i,t} = pi(o_t|s)/pi_old(o_t|s), A_i the group-relative advantage, M_{i,t} the
               ``seq_mean_token_mean``:     mean_i [ sum_t l M / sum_t M ]
               ``seq_mean_token_sum_norm``: mean_i [ sum_t l M ] / T  (Dr.GRPO; T a constant: the trainer
                                            passes rollout.max_new_tokens, as verl pads to the maximum length)
+              The sums and means run over the whole mini-batch (every micro-batch, every process), as verl
+              0.9.1's ``agg_loss`` with ``batch_num_tokens``/``global_batch_size``: given the mini-batch's
+              :class:`BatchTotals`, each micro-batch returns its share (its sums over the mini-batch's token or
+              sequence count) and the shares add up to the mini-batch's value, so the gradient does not depend
+              on the micro-batch size or the process count. Without totals: the tensor's own (one piece).
 - KL          k3 estimator: exp(ref - logp) - (ref - logp) - 1.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -107,31 +113,96 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     return token_loss, stats
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    """The denominators of ``loss_agg`` over a whole mini-batch (all its micro-batches, all processes).
+
+    ``tokens``: response tokens (sum of the response mask: verl 0.9.1's ``batch_num_tokens``, all-reduced once
+    per mini-batch); ``sequences``: responses (verl's ``global_batch_size``). A method's loss mask (80/20)
+    zeroes tokens in the numerator; the denominator stays the response-token count, as in verl.
+    """
+
+    tokens: float
+    sequences: float
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "BatchTotals":
+        """The totals of one piece holding the whole mini-batch (no micro-batches, one process)."""
+        return cls(tokens=float(mask.sum()), sequences=float(mask.shape[0]))
+
+
 @register_aggregation("token_mean")
-def token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
-    return (token_values * mask).sum() / mask.sum().clamp(min=1.0)
+def token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None,
+               totals: BatchTotals | None = None) -> torch.Tensor:
+    """sum(l M) / N, N the mini-batch's response tokens (``totals.tokens``; None: ``sum(M)`` of this tensor)."""
+    tokens = mask.sum().clamp(min=1.0) if totals is None else max(totals.tokens, 1.0)
+    return (token_values * mask).sum() / tokens
 
 
 @register_aggregation("seq_mean_token_mean")
-def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None,
+                        totals: BatchTotals | None = None) -> torch.Tensor:
     per_sequence = (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    return per_sequence.mean()
+    return per_sequence.mean() if totals is None else per_sequence.sum() / max(totals.sequences, 1.0)
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+def seq_mean_token_sum_norm(token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None,
+                            totals: BatchTotals | None = None) -> torch.Tensor:
     """mean_i [ sum_t l M ] / norm_length; ``norm_length`` None = the padded length ``mask.shape[-1]``."""
     per_sequence = (token_values * mask).sum(-1)
-    return per_sequence.mean() / (mask.shape[-1] if norm_length is None else norm_length)
+    mean = per_sequence.mean() if totals is None else per_sequence.sum() / max(totals.sequences, 1.0)
+    return mean / (mask.shape[-1] if norm_length is None else norm_length)
 
 
-def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None) -> torch.Tensor:
+def aggregate(mode: str, token_values: torch.Tensor, mask: torch.Tensor, norm_length: int | None = None,
+              totals: BatchTotals | None = None) -> torch.Tensor:
     """Aggregate [B, T] token values over ``mask`` with ``loss_agg`` mode ``mode``. ``norm_length``: Dr.GRPO's
     constant T (``seq_mean_token_sum_norm``; the trainer passes ``rollout.max_new_tokens``), ignored by the
-    other modes."""
+    other modes. ``totals``: the mini-batch's token and sequence counts when ``token_values`` is one micro-batch
+    of it (on one process of several): the result is then this piece's share, and the shares of all pieces sum
+    to the mini-batch's aggregate; None: the tensor is the whole batch."""
     if mode not in LOSS_AGGREGATIONS:
         raise ValueError(f"loss_agg: unknown mode {mode!r}; registered: {sorted(LOSS_AGGREGATIONS)}")
-    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype), norm_length)
+    return LOSS_AGGREGATIONS[mode](token_values, mask.to(token_values.dtype), norm_length, totals)
+
+
+def truncated_importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (verl's TIS, TRL's ``vllm_importance_sampling_cap``): per token
+    w = min(pi_trainer / pi_sampler, C) = min(exp(trainer_logp - sampler_logp), C), no grad. The PG token loss is
+    multiplied by w, so samples the sampler over-drew count less (a sampler that matches the trainer: w = 1)."""
+    log_ratio = torch.clamp(trainer_logp.detach() - sampler_logp.detach(), max=20.0)
+    return torch.exp(log_ratio).clamp(max=cap)
+
+
+def rollout_mismatch_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far a rollout engine's log-probs of its sampled tokens are from the trainer's (pi_old), over ``mask``:
+    ``train/rollout_logprob_diff`` mean |log pi_trainer - log pi_sampler|, ``..._max`` the largest, and
+    ``train/rollout_kl`` the k3 estimate of KL(sampler || trainer) on the sampler's tokens."""
+    from .collectives import global_max, global_ratio
+
+    mask = mask.to(trainer_logp.dtype)
+    diff = (trainer_logp.detach() - sampler_logp.detach()).abs() * mask
+    delta = torch.clamp(trainer_logp.detach() - sampler_logp.detach(), -20.0, 20.0)
+    k3 = (torch.exp(delta) - delta - 1.0) * mask
+    return {
+        "train/rollout_logprob_diff": global_ratio(diff.sum(), mask.sum()),
+        "train/rollout_logprob_diff_max": float(global_max(diff.max().reshape(1))),
+        "train/rollout_kl": global_ratio(k3.sum(), mask.sum()),
+    }
+
+
+def importance_weight_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                              cap: float) -> dict[str, float]:
+    """The truncated importance weights' mean and the fraction of tokens the cap truncated, over ``mask``."""
+    from .collectives import global_ratio
+
+    mask = mask.to(trainer_logp.dtype)
+    ratio = torch.exp(torch.clamp(trainer_logp.detach() - sampler_logp.detach(), max=20.0))
+    return {
+        "train/rollout_is_weight_mean": global_ratio((ratio.clamp(max=cap) * mask).sum(), mask.sum()),
+        "train/rollout_is_truncated_fraction": global_ratio(((ratio > cap).to(mask.dtype) * mask).sum(), mask.sum()),
+    }
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

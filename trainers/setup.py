@@ -64,6 +64,30 @@ def load_policy(config: RunConfig):
     return tokenizer, model, path
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """``train.gradient_checkpointing``: HF's (non-reentrant) layer checkpointing, with dropout off everywhere.
+
+    HF checkpoints a layer only while the model is in training mode, and the trainer keeps the policy in eval
+    mode (no dropout: the old-policy pass and the update must compute one function); so the training forward
+    switches to training mode for its pass (``GRPOTrainer._forward``), and the dropout it would switch on is
+    zeroed here (``nn.Dropout`` modules and the attention modules' ``attention_dropout``, TRL's
+    ``disable_dropout_in_model``)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} does not support HF gradient "
+                          "checkpointing; set train.gradient_checkpointing: false")
+    # transformers >= 5.2x names it activation checkpointing (the old name warns); earlier: gradient checkpointing
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def make_lr_lambda(config: RunConfig):
     """Multiplier of optim.lr per rollout step (the scheduler steps once per rollout step, as verl's)."""
     warmup, total, floor = config.optim.warmup_steps, config.train.steps, config.optim.min_lr_ratio
