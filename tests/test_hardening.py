@@ -122,7 +122,7 @@ def test_a_resumed_study_whose_requeued_config_divides_by_zero_goes_on(tmp_path)
 
 def test_a_trainer_that_raises_with_mlflow_unreachable_keeps_its_metrics(tmp_path):
     path = study_file(tmp_path, base={"model": {"path": "standin:crash"}, "train": {"steps": 6, "eval_every": 2}},
-                      executor={"type": "local", "entrypoint": STANDIN, "warm_start": False},
+                      executor={"type": "local", "entrypoint": STANDIN},
                       tracking={"enabled": True, "uri": f"http://127.0.0.1:{closed_port()}"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -215,7 +215,7 @@ def test_a_trial_that_outlives_its_cancel_is_reported_and_not_requeued_while_it_
     from test_sweeper_driver import _wait_for_running
 
     path = study_file(tmp_path, base={"train": {"steps": 100, "eval_every": 2}},
-                      executor={"type": "local", "entrypoint": STANDIN, "warm_start": False,
+                      executor={"type": "local", "entrypoint": STANDIN,
                                 "env": {"STANDIN_STEP_SECONDS": "0.2"}})
     log = tmp_path / "driver.log"   # a file, not a pipe: the job inherits the driver's stdout and outlives it
     with log.open("w") as out:

@@ -159,7 +159,7 @@ def study_file(tmp_path: Path, storage: str, tracking: dict) -> Path:
         "sampler": {"type": "random", "seed": 0},
         "pruner": {"type": "none"},
         "budget": {"n_trials": 1, "max_parallel": 1},
-        "executor": {"type": "local", "entrypoint": STANDIN, "warm_start": False},
+        "executor": {"type": "local", "entrypoint": STANDIN},
         "tracking": tracking,
     }
     path = tmp_path / "secret.yaml"
