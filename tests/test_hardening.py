@@ -25,6 +25,8 @@ from sweeper.run.driver import run_study
 from sweeper.run.storage import make_storage
 from sweeper.study.spec import load_spec
 
+from _studies import quiet, trials_of
+
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"
 
@@ -57,15 +59,6 @@ def study_file(tmp_path: Path, *, executor: dict | None = None, **sections) -> P
     path = tmp_path / "hard.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def trials_of(path: Path):
-    spec = load_spec(path)
-    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 # ------------------------------------------------------------------ M4: a constraint that cannot be evaluated

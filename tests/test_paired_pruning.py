@@ -18,6 +18,7 @@ from sweeper.results.export import export_best
 from sweeper.study.spec import SpecError, load_spec
 from sweeper.statistics import mean_and_se
 from sweeper.run.storage import make_storage
+from _studies import quiet, trials_of
 
 REPO = Path(__file__).resolve().parents[1]
 NOISY = f"{REPO / 'tests' / 'noisy_trainer.py'}:train"
@@ -41,15 +42,6 @@ def study(tmp_path: Path, name: str, **sections) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def trials_of(path: Path):
-    spec = load_spec(path)
-    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def test_identical_configs_are_pruned_at_most_at_the_expected_rate(tmp_path):

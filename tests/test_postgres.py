@@ -33,6 +33,7 @@ from sweeper.run.driver import run_study
 from sweeper.study.spec import SpecError, load_spec
 from sweeper.run.storage import make_storage
 from sweeper.results.ui import free_port
+from _studies import quiet, trials_of
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"
@@ -58,15 +59,6 @@ def study_file(tmp_path: Path, *, name: str = "pg", storage: str | None = None, 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def trials_of(path: Path):
-    spec = load_spec(path)
-    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def sweeper_cli(*args: str, env: dict | None = None, timeout: float = 120, block: str | None = None):

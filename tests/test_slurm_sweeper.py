@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
@@ -38,7 +37,8 @@ from slurm_fixtures import REPO_ROOT, slurm_cluster, submitit_folder  # noqa: F4
 from sweeper.run.driver import preflight, run_study
 from sweeper.run.executors.slurm import slurm_parameters
 from sweeper.study.spec import SpecError, load_spec
-from sweeper.run.storage import filesystem_type, make_storage
+from sweeper.run.storage import filesystem_type
+from _studies import trials_of
 
 submitit = pytest.importorskip("submitit")
 
@@ -75,11 +75,6 @@ def study_file(tmp_path: Path, name: str, *, real_trainer: bool, executor: dict 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def trials_of(path: Path):
-    spec = load_spec(path)
-    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
 
 
 def wait_for(predicate, what: str, deadline_s: float = DEADLINE_S, interval: float = 0.3):

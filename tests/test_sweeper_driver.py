@@ -13,14 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
 from _signals import default_sigint
 from sweeper.run.driver import run_study
-from sweeper.study.spec import load_spec
-from sweeper.run.storage import make_storage
+from _studies import quiet, trials_of
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = f"{REPO / 'tests' / 'standin_trainer.py'}:train"
@@ -42,15 +40,6 @@ def study_file(tmp_path: Path, *, name="s", storage=None, step_seconds=0.01, **s
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def trials_of(spec_path: Path):
-    spec = load_spec(spec_path)
-    return optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def pass_at(eps_high: float, step: int) -> float:  # the stand-in's curve
