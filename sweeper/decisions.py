@@ -13,10 +13,18 @@ number, never by replicate position (:func:`paired_by_seed`).
 * :func:`pooled_pair_sd`: the sd of one seed's difference between two configs, pooled over the configs
   paired with the baseline by seed (df = sum(n_c - 1)): under common seeds the seed's shared effect
   cancels, so it can be far below sqrt(2) x a single config's sd.
-* :func:`paired_gain` (common seeds) or :func:`unpaired_gain` (the sketch's form, each mean over its
-  own seeds) give c's difference from the incumbent, its SE and the allowance for the incumbent being a
-  selected maximum (a = 1 by default: one SE of the incumbent's own noise); :func:`gain_bound` adds them
-  up to the upper confidence bound::
+* :func:`difference_sd`: the sd a gain's SE rests on: :func:`pooled_pair_sd` when it has ``min_df`` df,
+  else (every config paired with the reference on one seed only) the stated fallback ``sqrt(2)`` x the
+  single-config sd of :func:`pooled_sd`, flagged ``paired=False`` (an upper bound when seeds correlate
+  positively, as common seeds make them).
+* :func:`seed_gain`: THE gain of config a over config b, used by the futility rule, ``export``,
+  ``verify`` and ``status``: the mean of ``a_s - b_s`` over their n common seeds, SE
+  ``difference_sd / sqrt(n)`` (the unpaired fallback gives ``sd * sqrt(2 / n)``), and a Student-t
+  interval on the sd's df.
+* :func:`paired_gain` (common seeds, through :func:`seed_gain`) or :func:`unpaired_gain` (the sketch's
+  form, each mean over its own seeds) give c's difference from the incumbent, its SE and the allowance for
+  the incumbent being a selected maximum (a = 1 by default: one SE of the incumbent's own noise);
+  :func:`gain_bound` adds them up to the upper confidence bound::
 
       g   = difference + allowance
       UCB = g + t(1 - alpha / K, df) * SE                 (K looks per config: Bonferroni)
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 
@@ -93,8 +102,10 @@ def pooled_sd(groups: Sequence[Sequence[float]], prior_sd: float | None = None, 
     return PooledSD(math.sqrt(squares / df), df) if df > 0 else PooledSD(math.nan, 0)
 
 
+@lru_cache(maxsize=4096)
 def t_upper(probability: float, df: float) -> float:
-    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (the normal for inf)."""
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (the normal for inf);
+    cached: a study asks for a handful of (level, df) pairs, a simulation for them thousands of times."""
     from scipy.stats import norm, t
 
     return float(norm.ppf(probability)) if math.isinf(df) else float(t.ppf(probability, df))
@@ -138,18 +149,92 @@ def unpaired_gain(mean_c: float, seeds_c: int, mean_inc: float, seeds_inc: int, 
     return mean_c - mean_inc, sd * math.sqrt(1 / seeds_c + 1 / seeds_inc), allowance * sd / math.sqrt(seeds_inc)
 
 
-def paired_gain(mine: Mapping[int, float], incumbent: Mapping[int, float], pair_sd: float,
-                allowance: float = 1.0) -> tuple[float, float, float, int] | None:
-    """(difference, SE, allowance term, common seeds) of c over the incumbent on the seeds both ran:
-    the mean of ``c_s - inc_s``, ``pair_sd / sqrt(n)`` with ``pair_sd`` the sd of one seed's difference of
-    two configs, and ``a * pair_sd / sqrt(2 R_inc)`` (the incumbent's own noise over its R_inc seeds: a
-    difference's variance is twice one config's). None when they share no seed."""
-    pairs = paired_by_seed(mine, incumbent)
+@dataclass(frozen=True)
+class DifferenceSD:
+    """The sd of one seed's difference between two configs, its df, the configs it is pooled over, and
+    whether it was measured on paired differences (False: the fallback sqrt(2) x a single config's sd)."""
+
+    sd: float
+    df: int
+    configs: int
+    paired: bool
+
+    @property
+    def known(self) -> bool:
+        return self.df > 0 and math.isfinite(self.sd)
+
+    @property
+    def basis(self) -> str:
+        """``sd of a paired difference 0.012 pooled over 3 configs vs the reference, 6 df`` (or the fallback)."""
+        many = "s" if self.configs != 1 else ""
+        if self.paired:
+            return (f"sd of a paired difference {self.sd:.3g} pooled over {self.configs} config{many} vs the reference, "
+                    f"{self.df} df")
+        return (f"UNPAIRED fallback (fewer than 2 common seeds with the reference): sqrt(2) x run-to-run sd "
+                f"{self.sd / math.sqrt(2):.3g} pooled over {self.configs} replicated config{many}, {self.df} df")
+
+
+def difference_sd(configs: Mapping[object, Mapping[int, float]], reference: Mapping[int, float], min_df: int = 1,
+                  prior_sd: float | None = None, prior_df: int = 0) -> DifferenceSD:
+    """The sd of one seed's difference of two configs: :func:`pooled_pair_sd` of ``configs`` against the
+    ``reference`` when it has at least ``min_df`` df; else ``sqrt(2)`` x :func:`pooled_sd` over the single
+    configs' own seeds (``configs`` and the reference; ``prior_sd`` weighted ``prior_df``), ``paired=False``."""
+    paired = pooled_pair_sd(configs, reference)
+    if paired.df >= min_df:
+        count = sum(1 for values in configs.values() if len(paired_by_seed(values, reference)) >= 2)
+        return DifferenceSD(paired.sd, paired.df, count, True)
+    groups = [list(reference.values())] + [list(values.values()) for values in configs.values()]
+    single = pooled_sd(groups, prior_sd, prior_df if prior_sd is not None else 0)
+    return DifferenceSD(math.sqrt(2) * single.sd, single.df, sum(1 for g in groups if len(g) >= 2), False)
+
+
+@dataclass(frozen=True)
+class SeedGain:
+    """The mean gain over ``count`` common seeds, its SE, the df of its sd and an interval at ``level`` (NaN
+    bounds when the sd is unknown); ``paired`` False when the SE rests on the unpaired fallback."""
+
+    mean: float
+    se: float
+    count: int
+    df: int
+    low: float
+    high: float
+    sd: float
+    level: float = 0.95
+    paired: bool = True
+
+    @property
+    def significant(self) -> bool:
+        """True when the interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+
+def seed_gain(a: Mapping[int, float], b: Mapping[int, float], spread: DifferenceSD, level: float = 0.95) -> SeedGain | None:
+    """``a - b`` paired over the seeds both ran (seed -> objective value, larger is better), SE
+    ``spread.sd / sqrt(n)`` over the n common seeds, and a two-sided ``level`` Student-t interval on
+    ``spread.df``; None when they share no seed."""
+    pairs = paired_by_seed(a, b)
     if not pairs:
         return None
-    difference = sum(a - b for _, a, b in pairs) / len(pairs)
-    return (difference, pair_sd / math.sqrt(len(pairs)), allowance * pair_sd / math.sqrt(2 * len(incumbent)),
-            len(pairs))
+    count = len(pairs)
+    mean = sum(x - y for _, x, y in pairs) / count
+    if not spread.known:
+        return SeedGain(mean, math.nan, count, spread.df, math.nan, math.nan, spread.sd, level, spread.paired)
+    se = spread.sd / math.sqrt(count)
+    half = t_upper(0.5 + level / 2, spread.df) * se
+    return SeedGain(mean, se, count, spread.df, mean - half, mean + half, spread.sd, level, spread.paired)
+
+
+def paired_gain(mine: Mapping[int, float], incumbent: Mapping[int, float], pair_sd: float,
+                allowance: float = 1.0) -> tuple[float, float, float, int] | None:
+    """(difference, SE, allowance term, common seeds) of c over the incumbent on the seeds both ran
+    (:func:`seed_gain`): the mean of ``c_s - inc_s``, ``pair_sd / sqrt(n)`` with ``pair_sd`` the sd of one
+    seed's difference of two configs, and ``a * pair_sd / sqrt(2 R_inc)`` (the incumbent's own noise over
+    its R_inc seeds: a difference's variance is twice one config's). None when they share no seed."""
+    gain = seed_gain(mine, incumbent, DifferenceSD(pair_sd, 1, 1, True))
+    if gain is None:
+        return None
+    return gain.mean, gain.se, allowance * pair_sd / math.sqrt(2 * len(incumbent)), gain.count
 
 
 def pooled_pair_sd(configs: Mapping[object, Mapping[int, float]], reference: Mapping[int, float]) -> PooledSD:

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from sweeper.results.compare import paired_gain, study_pool
-from sweeper.decisions import pooled_sd
+from sweeper.decisions import DifferenceSD, difference_sd, pooled_sd
 from sweeper.results.gains import ruled_out, seed_gain, upper_bound
+from sweeper.study.futility import FutilityRule
 
 
 def test_pooled_sd_by_hand():
@@ -22,13 +23,13 @@ def test_pooled_sd_by_hand():
 def test_seed_gain_pairs_common_seeds_by_hand():
     a = {1: 0.5, 2: 0.7, 9: 0.0}          # seed 9: a only
     b = {1: 0.4, 2: 0.5, 3: 0.9}          # seed 3: b only
-    gain = seed_gain(a, b, sd=0.1, df=4)
-    # common seeds 1, 2: differences 0.1, 0.2; SE 0.1 * sqrt(2 / 2) = 0.1; t(0.975, 4) = 2.7764 (tables)
-    assert gain.count == 2 and gain.mean == pytest.approx(0.15) and gain.se == pytest.approx(0.1)
-    assert gain.low == pytest.approx(0.15 - 0.27764, abs=1e-4) and gain.high == pytest.approx(0.15 + 0.27764, abs=1e-4)
-    assert not gain.significant
-    assert seed_gain({1: 1.0}, {2: 1.0}, 0.1, 4) is None                        # no common seed: nothing to pair
-    unknown = seed_gain({1: 1.0}, {1: 0.5}, math.nan, 0)
+    gain = seed_gain(a, b, DifferenceSD(0.2, 4, 2, True))
+    # common seeds 1, 2: differences 0.1, 0.2; SE 0.2 / sqrt(2) = 0.141421; t(0.975, 4) = 2.7764 (tables): half 0.392643
+    assert gain.count == 2 and gain.mean == pytest.approx(0.15) and gain.se == pytest.approx(0.141421, abs=1e-6)
+    assert gain.low == pytest.approx(0.15 - 0.392643, abs=1e-4) and gain.high == pytest.approx(0.15 + 0.392643, abs=1e-4)
+    assert not gain.significant and gain.paired
+    assert seed_gain({1: 1.0}, {2: 1.0}, DifferenceSD(0.1, 4, 2, True)) is None     # no common seed: nothing to pair
+    unknown = seed_gain({1: 1.0}, {1: 0.5}, DifferenceSD(math.nan, 0, 0, False))
     assert unknown.mean == 0.5 and math.isnan(unknown.low)
 
 
@@ -60,10 +61,11 @@ def test_paired_gain_pairs_common_seeds_never_first_replicates():
     # the bug: with fewer than 2 common seeds, compare.py paired each trial's FIRST replicate (seed 5 with seed 7)
     a = trial(1, {5: 0.9}, {5: [1.0, 1.0, 0.0, 1.0]})
     b = trial(2, {7: 0.1, 5: 0.5}, {7: [0.0, 0.0, 0.0, 0.0], 5: [1.0, 0.0, 0.0, 1.0]})
-    gain = paired_gain(a, b)                      # pool: b's two seeds (0.1, 0.5): sd 0.2828, df 1
-    assert gain.unit == "seeds" and gain.difference.count == 1
+    gain = paired_gain(a, b)                      # one common seed: the unpaired fallback, b's seeds (0.1, 0.5): sd 0.2828, df 1
+    assert gain.unit == "seeds" and gain.difference.count == 1 and not gain.difference.paired
     assert gain.difference.mean == pytest.approx(0.9 - 0.5)                     # seed 5 minus seed 5
     assert gain.difference.se == pytest.approx(math.sqrt(0.08) * math.sqrt(2))  # sd * sqrt(2 / 1)
+    assert "UNPAIRED fallback" in gain.text()
     # one seed each, no spread anywhere: over the prompts of the common seed 5, a - b = 0, 1, 0, 0
     c = trial(3, {5: 0.5}, {5: [1.0, 0.0, 0.0, 1.0]})
     by_prompts = paired_gain(a, c)
@@ -75,12 +77,81 @@ def test_paired_gain_pairs_common_seeds_never_first_replicates():
     assert paired_gain(a, b, "minimize").difference.mean == pytest.approx(0.5 - 0.9)
 
 
-def test_the_study_pool_counts_replicated_configs_once():
-    trials = [trial(0, {1: 1.0, 2: 3.0}), trial(1, {1: 2.0, 2: 4.0, 3: 6.0}), trial(2, {1: 9.0})]
-    duplicate = trial(3, {1: 1.0, 2: 3.0})
-    duplicate.set_user_attr("same_config_as", 0)
+def test_the_study_pool_pairs_against_the_reference_and_counts_replicated_configs_once():
+    # reference: trial 0 (most seeds). trial 1 - trial 0 on seeds 1, 2: 1, 2 (mean 1.5, squares 0.25 + 0.25);
+    # trial 4 - trial 0 on seeds 1-3: -1, 0, 4 (mean 1, squares 4 + 1 + 9); trial 2: one common seed (no df);
+    # trial 3 duplicates trial 1 (not counted). sd = sqrt(14.5 / 3) = 2.198484, df 3, 2 configs
+    trials = [trial(0, {1: 1.0, 2: 3.0, 3: 2.0}), trial(1, {1: 2.0, 2: 5.0}), trial(2, {1: 9.0}),
+              trial(4, {1: 0.0, 2: 3.0, 3: 6.0})]
+    duplicate = trial(3, {1: 2.0, 2: 5.0})
+    duplicate.set_user_attr("same_config_as", 1)
     pool = study_pool(trials + [duplicate])
-    assert (pool.df, pool.configs) == (3, 2) and pool.sd == pytest.approx(math.sqrt(10 / 3))
+    assert (pool.df, pool.configs, pool.paired) == (3, 2, True) and pool.sd == pytest.approx(2.198484, abs=1e-6)
+
+
+# Three configs x three seeds, by hand. Reference R (the baseline), A, B:
+R, A, B = {0: 0.70, 1: 0.80, 2: 0.75}, {0: 0.74, 1: 0.86, 2: 0.78}, {0: 0.69, 1: 0.82, 2: 0.73}
+# A - R: 0.04, 0.06, 0.03 (mean 0.043333; squares 1.1111e-5 + 2.7778e-4 + 1.7778e-4 = 4.6667e-4)
+# B - R: -0.01, 0.02, -0.02 (mean -0.003333; squares 4.4444e-5 + 5.4444e-4 + 2.7778e-4 = 8.6667e-4)
+# sd of a paired difference: sqrt(1.33333e-3 / 4) = 0.0182574, df 4; SE over 3 seeds 0.0105409
+# (the old unpaired form: single-config sd pooled over R, A, B = sqrt(0.021333 / 6) = 0.059628, SE 0.048686)
+
+
+def test_one_gain_statistic_by_hand_3_configs_3_seeds():
+    spread = difference_sd({"A": A, "B": B}, R)
+    assert (spread.df, spread.configs, spread.paired) == (4, 2, True) and spread.sd == pytest.approx(0.0182574, abs=1e-6)
+    gain = seed_gain(A, R, spread)
+    # t(0.975, 4) = 2.7764: half width 0.029266 -> [0.014067, 0.072600]: significant (the old form: +-0.119, not)
+    assert gain.mean == pytest.approx(0.043333, abs=1e-6) and gain.se == pytest.approx(0.0105409, abs=1e-6)
+    assert gain.low == pytest.approx(0.014067, abs=1e-5) and gain.high == pytest.approx(0.072600, abs=1e-5)
+    assert gain.significant
+    # export / status (compare.paired_gain over trials, pool against the baseline) give the same numbers
+    trials = [trial(0, R), trial(1, A), trial(2, B)]
+    trials[0].set_user_attr("baseline", True)
+    pool = study_pool(trials)
+    shown = paired_gain(trials[1], trials[0], pool=pool)
+    assert shown.difference.se == pytest.approx(0.0105409, abs=1e-6) and shown.difference.low == pytest.approx(0.014067, abs=1e-5)
+    # and the futility rule: B judged against the incumbent A (B - A: -0.05, -0.04, -0.05, mean -0.046667), the
+    # same SE 0.0105409; no allowance, one look: UCB = -0.046667 + t(0.9, 4) 1.5332 * 0.0105409 = -0.030506
+    look = FutilityRule(delta=0.03, alpha=0.1, allowance=0.0).judge(B, {0: R, 1: A}, reference=0)
+    assert look.stop and look.incumbent == 1
+    assert look.bound.se == pytest.approx(0.0105409, abs=1e-6) and look.bound.ucb == pytest.approx(-0.030506, abs=1e-5)
+    assert paired_gain(trials[2], trials[1], pool=pool).difference.se == pytest.approx(look.bound.se)
+
+
+def test_one_common_seed_falls_back_to_the_unpaired_form_and_says_so():
+    # A shares only seed 0 with R: no paired df; R's own sd: 0.70, 0.80, 0.75 -> 0.05 (df 2); sqrt(2) x 0.05 = 0.070711
+    spread = difference_sd({"A": {0: 0.74}}, R)
+    assert not spread.paired and spread.df == 2 and spread.sd == pytest.approx(0.070711, abs=1e-6)
+    assert "UNPAIRED fallback" in spread.basis
+    gain = seed_gain({0: 0.74}, R, spread)
+    assert gain.se == pytest.approx(0.05 * math.sqrt(2 / 1), abs=1e-6) and not gain.paired
+
+
+def test_the_90_interval_covers_at_its_rate_when_seeds_share_an_effect():
+    """2000 simulated studies (reference + 2 configs x 3 common seeds; a seed's effect shared by every config
+    with correlation rho 0.9, run-to-run sd 0.02, true gain of A over R 0.03): the 90% interval of seed_gain
+    covers 0.03 at a rate inside the binomial 99.9% interval around 0.9; the old unpaired form
+    sd_single * sqrt(2/n) over-covers (its SE is ~3x too large at rho 0.9)."""
+    import numpy as np
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(23)
+    draws, seeds, sd, rho, true_gain = 2000, 3, 0.02, 0.9, 0.03
+    means = np.array([0.75, 0.75 + true_gain, 0.74])
+    shared = rng.normal(0, sd * math.sqrt(rho), (draws, 1, seeds))
+    values = means[None, :, None] + shared + rng.normal(0, sd * math.sqrt(1 - rho), (draws, 3, seeds))
+    covered = old_covered = 0
+    for draw in values:
+        ref, a, b = ({s: float(v) for s, v in enumerate(row)} for row in draw)
+        gain = seed_gain(a, ref, difference_sd({"a": a, "b": b}, ref), level=0.9)
+        covered += gain.low <= true_gain <= gain.high
+        single = pooled_sd([list(ref.values()), list(a.values()), list(b.values())])
+        old_half = 1.9432 * single.sd * math.sqrt(2 / seeds)          # t(0.95, 6) = 1.9432 (tables)
+        old_covered += abs(gain.mean - true_gain) <= old_half
+    low, high = binom.ppf(0.0005, draws, 0.9) / draws, binom.ppf(0.9995, draws, 0.9) / draws
+    assert low <= covered / draws <= high, (covered / draws, low, high)
+    assert old_covered / draws > high, old_covered / draws
 
 
 def test_a_selected_gain_says_it_is_selection_biased():

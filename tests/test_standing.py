@@ -30,7 +30,8 @@ def test_gains_race_and_contenders_of_a_replicated_study(tmp_path, capsys):
     study_obj, _ = open_study(spec, create=False)
     standings, chosen, baseline, pool = study_standings(spec, study_obj, delta=0.03)
     assert chosen.number == best.number and baseline.number == far.number
-    assert (pool.df, pool.configs) == (3, 3)                              # 3 configs x (2 seeds - 1)
+    # the sd of a paired difference against the best: 2 other configs x (2 common seeds - 1)
+    assert (pool.df, pool.configs, pool.paired) == (2, 2, True)
     # the gain over the best pairs seed s with seed s
     seeds = far.user_attrs["seeds"]
     by_seed = {t.number: {r["seed"]: r["values"][0] for r in t.user_attrs["replicates"]} for t in (best, far)}
@@ -43,13 +44,13 @@ def test_gains_race_and_contenders_of_a_replicated_study(tmp_path, capsys):
     assert main(["status", str(path), "--delta", "0.03"]) == 0
     out = capsys.readouterr().out
     assert "vs best ± SE" in out and "vs baseline ± SE" in out and "ruled out" in out and "in the race" in out
-    assert "pooled over 3 replicated configs, 3 df" in out
+    assert "sd of a paired difference" in out and "pooled over 2 configs vs the reference, 2 df" in out
     assert main(["status", str(path), "--delta", "-1"]) == 2
     assert "--delta must be >= 0" in capsys.readouterr().err
 
     exported = export_trial(path, tmp_path / "best.yaml", delta=0.03)
     header = (tmp_path / "best.yaml").read_text()
-    assert "paired over 2 common seeds; run-to-run sd" in header and "selection-biased" in header
+    assert "paired over 2 common seeds; sd of a paired difference" in header and "selection-biased" in header
     assert f"configs not ruled out within delta 0.03 of the best (trial {best.number}" in header
     assert exported.contenders[0].endswith(f"#{best.number}, #{close.number}")
 

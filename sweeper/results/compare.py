@@ -9,10 +9,12 @@ ends with a complete result.
 (a seed of one and the same seed of the other share their random numbers; the n-th runs of two trials
 need not: sweeper.results.gains):
 
-* over seeds, when the run-to-run standard deviation is known: pooled over the configs that ran 2 or more
-  seeds (``pool``: :func:`study_pool` over a study, by default the two trials' own seeds), the mean gain over
-  the common seeds with a Student-t interval on the pooled degrees of freedom. This interval includes the
-  run-to-run randomness of training;
+* over seeds, when the run-to-run spread is known: :func:`sweeper.decisions.seed_gain`, the one gain
+  statistic (the futility pruner's too): the mean gain over the common seeds, SE = the sd of one seed's
+  paired difference (``pool``: :func:`study_pool`, pooled over the configs compared against the same
+  reference, df = sum(n_i - 1); by default the two trials alone) / sqrt(n), a Student-t interval on that
+  df. With a single common seed per config it falls back, and says so, to sqrt(2) x the single-config sd
+  pooled over replicated configs. This interval includes the run-to-run randomness of training;
 * else (every config ran one seed) over the validation prompts of the common seed(s) (same prompts, same
   sampling seeds): the differences of each prompt's objective. This interval covers the prompts and the
   validation sampling, **not** the training randomness of a single run: two seeds of one config can differ
@@ -32,21 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeper.contract import ATTR_BASELINE, ATTR_REPLICATES, ATTR_SAME_CONFIG
-from sweeper.decisions import pooled_sd
-from sweeper.results.gains import SeedGain, seed_gain
+from sweeper.decisions import DifferenceSD, SeedGain, difference_sd, seed_gain
 from sweeper.statistics import PairedDifference, paired_difference
 
 SELECTION_BIAS = ("selection-biased: chosen as the best on these same seeds and prompts, so the gain is biased upwards "
                   "(winner's curse); `sweeper verify` measures it on held-out prompts with fresh seeds")
 
 
-@dataclass(frozen=True)
-class Pool:
-    """The run-to-run sd of the objective over training seeds, pooled over ``configs`` replicated configs."""
-
-    sd: float
-    df: int
-    configs: int
+Pool = DifferenceSD   # the sd a gain's SE rests on: one seed's paired difference, pooled (sweeper.decisions)
 
 
 @dataclass(frozen=True)
@@ -67,9 +62,7 @@ class Gain:
         else:
             verdict = "significant" if d.significant else "NOT significant: the interval includes 0"
         if self.unit == "seeds":
-            pool = self.pool
-            basis = (f"paired over {d.count} common seed{'s' if d.count != 1 else ''}; run-to-run sd {pool.sd:.3g} pooled "
-                     f"over {pool.configs} replicated config{'s' if pool.configs != 1 else ''}, {pool.df} df")
+            basis = f"paired over {d.count} common seed{'s' if d.count != 1 else ''}; {self.pool.basis}"
         else:
             basis = f"paired over {d.count} prompts of the common seed, one run each: training randomness not included"
         return f"{d.mean:+.4g} [{d.low:+.3g}, {d.high:+.3g}] (95% interval, {basis}; {verdict})"
@@ -87,29 +80,37 @@ def seed_values(trial: Any, direction: str = "maximize", index: int = 0) -> dict
     return {int(r["seed"]): sign * float(r["values"][index]) for r in trial.user_attrs.get(ATTR_REPLICATES) or []}
 
 
-def study_pool(trials: Any, direction: str = "maximize") -> Pool:
-    """The run-to-run sd pooled over the complete ``trials`` that ran 2 or more seeds (a duplicate that reuses
-    another trial's result is counted once)."""
-    groups = [list(seed_values(t, direction).values()) for t in trials
-              if t.state.name == "COMPLETE" and t.user_attrs.get(ATTR_SAME_CONFIG) is None]
-    groups = [g for g in groups if len(g) >= 2]
-    pooled = pooled_sd(groups)
-    return Pool(pooled.sd, pooled.df, len(groups))
+def study_pool(trials: Any, direction: str = "maximize", reference: Any | None = None) -> Pool:
+    """The sd of one seed's paired difference, pooled over the complete ``trials`` (and the finished seeds of
+    stopped ones, as the futility pruner pools them) compared against
+    ``reference`` (default: the study's baseline among them, else the one with the most seeds), df =
+    sum(n_i - 1) over their common seeds; with no config sharing 2 seeds with it, the flagged fallback
+    sqrt(2) x the single-config sd pooled over the replicated trials (:func:`sweeper.decisions.difference_sd`).
+    A duplicate that reuses another trial's result is counted once."""
+    complete = [t for t in trials if (t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and t.user_attrs.get(ATTR_REPLICATES)))
+                and t.user_attrs.get(ATTR_SAME_CONFIG) is None]   # a stopped trial's finished seeds count too
+    if reference is None and complete:
+        marked = [t for t in complete if t.user_attrs.get(ATTR_BASELINE)]
+        reference = marked[-1] if marked else max(complete, key=lambda t: (len(seed_values(t, direction)), -t.number))
+    if reference is None:
+        return difference_sd({}, {})
+    configs = {t.number: seed_values(t, direction) for t in complete if t.number != reference.number}
+    return difference_sd(configs, seed_values(reference, direction))
 
 
 def paired_gain(better: Any, reference: Any, direction: str = "maximize", pool: Pool | None = None,
                 selected: bool = False) -> Gain | None:
     """The paired gain of trial ``better`` over trial ``reference`` on the first objective over their common
-    seeds: with the pooled run-to-run sd (``pool``, default: pooled over these two trials) when it is known,
+    seeds: with the sd of a paired difference (``pool``, default: these two trials alone) when it is known,
     else over the prompts of the common seeds (per prompt, the mean over them); None when they share no seed
     or have no per-prompt results to pair."""
     mine, theirs = seed_values(better, direction), seed_values(reference, direction)
     common = sorted(set(mine) & set(theirs))
     if not common:
         return None
-    pool = pool if pool is not None else study_pool([better, reference], direction)
+    pool = pool if pool is not None else study_pool([better, reference], direction, reference)
     if pool.df > 0:
-        return Gain(better.number, reference.number, seed_gain(mine, theirs, pool.sd, pool.df), "seeds", pool, selected)
+        return Gain(better.number, reference.number, seed_gain(mine, theirs, pool), "seeds", pool, selected)
     sign = 1.0 if direction == "maximize" else -1.0
     vectors = []
     for trial in (better, reference):

@@ -189,8 +189,8 @@ def export_trial(
                       f"{spec.objective[0].metric} = {objective_estimate(baseline).text()}")
         if baseline.number != frozen.number:
             selected = _selected(study, spec, frozen, baseline)
-            gain = paired_gain(frozen, baseline, spec.directions[0], study_pool(study.get_trials(deepcopy=False), spec.directions[0]),
-                               selected=selected)
+            pool = study_pool(study.get_trials(deepcopy=False), spec.directions[0], baseline)
+            gain = paired_gain(frozen, baseline, spec.directions[0], pool, selected=selected)
             header.append(f"gain over the baseline: {gain.text()}" if gain else
                           "gain over the baseline: not measured (no common training seed, or no per-prompt results to pair)")
             if gain is not None and gain.unit == "prompts":
@@ -237,7 +237,7 @@ def contender_lines(spec: StudySpec, study: Any, delta: float | None) -> list[st
         return ["configs within delta of the best: not computed (give --delta, the smallest gain worth finding)"]
     standings, best, _, pool = study_standings(spec, study, delta=delta, alpha=alpha)
     keep = contenders(standings)
-    basis = (f"run-to-run sd pooled over {pool.configs} replicated configs" if pool.df else
+    basis = (pool.basis if pool.df else
              "one seed each: over prompts only, training randomness not included")
     lines = [f"configs not ruled out within delta {delta:g} of the best (trial {best.number}; ruled out: the "
              f"{100 * (1 - alpha):.0f}% upper bound of the paired gain over the best < -{delta:g}; {basis}): "

@@ -8,8 +8,9 @@ used), validated on the **held-out** prompts (``eval.split: heldout``: the ``eva
 problems after the ones the study selected on, trainers/data.py ``validation_prompts``). N >= 3: 1 is
 refused (no run-to-run spread), 2 warns (2 df per arm: a very wide interval, or a lucky narrow one).
 
-Its answer is the paired gain over those seeds (:func:`sweeper.results.compare.paired_gain`, the run-to-run
-sd pooled over the two arms: 2(N - 1) df): an interval that includes the run-to-run randomness of training,
+Its answer is the paired gain over those seeds (:func:`sweeper.results.compare.paired_gain`, i.e.
+:func:`sweeper.decisions.seed_gain`: SE from the sd of the N seeds' paired differences, N - 1 df; the
+seed's shared effect cancels in it): an interval that includes the run-to-run randomness of training,
 which a study's single-seed trials cannot show, on prompts and seeds the choice was not made on, so free of
 the winner's curse. The selection *survives* when that interval excludes 0 on the side of a gain.
 Re-running the command resumes the same verification (and prints it when it is done).

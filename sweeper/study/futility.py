@@ -17,9 +17,10 @@ and, with ``warmup_step``, at each validation of any seed from that step on (bef
   reference (:func:`sweeper.decisions.pooled_pair_sd`, df = sum(n_c - 1)); until it has ``min_df`` df,
   sqrt(2) x the run-to-run sd of single configs pooled over every replicated config (the baseline runs
   all its seeds, so its seeds are the first estimate), with the prior ``sd`` (weight ``sd_df``) when
-  given: an upper bound when seeds correlate positively; with neither, nothing stops;
-* c's gain over the incumbent on their common seeds (:func:`sweeper.decisions.paired_gain`) with the
-  allowance ``allowance`` for the incumbent's selection, and its upper bound
+  given: an upper bound when seeds correlate positively; with neither, nothing stops
+  (:func:`sweeper.decisions.difference_sd`: the same sd export, verify and status use);
+* c's gain over the incumbent on their common seeds (:func:`sweeper.decisions.seed_gain`, the one gain
+  statistic of the project) with the allowance ``allowance`` for the incumbent's selection, and its upper bound
   (:func:`sweeper.decisions.gain_bound`) with K = the looks a config can get (Bonferroni): the config
   stops when the bound is below ``delta``.
 
@@ -43,8 +44,7 @@ from typing import Any, Mapping
 
 from sweeper.contract import (ATTR_BASELINE, ATTR_REJECTED, ATTR_REPLICATES, ATTR_SEED_VALUES,  # noqa: F401 (re-exported)
                               SEED_CURVE_PREFIX, seed_curve_attr, trial_seed_values)
-from sweeper.decisions import (GainBound, gain_bound, is_futile, paired_by_seed, paired_gain, pooled_pair_sd, pooled_sd,
-                               seed_values)
+from sweeper.decisions import GainBound, difference_sd, gain_bound, is_futile, paired_by_seed, seed_gain, seed_values
 
 PRUNE_REASON = "futility"
 
@@ -87,16 +87,10 @@ class FutilityRule:
             reference = max(others, key=lambda n: (len(others[n]), -n))
         base = others[reference]
         rest = {n: v for n, v in others.items() if n != reference}
-        paired = pooled_pair_sd({**rest, "judged": mine}, base)
-        if paired.df >= self.min_df:
-            pair_sd, df, basis = paired.sd, paired.df, "paired"
-        else:
-            single = pooled_sd([list(mine.values())] + [list(v.values()) for v in others.values()], self.sd,
-                               self.sd_df if self.sd is not None else 0)
-            if not single.known or single.df < self.min_df:
-                return Look(False, f"run-to-run sd not known yet (df {max(paired.df, single.df)} < {self.min_df}; "
-                                   f"pruner.sd gives a prior)")
-            pair_sd, df, basis = math.sqrt(2) * single.sd, single.df, "unpaired"
+        spread = difference_sd({**rest, "judged": mine}, base, self.min_df, self.sd, self.sd_df)
+        if spread.df < self.min_df or not spread.known:
+            return Look(False, f"run-to-run sd not known yet (df {spread.df} < {self.min_df}; pruner.sd gives a prior)")
+        pair_sd, df, basis = spread.sd, spread.df, "paired" if spread.paired else "unpaired"
         if not paired_by_seed(mine, base):
             return Look(False, f"no seed in common with trial {reference} yet")
         rank = {n: (sum(a - b for _, a, b in paired_by_seed(v, base)) / max(1, len(paired_by_seed(v, base))))
@@ -106,10 +100,11 @@ class FutilityRule:
         mine_rank = sum(a - b for _, a, b in paired_by_seed(mine, base)) / len(paired_by_seed(mine, base))
         if mine_rank >= rank[incumbent]:
             return Look(False, f"at least as good as the incumbent (trial {incumbent})", None, incumbent)
-        gain = paired_gain(mine, others[incumbent], pair_sd, self.allowance)
+        gain = seed_gain(mine, others[incumbent], spread)
         if gain is None:
             return Look(False, f"no seed in common with the incumbent (trial {incumbent}) yet", None, incumbent)
-        difference, se, allowance, common = gain
+        difference, se, common = gain.mean, gain.se, gain.count
+        allowance = self.allowance * pair_sd / math.sqrt(2 * len(others[incumbent]))
         bound = gain_bound(difference, se, allowance, df, self.alpha, self.looks)
         return Look(is_futile(bound, self.delta), f"{bound.text(self.delta)} vs trial {incumbent} over {common} common "
                     f"seed{'s' if common > 1 else ''} (sd of a difference {pair_sd:.3g}, {basis}, {df} df)", bound, incumbent)
