@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from sweeper.redaction import STORAGE_ENV, TRACKING_ENV, strip_secret, with_secret
-from sweeper.statistics import Estimate, mean_and_se
+from sweeper.statistics import Estimate, mean_and_se, replicate_summary
 
 TRIALS_DIR = "trials"
 TICKET_FILE = "trial.json"
@@ -234,6 +234,15 @@ class Outcome:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def seed_mean(self) -> list[float] | None:
+        """A PRUNED trial that finished seeds: its value(s), the mean over those seeds (the trial process puts it in
+        ``partial_values``); None otherwise. The driver stores it as Optuna's value, which ``tell(PRUNED)`` would
+        take from the first seed's last validation."""
+        values = self.partial_values or []
+        if self.state != "PRUNED" or not self.replicates or not values:
+            return None
+        return [float(v) for v in values] if all(v is not None and math.isfinite(float(v)) for v in values) else None
+
     def user_attrs(self) -> dict[str, Any]:
         """The trial user attrs the driver records for this outcome (the stderr tail is the driver's)."""
         attrs: dict[str, Any] = {}
@@ -312,12 +321,20 @@ def counts_as_budget(trial: Any) -> bool:
 
 def objective_estimate(trial: Any, index: int = 0) -> Estimate | None:
     """A trial's value of objective ``index`` with its standard error (a :class:`sweeper.statistics.Estimate`),
-    or None when it has no value. COMPLETE: the objective (mean over seeds) and its recorded SE; PRUNED:
-    the last value it reported (Optuna's value of a pruned trial) with the SE over that validation's prompts."""
+    or None when it has no value. Replicated (2 or more seeds, or a PRUNED trial that finished seeds): the mean
+    over its seeds with :func:`~sweeper.statistics.replicate_summary`'s SE; else COMPLETE: the objective and its
+    recorded SE; PRUNED in its first seed: the last value it reported (Optuna's value of a pruned trial) with
+    the SE over that validation's prompts."""
     attrs = trial.user_attrs
     if trial.values is None or index >= len(trial.values):
         return None
     value = float(trial.values[index])
+    replicates = attrs.get(ATTR_REPLICATES) or []
+    usable = replicates and all(index < len(r.get("values") or []) for r in replicates)
+    if usable and (len(replicates) > 1 or trial.state.name == "PRUNED"):   # over seeds (a study run before issue 23 too)
+        estimate = replicate_summary([float(r["values"][index]) for r in replicates],
+                                     [r.get("per_prompt") if index == 0 else None for r in replicates])
+        return Estimate(estimate.value, estimate.se, int(attrs.get(ATTR_PROMPTS) or estimate.prompts), estimate.seeds)
     if trial.state.name == "COMPLETE":
         errors = attrs.get(ATTR_OBJECTIVE_SE) or []
         se = errors[index] if index < len(errors) and errors[index] is not None else math.nan

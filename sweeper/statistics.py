@@ -13,11 +13,13 @@ validate the same prompts with the same sampling seeds, so two trials are compar
   the objective is (``last``, ``mean_last_n``: per prompt, the mean of its last n values; ``best``: the
   values of the validation whose mean is best). Its mean is the objective; its standard error over
   prompts is the objective's SE for one seed.
-* :func:`replicate_summary`: R seeds of one config: the objective is the mean of the seeds' values and
-  its SE combines both sources, ``sqrt(SE_seeds^2 + SE_prompts^2)``: over seeds (``s / sqrt(R)``, the
-  training randomness a single seed's SE over prompts does not see) and over the prompts of the
-  seed-averaged per-prompt values (the validation prompts and samples, which every seed shares under
-  common random numbers, so the spread over seeds cannot see them; two seeds can even tie exactly).
+* :func:`replicate_summary`: R seeds of one config: the objective is the mean of the seeds' values; its SE
+  is over the prompts of the one seed when R = 1, and over the seeds (``s / sqrt(R)``) when R >= 2: the
+  training randomness plus the seed-by-prompt noise of the validation, on these fixed prompts. The
+  prompts' own difficulty is left out when R >= 2: every config is validated on the same prompts, so it
+  cancels in any comparison (``sweeper verify`` measures a gain on held-out prompts). Until issue 23 it
+  was ``sqrt(SE_seeds^2 + SE_prompts^2)``, which counted the seed-by-prompt residual twice (in the seed
+  means and in the per-prompt means) and added the prompt difficulty that paired comparisons cancel.
 * :func:`paired_difference`: the mean of ``a_i - b_i`` over paired units (prompts, or seeds) with its SE
   and a 95% interval ``mean +- t_{0.975, n-1} SE`` (Student's t).
 * :func:`wilcoxon_worse_p`: the p-value of the one-sided Wilcoxon signed-rank test that the paired
@@ -119,11 +121,12 @@ class Estimate:
 
     @property
     def basis(self) -> str:
-        """What the SE rests on: ``64 prompts`` or ``3 seeds x 64 prompts``."""
-        return f"{self.seeds} seeds x {self.prompts} prompts" if self.seeds > 1 else f"{self.prompts} prompts"
+        """What the SE rests on: ``64 prompts`` (one seed) or ``over 3 seeds, 64 prompts`` (R >= 2: the spread over
+        training seeds on these prompts)."""
+        return f"over {self.seeds} seeds, {self.prompts} prompts" if self.seeds > 1 else f"{self.prompts} prompts"
 
     def text(self, digits: int = 4) -> str:
-        """``0.6134 ± 0.042 (64 prompts)``, ``... (3 seeds x 64 prompts)``; just the value when its SE is unknown."""
+        """``0.6134 ± 0.042 (64 prompts)``, ``... (over 3 seeds, 64 prompts)``; the value alone when its SE is unknown."""
         if not math.isfinite(self.se):
             return f"{self.value:.{digits}g}"
         return f"{self.value:.{digits}g} ± {self.se:.2g} ({self.basis})"
@@ -131,20 +134,15 @@ class Estimate:
 
 def replicate_summary(seed_values: Sequence[float], seed_vectors: Sequence[Sequence[float]]) -> Estimate:
     """One config run with R seeds: the mean of the seeds' objective values. Its SE: over the prompts of the
-    one seed's per-prompt objective when R = 1; when R >= 2, ``sqrt(SE_seeds^2 + SE_prompts^2)`` with
-    SE_prompts over the prompts of the per-prompt means across seeds (SE_seeds alone where the per-prompt
-    vectors are missing or of different lengths)."""
+    one seed's per-prompt objective when R = 1; over the seeds when R >= 2 (``s / sqrt(R)``: the spread a
+    comparison on the same prompts sees; the prompts' difficulty, common to every config, is not in it)."""
     if len(seed_values) != len(seed_vectors) or not seed_values:
         raise ValueError("replicate_summary: one objective value and one per-prompt vector per seed")
     prompts = len(seed_vectors[0]) if seed_vectors[0] else 0
     if len(seed_values) == 1:
         return Estimate(float(seed_values[0]), mean_and_se(seed_vectors[0])[1] if prompts > 1 else math.nan, prompts, 1)
     value, seed_se = mean_and_se([float(v) for v in seed_values])
-    if prompts < 2 or any(not vector or len(vector) != prompts for vector in seed_vectors):
-        return Estimate(value, seed_se, prompts, len(seed_values))
-    prompt_means = [sum(column) / len(column) for column in zip(*seed_vectors)]
-    prompt_se = mean_and_se(prompt_means)[1]
-    return Estimate(value, math.sqrt(seed_se ** 2 + prompt_se ** 2), prompts, len(seed_values))
+    return Estimate(value, seed_se, prompts, len(seed_values))
 
 
 @dataclass(frozen=True)

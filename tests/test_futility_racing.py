@@ -11,7 +11,9 @@ import optuna
 import pytest
 import yaml
 
+from sweeper.contract import Outcome, objective_estimate
 from sweeper.run.driver import run_study
+from sweeper.run.trial.process import _with_uncertainty
 from sweeper.run.storage import make_storage
 from sweeper.study.futility import steps_used
 from sweeper.study.spec import SpecError, load_spec
@@ -54,6 +56,10 @@ def test_a_worse_config_leaves_the_race_after_its_first_seed(tmp_path):
     assert worse.user_attrs["prune_message"].startswith("stopped after seed 1: gain <= ")
     assert "< delta 0.03 vs trial 0 over 1 common seed" in worse.user_attrs["prune_message"]
     assert worse.user_attrs["seeds"] == [10] and list(worse.user_attrs["seed_values"]) == ["10"]
+    # its value (Optuna's and status's) is the mean over the seeds it finished, said in its message
+    assert worse.value == pytest.approx(worse.user_attrs["seed_values"]["10"])
+    assert objective_estimate(worse).value == pytest.approx(worse.value) and objective_estimate(worse).seeds == 1
+    assert worse.user_attrs["prune_message"].endswith("(value: the mean over the 1 seed it finished)")
     # the same config as the baseline is not futile: it runs all three seeds, the same seeds (common seeds)
     assert same.state.name == "COMPLETE" and same.user_attrs["seeds"] == [10, 11, 12]
     # every seed's curve is recorded, not only the first seed's
@@ -61,6 +67,24 @@ def test_a_worse_config_leaves_the_race_after_its_first_seed(tmp_path):
     assert baseline.user_attrs["seed_curve/11"].keys() == {"10", "20"}
     spent = sum(steps_used(t.user_attrs) for t in (baseline, worse, same))
     assert spent == 20 * (3 + 1 + 3)          # of 20 x 9 with no race
+
+
+def test_a_config_stopped_in_its_third_seed_is_valued_by_the_two_it_finished():
+    # stopped at a validation of seed 12 (its partial value 0.50 there); seeds 10, 11 finished at 0.60, 0.70:
+    # value 0.65, SE over the 2 seeds sqrt(0.005 / 2) = 0.05
+    finished = [{"seed": 10, "values": [0.60], "per_prompt": None}, {"seed": 11, "values": [0.70], "per_prompt": None}]
+    stop = Outcome("PRUNED", partial_values=[0.50], prune_reason="futility", message="stopped at step 10 of seed 12: ...")
+    outcome = _with_uncertainty(stop, finished, 3, None)
+    assert outcome.partial_values == [pytest.approx(0.65)] and outcome.values_se == [pytest.approx(0.05)]
+    assert outcome.seed_mean() == [pytest.approx(0.65)]
+    assert outcome.message.endswith("(value: the mean over the 2 seeds it finished)")
+    # a trial stopped in its first seed finished none: Optuna's own value (its last report) stands
+    assert _with_uncertainty(Outcome("PRUNED", partial_values=[0.5]), [], 3, None).seed_mean() is None
+    # status reads the same mean from the replicates
+    frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, value=0.65, intermediate_values={10: 0.5},
+                                       user_attrs={**outcome.user_attrs()})
+    estimate = objective_estimate(frozen)
+    assert (estimate.value, estimate.seeds) == (pytest.approx(0.65), 2) and estimate.se == pytest.approx(0.05)
 
 
 def test_the_trial_steps_budget_stops_launching(tmp_path):

@@ -30,20 +30,19 @@ def test_objective_per_prompt_aggregates_like_the_objective():
         objective_per_prompt([[0.0], [1.0, 0.0]])
 
 
-def test_replicates_take_the_standard_error_over_seeds_and_prompts():
+def test_replicates_take_the_standard_error_over_prompts_for_one_seed_over_seeds_for_more():
     one = replicate_summary([0.5], [[0.0, 1.0, 0.5, 0.5]])
     assert (one.value, one.prompts, one.seeds) == (0.5, 4, 1)
     assert one.se == pytest.approx(math.sqrt(0.5 / 3 / 4))                   # over prompts: s^2 = (0.25+0.25)/3
     three = replicate_summary([0.4, 0.5, 0.9], [[0.0, 1.0]] * 3)
     assert three.value == pytest.approx(0.6) and three.seeds == 3 and three.prompts == 2
-    seed_variance = (0.04 + 0.01 + 0.09) / 2 / 3                             # over seeds: s^2 / R
-    prompt_variance = 0.5 / 2                                                # prompt means 0, 1: s^2 = 0.5, / 2 prompts
-    assert three.se == pytest.approx(math.sqrt(seed_variance + prompt_variance))
-    assert three.text() == "0.6 ± 0.52 (3 seeds x 2 prompts)"
+    # over seeds: deviations -0.2, -0.1, 0.3: s^2 = 0.14 / 2 = 0.07, / 3 seeds: SE = sqrt(0.023333) = 0.152753
+    assert three.se == pytest.approx(0.152753, abs=1e-6)                     # the prompts' spread (0 vs 1) is not added
+    assert three.text() == "0.6 ± 0.15 (over 3 seeds, 2 prompts)"
     tied = replicate_summary([0.75, 0.75], [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
-    assert tied.se == pytest.approx(math.sqrt(0.0 + 4 * 0.25 ** 2 / 3 / 4))   # the seeds tie; prompt means 1, 1, .5, .5 still vary
+    assert tied.se == 0.0                                                    # the seeds tie: no spread over seeds
     no_vectors = replicate_summary([0.4, 0.5, 0.9], [None, None, None])
-    assert no_vectors.se == pytest.approx(math.sqrt(seed_variance))            # nothing per prompt: over seeds alone
+    assert no_vectors.se == pytest.approx(0.152753, abs=1e-6)
     assert Estimate(0.61234, math.nan, 64).text() == "0.6123"                 # SE unknown: the value alone
 
 

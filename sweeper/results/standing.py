@@ -1,9 +1,12 @@
 """Where each trial of a single-objective study stands: its paired gain over the best and over the baseline,
 whether it is still in the race, and why it stopped.
 
-* Gains (:func:`sweeper.results.compare.paired_gain`) pair common training seeds, with the run-to-run sd
-  pooled over the study's replicated configs (:func:`sweeper.results.compare.study_pool`); without
-  replicated configs, over the prompts of the common seed (training randomness not included: said so).
+* Gains of every complete trial, and of every trial stopped after finishing seeds (over those seeds)
+  (:func:`sweeper.results.compare.paired_gain`, through :func:`sweeper.decisions.seed_gain`, the
+  futility pruner's statistic) pair common training seeds, SE from the sd of a paired difference pooled
+  over the configs compared against the same reference (:func:`sweeper.results.compare.study_pool`: the
+  best for the gains over the best, the baseline for those over the baseline); without replicated
+  configs, over the prompts of the common seed (training randomness not included: said so).
 * In the race: a RUNNING (or waiting) trial; a COMPLETE trial not ruled out within ``delta`` of the best
   (:func:`sweeper.results.gains.ruled_out`: the ``1 - alpha`` upper bound of its gain over the best is
   below ``-delta``). ``delta`` and ``alpha`` come from the pruner's section when it has them (the futility
@@ -19,13 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_SAME_CONFIG, ATTR_STOP_REASON,
+from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_REPLICATES, ATTR_SAME_CONFIG,
+                              ATTR_STOP_REASON,
                               trial_state)
 from sweeper.results.compare import Gain, Pool, baseline_trial, paired_gain, study_pool
 from sweeper.results.gains import ruled_out, upper_bound
 from sweeper.study.schema import SpecError
 
-STOP_REASON_ATTRS = (ATTR_STOP_REASON,)   # read first when a pruner records its own reason (the futility pruner)
+STOP_REASON_ATTRS = (ATTR_STOP_REASON,)   # read first when a pruner records its own reason
 DEFAULT_ALPHA = 0.1
 
 
@@ -58,6 +62,8 @@ def stop_text(trial: Any) -> str:
     for key in STOP_REASON_ATTRS:
         if attrs.get(key):
             return str(attrs[key])
+    if attrs.get(ATTR_PRUNE_REASON) == "futility" and attrs.get("prune_message"):
+        return str(attrs["prune_message"])       # "stopped after seed 1: gain <= ... < delta 0.03 vs trial 0 ..."
     if attrs.get(ATTR_PRUNE_REASON):
         step = attrs.get(ATTR_PRUNED_AT_STEP)
         return f"{attrs[ATTR_PRUNE_REASON]}" + (f" at step {step}" if step is not None else "")
@@ -74,26 +80,29 @@ def _ruled_out_text(gain: Gain, delta: float, alpha: float) -> str | None:
 
 def study_standings(spec: Any, study: Any, *, delta: float | None = None, alpha: float | None = None,
                     best: Any | None = None) -> tuple[dict[int, Standing], Any | None, Any | None, Pool]:
-    """``(standings by trial number, best trial, baseline trial, pool)`` of a single-objective study."""
+    """``(standings by trial number, best trial, baseline trial, pool)`` of a single-objective study (``pool``:
+    the sd of a paired difference against the best, which the "ruled out" rule rests on)."""
     delta, alpha = race_settings(spec, delta, alpha)
     direction = spec.directions[0]
     trials = study.get_trials(deepcopy=False)
-    pool = study_pool(trials, direction)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     if best is None and complete:
         pick = max if direction == "maximize" else min
         best = pick(complete, key=lambda t: t.value)
     baseline = baseline_trial(study)
+    pool = study_pool(trials, direction, best)
+    base_pool = study_pool(trials, direction, baseline) if baseline is not None else pool
     out: dict[int, Standing] = {}
     for trial in trials:
         state = trial_state(trial)
         if state == "REJECTED":
             continue
         over_best = over_baseline = None
-        if state == "COMPLETE" and best is not None and trial.number != best.number:
+        seeded = state == "COMPLETE" or (state == "PRUNED" and trial.user_attrs.get(ATTR_REPLICATES))  # finished seeds
+        if seeded and best is not None and trial.number != best.number:
             over_best = paired_gain(trial, best, direction, pool)
-        if state == "COMPLETE" and baseline is not None and trial.number != baseline.number:
-            over_baseline = paired_gain(trial, baseline, direction, pool)
+        if seeded and baseline is not None and trial.number != baseline.number:
+            over_baseline = paired_gain(trial, baseline, direction, base_pool)
         why = ""
         if state in ("RUNNING", "WAITING"):
             race = state.lower()

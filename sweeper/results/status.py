@@ -82,7 +82,7 @@ def _estimate_text(estimate: Any) -> str:
     if estimate is None:
         return "-"
     se = f" ± {estimate.se:.2g}" if math.isfinite(estimate.se) else ""
-    return f"{estimate.value:.4g}{se}"
+    return f"{estimate.value:.4g}{se}" + (f" ({estimate.seeds} seeds)" if estimate.seeds > 1 else "")
 
 
 def _gain_text(gain: Any | None) -> str:
@@ -115,10 +115,13 @@ def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, 
     widths = [max(len(r[i]) for r in table) for i in range(last)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < last else cell for i, cell in enumerate(r)).rstrip() for r in table]
     prompts, seeds = _units(rows)
+    shown = " / ".join(m.split("/", 1)[-1] for m in metrics)
     footer = []
     if prompts:
-        over_seeds = f", combined with the spread over the {seeds} seeds a complete trial ran" if seeds else ""
-        footer.append(f"± one standard error over the {prompts}{over_seeds}.")
+        over_seeds = (f"; over the training seeds for a value of {seeds} seeds (on these same prompts: their difficulty, "
+                      f"common to every config, is left out)" if seeds else "")
+        footer.append(f"{shown} ± SE: one standard error over the {prompts} for a value of one seed{over_seeds}. "
+                      f"The gain columns' paired SE is what a comparison of two configs needs.")
     footer += race or []
     return "\n".join(head + [""] + lines + footer)
 
@@ -126,7 +129,7 @@ def format_table(spec: StudySpec, rows: list[dict[str, Any]], counts: dict[str, 
 def _units(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """('128 validation prompts', '3') : what the shown standard errors are over ('' where unknown or one seed)."""
     prompts = {e.prompts for row in rows for e in (row["objective"] or row["last_value"] or []) if e is not None and e.prompts}
-    seeds = {e.seeds for row in rows for e in (row["objective"] or []) if e is not None} - {1}
+    seeds = {e.seeds for row in rows for e in (row["objective"] or row["last_value"] or []) if e is not None} - {1}
     return (f"{'/'.join(map(str, sorted(prompts)))} validation prompts" if prompts else "",
             "/".join(map(str, sorted(seeds))))
 
@@ -145,8 +148,8 @@ def _num(value: Any) -> str:
 def race_footer(pool: Any, delta: float | None, alpha: float) -> list[str]:
     """What the gain columns rest on, and the rule of the race column."""
     if pool.df:
-        basis = (f"vs best / vs baseline: paired gain over their common training seeds ± its SE (run-to-run sd "
-                 f"{pool.sd:.3g} pooled over {pool.configs} replicated configs, {pool.df} df).")
+        basis = (f"vs best / vs baseline: paired gain over their common training seeds ± its SE ({pool.basis}; "
+                 f"prompt difficulty cancels in it).")
     else:
         basis = ("vs best / vs baseline: paired gain over the prompts of their common seed ± its SE (one seed each: "
                  "training randomness not included).")

@@ -381,6 +381,9 @@ class Driver:
         values = outcome.values if state == "COMPLETE" else None
         if state == "COMPLETE":
             self.study.tell(flight.number, values if self.spec.is_multi_objective else values[0], skip_if_finished=True)
+        elif state == "PRUNED" and outcome.seed_mean() is not None:   # its finished seeds' mean, not Optuna's last report
+            self.study.sampler.after_trial(self.study, frozen, optuna.trial.TrialState.PRUNED, None)
+            self.storage.set_trial_state_values(flight.trial_id, optuna.trial.TrialState.PRUNED, outcome.seed_mean())
         else:
             self.study.tell(flight.number, state=getattr(optuna.trial.TrialState, state), skip_if_finished=True)
         self.counts[state] = self.counts.get(state, 0) + 1

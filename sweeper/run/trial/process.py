@@ -237,8 +237,10 @@ def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket:
 
 def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
     """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
-    finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1), combined with the
-    SE over prompts for the first objective (:func:`~sweeper.statistics.replicate_summary`)."""
+    finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1)
+    (:func:`~sweeper.statistics.replicate_summary`). A PRUNED trial that finished seeds before it stopped
+    (a futility stop after a seed, or at a validation of a later seed) is valued as the mean over the seeds
+    it finished, never its first seed's last validation; the driver gives Optuna that value."""
     outcome = ending if ending is not None else Outcome("COMPLETE")
     if outcome.state == "COMPLETE":
         if len(finished) > 1:
@@ -254,6 +256,12 @@ def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], se
         outcome.replicates = finished
     elif outcome.state == "PRUNED" and finished:
         outcome.replicates = finished   # a futility stop after a seed: the seeds it finished still count
+        columns = list(zip(*(r["values"] for r in finished)))
+        outcome.partial_values = [sum(column) / len(column) for column in columns]
+        if len(finished) > 1:
+            outcome.values_se = [replicate_summary(list(column), [None] * len(finished)).se for column in columns]
+        count = len(finished)
+        outcome.message = (outcome.message or "") + f" (value: the mean over the {count} seed{'s' if count > 1 else ''} it finished)"
     vectors = [v for v in (outcome.per_prompt or []) if v] or [r["per_prompt"] for r in finished if r.get("per_prompt")]
     outcome.prompts = len(vectors[0]) if vectors else None
     return outcome
