@@ -1,7 +1,7 @@
 """How good is the pruning? A simulation of the decision rules over many studies, and measurements of
 studies run for real (local executor, SQLite).
 
-    python benchmarks/pruning_quality.py simulate [--studies 400]  # ~1 min: futility + racing, harm: rates
+    python benchmarks/pruning_quality.py simulate [--studies 400]  # ~2 min: futility + racing, harm: rates
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
     python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
@@ -14,13 +14,37 @@ its seeds one after another (a time unit = one seed's run). A seed's objective i
 ``mu_c + b_s + e_cs``: ``b_s`` the seed's effect shared by every config (common seeds), ``e_cs`` the
 config's own, with the total sd (``--sd``, default 0.019: the quickstart's objective spread 0.805-0.859
 over 8 seeds of one config is 2.85 sd, the expected range of 8 normal draws) split by the seed
-correlation ``rho`` (0, 0.5, 0.9: unknown for pass@16; pass@8's paired SE of 0.001 over 3 seeds at 200
-steps in issue 23 says it can be high). Reported, with Wilson 95% intervals over studies:
+correlation ``rho`` (0, 0.5, 0.9, 0.97: unknown for pass@16; pass@8's paired SE of 0.001 over 3 seeds at
+200 steps in issue 23 says it can be high; 0.97 is the quickstart of this round's: SIREN - GRPO over seeds
+0-2 has an sd of 0.0036 against a single config's 0.016, 1 - rho = 0.0036^2 / (2 x 0.016^2), from 2 df:
+very uncertain). Reported, with Wilson 95% intervals over studies:
 
 * futility with racing (``budget.seeds`` 1-R): false-futility rate (the +delta config stopped: the
   guarantee says <= alpha), trial-steps used / the full budget (7 x R seeds), P(final best within delta
   of the true best) and P(final best = the +delta config). The final best: the config with the best mean
   among those that ran all R seeds.
+* the same with **within-seed looks** (``warmup_step`` = the first validation: the rule also looks at
+  every validation but a seed's last, K = (R - 1) + R x 2 for the quickstart's validations at steps 40,
+  80, 120), for races 1-3 and 1-4. A seed runs in 3 equal segments; a config stopped at step 40 of its
+  r-th seed costs r - 1 + 1/3 runs. The model of a validation curve (assumptions, each measured on the
+  quickstart study of this round, ``studies/quickstart/optuna.db``: the ``seed_curve/<seed>`` attrs of
+  its 8 recorded seeds, 5 paired with the baseline's same seed):
+
+  - a config's value at an intermediate validation k is ``ratio * mu_c + b_s + e_cs + x_csk``: its gap
+    over the baseline at steps 40 and 80 is ``ratio`` (``--curve-ratio``, 0.45) times its gap at the end
+    (regression through the origin of the paired differences at step 40 / 80 on those at 120: 0.51 /
+    0.39; SIREN - GRPO: +0.019 at both 40 and 80, +0.034 at 120: entropy methods pull ahead late);
+  - ``x_csk`` ~ N(0, ``--curve-sd``, 0.008), own to each config, seed and validation, independent of
+    each other and of the final value (the residual sd of those regressions / sqrt 2: 0.005 at 40, 0.010
+    at 80), on top of the seed's own final noise ``e_cs``; the seed's shared effect ``b_s`` is the same
+    at every validation (it cancels in paired differences anyway);
+  - the baseline's own drift over steps (pass@8 falls as GRPO sharpens) is common to every config and
+    left out: the rule only sees differences.
+
+  Three variants: the rule as the pruner applies it (delta at every look; its guarantee assumes the gap
+  at a step does not grow later, which this model breaks); the rule with delta x ratio at validation
+  looks (a variant the pruner does not have: it needs the ratio, measured here on 5 pairs); and the
+  curve with ratio 1 (the gap already final at step 40: the guarantee's assumption).
 * harm (the paired pruner's test) in a study with a fixed number of seeds: at each config's first seed,
   its value minus the incumbent's (the best complete config so far) on the same seed, with the prompts'
   SE (``--prompt-se``) and the run-to-run sd pooled over the complete configs: the study-wide false-harm
@@ -156,36 +180,78 @@ def standin(trials: int, folder: Path) -> list[dict]:
 PLANTED = (0, +1, 0, 0, -1, -1, -1)   # multiples of delta; index 0 is the baseline
 
 
+VALIDATIONS = (40, 80, 120)   # the quickstart's validation steps (120 steps, eval_every 40)
+CURVE_RATIO = 0.45            # a config's gap over the baseline at steps 40 and 80, as a share of its gap at 120
+CURVE_SD = 0.008              # extra noise of a config's value at an intermediate validation (own, per look)
+
+
+def draw_curves(rng, means, sd: float, rho: float, seeds: int, looks: int, ratio: float, extra_sd: float):
+    """values[config, seed, k]: a config's objective at its k-th validation of a seed (k = looks - 1: the
+    final value, the seed's objective ``mu_c + b_s + e_cs``). Intermediate validations (the within-seed
+    model, see :func:`simulate`): ``ratio * mu_c + b_s + e_cs + x_csk``, x ~ N(0, extra_sd) own to each
+    config, seed and validation."""
+    import numpy as np
+
+    shared = rng.normal(0, sd * math.sqrt(rho), seeds)
+    own = rng.normal(0, sd * math.sqrt(1 - rho), (len(means), seeds))
+    final = means[:, None] + shared[None, :] + own
+    values = np.repeat(final[:, :, None], looks, axis=2)
+    if looks > 1:
+        values[:, :, :-1] = ((ratio * means[:, None] + shared[None, :] + own)[:, :, None]
+                             + rng.normal(0, extra_sd, (len(means), seeds, looks - 1)))
+    return values
+
+
 def simulate_racing(rng, rule, delta: float, sd: float, rho: float, seeds_min: int, seeds_max: int,
-                    parallel: int = 2) -> dict:
-    """One stand-in study under futility racing (see the module docstring): what it stopped, spent, chose."""
+                    parallel: int = 2, looks: int = 1, ratio: float = CURVE_RATIO, extra_sd: float = CURVE_SD,
+                    validation_rule=None) -> dict:
+    """One stand-in study under futility racing (see the module docstring): what it stopped, spent, chose.
+    ``looks`` > 1: each seed runs in ``looks`` equal segments (validations), and the rule also looks at every
+    validation but the last (``warmup_step`` = the first validation), comparing every config's values at that
+    validation, as :meth:`sweeper.study.futility.FutilityPruner.at_validation` does (with ``validation_rule``
+    when given: e.g. the rule with delta scaled by the gap ratio, a variant the pruner does not have)."""
     import numpy as np
 
     order = [0] + list(1 + rng.permutation(len(PLANTED) - 1))
     means = np.array(PLANTED, dtype=float) * delta
-    shared = rng.normal(0, sd * math.sqrt(rho), seeds_max)
-    values = means[:, None] + shared[None, :] + rng.normal(0, sd * math.sqrt(1 - rho), (len(PLANTED), seeds_max))
+    values = draw_curves(rng, means, sd, rho, seeds_max, looks, ratio, extra_sd)
     finished: dict[int, dict[int, float]] = {}
+    reached: dict[int, tuple[int, int]] = {}          # config -> (seeds started, validations done in the last)
     stopped: set[int] = set()
-    queue, slots, runs = list(order), [], 0
+    queue, slots, segments = list(order), [], 0
     while queue or slots:
         while queue and len(slots) < parallel:
             slots.append(queue.pop(0))
-        for config in list(rng.permutation(slots)):  # seeds ending in the same time unit, in random order
-            mine = finished.setdefault(int(config), {})
-            mine[len(mine)] = float(values[config, len(mine)])
-            runs += 1
-            done = len(mine) == seeds_max
-            if not done and config != 0 and len(mine) >= seeds_min:
-                others = {c: v for c, v in finished.items() if c != config}
-                if rule.judge(mine, others, reference=0).stop:
-                    stopped.add(int(config))
-                    done = True
-            if done:
+        for config in list(rng.permutation(slots)):  # segments ending in the same time unit, in random order
+            config = int(config)
+            seed, done_k = reached.get(config, (0, looks))
+            if done_k == looks:                       # start the next seed
+                seed, done_k = seed + 1, 0
+            done_k += 1
+            reached[config] = (seed, done_k)
+            segments += 1
+            stop = False
+            if done_k < looks:                        # a validation look within seed `seed`
+                if config != 0:
+                    k = done_k - 1
+                    mine = {s: float(values[config, s, k]) for s in range(seed)}
+                    others = {c: {s: float(values[c, s, k]) for s in range(reached[c][0] if reached[c][1] > k else
+                                                                              reached[c][0] - 1)}
+                              for c in reached if c != config}
+                    stop = (validation_rule or rule).judge(mine, {c: v for c, v in others.items() if v}, reference=0).stop
+            else:
+                mine = finished.setdefault(config, {})
+                mine[seed - 1] = float(values[config, seed - 1, -1])
+                if len(mine) < seeds_max and config != 0 and len(mine) >= seeds_min:
+                    others = {c: v for c, v in finished.items() if c != config}
+                    stop = rule.judge(mine, others, reference=0).stop
+            if stop:
+                stopped.add(config)
+            if stop or len(finished.get(config, {})) == seeds_max:
                 slots.remove(config)
     complete = [c for c, v in finished.items() if len(v) == seeds_max]
     chosen = max(complete, key=lambda c: sum(finished[c].values()))
-    return {"false_futility": 1 in stopped, "runs": runs, "full": len(PLANTED) * seeds_max,
+    return {"false_futility": 1 in stopped, "runs": segments / looks, "full": len(PLANTED) * seeds_max,
             "within_delta": means[chosen] >= means.max() - delta - 1e-12, "found": chosen == 1}
 
 
@@ -223,26 +289,41 @@ def simulate_harm(rng, delta: float, sd: float, rho: float, seeds: int, prompt_s
 
 
 def simulate(studies: int = 400, delta: float = 0.03, sd: float = 0.019, alpha: float = 0.1, seed: int = 0,
-             rhos=(0.0, 0.5, 0.9), races=((1, 3), (1, 4), (1, 6)), prompt_se: float = 0.02) -> list[dict]:
-    """The simulated rates (see the module docstring); one row per (rho, race) and per rho for harm."""
+             rhos=(0.0, 0.5, 0.9, 0.97), races=((1, 3), (1, 4), (1, 6)), prompt_se: float = 0.02,
+             within_races=((1, 3), (1, 4)), curve_ratio: float = CURVE_RATIO, curve_sd: float = CURVE_SD,
+             harm: bool = True) -> list[dict]:
+    """The simulated rates (see the module docstring); one row per (rho, race), per (rho, race, curve ratio)
+    with within-seed looks, and per rho for harm."""
     import numpy as np
 
     from sweeper.study.futility import FutilityRule, race_looks
 
     rows = []
+    # (seeds_min, seeds_max, the gap ratio of the curve model or None: seed looks only, scale the delta of a
+    # validation look by the ratio)
+    within_seed = [(lo, hi, ratio, scaled) for lo, hi in within_races
+                   for ratio, scaled in ((curve_ratio, False), (curve_ratio, True), (1.0, False))]
     for rho in rhos:
-        for seeds_min, seeds_max in races:
-            rule = FutilityRule(delta, alpha, looks=race_looks(seeds_min, seeds_max, None, None))
+        for seeds_min, seeds_max, ratio, scaled in [(lo, hi, None, False) for lo, hi in races] + within_seed:
+            validations = list(VALIDATIONS) if ratio is not None else None
+            looks = race_looks(seeds_min, seeds_max, validations, VALIDATIONS[0] if validations else None)
+            rule = FutilityRule(delta, alpha, looks=looks)
+            at_validation = FutilityRule(delta * ratio, alpha, looks=looks) if scaled else None
             rng = np.random.default_rng(seed)
-            results = [simulate_racing(rng, rule, delta, sd, rho, seeds_min, seeds_max) for _ in range(studies)]
+            results = [simulate_racing(rng, rule, delta, sd, rho, seeds_min, seeds_max, looks=len(VALIDATIONS) if validations else 1,
+                                       ratio=ratio or 1.0, extra_sd=curve_sd, validation_rule=at_validation)
+                       for _ in range(studies)]
             stops = sum(r["false_futility"] for r in results)
             within = sum(r["within_delta"] for r in results)
-            rows.append({"rule": f"futility, seeds {seeds_min}-{seeds_max}", "rho": rho, "studies": studies,
+            how = (f" + validation looks, K {looks}; gap at 40/80 = {ratio:g} x final"
+                   + ("; delta x ratio at validations" if scaled else "") if validations else f", K {looks}")
+            rows.append({"rule": f"futility, seeds {seeds_min}-{seeds_max}{how}", "rho": rho, "studies": studies,
+                         "within_seed": bool(validations), "scaled": scaled,
                          "false_futility": stops / studies, "false_futility_interval": wilson(stops, studies),
                          "steps_ratio": sum(r["runs"] for r in results) / sum(r["full"] for r in results),
                          "within_delta": within / studies, "within_delta_interval": wilson(within, studies),
                          "found": sum(r["found"] for r in results) / studies})
-        for allowance in (1.0, 0.0):
+        for allowance in (1.0, 0.0) if harm else ():
             rng = np.random.default_rng(seed)
             results = [simulate_harm(rng, delta, sd, rho, 3, prompt_se, 0.05, 0.0, allowance) for _ in range(studies)]
             harmed = sum(r["false_harm"] for r in results)
@@ -288,49 +369,83 @@ REPLAY_PRUNERS = {
     "the study's own pruner": None,
     "futility racing, seeds 1-R, delta 0.03": {"type": "futility", "delta": 0.03},
     "futility racing, seeds 1-R, delta 0.02": {"type": "futility", "delta": 0.02},
+    "futility racing, seeds 1-R, delta 0.03, looks at validations from step 40": {"type": "futility", "delta": 0.03,
+                                                                                  "warmup_step": 40},
     "paired, run sd 0.02, no min_difference": {"type": "paired", "p_threshold": 0.05, "run_sd": 0.02},
     "median (Optuna's MedianPruner)": {"type": "median", "n_startup_trials": 2},
     "successive halving (x3, first rung = first validation)": {"type": "successive_halving", "reduction_factor": 3},
 }
 
 
-def replay_race(recorded: list, pruner_spec, seeds_min: int, maximize: bool, full_best, full_steps: int, label: str) -> dict:
-    """Futility racing replayed on a finished study from every seed's recorded value (``replicates``): the
-    trials one at a time in trial order, each seed in order, a look after seeds seeds_min .. R-1 against the
-    trials replayed before it (live, trials overlap: fewer others are known at a look)."""
-    from sweeper.study.futility import FutilityRule, race_looks, trial_seed_values
+def _recorded_mean(trial, maximize: bool = True) -> float:
+    """A trial's value for the replay: the mean over the seeds it recorded (a raced study's stopped trial has
+    fewer than the others)."""
+    from sweeper.contract import trial_seed_values
 
-    seeds = len(recorded[0].user_attrs.get("seeds") or [0])
+    values = trial_seed_values(trial.user_attrs)
+    return sum(values.values()) / len(values) if values else float(trial.value)
+
+
+def replay_race(recorded: list, pruner_spec, seeds_min: int, seeds: int, steps: int, maximize: bool, full_best,
+                full_steps: int, label: str) -> dict:
+    """Futility racing replayed on a finished study from every seed's recorded value (``seed_values`` /
+    ``replicates``): the trials one at a time in trial order, each seed in order, a look after seeds
+    seeds_min .. R-1 against the trials replayed before it (live, trials overlap: fewer others are known at a
+    look). A trial the live study stopped has only the seeds it ran: when the replayed rule would go on past
+    them, the replay cannot (``data_ends``): it counts the recorded seeds only and treats the trial as stopped."""
+    from sweeper.study.futility import FutilityRule, race_looks, trial_seed_values, trial_values_at
+
+    warmup = pruner_spec.warmup_step
+    validations = sorted({int(s) for t in recorded for k, c in t.user_attrs.items() if k.startswith("seed_curve/") for s in c})
+    early = [v for v in validations if warmup is not None and warmup <= v < steps]   # validation looks within a seed
     rule = FutilityRule(pruner_spec.delta, pruner_spec.alpha, pruner_spec.allowance, pruner_spec.sd, pruner_spec.sd_df,
-                        pruner_spec.min_df, race_looks(seeds_min, seeds, None, None))
+                        pruner_spec.min_df, race_looks(seeds_min, seeds, validations or None, warmup))
     reference = next((t.number for t in recorded if t.user_attrs.get("baseline")), None)
-    steps = int(recorded[0].user_attrs.get(ATTR_LAST_STEP) or 0)
     known: dict[int, dict[int, float]] = {}
-    stopped, used = {}, 0
+    stopped, data_ends, used = {}, [], 0
     for trial in recorded:
         values = trial_seed_values(trial.user_attrs)
+        baseline = bool(trial.user_attrs.get("baseline"))
         mine: dict[int, float] = {}
         for count, seed in enumerate(sorted(values), start=1):
-            mine[seed] = values[seed]
-            if seeds_min <= count < len(values):
-                look = rule.judge(mine, known, bool(trial.user_attrs.get("baseline")), maximize, reference)
-                if look.stop:
-                    stopped[trial.number] = count
+            for step in early:                        # the seed's validations, against what is known at that step
+                at_step = {s: v for s, v in trial_values_at(trial.user_attrs, step).items() if s in mine or s == seed}
+                others = {n: {s: v for s, v in trial_values_at(t.user_attrs, step).items() if s in known[n]}
+                          for t in recorded if (n := t.number) in known}
+                if rule.judge(at_step, others, baseline, maximize, reference).stop:
+                    stopped[trial.number] = f"at step {step} of seed {count}"
+                    used += step
                     break
+            if trial.number in stopped:
+                break
+            mine[seed] = values[seed]
+            if seeds_min <= count < seeds:
+                look = rule.judge(mine, known, baseline, maximize, reference)
+                if look.stop:
+                    stopped[trial.number] = f"after seed {count}"
+                    break
+        if trial.number not in stopped and len(mine) < seeds:
+            data_ends.append(trial.number)
         known[trial.number] = mine
         used += len(mine) * steps
-    kept = [t for t in recorded if t.number not in stopped]
-    best = (max if maximize else min)(kept, key=lambda t: t.value)
+    kept = [t for t in recorded if t.number not in stopped and t.number not in data_ends]
+    best = (max if maximize else min)(kept, key=lambda t: _recorded_mean(t))
     gain = paired_gain(full_best, best, "maximize" if maximize else "minimize") if best.number != full_best.number else None
     return {"label": label, "ratio": used / full_steps, "trial_steps": used, "full_trial_steps": full_steps,
-            "complete": len(kept), "best": best.number, "best_value": best.value, "best_params": best.params,
+            "complete": len(kept), "best": best.number, "best_value": _recorded_mean(best), "best_params": best.params,
             "difference": gain.text() if gain else "same trial", "within_noise": gain is None or not gain.difference.significant,
-            "pruned_at": {number: f"after seed {count}" for number, count in stopped.items()}}
+            "pruned_at": stopped, "data_ends": data_ends}
 
 
 def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, seeds_min: int | None = None) -> list[dict]:
     """Each of ``pruners`` (label -> pruner section; None: the study's own) on the finished study ``study_file``
-    (see the module docstring); per pruner, also ``pruned_at``: trial number -> the step it was stopped at."""
+    (see the module docstring); per pruner, also ``pruned_at``: trial number -> the step it was stopped at.
+
+    A raced study (``budget.seeds`` a range, the futility pruner) is replayed too: its stopped trials hold the
+    seeds they ran (their first seed's validations complete), so a pruner that would stop them earlier is
+    replayed exactly; one that would keep them needs seeds that were never run: such a trial (``data_ends``)
+    costs what it recorded and counts as not complete. The full budget is every trial x R seeds x its steps;
+    the reference best is the best trial that ran all R seeds."""
     from pydantic import TypeAdapter
 
     from sweeper.contract import per_prompt_attr
@@ -340,25 +455,29 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, s
 
     spec = load_spec(study_file)
     recorded = [t for t in optuna.load_study(study_name=spec.study.name, storage=make_storage(spec.study.storage)).get_trials()
-                if t.state.name != "RUNNING"]
-    if not recorded or any(t.state.name != "COMPLETE" for t in recorded):
-        raise SystemExit(f"{study_file}: replay needs a study whose trials all completed (run it with pruner type none)")
-    seeds = len(recorded[0].user_attrs.get("seeds") or [0])
-    full_steps = trial_steps(recorded, seeds)
+                if t.state.name in ("COMPLETE", "PRUNED")]
+    seeds = int(spec.budget.seeds)
+    unknown = [t.number for t in recorded if t.state.name == "PRUNED" and t.user_attrs.get("prune_reason") != "futility"]
+    if not recorded or unknown:
+        raise SystemExit(f"{study_file}: replay needs a study whose trials completed or were stopped by the futility pruner "
+                         f"after whole seeds (run it with pruner type none or futility); pruned otherwise: {unknown}")
+    config = parse_config(recorded[0].user_attrs["config"], "the first trial's config")
+    steps = config.train.steps
+    full_steps = len(recorded) * seeds * steps
     maximize = spec.directions[0] == "maximize"
     pick = max if maximize else min
-    full_best = pick(recorded, key=lambda t: t.value)
-    config = parse_config(recorded[0].user_attrs["config"], "the first trial's config")
+    full = [t for t in recorded if len(t.user_attrs.get("seeds") or [0]) >= seeds and t.state.name == "COMPLETE"]
+    full_best = pick(full, key=lambda t: _recorded_mean(t))
     rows = []
     for label, pruner_dict in pruners.items():
         pruner_spec = spec.pruner if pruner_dict is None else TypeAdapter(PrunerSpec).validate_python(pruner_dict)
         if pruner_spec.type == "futility":
-            rows.append(replay_race(recorded, pruner_spec, seeds_min or spec.budget.seeds_min or 1, maximize, full_best, full_steps,
-                                    f"the study's own (futility)" if pruner_dict is None else label))
+            rows.append(replay_race(recorded, pruner_spec, seeds_min or spec.budget.seeds_min or 1, seeds, steps, maximize,
+                                    full_best, full_steps, f"the study's own (futility)" if pruner_dict is None else label))
             continue
         pruner = build_pruner(pruner_spec, config.train.steps, validation_steps(config))
         study = optuna.create_study(direction=spec.directions[0], pruner=pruner)
-        used, kept, stopped = 0, [], {}
+        used, kept, stopped, data_ends = 0, [], {}, []
         for trial in recorded:
             live = study.ask()
             pruned_at = None
@@ -368,21 +487,27 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, s
                 if live.should_prune():
                     pruned_at = step
                     break
-            if pruned_at is None:
-                used += int(trial.user_attrs.get(ATTR_LAST_STEP) or 0) * seeds
-                study.tell(live, trial.value)
+            ran = len(trial.user_attrs.get("seeds") or [0])
+            if pruned_at is None and ran < seeds:      # kept, but the live race stopped it: its later seeds never ran
+                used += ran * steps
+                data_ends.append(trial.number)
+                study.tell(live, _recorded_mean(trial))
+            elif pruned_at is None:
+                used += seeds * steps
+                study.tell(live, _recorded_mean(trial))
                 kept.append(trial)
             else:
                 used += pruned_at
                 stopped[trial.number] = pruned_at
                 study.tell(live, state=optuna.trial.TrialState.PRUNED)
-        best = pick(kept, key=lambda t: t.value)
+        best = pick(kept, key=lambda t: _recorded_mean(t))
         gain = paired_gain(full_best, best, spec.directions[0]) if best.number != full_best.number else None
         rows.append({"label": f"the study's own ({pruner_spec.type})" if pruner_dict is None else label,
                      "ratio": used / full_steps, "trial_steps": used, "full_trial_steps": full_steps,
-                     "complete": len(kept), "best": best.number, "best_value": best.value,
+                     "complete": len(kept), "best": best.number, "best_value": _recorded_mean(best),
                      "best_params": best.params, "difference": gain.text() if gain else "same trial",
-                     "within_noise": gain is None or not gain.difference.significant, "pruned_at": stopped})
+                     "within_noise": gain is None or not gain.difference.significant, "pruned_at": stopped,
+                     "data_ends": data_ends})
     return rows
 
 
@@ -393,6 +518,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=24, help="standin: trials per identical-config study")
     parser.add_argument("--parallel", type=int, default=2, help="quickstart: trials in flight")
     parser.add_argument("--studies", type=int, default=400, help="simulate: stand-in studies per row")
+    parser.add_argument("--curve-ratio", type=float, default=CURVE_RATIO,
+                        help="simulate: a config's gap at an intermediate validation / its final gap")
+    parser.add_argument("--curve-sd", type=float, default=CURVE_SD, help="simulate: extra noise at an intermediate validation")
     parser.add_argument("--delta", type=float, default=0.03, help="simulate: the futility pruner's delta")
     parser.add_argument("--sd", type=float, default=0.019, help="simulate: a config's run-to-run sd")
     parser.add_argument("--json", help="also write the numbers here")
@@ -401,8 +529,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pruning-quality-") as tmp:
         folder = Path(tmp)
         if args.what == "simulate":
-            output = simulate(args.studies, args.delta, args.sd)
-            print(f"{args.studies} stand-in studies per row; delta {args.delta}, sd {args.sd}, alpha 0.1\n"
+            output = simulate(args.studies, args.delta, args.sd, curve_ratio=args.curve_ratio, curve_sd=args.curve_sd)
+            print(f"{args.studies} stand-in studies per row; delta {args.delta}, sd {args.sd}, alpha 0.1; within-seed looks: "
+                  f"validations at {list(VALIDATIONS)}, curve ratio {args.curve_ratio}, curve sd {args.curve_sd}\n"
                   "| rule | rho | false-futility [95%] | trial-steps / full | P(best within delta) [95%] | P(best = +delta) |"
                   "\n|---|---|---|---|---|---|")
             for r in output:
@@ -420,12 +549,14 @@ def main() -> int:
             if not args.study:
                 parser.error("replay needs the study YAML: pruning_quality.py replay examples/quickstart.yaml")
             output = replay(Path(args.study))
-            print(f"{args.study}: {output[0]['full_trial_steps']} trial-steps with no pruner\n"
-                  "| pruner | trial-steps (of the full budget) | complete | best | full best - this best (95% interval) | within noise |\n"
-                  "|---|---|---|---|---|---|")
+            print(f"{args.study}: {output[0]['full_trial_steps']} trial-steps with no pruner (every trial, every seed)\n"
+                  "| pruner | trial-steps (of the full budget) | complete | best | full best - this best (95% interval) | within noise "
+                  "| stopped | data ends (kept, but its later seeds never ran) |\n|---|---|---|---|---|---|---|---|")
             for r in output:
+                stops = ", ".join(f"#{n} {at if isinstance(at, str) else f'at step {at}'}" for n, at in r["pruned_at"].items())
                 print(f"| {r['label']} | {r['trial_steps']} ({r['ratio']:.2f}) | {r['complete']} | trial {r['best']} "
-                      f"({r['best_value']:.3f}) | {r['difference']} | {'yes' if r['within_noise'] else 'NO'} |")
+                      f"({r['best_value']:.3f}) | {r['difference']} | {'yes' if r['within_noise'] else 'NO'} | {stops or '-'} | "
+                      f"{', '.join(f'#{n}' for n in r['data_ends']) or '-'} |")
         elif args.what == "standin":
             rows = standin(args.trials, folder)
             print("| study | pruner | seed shift | pruned | rate [95% interval] |\n|---|---|---|---|---|")

@@ -154,6 +154,38 @@ def test_futility_with_racing_keeps_its_guarantee_over_simulated_studies():
     assert sum(r["runs"] for r in results) < sum(r["full"] for r in results)          # the race saved some seeds
 
 
+def test_within_seed_looks_keep_the_guarantee_only_while_the_gap_does_not_grow():
+    """Within-seed looks (benchmarks/pruning_quality.py, validations at 40/80/120, K = 8 for seeds 1-3), 150
+    planted studies at rho 0.9: with the gap at steps 40 and 80 already final (the guarantee's assumption) the
+    +delta config is stopped at most at alpha (one-sided binomial bound at 99.9%); with the quickstart's
+    measured curve (the gap at 40/80 is 0.45 of the final one) the rule as the pruner applies it stops it far
+    more often than alpha, and with delta x 0.45 at validation looks it keeps alpha again."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from pruning_quality import VALIDATIONS, draw_curves, simulate_racing
+
+    # the model's draws by hand: one config at mu 0.03, one seed, ratio 0.5, no noise: 0.015, 0.015, 0.03
+    curve = draw_curves(np.random.default_rng(0), np.array([0.03]), 0.0, 0.5, 1, 3, 0.5, 0.0)
+    assert curve.shape == (1, 1, 3) and list(curve[0, 0]) == pytest.approx([0.015, 0.015, 0.03])
+
+    looks = race_looks(1, 3, list(VALIDATIONS), VALIDATIONS[0])
+    assert looks == 8
+    bound = 0.1 + 3.09 * math.sqrt(0.1 * 0.9 / 150)
+
+    def rate(ratio, validation_rule=None):
+        rng = np.random.default_rng(5)
+        rule = FutilityRule(0.03, 0.1, looks=looks)
+        results = [simulate_racing(rng, rule, 0.03, 0.019, 0.9, 1, 3, looks=3, ratio=ratio, extra_sd=0.008,
+                                   validation_rule=validation_rule) for _ in range(150)]
+        return sum(r["false_futility"] for r in results) / 150
+
+    assert rate(1.0) <= bound
+    assert rate(0.45) > bound                                        # the gap grows after the look: alpha is broken
+    assert rate(0.45, FutilityRule(0.03 * 0.45, 0.1, looks=looks)) <= bound
+
+
 # --------------------------------------------------------------------------- the harm test (paired pruner)
 
 

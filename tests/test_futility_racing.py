@@ -129,3 +129,8 @@ def test_a_replay_of_a_full_study_races_as_the_live_study_did(tmp_path):
     live_stops = {t.number: f"after seed {len(t.user_attrs['seeds'])}" for t in live_trials if t.state.name == "PRUNED"}
     assert live_stops == {1: "after seed 1"} and replayed["pruned_at"] == live_stops
     assert replayed["trial_steps"] == 20 * (3 + 1 + 3) and replayed["full_trial_steps"] == 20 * 9
+    # the raced study itself replays too (its stopped trial holds only seed 10): its own rule stops the same
+    # trial after the same seed; a pruner that would keep it has no later seeds to replay, and says so
+    own, keeps = replay(live, {"own": None, "keeps": {"type": "none"}})
+    assert own["pruned_at"] == live_stops and own["data_ends"] == [] and own["trial_steps"] == 20 * 7
+    assert keeps["data_ends"] == [1] and keeps["complete"] == 2 and own["full_trial_steps"] == 20 * 9
