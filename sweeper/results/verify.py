@@ -6,7 +6,8 @@ storage and MLflow experiment (its trials in ``<study dir>/verify/``), with two 
 exact config and the baseline's, each run with the same N seeds (``budget.seeds`` N; seeds the study never
 used), validated on the **held-out** prompts (``eval.split: heldout``: the ``eval.num_prompts`` validation
 problems after the ones the study selected on, trainers/data.py ``validation_prompts``). N >= 3: 1 is
-refused (no run-to-run spread), 2 warns (2 df per arm: a very wide interval, or a lucky narrow one).
+refused (no run-to-run spread), 2 warns (1 df for the paired differences: a very wide interval, or a lucky
+narrow one).
 
 Its answer is the paired gain over those seeds (:func:`sweeper.results.compare.paired_gain`, i.e.
 :func:`sweeper.decisions.seed_gain`: SE from the sd of the N seeds' paired differences, N - 1 df; the
@@ -103,8 +104,8 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
         raise SpecError(f"--seeds: give 3 or more (2 is accepted with a warning): a run-to-run spread needs several "
                         f"fresh seeds, 1 gives none; got {seeds}")
     if seeds == 2:
-        warnings.warn("--seeds 2: two fresh seeds per config give a run-to-run sd on 2 degrees of freedom, a very wide "
-                      "(or a luckily narrow) interval; use 3 or more", stacklevel=2)
+        warnings.warn("--seeds 2: two fresh seeds per config give the sd of their paired difference on 1 degree of "
+                      "freedom, a very wide (or a luckily narrow) interval; use 3 or more", stacklevel=2)
     if spec.is_multi_objective:
         raise SpecError("verify compares one objective; this study has several")
     study, _ = open_study(spec, create=False)
