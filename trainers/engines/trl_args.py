@@ -28,8 +28,13 @@ def batch_shape(config: dict[str, Any]) -> dict[str, int]:
     per_mini = responses // train["mini_batches"]
     requested = min(train["micro_batch_size"] or per_mini, per_mini)
     micro = max(d for d in range(1, requested + 1) if per_mini % d == 0)
-    return {"responses": responses, "per_mini": per_mini, "micro": micro, "micro_requested": requested,
-            "accumulation": per_mini // micro}
+    return {
+        "responses": responses,
+        "per_mini": per_mini,
+        "micro": micro,
+        "micro_requested": requested,
+        "accumulation": per_mini // micro,
+    }
 
 
 def optimizer_steps_per_rollout_step(config: dict[str, Any]) -> int:
@@ -59,8 +64,10 @@ def grpo_config_kwargs(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]
     put("trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
     put("bf16", c["model"]["dtype"] == "bfloat16", "model.dtype")
     put("fp16", c["model"]["dtype"] == "float16", "model.dtype")
-    put("disable_dropout", True)                      # the trainer runs the policy in eval mode (no dropout)
-    put("gradient_checkpointing", c["train"]["gradient_checkpointing"], "train.gradient_checkpointing")  # TRL's default: on
+    put("disable_dropout", True)  # the trainer runs the policy in eval mode (no dropout)
+    put(
+        "gradient_checkpointing", c["train"]["gradient_checkpointing"], "train.gradient_checkpointing"
+    )  # TRL's default: on
 
     # optimizer and schedule
     optim = c["optim"]
@@ -91,8 +98,12 @@ def grpo_config_kwargs(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]
     put("use_vllm", c["rollout"]["engine"] == "vllm", "rollout.engine")
     if c["rollout"]["engine"] == "vllm":
         put("vllm_mode", "colocate")
-        put("vllm_gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
-        put("vllm_importance_sampling_correction", False)   # on by default in TRL; the trial has no such correction
+        put(
+            "vllm_gpu_memory_utilization",
+            c["rollout"]["vllm_gpu_memory_utilization"],
+            "rollout.vllm_gpu_memory_utilization",
+        )
+        put("vllm_importance_sampling_correction", False)  # on by default in TRL; the trial has no such correction
 
     # clip
     put("epsilon", c["clip"]["eps_low"], "clip.eps_low")
@@ -102,7 +113,7 @@ def grpo_config_kwargs(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]
     # KL, loss aggregation, advantages
     put("beta", c["kl"]["beta"], "kl.beta")
     if c["kl"]["beta"] > 0:
-        put("use_bias_correction_kl", False)          # TRL's default multiplies the KL term by the ratio; the trial does not
+        put("use_bias_correction_kl", False)  # TRL's default multiplies the KL term by the ratio; the trial does not
     put("loss_type", LOSS_TYPE[c["loss_agg"]], "loss_agg")
     put("scale_rewards", "group" if c["advantage"] == "grpo" else "none", "advantage")
 
@@ -116,9 +127,9 @@ def grpo_config_kwargs(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]
     put("eval_steps", c["train"]["eval_every"] * per_rollout, "train.eval_every")
     put("eval_on_start", c["train"]["eval_at_start"], "train.eval_at_start")
     put("num_generations_eval", c["eval"]["n_samples"], "eval.n_samples")
-    put("per_device_eval_batch_size", c["eval"]["n_samples"])   # one prompt's samples per eval batch (TRL checks it)
+    put("per_device_eval_batch_size", c["eval"]["n_samples"])  # one prompt's samples per eval batch (TRL checks it)
     put("save_strategy", "steps", "train.checkpoint_every")
     put("save_steps", (c["train"]["checkpoint_every"] or c["train"]["steps"]) * per_rollout, "train.checkpoint_every")
-    put("save_total_limit", 1)                        # the trainer keeps only its latest checkpoint
+    put("save_total_limit", 1)  # the trainer keeps only its latest checkpoint
     put("logging_steps", c["train"]["log_every"] * per_rollout, "train.log_every")
     return out, used
