@@ -172,3 +172,22 @@ def test_a_two_trial_study_on_trl_end_to_end(tmp_path):
         records = read_per_prompt(Path(trial.user_attrs["trial_dir"]) / "run" / "per_prompt.jsonl")
         assert [r["step"] for r in records] == [0, 1, 2] and len({r["prompt_digest"] for r in records}) == 1
         assert yaml.safe_load((Path(trial.user_attrs["trial_dir"]) / "config.yaml").read_text())["engine"] == "trl"
+
+
+def test_a_study_giving_a_trl_trial_several_processes_cannot_launch(tmp_path):
+    from sweeper.run.checks import launch_problems as study_launch_problems
+    from sweeper.study.spec import load_spec
+
+    spec = {
+        "study": {"name": "trl-dp"},
+        "objective": {"metric": "val/pass@4"},
+        "base": trl_config(tmp_path / "unused"),
+        "space": {"params": {"clip.eps_high": {"type": "float", "low": 0.2, "high": 0.3}}},
+        "budget": {"n_trials": 1},
+        "executor": {"type": "slurm", "tasks_per_node": 2},
+        "tracking": {"enabled": False},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    problems = study_launch_problems(load_spec(path))
+    assert any(p.startswith("executor: 2 processes per trial") and "engine: trl" in p for p in problems), problems
