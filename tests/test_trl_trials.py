@@ -2,7 +2,8 @@
 validations and per-prompt results through the same reporters, and is pruned by the same rules.
 
 - the run config refuses what a TRL trial cannot honour, naming the field and the fix (no TRL needed);
-- a TRL run stops when a reporter says stop (pruning), after that step's validation;
+- a TRL run stops when a reporter says stop (pruning), after that step's validation; a preempted one saves a
+  checkpoint and resumes from it;
 - a 2-trial study with ``engine: trl`` end to end through the local executor: Optuna intermediate values, MLflow
   metrics (``val/pass@k``, ``train/entropy``, the method's), per-prompt results.
 The loss and gradients of one step equal the native trainer's for every method: tests/test_engines.py.
@@ -127,6 +128,27 @@ def test_a_trl_run_stops_when_a_reporter_says_stop(tmp_path):
     per_prompt = reporter.validations[1][2]
     assert per_prompt["step"] == 1 and per_prompt["prompt_digest"] and len(per_prompt["per_prompt"]["pass@2"]) == 4
     assert len(read_per_prompt(tmp_path / "run" / "per_prompt.jsonl")) == 2  # the trainer's own files, as native
+
+
+@needs_trl
+@pytest.mark.slow
+def test_a_preempted_trl_run_saves_a_checkpoint_and_resumes_from_it(tmp_path):
+    from trainers.grpo import train
+
+    config = parse_config(
+        trl_config(
+            tmp_path / "run", train={"steps": 2, "eval_every": 1}, eval={"num_prompts": 4, "n_samples": 2, "k": [1, 2]}
+        )
+    )
+    preempted = StopAfter(1)
+    preempted.stop_reason = lambda: "preempted" if preempted.train_steps else None
+    assert train(config, [preempted])["stop_reason"] == "preempted"
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()  # rollout step 1 = 2 optimizer steps (2 mini-batches)
+    resumed = StopAfter(99)
+    summary = train(config, [resumed])
+    assert summary["status"] == "completed" and summary["step"] == 2
+    assert [step for step, _ in resumed.train_steps] == [2] and [step for step, _, _ in resumed.validations] == [2]
+    assert [r["step"] for r in read_per_prompt(tmp_path / "run" / "per_prompt.jsonl")] == [0, 1, 2]
 
 
 @needs_trl
