@@ -23,6 +23,12 @@ TRL's own loss options are not used; ones that would change the loss of the tria
 ``<method>/<name>``, the step's under ``train/<name>`` (e.g. ``train/pg_loss``). The method's state is saved in
 each checkpoint (``intervention.pt``) and loaded on resume.
 
+Trials (``engine: trl`` in the run config): :func:`train`, the native trainer's contract (``train(config, reporters)
+-> summary``, called by ``trainers.grpo.train``), builds the trainer from the run config (``trainers.engines.trl_args``)
+and reports each rollout step's metrics, this project's validation (``trainers.validation``) and the reporters' stop
+verdict through a ``TrainerCallback``. The adapter passes each optimizer step's token and response totals to
+``micro_batch_loss``, so micro-batches of unequal token counts aggregate as the native step's.
+
 Entry point (the TRL export's launcher runs it)::
 
     accelerate launch -m trainers.engines.trl RUN_CONFIG.yaml TRL_CONFIG.yaml
@@ -470,6 +476,9 @@ class _TrialLoop:
         loop = self
 
         class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                loop.started = time.perf_counter()   # time/step: the steps' own time, not loading or step 0's validation
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 loop.on_log(state, control, logs or {})
                 return control
