@@ -43,6 +43,7 @@ def trl_config(output_dir, **sections) -> dict:
     [
         ("rollout", {"engine": "vllm"}, "rollout.engine"),
         ("kl", {"beta": 0.1, "ref_path": "builtin:tiny-arith"}, "kl.ref_path"),
+        ("rollout", {"generation_batch_size": 4}, "rollout.generation_batch_size"),
         ("train", {"ppo_epochs": 2, "mini_batches": 2}, "train.ppo_epochs"),
     ],
 )
@@ -137,7 +138,10 @@ def test_a_preempted_trl_run_saves_a_checkpoint_and_resumes_from_it(tmp_path):
 
     config = parse_config(
         trl_config(
-            tmp_path / "run", train={"steps": 2, "eval_every": 1}, eval={"num_prompts": 4, "n_samples": 2, "k": [1, 2]}
+            tmp_path / "run",
+            train={"steps": 2, "eval_every": 1},
+            eval={"num_prompts": 4, "n_samples": 2, "k": [1, 2]},
+            optim={"lr": 1e-4, "warmup_steps": 2},
         )
     )
     preempted = StopAfter(1)
@@ -148,6 +152,9 @@ def test_a_preempted_trl_run_saves_a_checkpoint_and_resumes_from_it(tmp_path):
     summary = train(config, [resumed])
     assert summary["status"] == "completed" and summary["step"] == 2
     assert [step for step, _ in resumed.train_steps] == [2] and [step for step, _, _ in resumed.validations] == [2]
+    # the native schedule, once per rollout step (2 optimizer steps each here), resumed: warmup (s + 1) / 2 x lr
+    assert preempted.train_steps[0][1]["train/lr"] == pytest.approx(5e-5)
+    assert resumed.train_steps[0][1]["train/lr"] == pytest.approx(1e-4)
     assert [r["step"] for r in read_per_prompt(tmp_path / "run" / "per_prompt.jsonl")] == [0, 1, 2]
 
 

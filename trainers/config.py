@@ -486,6 +486,8 @@ def trl_engine_problem(config: "RunConfig") -> str | None:
         return f"engine: trl: {refusal}{fix}"
     refused = {
         "rollout.engine": (config.rollout.engine == "vllm", "'vllm': TRL's vLLM rollout is not wired into trials"),
+        "rollout.generation_batch_size": (config.rollout.generation_batch_size is not None,
+                                          f"{config.rollout.generation_batch_size}: TRL generates a rollout step in one call"),
         "kl.ref_path": (config.kl.ref_path is not None, f"{config.kl.ref_path!r}: TRL's reference is the initial policy"),
         "kl.ref_offload": (config.kl.ref_offload, "true: TRL keeps its reference model on the device"),
         "train.ppo_epochs": (config.train.ppo_epochs > 1 and config.train.mini_batches > 1,

@@ -57,7 +57,7 @@ from ..entropy.base import EntropyIntervention
 from ..entropy.ops import token_entropy, token_logprobs
 from ..forward import response_logits
 from ..reporting import PREEMPTED
-from ..setup import step_seed
+from ..setup import make_lr_lambda, step_seed
 from ..step_loss import micro_batch_loss
 from .trl_args import LOSS_TYPE
 
@@ -98,18 +98,32 @@ def _overrides(cls: type, name: str) -> bool:
 class EntropyGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose loss is the native step's with ``run_config``'s entropy method (see the module doc)."""
 
-    def __init__(self, *args: Any, run_config: RunConfig, **kwargs: Any):
+    def __init__(self, *args: Any, run_config: RunConfig, native_schedule: bool = False, **kwargs: Any):
         training_args = kwargs.get("args")
         if training_args is None:
             raise ValueError("EntropyGRPOTrainer needs args=GRPOConfig(...) (the TRL export's file)")
         check_args(training_args, run_config)
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.native_schedule = native_schedule
         self.intervention = build_intervention(run_config.entropy, run_config=run_config)
         self._last_rewards: torch.Tensor | None = None
         self._generation = 0
         self._entropy_sums = [0.0, 0.0]   # the rollout step's old-policy entropy over its response tokens: sum, tokens
         self.add_callback(_InterventionCheckpoint(self))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """``native_schedule`` (TRL trials): the run config's LR schedule as the native trainer steps it, once per
+        rollout step (``trainers.setup.make_lr_lambda`` of optimizer step i // (ppo_epochs x mini_batches)), where
+        TRL's own steps per optimizer step and starts its warmup at 0 (the export keeps TRL's, noting the difference)."""
+        if self.lr_scheduler is not None or not self.native_schedule:
+            return super().create_scheduler(num_training_steps, optimizer)
+        per_rollout = self.run_config.train.ppo_epochs * self.run_config.train.mini_batches
+        multiplier = make_lr_lambda(self.run_config)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                              lambda step: multiplier(step // per_rollout))
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     # ------------------------------------------------------------------ which passes a generation needs
 
@@ -387,7 +401,7 @@ def train(config: RunConfig, reporters: Sequence[Any] = ()) -> dict[str, Any]:
                        validation_prompts(val_problems, config.eval))
     trainer = EntropyGRPOTrainer(model=resolve_model_path(config.model.path), reward_funcs=reward,
                                  args=GRPOConfig(**kwargs), train_dataset=train_rows, run_config=config,
-                                 callbacks=[trial.callback()])
+                                 native_schedule=True, callbacks=[trial.callback()])
     trainer.remove_callback(PrinterCallback)   # the reporters print (ConsoleReporter), not TRL's log dicts
     trial.attach(trainer)
     resume = get_last_checkpoint(str(output_dir)) if config.train.resume and output_dir.is_dir() else None
