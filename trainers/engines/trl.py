@@ -407,7 +407,8 @@ def train(config: RunConfig, reporters: Sequence[Any] = ()) -> dict[str, Any]:
     resume = get_last_checkpoint(str(output_dir)) if config.train.resume and output_dir.is_dir() else None
     if resume:
         trial.step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] // per_rollout
-        truncate_after(output_dir, trial.step)
+    if config.train.resume and output_dir.is_dir():   # a requeued run: its streams go on from the checkpoint's step
+        truncate_after(output_dir, trial.step if resume else -1)
     dump_config(config, output_dir / "config.yaml")
     trial.reporter.on_start({"config": data, "output_dir": str(output_dir), "resumed_from_step": trial.step,
                              "num_processes": 1, "engine": "trl"})
@@ -451,13 +452,16 @@ class _TrialLoop:
         from ..config import resolve_model_path
         from ..validation import validate_policy, validation_or_step0
 
-        started, trainer, training = time.perf_counter(), self.trainer, self.policy.training
+        started, accelerator, training = time.perf_counter(), self.trainer.accelerator, self.policy.training
+
+        def evaluate():
+            return validate_policy(self.config, self.policy, self.engine, self.problems, self.reward_fn, self.step,
+                                   device=accelerator.device, autocast=accelerator.autocast)
+
         self.policy.eval()
         try:
-            metrics, per_prompt = validation_or_step0(
-                self.config, self.step, resolve_model_path(self.config.model.path), self.problems, lambda: validate_policy(self.config, self.policy, self.engine, self.problems, self.reward_fn,
-                                                       self.step, device=trainer.accelerator.device,
-                                                       autocast=trainer.accelerator.autocast))
+            metrics, per_prompt = validation_or_step0(self.config, self.step, resolve_model_path(self.config.model.path),
+                                                      self.problems, evaluate)
         finally:
             self.policy.train(training)
         metrics["time/eval"] = time.perf_counter() - started
