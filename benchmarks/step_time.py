@@ -20,10 +20,20 @@ highest].
   checkpointing, the same reward, the same number of torch threads. Implies ``--on-policy``. TRL's time
   is its whole loop iteration (generation, reward, loss, backward, optimizer, logging, data loading).
 - ``--on-policy``: one update per batch (``ppo_epochs`` 1, ``mini_batches`` 1): the methods' papers' setting.
+- ``--trl-engine METHOD``: a method's overhead on TRL (``engine: trl``): TRL's GRPOTrainer against
+  ``trainers.engines.trl.EntropyGRPOTrainer`` (plain GRPO and METHOD), built from the same run config through the
+  one GRPOConfig mapping (``trainers.engines.trl_args``), in this environment (``pip install -e '.[trl]'``). Each
+  runs ``Trainer.train()`` unmodified in its own thread, held at the start of every optimizer step by a callback
+  until its turn (one thread computes at a time), one optimizer step each, round after round. A step is the whole
+  loop iteration (generation, reward, old-policy pass, loss, backward, optimizer, logging); TRL generates once per
+  ``steps_per_generation`` steps, so the figure is the CPU time of whole generations divided by their steps (CPU
+  seconds of this process: only the thread whose turn it is runs). Printed: mean seconds per optimizer step, its
+  ratio to plain TRL and that ratio's range over the ``--generations`` timed generations (after one warm-up).
 
     python benchmarks/step_time.py                        # default run (2 epochs x 4 mini-batches), vs bare loop
     python benchmarks/step_time.py --methods all          # plus a row per entropy method
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --trl --methods all   # on-policy, vs TRL too
+    OMP_NUM_THREADS=1 python benchmarks/step_time.py --trl-engine siren    # SIREN on TRL vs plain TRL
 """
 
 from __future__ import annotations
@@ -142,6 +152,102 @@ def ratio_with_spread(ours: list[float], theirs: list[float], blocks: int) -> tu
     return statistics.median(per_block), min(per_block), max(per_block)
 
 
+# --------------------------------------------------------------------------- --trl-engine: a method's overhead on TRL
+
+
+class Turns:
+    """A ``TrainerCallback`` factory: holds a trainer at each step's start until ``step()``; records step seconds."""
+
+    def __init__(self):
+        import threading
+
+        from transformers import TrainerCallback
+
+        self.go_event, self.done_event = threading.Event(), threading.Event()
+        self.seconds: list[float] = []
+        self.started: float | None = None
+        turns = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                turns.record()
+                turns.done_event.set()
+                turns.go_event.wait()
+                turns.go_event.clear()
+                turns.started = time.process_time()
+
+            def on_train_end(self, args, state, control, **kwargs):
+                turns.record()
+                turns.done_event.set()
+
+        self.callback = Callback()
+
+    def record(self) -> None:
+        if self.started is not None:
+            self.seconds.append(time.process_time() - self.started)
+            self.started = None
+
+    def step(self) -> None:
+        self.done_event.clear()
+        self.go_event.set()
+        self.done_event.wait()
+
+
+def trl_engine_overhead(method: str, generations: int) -> None:
+    """CPU seconds per optimizer step: TRL's GRPOTrainer, EntropyGRPOTrainer with no method, and with ``method``."""
+    import threading
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trainers.config import trl_grpo_config_kwargs
+    from trainers.engines.trl import EntropyGRPOTrainer, dataset_and_reward
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    contestants = {"TRL GRPOTrainer": None, "EntropyGRPOTrainer none": "none", f"EntropyGRPOTrainer {method}": method}
+    turns, threads = {}, []
+    for label, name in contestants.items():
+        config = parse_config({
+            "seed": 0, "engine": "trl", "model": {"path": "builtin:tiny-arith"}, "entropy": {"method": name or "none"},
+            "rollout": {"prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8},
+            "train": {"steps": generations + 1, "eval_every": 10_000, "eval_at_start": False, "checkpoint_every": 0,
+                      "output_dir": tempfile.mkdtemp(prefix="trl-overhead-")},
+        }, label)
+        kwargs, _ = trl_grpo_config_kwargs(config.model_dump(mode="json"))
+        kwargs.update(report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no", disable_tqdm=True,
+                      logging_steps=1, shuffle_dataset=False, log_completions=False)
+        train, _, reward = dataset_and_reward(config)
+        turns[label] = Turns()
+        common = dict(model=resolve_model_path(config.model.path), reward_funcs=reward, args=GRPOConfig(**kwargs),
+                      train_dataset=train, callbacks=[turns[label].callback])
+        trainer = GRPOTrainer(**common) if name is None else EntropyGRPOTrainer(**common, run_config=config)
+        thread = threading.Thread(target=trainer.train, daemon=True)
+        thread.start()
+        turns[label].done_event.wait()   # held at step 1
+        threads.append(thread)
+    per_generation = kwargs["steps_per_generation"] * kwargs["num_iterations"] // kwargs["gradient_accumulation_steps"]
+    for _ in range((generations + 1) * per_generation):
+        for label in contestants:
+            turns[label].step()
+    for label in contestants:
+        turns[label].go_event.set()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    def per_generation_means(values: list[float]) -> list[float]:
+        timed = values[per_generation:(generations + 1) * per_generation]
+        return [statistics.fmean(timed[i:i + per_generation]) for i in range(0, len(timed), per_generation)]
+
+    base = per_generation_means(turns["TRL GRPOTrainer"].seconds)
+    print(f"tiny-arith, 8 prompts x 8, 8 new tokens, the default run config's batch shape ({per_generation} optimizer "
+          f"steps per generation), float32, {torch.get_num_threads()} thread(s); {generations} generations each after "
+          f"1 warm-up, in turn; CPU seconds per optimizer step")
+    for label in contestants:
+        ours = per_generation_means(turns[label].seconds)
+        ratios = [a / b for a, b in zip(ours, base)]
+        print(f"{label:32s} mean {statistics.fmean(ours):.3f} s/step   x TRL {statistics.fmean(ours) / statistics.fmean(base):.3f} "
+              f"[{min(ratios):.3f}, {max(ratios):.3f}]   (target <= 1.05)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="run config YAML (default: examples/tiny_grpo.yaml)")
@@ -151,7 +257,11 @@ def main() -> None:
     parser.add_argument("--on-policy", action="store_true", help="one update per batch (ppo_epochs 1, mini_batches 1)")
     parser.add_argument("--trl", nargs="?", const=str(REPO / ".venv-trl" / "bin" / "python"), default=None,
                         metavar="PYTHON", help="also TRL's GRPOTrainer, run by PYTHON (default .venv-trl/bin/python)")
+    parser.add_argument("--trl-engine", metavar="METHOD", help="only a method's overhead on TRL (engine: trl) vs plain TRL")
+    parser.add_argument("--generations", type=int, default=3, help="--trl-engine: timed generations (after one warm-up)")
     args = parser.parse_args()
+    if args.trl_engine:
+        return trl_engine_overhead(args.trl_engine, args.generations)
 
     import yaml
 

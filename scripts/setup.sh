@@ -7,5 +7,5 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[test,postgres]"
-echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, optuna, mlflow; print("torch", torch.__version__, "optuna", optuna.__version__, "mlflow", mlflow.__version__)'))"
+.venv/bin/python -m pip install -q -e ".[test,postgres,trl]"   # trl: trials with engine: trl
+echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, optuna, mlflow; import trl; print("torch", torch.__version__, "optuna", optuna.__version__, "mlflow", mlflow.__version__, "trl", trl.__version__)'))"

@@ -46,6 +46,8 @@ METHODS = {
     "kl_cov": {"entropy": {"method": "kl_cov", "kl_cov": {"ratio": 0.2, "coef": 1.0}}},
     "entropy_advantage": {"entropy": {"method": "entropy_advantage"}},
     "entropy_bonus_with_kl": {"entropy": {"method": "entropy_bonus", "bonus": {"coef": 0.05}}, "kl": {"beta": 0.1}},
+    # four micro-batches of unequal token counts: TRL's token_mean divides by the optimizer step's tokens, as native
+    "none_unequal_micro_batches": {"train": {"micro_batch_size": 2}, "rollout": {"max_new_tokens": 8, "temperature": 2.0}},
 }
 
 
@@ -135,6 +137,7 @@ def test_one_step_through_native_and_trl_gives_the_same_loss_and_gradients(tmp_p
         assert set(native) == set(trl), name
         for key, value in native.items():
             assert trl[key] == pytest.approx(value, rel=1e-3, abs=1e-5), (name, key)
+    assert len(set(answers["none_unequal_micro_batches"]["micro_batch_tokens"])) > 1   # the counts differ
     for name in ("siren", "aer", "kl_cov"):   # the method acted: its term or selection is not empty
         assert answers[name]["native_method_metrics"], name
     assert answers["siren"]["native_method_metrics"]["siren/mse"] > 0

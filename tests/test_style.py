@@ -31,7 +31,10 @@ CHECKED = [
     "tests/test_architecture.py",
     "tests/test_registries.py",
     "tests/test_style.py",
+    "tests/test_trl_trials.py",
     "trainers/assets.py",
+    "trainers/engines/trl_args.py",
+    "trainers/validation.py",
 ]
 
 

@@ -191,7 +191,7 @@ def test_the_sweeper_never_imports_torch(tmp_path):
     """A login node without torch can validate, run (drive), report and export: only the trial process
     (sweeper.run.trial, inside run_trial) and `sweeper train` import the trainer. The contract is
     trainers.config with the torch-free modules it re-exports or reads (safe YAML reading, the logged metric names,
-    the shipped models, the reward registry's names)."""
+    the shipped models, the reward registry's names, the TRL engine's GRPOConfig mapping)."""
     code = (
         "import importlib, pkgutil, sys, sweeper\n"
         "for m in pkgutil.iter_modules(sweeper.__path__):\n"
@@ -201,7 +201,7 @@ def test_the_sweeper_never_imports_torch(tmp_path):
         "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers', 'accelerate'))\n"
         "contract = ('trainers.config', 'trainers.schema', 'trainers.safe_yaml', 'trainers.logged_metrics', 'trainers.launch_checks',\n"
         "            'trainers.reporting', 'trainers.assets', 'trainers.rewards',\n"
-        "            'trainers.built_models')\n"
+        "            'trainers.built_models', 'trainers.engines', 'trainers.engines.trl_args')\n"
         "trainer = sorted(k for k in sys.modules if k.startswith('trainers.') and k not in contract)\n"
         "assert not heavy and not trainer, (heavy, trainer)\n"
     )

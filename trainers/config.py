@@ -477,8 +477,35 @@ def engine_refusal(method: str, engine: str) -> str | None:
 # --------------------------------------------------------------------------- the run
 
 
+def trl_engine_problem(config: "RunConfig") -> str | None:
+    """Why ``engine: trl`` cannot run ``config`` as the native trainer would, or None: the method's refusal and the
+    settings the TRL engine does not honour (refused, never silently ignored)."""
+    fix = "; set engine: native, or change the setting"
+    refusal = engine_refusal(config.entropy.method, "trl")
+    if refusal:
+        return f"engine: trl: {refusal}{fix}"
+    refused = {
+        "rollout.engine": (config.rollout.engine == "vllm", "'vllm': TRL's vLLM rollout is not wired into trials"),
+        "rollout.generation_batch_size": (config.rollout.generation_batch_size is not None,
+                                          f"{config.rollout.generation_batch_size}: TRL generates a rollout step in one call"),
+        "kl.ref_path": (config.kl.ref_path is not None, f"{config.kl.ref_path!r}: TRL's reference is the initial policy"),
+        "kl.ref_offload": (config.kl.ref_offload, "true: TRL keeps its reference model on the device"),
+        "train.ppo_epochs": (config.train.ppo_epochs > 1 and config.train.mini_batches > 1,
+                             f"{config.train.ppo_epochs} with train.mini_batches {config.train.mini_batches}: TRL keeps one "
+                             "mini-batch split for every epoch, the native trainer reshuffles each epoch"),
+    }
+    for field, (bad, why) in refused.items():
+        if bad:
+            return f"engine: trl cannot honour {field} = {why}{fix}"
+    return None
+
+
 class RunConfig(_Strict):
     seed: int = 0
+    engine: Literal["native", "trl"] = Field(
+        "native",
+        description="Which trainer runs the run: 'native' (trainers.grpo) or 'trl' (trainers.engines.trl: TRL's "
+                    "GRPOTrainer with this project's loss, advantages, method and validation; needs the 'trl' extra).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -501,6 +528,10 @@ class RunConfig(_Strict):
         micro_batch_error = micro_batch_size_error(self, processes=1)
         if micro_batch_error:
             raise ValueError(micro_batch_error)
+        if self.engine == "trl":
+            problem = trl_engine_problem(self)
+            if problem:
+                raise ValueError(problem)
         return self
 
 
@@ -579,3 +610,5 @@ def resolve_model_path(path: str) -> str:
 from .built_models import BUILD_SCRIPTS, build_command, built_model_folder, is_built  # noqa: E402
 from .built_models import builtin_models as shipped_models  # noqa: E402,F401  (every builtin:NAME model)
 from .launch_checks import BUILTIN_REWARDS, launch_problems, model_path_problem  # noqa: E402,F401
+# the TRL engine's GRPOConfig arguments: one mapping for the TRL export and TRL trials (torch-free)
+from .engines.trl_args import batch_shape as trl_batch_shape, grpo_config_kwargs as trl_grpo_config_kwargs  # noqa: E402,F401

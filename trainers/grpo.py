@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import random
 import shutil
@@ -44,10 +43,9 @@ from .rollout import HFRolloutEngine, Rollout, SamplingSettings, VLLMRolloutEngi
 from .setup import (COMPUTE_DTYPES, check_batch_shape, enable_gradient_checkpointing, load_policy, make_accelerator,
                     make_lr_lambda, step_seed)
 from .step_loss import micro_batch_loss
-from .validation_cache import read_step0, step0_key, write_step0
+from .validation import EVAL_PROMPTS_PER_CALL, prompt_digest, token_entropies, validate_policy, validation_or_step0  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoint"
-EVAL_PROMPTS_PER_CALL = 256  # validation sequences (prompts x n) per generate call, at least one prompt
 
 
 class _MetricSums:
@@ -332,16 +330,10 @@ class GRPOTrainer:
             del logits
         return torch.cat(old_logp), torch.cat(old_entropy), {k: torch.cat(v) for k, v in old_features.items()}
 
-    @torch.no_grad()
     def _token_entropies(self, model, rollout: Rollout, temperature: float, rows_per_forward: int) -> torch.Tensor:
         """Full-vocabulary entropy at each response position [B, T], ``rows_per_forward`` sequences per forward."""
-        pieces = []
-        for start in range(0, rollout.response_ids.shape[0], rows_per_forward):
-            rows = torch.arange(start, min(start + rows_per_forward, rollout.response_ids.shape[0]))
-            logits = self._response_logits(model, rollout.select(rows), temperature)
-            pieces.append(token_entropy(logits, self.config.entropy.chunk_size))
-            del logits
-        return torch.cat(pieces)
+        return token_entropies(model, rollout, temperature, rows_per_forward, self.config.entropy.chunk_size,
+                               self.accelerator.device, self.autocast)
 
     @torch.no_grad()
     def _reference_logprobs(self, rollout: Rollout, response_ids: torch.Tensor, rows_per_forward: int) -> torch.Tensor:
@@ -405,60 +397,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ validation
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
         """Validate on ``eval.num_prompts`` validation prompts (the first ones, or the held-out ones after them:
-        ``eval.split``, trainers/data.py ``validation_prompts``): ``(metrics, per_prompt)``.
-
-        The prompts are cut into chunks of ``EVAL_PROMPTS_PER_CALL // n`` prompts; chunk c is sampled with seed
-        ``step_seed(eval.seed, 0, 0, salt=c)`` by rank ``c % world``. So a prompt's samples depend on the
-        policy, the prompt set, ``eval.n_samples`` and ``eval.seed`` only: not on the run's seed, the step or
-        the number of processes. Runs and trials compared on these prompts share their random numbers."""
-        from .evaluation import evaluation_metrics, per_prompt_metrics, standard_errors
-        from .rewards import get_extractor
-
-        cfg = self.config
-        problems = self.eval_problems
-        n = cfg.eval.n_samples
-        per_call = max(1, EVAL_PROMPTS_PER_CALL // n)
-        chunks = [range(start, min(start + per_call, len(problems))) for start in range(0, len(problems), per_call)]
-        extract_answer = get_extractor(cfg.data.reward)
-        policy = self.accelerator.unwrap_model(self.model)
-        local: list[tuple[int, list[bool], list[str | None], float, float]] = []  # prompt, correct, answers, entropy sum, tokens
-        for chunk_index in range(self.rank, len(chunks), self.world):
-            indices = chunks[chunk_index]
-            batch = [problems[i] for i in indices]
-            sampling = SamplingSettings(cfg.eval.temperature, cfg.eval.top_p, 0, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                                        seed=step_seed(cfg.eval.seed, 0, 0, salt=chunk_index))
-            with self.autocast():
-                rollout = self.engine.generate([p.prompt for p in batch], n, sampling)
-            # one forward per train.micro_batch_size sequences, as in training (None: the whole chunk at once)
-            entropy = self._token_entropies(policy, rollout, cfg.eval.temperature,
-                                            cfg.train.micro_batch_size or rollout.response_ids.shape[0])
-            mask = rollout.response_mask.float().to(entropy.device)
-            entropy_sums, token_counts = (entropy * mask).sum(-1).reshape(-1, n).sum(-1), mask.sum(-1).reshape(-1, n).sum(-1)
-            for i, (index, problem) in enumerate(zip(indices, batch)):
-                completions = rollout.completions[i * n:(i + 1) * n]
-                local.append((index, [self.reward_fn(c, problem.answer) > 0 for c in completions],
-                              [extract_answer(c) for c in completions], float(entropy_sums[i]), float(token_counts[i])))
-        if self.world > 1:
-            gathered: list[Any] = [None] * self.world
-            torch.distributed.all_gather_object(gathered, local)
-            local = [row for rows in gathered for row in rows]
-        rows = sorted(local)
-        correct, answers = [row[1] for row in rows], [row[2] for row in rows]
-        entropy_sum, tokens = sum(row[3] for row in rows), sum(row[4] for row in rows)
-        per_prompt = per_prompt_metrics(correct, answers, cfg.eval.k) if rows else {}
-        metrics = {f"val/{key}": value for key, value in evaluation_metrics(correct, answers, cfg.eval.k).items()} if rows else {}
-        metrics.update({f"val/{key}": value for key, value in standard_errors(per_prompt).items()})
-        metrics["val/entropy"] = entropy_sum / max(tokens, 1.0)
-        per_prompt["entropy"] = [row[3] / max(row[4], 1.0) for row in rows]
-        record = {
-            "step": self.step, "n_samples": n, "k": list(cfg.eval.k), "eval_seed": cfg.eval.seed,
-            "prompt_digest": prompt_digest(problems), "correct": [sum(row[1]) for row in rows],
-            "per_prompt": {key: [round(v, 6) for v in values] for key, values in per_prompt.items()},
-        }
-        return metrics, record
+        ``eval.split``, trainers/data.py ``validation_prompts``): ``(metrics, per_prompt)``, by
+        ``trainers.validation.validate_policy`` (its docstring: the seeds), which every engine runs."""
+        return validate_policy(self.config, self.accelerator.unwrap_model(self.model), self.engine, self.eval_problems,
+                               self.reward_fn, self.step, device=self.accelerator.device, autocast=self.autocast,
+                               rank=self.rank, world=self.world)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -527,35 +472,24 @@ class GRPOTrainer:
 
     def _validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        cached = self._step0_from_cache() if self.step == 0 and self.config.eval.step0_cache else None
-        if cached is not None:
-            metrics, per_prompt = dict(cached["metrics"]), {**cached["per_prompt"], "step": 0}
-        else:
-            metrics, per_prompt = self.evaluate()
-            if self.step == 0 and self.config.eval.step0_cache and self.is_main:
-                write_step0(self.config.eval.step0_cache, self._step0_key, metrics, per_prompt)
+        metrics, per_prompt = validation_or_step0(self.config, self.step, self.model_path, self.eval_problems, self.evaluate,
+                                                  is_main=self.is_main, share=self._from_rank0)
         metrics["time/eval"] = time.perf_counter() - started
         self.reporter.on_validation(self.step, metrics, per_prompt)
         return metrics
 
-    def _step0_from_cache(self) -> dict[str, Any] | None:
-        """The cached step-0 validation of this model and validation (rank 0 reads it, every rank gets it)."""
-        self._step0_key = step0_key(self.config, self.model_path)
-        cached = [read_step0(self.config.eval.step0_cache, self._step0_key, prompt_digest(self.eval_problems))
-                  if self.is_main else None]
+    def _from_rank0(self, value: Any) -> Any:
+        shared = [value]
         if self.world > 1:
-            torch.distributed.broadcast_object_list(cached, src=0)
-        return cached[0]
-
-
-def prompt_digest(problems: Sequence[Any]) -> str:
-    """A short hash of the validation prompts and answers, in order: equal digests = the same prompts."""
-    digest = hashlib.sha1()
-    for problem in problems:
-        digest.update(f"{problem.prompt}\x1f{problem.answer}\x1e".encode())
-    return digest.hexdigest()[:16]
+            torch.distributed.broadcast_object_list(shared, src=0)
+        return shared[0]
 
 
 def train(config: RunConfig, reporters: Sequence[Reporter] = ()) -> dict[str, Any]:
-    """Run (or resume) one GRPO training run; returns its summary. The sweeper's trial entry point."""
+    """Run (or resume) one GRPO training run on ``config.engine``; returns its summary. The sweeper's trial entry
+    point. ``engine: trl`` runs ``trainers.engines.trl.train`` (TRL's trainer, this project's loss and validation)."""
+    if config.engine == "trl":
+        from .engines.trl import train as train_on_trl
+
+        return train_on_trl(config, reporters)
     return GRPOTrainer(config, reporters).train()

@@ -9,6 +9,7 @@ before it loads anything; the sweeper checks every config a study's trials can g
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,6 +59,9 @@ def launch_problems(config: Any, rewards: Sequence[str] = BUILTIN_REWARDS) -> li
         problems.append(("model.path", problem))
     if config.kl.beta > 0 and config.kl.ref_path and (problem := model_path_problem(config.kl.ref_path)) is not None:
         problems.append(("kl.ref_path", problem))
+    if getattr(config, "engine", "native") == "trl" and importlib.util.find_spec("trl") is None:
+        problems.append(("engine", "'trl' needs TRL, which is not installed in this environment: pip install -e '.[trl]' "
+                                   "(scripts/setup.sh installs it), or set engine: native"))
     if config.data.reward not in rewards:
         problems.append(("data.reward", f"{config.data.reward!r} is not a registered reward; registered: {', '.join(sorted(rewards))}"))
     dataset = config.data.dataset if config.data.source == "dataset" else None

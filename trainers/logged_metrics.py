@@ -5,7 +5,8 @@ this before any trial starts: a typo in a health rule would otherwise make the r
 ``tests/test_logged_metrics.py`` runs the real trainer for every entropy method and compares what it
 reports with this declaration, so the two cannot drift apart.
 
-Every logged train step reports :data:`TRAIN_METRICS`, ``train/kl_ref`` when ``kl.beta > 0``, the vLLM
+Every logged train step reports :data:`TRAIN_METRICS` (on ``engine: trl``: ``time/step`` of them, not its split),
+``train/kl_ref`` when ``kl.beta > 0``, the vLLM
 sampler's mismatch (``train/rollout_*``) when ``rollout.engine`` is vllm, and the
 method's own metrics under ``<method>/`` (declared on its config section: ``MethodSection.metrics`` and
 ``logged_metrics()`` in :mod:`trainers.config`); every validation reports
@@ -55,6 +56,8 @@ def logged_metrics(config: Any) -> LoggedMetrics:
     extra_loss = section.logs_extra_loss() if section is not None else None
     if extra_loss is not None:
         (train if extra_loss == "always" else train_sometimes).add("train/extra_loss")
+    if getattr(config, "engine", "native") == "trl":   # TRL's loop: the step's time as a whole (TRL's own under trl/)
+        train -= {"time/rollout", "time/train", "time/other"}
     if config.kl.beta > 0:
         train.add("train/kl_ref")
     if config.rollout.engine == "vllm":   # the sampler/trainer mismatch (trainers.algorithms.rollout_mismatch_metrics)

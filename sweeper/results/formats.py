@@ -31,7 +31,8 @@ import copy
 import math
 from typing import Any
 
-from trainers.config import METHOD_SECTIONS, RunConfig, engine_refusal, resolve_model_path
+from trainers.config import (METHOD_SECTIONS, RunConfig, engine_refusal, resolve_model_path,
+                             trl_batch_shape as batch_shape, trl_grpo_config_kwargs)
 
 from sweeper.study.space import leaves, set_path
 
@@ -40,7 +41,6 @@ SUPPORTED = {"trl": ("1.16", "1.17"), "verl": ("0.9.1", "0.10")}
 TESTED = {"trl": "1.16.0", "verl": "0.9.1"}
 PACKAGE = {"trl": "trl", "verl": "verl"}
 
-_LOSS_AGG_TRL = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
 _LOSS_AGG_VERL = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean",
                   "seq_mean_token_sum_norm": "seq-mean-token-sum-norm"}
 _VERL_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -118,7 +118,7 @@ def _relevant(path: str, config: dict[str, Any]) -> bool:
         return config["data"]["source"] == "dataset"
     if path.startswith("data.synthetic."):
         return config["data"]["source"] == "synthetic"
-    return path not in ("entropy.chunk_size", "train.resume", "model.path")
+    return path not in ("entropy.chunk_size", "train.resume", "model.path", "engine")
 
 
 def _unmapped(config: dict[str, Any], used: set[str]) -> list[tuple[str, Any]]:
@@ -141,20 +141,6 @@ def refuse_unsupported(config: dict[str, Any], engine: str) -> None:
 
 
 # --------------------------------------------------------------------------- batch units and shared notes
-
-
-def batch_shape(config: dict[str, Any]) -> dict[str, int]:
-    """Responses per rollout step, per optimizer step (mini-batch) and per micro-batch, and micro-batches per
-    optimizer step, as this trainer runs them on one process. TRL and verl cut a mini-batch into equal
-    micro-batches: when ``train.micro_batch_size`` does not divide the mini-batch, the micro-batch exported is
-    the largest divisor below it (``micro_requested`` keeps the trial's value)."""
-    rollout, train = config["rollout"], config["train"]
-    responses = rollout["prompts_per_step"] * rollout["group_size"]
-    per_mini = responses // train["mini_batches"]
-    requested = min(train["micro_batch_size"] or per_mini, per_mini)
-    micro = max(d for d in range(1, requested + 1) if per_mini % d == 0)
-    return {"responses": responses, "per_mini": per_mini, "micro": micro, "micro_requested": requested,
-            "accumulation": per_mini // micro}
 
 
 def model_path(config: dict[str, Any]) -> str:
@@ -203,49 +189,17 @@ def _method_section(config: dict[str, Any]) -> tuple[str | None, Any]:
 
 
 def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]], list[str]]:
-    """RunConfig -> (TRL ``GRPOConfig`` kwargs, knobs without equivalent, notes).
-
-    Steps: TRL counts optimizer steps, ``K = ppo_epochs x mini_batches`` per rollout step here, so
-    ``max_steps = K x train.steps`` (likewise warmup, evaluation, checkpoint and logging intervals). Batches:
-    ``per_device_train_batch_size`` = micro-batch (responses), ``gradient_accumulation_steps`` = micro-batches
-    per optimizer step, ``steps_per_generation`` = micro-batches per rollout step, so one generation holds
-    ``prompts_per_step x group_size`` completions."""
+    """RunConfig -> (TRL ``GRPOConfig`` kwargs, knobs without equivalent, notes). The kwargs are the TRL engine's own
+    (``trainers.engines.trl_args.grpo_config_kwargs``: one mapping for the export and TRL trials; its docstring
+    gives the units); this adds what a file for another machine needs said."""
     c = config
     refuse_unsupported(c, "trl")
-    out: dict[str, Any] = {}
-    used: set[str] = set()
+    out, used = trl_grpo_config_kwargs(c)
     notes: list[str] = []
     shape = batch_shape(c)
     per_rollout = c["train"]["ppo_epochs"] * c["train"]["mini_batches"]   # optimizer steps per rollout step
-
-    def put(name: str, value: Any, *paths: str) -> None:
-        out[name] = value
-        used.update(paths)
-
-    put("output_dir", c["train"]["output_dir"], "train.output_dir")
-    put("seed", c["seed"], "seed")
-    put("max_steps", c["train"]["steps"] * per_rollout, "train.steps")
-    # float32 master weights (TRL's default dtype) with the compute dtype through autocast (bf16 / fp16 flags), as
-    # the trial keeps them: bf16 weights would round away updates at small learning rates
-    put("model_init_kwargs", {"dtype": "float32"}, "model.dtype")
-    put("trust_remote_code", c["model"]["trust_remote_code"], "model.trust_remote_code")
-    put("bf16", c["model"]["dtype"] == "bfloat16", "model.dtype")
-    put("fp16", c["model"]["dtype"] == "float16", "model.dtype")
-    put("disable_dropout", True)                      # the trainer runs the policy in eval mode (no dropout)
-
-    # optimizer and schedule
+    used.update(p for p in leaves(c) if p.startswith("entropy.") and _relevant(p, c))
     optim = c["optim"]
-    put("learning_rate", optim["lr"], "optim.lr")
-    put("weight_decay", optim["weight_decay"], "optim.weight_decay")
-    put("adam_beta1", optim["betas"][0], "optim.betas")
-    put("adam_beta2", optim["betas"][1], "optim.betas")
-    put("max_grad_norm", optim["max_grad_norm"] if optim["max_grad_norm"] is not None else 0.0, "optim.max_grad_norm")
-    put("warmup_steps", optim["warmup_steps"] * per_rollout, "optim.warmup_steps")
-    if optim["schedule"] == "cosine":
-        put("lr_scheduler_type", "cosine_with_min_lr", "optim.schedule")
-        put("lr_scheduler_kwargs", {"min_lr_rate": optim["min_lr_ratio"]}, "optim.min_lr_ratio")
-    else:
-        put("lr_scheduler_type", "constant_with_warmup", "optim.schedule", "optim.min_lr_ratio")
     if optim["warmup_steps"] or optim["schedule"] == "cosine":
         notes.append(f"differs: TRL steps the LR schedule at every optimizer step ({per_rollout} per rollout step) and "
                      f"its warmup starts at 0; this trainer steps it once per rollout step, so rollout step s (from 0) "
@@ -253,72 +207,25 @@ def to_trl(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]
                      + (f" and lr x ({optim['min_lr_ratio']} + (1 - {optim['min_lr_ratio']}) (1 + cos(pi (s - W)/(S - W)))/2) "
                         f"after (W = {optim['warmup_steps']}, S = {c['train']['steps']} rollout steps)"
                         if optim["schedule"] == "cosine" else ", then lr"))
-
-    # batch units
-    put("num_generations", c["rollout"]["group_size"], "rollout.group_size")
-    put("per_device_train_batch_size", shape["micro"], "train.micro_batch_size")
-    put("gradient_accumulation_steps", shape["accumulation"], "train.mini_batches")
-    put("steps_per_generation", c["train"]["mini_batches"] * shape["accumulation"], "rollout.prompts_per_step")
-    put("num_iterations", c["train"]["ppo_epochs"], "train.ppo_epochs")
     if c["rollout"]["group_size"] < 2:
         notes.append("differs: TRL refuses num_generations < 2 (GRPOConfig raises); this trial sampled one response per prompt")
     notes.append("batch sizes are for one device: per_device_train_batch_size x gradient_accumulation_steps = "
                  f"{shape['per_mini']} completions per optimizer step; with N devices divide "
                  "per_device_train_batch_size (or steps_per_generation) by N")
-
-    # rollout
-    put("max_completion_length", c["rollout"]["max_new_tokens"], "rollout.max_new_tokens")
-    put("temperature", c["rollout"]["temperature"], "rollout.temperature")
-    put("top_p", c["rollout"]["top_p"], "rollout.top_p")
-    put("top_k", c["rollout"]["top_k"], "rollout.top_k")
-    put("use_vllm", c["rollout"]["engine"] == "vllm", "rollout.engine")
-    if c["rollout"]["engine"] == "vllm":
-        put("vllm_mode", "colocate")
-        put("vllm_gpu_memory_utilization", c["rollout"]["vllm_gpu_memory_utilization"], "rollout.vllm_gpu_memory_utilization")
-        put("vllm_importance_sampling_correction", False)   # on by default in TRL; the trial has no such correction
-
-    # clip
-    put("epsilon", c["clip"]["eps_low"], "clip.eps_low")
-    put("epsilon_high", c["clip"]["eps_high"], "clip.eps_high")
-    put("delta", c["clip"]["dual_c"], "clip.dual_c")
     if c["clip"]["dual_c"] is not None:
         notes.append("clip.dual_c -> delta: TRL caps the ratio at delta (INTELLECT-2's two-sided clipping); for "
                      "negative advantages this is dual-clip's bound -A c, for positive ones the PPO clip already binds")
-
-    # KL, loss aggregation, advantages
-    put("beta", c["kl"]["beta"], "kl.beta")
-    if c["kl"]["beta"] > 0:
-        put("use_bias_correction_kl", False)          # TRL's default multiplies the KL term by the ratio; the trial does not
-    put("loss_type", _LOSS_AGG_TRL[c["loss_agg"]], "loss_agg")
-    put("scale_rewards", "group" if c["advantage"] == "grpo" else "none", "advantage")
-
-    # the method: trainers.engines.trl runs the trial's loss (trainers.step_loss: PPO clip, the method's module,
-    # aggregation, KL) and its advantages; TRL's own entropy options stay off
-    put("top_entropy_quantile", 1.0)
-    put("entropy_coef", 0.0)
-    used.update(p for p in leaves(c) if p.startswith("entropy.") and _relevant(p, c))
     notes.append("the loss, the advantages and the entropy method are the trial's: trainers.engines.trl.EntropyGRPOTrainer "
                  "(the launcher written beside this file) reads the run config written beside it; a plain "
                  "GRPOTrainer(args=GRPOConfig(**this file)) would train TRL's own GRPO loss without the method")
     notes.append("micro-batches hold whole groups in order (EntropyGRPOTrainer does not shuffle the generation batch; "
                  "TRL's GRPOTrainer does)")
-
-    # evaluation and checkpoints
-    put("eval_strategy", "steps", "train.eval_every")
-    put("eval_steps", c["train"]["eval_every"] * per_rollout, "train.eval_every")
-    put("eval_on_start", c["train"]["eval_at_start"], "train.eval_at_start")
-    put("num_generations_eval", c["eval"]["n_samples"], "eval.n_samples")
-    put("per_device_eval_batch_size", c["eval"]["n_samples"])   # one prompt's samples per eval batch (TRL checks it)
     if (c["eval"]["temperature"], c["eval"]["top_p"]) != (c["rollout"]["temperature"], c["rollout"]["top_p"]):
         notes.append(f"differs: TRL evaluates with the training sampling (temperature {c['rollout']['temperature']}, top_p "
                      f"{c['rollout']['top_p']}); the trial validated with temperature {c['eval']['temperature']}, top_p "
                      f"{c['eval']['top_p']}")
     notes.append(f"evaluation: pass eval_dataset with the first eval.num_prompts = {c['eval']['num_prompts']} validation "
                  "prompts; TRL reports rewards, not pass@k")
-    put("save_strategy", "steps", "train.checkpoint_every")
-    put("save_steps", (c["train"]["checkpoint_every"] or c["train"]["steps"]) * per_rollout, "train.checkpoint_every")
-    put("save_total_limit", 1)                        # the trainer keeps only its latest checkpoint
-    put("logging_steps", c["train"]["log_every"] * per_rollout, "train.log_every")
     notes.extend(_common_differences(c, "TRL"))
     return out, _unmapped(c, used), notes
 

@@ -74,6 +74,7 @@ def launch_problems(spec: "StudySpec") -> list[str]:
         candidates = candidate_configs(spec)
         problems += _run_config_problems(candidates)
         problems += _metric_problems(spec, [config for _, config in candidates])
+        problems += _engine_problems(spec, [config for _, config in candidates])
     problems += _folder_problems(spec)
     problems += _pruner_problems(spec)
     problems += _when_problems(spec)
@@ -265,6 +266,15 @@ def _run_config_problems(candidates: list[tuple[str, RunConfig]]) -> list[str]:
             seen.add((field, problem))
             problems.append(f"base.{field}: {problem}" if where == "base" else f"{where} (sets {field}): {problem}")
     return problems
+
+
+def _engine_problems(spec: "StudySpec", configs: list[RunConfig]) -> list[str]:
+    """``engine: trl`` runs a trial on one process: an executor that gives a trial several is refused here."""
+    processes = getattr(spec.executor, "nodes", 1) * getattr(spec.executor, "tasks_per_node", 1)
+    if processes > 1 and any(config.engine == "trl" for config in configs):
+        return [f"executor: {processes} processes per trial (nodes x tasks_per_node), but engine: trl runs a trial on one "
+                "process: set nodes: 1 and tasks_per_node: 1, or engine: native (data-parallel trials)"]
+    return []
 
 
 def _metric_problems(spec: "StudySpec", configs: list[RunConfig]) -> list[str]:

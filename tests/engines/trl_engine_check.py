@@ -118,10 +118,18 @@ def equivalence(request: dict) -> dict:
             "native_loss": native_metrics["train/loss"], "trl_loss": trl_logged.get("train/loss"),
             "grad_max_abs_diff": worst, "grad_max_abs": scale, "grad_params": len(native_grads),
             "grad_params_trl": len(trl_grads),
+            "micro_batch_tokens": _micro_batch_tokens(config, rollout),
             "native_method_metrics": {k: v for k, v in native_metrics.items() if k.startswith(method + "/")},
             "trl_method_metrics": {k: v for k, v in trl_logged.items() if k.startswith(method + "/")},
         }
     return answers
+
+
+def _micro_batch_tokens(config, rollout) -> list[int]:
+    """Response tokens of each micro-batch of the step (one mini-batch, rows in order)."""
+    rows = rollout.response_mask.shape[0]
+    micro = config.train.micro_batch_size or rows
+    return [int(rollout.response_mask[start:start + micro].sum()) for start in range(0, rows, micro)]
 
 
 def _config(sections: dict, output: Path) -> dict:

@@ -23,6 +23,12 @@ TRL's own loss options are not used; ones that would change the loss of the tria
 ``<method>/<name>``, the step's under ``train/<name>`` (e.g. ``train/pg_loss``). The method's state is saved in
 each checkpoint (``intervention.pt``) and loaded on resume.
 
+Trials (``engine: trl`` in the run config): :func:`train`, the native trainer's contract (``train(config, reporters)
+-> summary``, called by ``trainers.grpo.train``), builds the trainer from the run config (``trainers.engines.trl_args``)
+and reports each rollout step's metrics, this project's validation (``trainers.validation``) and the reporters' stop
+verdict through a ``TrainerCallback``. The adapter passes each optimizer step's token and response totals to
+``micro_batch_loss``, so micro-batches of unequal token counts aggregate as the native step's.
+
 Entry point (the TRL export's launcher runs it)::
 
     accelerate launch -m trainers.engines.trl RUN_CONFIG.yaml TRL_CONFIG.yaml
@@ -33,25 +39,29 @@ Entry point (the TRL export's launcher runs it)::
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from ..algorithms import compute_advantages
+from ..algorithms import BatchTotals, compute_advantages
+from ..collectives import global_ratio, global_sum
 from ..config import RunConfig, engine_refusal, load_config
 from ..entropy import MicroBatch, StepBatch, build_intervention
 from ..entropy.base import EntropyIntervention
 from ..entropy.ops import token_entropy, token_logprobs
 from ..forward import response_logits
-from ..setup import step_seed
+from ..reporting import PREEMPTED
+from ..setup import make_lr_lambda, step_seed
 from ..step_loss import micro_batch_loss
+from .trl_args import LOSS_TYPE
 
 INTERVENTION_FILE = "intervention.pt"
-LOSS_TYPE = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
 
 
 def check_args(args: GRPOConfig, config: RunConfig) -> None:
@@ -88,17 +98,32 @@ def _overrides(cls: type, name: str) -> bool:
 class EntropyGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose loss is the native step's with ``run_config``'s entropy method (see the module doc)."""
 
-    def __init__(self, *args: Any, run_config: RunConfig, **kwargs: Any):
+    def __init__(self, *args: Any, run_config: RunConfig, native_schedule: bool = False, **kwargs: Any):
         training_args = kwargs.get("args")
         if training_args is None:
             raise ValueError("EntropyGRPOTrainer needs args=GRPOConfig(...) (the TRL export's file)")
         check_args(training_args, run_config)
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.native_schedule = native_schedule
         self.intervention = build_intervention(run_config.entropy, run_config=run_config)
         self._last_rewards: torch.Tensor | None = None
         self._generation = 0
+        self._entropy_sums = [0.0, 0.0]   # the rollout step's old-policy entropy over its response tokens: sum, tokens
         self.add_callback(_InterventionCheckpoint(self))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """``native_schedule`` (TRL trials): the run config's LR schedule as the native trainer steps it, once per
+        rollout step (``trainers.setup.make_lr_lambda`` of optimizer step i // (ppo_epochs x mini_batches)), where
+        TRL's own steps per optimizer step and starts its warmup at 0 (the export keeps TRL's, noting the difference)."""
+        if self.lr_scheduler is not None or not self.native_schedule:
+            return super().create_scheduler(num_training_steps, optimizer)
+        per_rollout = self.run_config.train.ppo_epochs * self.run_config.train.mini_batches
+        multiplier = make_lr_lambda(self.run_config)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                              lambda step: multiplier(step // per_rollout))
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     # ------------------------------------------------------------------ which passes a generation needs
 
@@ -167,6 +192,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         advantages = compute_advantages(cfg.advantage, rewards_all.cpu(), G)[start:start + local]
         group_accuracy = (rewards_all > 0).float().reshape(-1, G).mean(-1).repeat_interleave(G)[start:start + local]
         self._generation += 1
+        self._log_step_metrics(rewards_all, advantages, output["completion_mask"])
         output["advantages"] = advantages.to(device)
         output["rewards"] = rewards.to(device)
         output["group_accuracy"] = group_accuracy.to(device)
@@ -179,7 +205,20 @@ class EntropyGRPOTrainer(GRPOTrainer):
             for name, value in features.items():
                 output[f"old_feature:{name}"] = value
             self._begin_step(output, old_logp, old_entropy, features)
+            self._entropy_sums = [float((old_entropy * output["completion_mask"]).sum()), float(output["completion_mask"].sum())]
+        else:
+            self._entropy_sums = [0.0, 0.0]  # summed over the micro-batches' own forwards (_compute_loss)
         return output
+
+    def _log_step_metrics(self, rewards: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor) -> None:
+        """The rollout step's metrics under the native trainer's names (``trainers.grpo.GRPOTrainer.train_step``)."""
+        G = self.num_generations
+        grouped = rewards.reshape(-1, G)
+        self._log_method({
+            "train/reward_mean": float(rewards.mean()), "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "train/accuracy": float((rewards > 0).float().mean()), "train/response_length": float(completion_mask.sum(-1).float().mean()),
+            "train/zero_variance_groups": float((grouped.std(-1) == 0).float().mean()),
+            "train/advantage_abs_mean": float(advantages.abs().mean())})
 
     @torch.no_grad()
     def _old_policy_pass(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -230,6 +269,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
                 old_logp = logp.detach()
                 old_entropy = token_entropy(logits.detach(), cfg.entropy.chunk_size)
                 features = self.intervention.old_policy_features(logits.detach(), mask)
+                if self.num_iterations == 1:
+                    self._entropy_sums[0] += float((old_entropy * mask).sum())
+                    self._entropy_sums[1] += float(mask.sum())
             if self.fused:
                 self._begin_step(inputs, old_logp, old_entropy, features)
         accumulation = self.current_gradient_accumulation_steps
@@ -243,14 +285,29 @@ class EntropyGRPOTrainer(GRPOTrainer):
             seed=step_seed(cfg.seed, int(inputs["generation"][0]), self.accelerator.process_index * accumulation + micro_index,
                            salt=1000 + iteration * (self.args.steps_per_generation // accumulation) + mini))
         ref = inputs.get("ref_per_token_logps") if cfg.kl.beta > 0 else None
-        loss, metrics = micro_batch_loss(cfg, self.intervention, micro, ref)
+        pieces = self._buffered_inputs[mini * accumulation:(mini + 1) * accumulation]
+        loss, metrics = micro_batch_loss(cfg, self.intervention, micro, ref, totals=self._step_totals(pieces),
+                                         world=self.accelerator.num_processes, num_micro=accumulation)
         self._log_method(metrics)
-        return loss / accumulation
+        return loss   # already this micro-batch's share of the optimizer step's loss
+
+    def _step_totals(self, pieces: list[dict[str, Any]]) -> BatchTotals:
+        """The optimizer step's response tokens and responses over its micro-batches (``pieces``) and processes: the
+        denominators of ``loss_agg``, as the native step's ``_mini_batch_totals``, so micro-batches of unequal token
+        counts weigh their tokens as one batch would."""
+        masks = [piece["completion_mask"] for piece in pieces]
+        local = torch.stack([sum(m.sum() for m in masks).float(),
+                             torch.tensor(float(sum(m.shape[0] for m in masks)), device=masks[0].device)])
+        tokens, sequences = global_sum(local).tolist()
+        return BatchTotals(tokens=tokens, sequences=sequences)
 
     def training_step(self, model, inputs, num_items_in_batch):
         output = super().training_step(model, inputs, num_items_in_batch)
         if self._step % (self.args.steps_per_generation * self.num_iterations) == 0:   # the generation's last micro-batch
             self._log_method(self.intervention.end_step())
+            entropy_sum, tokens = self._entropy_sums
+            device = self.accelerator.device
+            self._log_method({"train/entropy": global_ratio(torch.tensor(entropy_sum, device=device), torch.tensor(tokens, device=device))})
         return output
 
     def _log_method(self, metrics: dict[str, float]) -> None:
@@ -305,6 +362,146 @@ def dataset_and_reward(config: RunConfig):
 
     reward.__name__ = config.data.reward
     return rows(train), rows(val[:config.eval.num_prompts]), reward
+
+
+def train(config: RunConfig, reporters: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run (or resume) ``config`` on TRL (``engine: trl``): the native trainer's contract (``trainers.grpo.train``).
+
+    :class:`EntropyGRPOTrainer` built from the run config (GRPOConfig from ``trainers.engines.trl_args``, the one
+    mapping the TRL export writes), with this project's validation (``trainers.validation``: the same prompts, seeds
+    and per-prompt record as the native trainer) at step 0 (``train.eval_at_start``), every ``train.eval_every``
+    rollout steps and at the last. Steps are rollout steps (TRL's ``global_step`` counts optimizer steps:
+    ``ppo_epochs x mini_batches`` per rollout step). The reporters get each rollout step's metrics under the
+    native names, each validation, and are asked after each whether to stop (pruning; ``preempted`` saves a
+    checkpoint first). Checkpoints are TRL's (``output_dir/checkpoint-N``, the method's state inside); with
+    ``train.resume`` the run resumes from the last one. One process: a run under several is refused."""
+    import os
+
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..config import dump_config, resolve_model_path
+    from ..data import load_problems, validation_prompts
+    from ..reporting import METRICS_FILE, JsonlReporter, MultiReporter, truncate_after
+    from .trl_args import grpo_config_kwargs, optimizer_steps_per_rollout_step
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("engine: trl runs a trial on one process; several processes (WORLD_SIZE "
+                         f"{os.environ['WORLD_SIZE']}) are not supported for trials: use engine: native, or export "
+                         "the config with `sweeper export --format trl` and launch it with accelerate")
+    data = config.model_dump(mode="json")
+    kwargs, _ = grpo_config_kwargs(data)
+    per_rollout = optimizer_steps_per_rollout_step(data)
+    kwargs.update(report_to=[], eval_strategy="no", eval_on_start=False, logging_steps=per_rollout, disable_tqdm=True,
+                  log_completions=False)
+    output_dir = Path(config.train.output_dir)
+    train_rows, _, reward = dataset_and_reward(config)
+    _, val_problems = load_problems(config.data)
+    trial = _TrialLoop(config, MultiReporter([JsonlReporter(output_dir / METRICS_FILE), *reporters]), per_rollout,
+                       validation_prompts(val_problems, config.eval))
+    trainer = EntropyGRPOTrainer(model=resolve_model_path(config.model.path), reward_funcs=reward,
+                                 args=GRPOConfig(**kwargs), train_dataset=train_rows, run_config=config,
+                                 native_schedule=True, callbacks=[trial.callback()])
+    trainer.remove_callback(PrinterCallback)   # the reporters print (ConsoleReporter), not TRL's log dicts
+    trial.attach(trainer)
+    resume = get_last_checkpoint(str(output_dir)) if config.train.resume and output_dir.is_dir() else None
+    if resume:
+        trial.step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] // per_rollout
+    if config.train.resume and output_dir.is_dir():   # a requeued run: its streams go on from the checkpoint's step
+        truncate_after(output_dir, trial.step if resume else -1)
+    dump_config(config, output_dir / "config.yaml")
+    trial.reporter.on_start({"config": data, "output_dir": str(output_dir), "resumed_from_step": trial.step,
+                             "num_processes": 1, "engine": "trl"})
+    if config.train.eval_at_start and not resume:
+        trial.validate()
+        trial.stop_reason = trial.reporter.stop_reason()
+    if trial.stop_reason is None:
+        trainer._resume_from = resume
+        trainer.train(resume_from_checkpoint=resume)
+    summary = {"status": "completed" if trial.stop_reason is None else "stopped", "step": trial.step,
+               "stop_reason": trial.stop_reason, "last_validation": trial.last_validation, "output_dir": str(output_dir)}
+    trial.reporter.on_end(summary)
+    return summary
+
+
+class _TrialLoop:
+    """What a TRL trial adds to TRL's loop (a ``TrainerCallback``, :meth:`callback`): at the end of each rollout step
+    the reporters' step metrics, the validation when due, and the reporters' stop verdict."""
+
+    TRL_KEYS = {"grad_norm": "train/grad_norm", "learning_rate": "train/lr"}
+
+    def __init__(self, config: RunConfig, reporter: Any, per_rollout: int, problems: list[Any]):
+        self.config, self.reporter, self.per_rollout, self.problems = config, reporter, per_rollout, problems
+        self.step = 0
+        self.stop_reason: str | None = None
+        self.last_validation: dict[str, float] = {}
+        self.trainer: EntropyGRPOTrainer | None = None
+        self.started = time.perf_counter()
+
+    def attach(self, trainer: EntropyGRPOTrainer) -> None:
+        from ..rewards import get_reward
+        from ..rollout import HFRolloutEngine
+
+        self.trainer = trainer
+        self.policy = trainer.accelerator.unwrap_model(trainer.model)
+        self.engine = HFRolloutEngine(self.policy, trainer.processing_class, self.config.model.chat_template,
+                                      self.config.rollout.generation_batch_size)
+        self.reward_fn = get_reward(self.config.data.reward)
+
+    def validate(self) -> None:
+        from ..config import resolve_model_path
+        from ..validation import validate_policy, validation_or_step0
+
+        started, accelerator, training = time.perf_counter(), self.trainer.accelerator, self.policy.training
+
+        def evaluate():
+            return validate_policy(self.config, self.policy, self.engine, self.problems, self.reward_fn, self.step,
+                                   device=accelerator.device, autocast=accelerator.autocast)
+
+        self.policy.eval()
+        try:
+            metrics, per_prompt = validation_or_step0(self.config, self.step, resolve_model_path(self.config.model.path),
+                                                      self.problems, evaluate)
+        finally:
+            self.policy.train(training)
+        metrics["time/eval"] = time.perf_counter() - started
+        self.reporter.on_validation(self.step, metrics, per_prompt)
+        self.last_validation = metrics
+
+    def on_log(self, state: Any, control: Any, logs: dict[str, Any]) -> None:
+        if state.global_step % self.per_rollout or state.global_step // self.per_rollout <= self.step:
+            return   # not a rollout step's end (or its summary at the end of training)
+        cfg = self.config.train
+        self.step = state.global_step // self.per_rollout
+        method = f"{self.trainer.intervention.name}/"
+        metrics = {self.TRL_KEYS.get(key, key if key.startswith(("train/", "time/", method)) else f"trl/{key}"): float(value)
+                   for key, value in logs.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        now = time.perf_counter()
+        metrics["time/step"], self.started = now - self.started, now
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            self.reporter.on_train_step(self.step, metrics)
+        if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            self.validate()
+        self.stop_reason = self.reporter.stop_reason()
+        if self.stop_reason is not None:
+            control.should_training_stop = True
+            control.should_save = self.stop_reason == PREEMPTED   # a preempted run resumes from it
+        self.started = time.perf_counter()
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        loop = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                loop.started = time.perf_counter()   # time/step: the steps' own time, not loading or step 0's validation
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                loop.on_log(state, control, logs or {})
+                return control
+
+        return Callback()
 
 
 def main(argv: list[str] | None = None) -> None:
