@@ -2,10 +2,16 @@
 # The test command: sets up .venv and .venv-vllm, the system parts the end-to-end tests use (Debian's
 # chromium, the local Slurm test cluster, the local PostgreSQL test server), then runs the whole suite: every
 # test but the vLLM ones in .venv, the vLLM ones (marker `vllm`, vLLM's CPU build) in .venv-vllm.
-# Extra arguments go to both pytest runs. The Slurm test cluster and the PostgreSQL server are stopped
+# Extra arguments go to both pytest runs; a first argument --all also runs the tests marked `extended` (slow variants of
+# behaviour that faster tests cover: about 8 more minutes), which the default (CI's) run skips to stay within its budget. The Slurm test cluster and the PostgreSQL server are stopped
 # afterwards when this command started them (one already running is left running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+skip_extended=" and not extended"
+if [ "${1:-}" = "--all" ]; then
+  skip_extended=""
+  shift
+fi
 bash scripts/setup.sh
 # exports (issue 16): the real verl and TRL, each in its own venv, for tests/test_export_libraries.py (marker `exports`)
 bash scripts/setup_exports.sh
@@ -36,9 +42,9 @@ else
 fi
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0
-.venv/bin/python -m pytest tests -ra -m "not vllm" "$@" || status=$?
+.venv/bin/python -m pytest tests -ra -m "not vllm$skip_extended" "$@" || status=$?
 vllm_status=0
-.venv-vllm/bin/python -m pytest tests -ra -m vllm "$@" || vllm_status=$?
+.venv-vllm/bin/python -m pytest tests -ra -m "vllm$skip_extended" "$@" || vllm_status=$?
 # pytest's 5 (no test selected) is a failure for the full run, not when extra arguments chose other tests
 if [ "$vllm_status" = 5 ] && [ "$#" -gt 0 ]; then vllm_status=0; fi
 if [ "$status" = 5 ] && [ "$#" -gt 0 ]; then status=0; fi

@@ -96,6 +96,7 @@ def assert_same_run(got: dict, expected: dict, steps) -> None:
                 (step, key)
 
 
+@pytest.mark.extended  # test_loss_aggregation (every process count) and test_trainer's two-process run cover it
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_two_processes_train_as_one_process_on_the_same_global_batch(runs, method):

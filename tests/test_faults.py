@@ -120,7 +120,8 @@ def test_kill_9_of_a_trial_process_then_a_rerun(tmp_path):
     assert [t.state.name for t in trials if t.number != victim.number] == ["COMPLETE", "COMPLETE"]
 
 
-@pytest.mark.parametrize("with_its_trials", [False, True], ids=["driver", "driver-and-trials"])
+@pytest.mark.parametrize("with_its_trials", [False, pytest.param(True, marks=pytest.mark.extended)],
+                         ids=["driver", "driver-and-trials"])   # its trials killed too: test_sweeper_driver's resume test
 def test_kill_9_of_the_driver_then_a_rerun(tmp_path, with_its_trials):
     path = study_file(tmp_path, n_trials=3)
     driver = start_driver(path, start_new_session=True)
@@ -144,6 +145,7 @@ def test_kill_9_of_the_driver_then_a_rerun(tmp_path, with_its_trials):
         assert [t.state.name for t in trials] == ["COMPLETE"] * 3
 
 
+@pytest.mark.extended  # test_tracking_down and test_tracking_study kill the server mid-trial and mid-study
 def test_kill_9_of_the_mlflow_server_during_a_study_then_a_rerun(tmp_path, monkeypatch):
     """The server dies while two trials train and stays down until both have ended; started again, the
     driver (and the re-run) bring every run up to date: nothing the trials reported is missing."""

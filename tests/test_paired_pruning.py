@@ -44,6 +44,7 @@ def study(tmp_path: Path, name: str, **sections) -> Path:
     return path
 
 
+@pytest.mark.extended  # a rate over real trials: benchmarks/pruning_quality.py simulate and test_decisions measure the calibration
 def test_identical_configs_are_pruned_at_most_at_the_expected_rate(tmp_path):
     # 16 runs of one config with different training seeds (seed noise per prompt, no global shift; run_sd 0.02
     # stands for the run-to-run spread). Each trial is judged at 4 validations at 0.05 / 4 (Bonferroni): a trial is pruned with
@@ -69,6 +70,7 @@ def test_a_known_worse_config_is_pruned_against_the_incumbent(tmp_path):
     assert step < 40 and len(worse.user_attrs[per_prompt_attr(step)]) == 64
 
 
+@pytest.mark.extended  # test_futility_racing replays a raced study the same way
 def test_a_replay_of_a_full_study_prunes_what_the_live_pruner_pruned(tmp_path):
     """benchmarks/pruning_quality.py replay: the recorded validations of an unpruned study, replayed through
     the paired pruner, stop the same trials at the same steps as a live study with that pruner (one trial at a

@@ -361,6 +361,7 @@ def _running_jobs(path: Path, count: int) -> list[tuple[str, Path]] | None:
     return jobs
 
 
+@pytest.mark.extended  # test_postgres's Slurm study resumed by another driver and test_sweeper_driver's reattach cover it
 @pytest.mark.slurm
 def test_driver_killed_mid_study_reattaches_on_rerun_and_loses_nothing(slurm_cluster, tmp_path, background):
     path = study_file(tmp_path, "kill", real_trainer=False, base={"train": {"steps": 24, "eval_every": 8}},

@@ -87,7 +87,13 @@ def one_step(config: dict, fuse: bool):
     return metrics, gradients(trainer.model), trainer
 
 
-@pytest.mark.parametrize("method", sorted(registered_interventions()))
+# CI runs a method without step state, two with it and one advantage-shaping method; the rest are `extended` (each
+# method's loss through the fused step is also checked against TRL's in test_engines)
+CI_METHODS = {"none", "siren", "steer", "entropy_advantage"}
+
+
+@pytest.mark.parametrize("method", [m if m in CI_METHODS else pytest.param(m, marks=pytest.mark.extended)
+                                    for m in sorted(registered_interventions())])
 def test_skipped_old_policy_pass_gives_the_same_step(make_run_config, method):
     """One update from one forward (ppo_epochs 1, mini_batches 1): pi_old = pi. Every method, with the knobs that
     make it act on this model (tests/_dp_run.py), a KL term for plain GRPO; its losses, metrics, state and
