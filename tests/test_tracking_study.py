@@ -164,7 +164,7 @@ def test_tracking_server_killed_mid_study_loses_no_trial(tmp_path, monkeypatch):
     assert len(trial_dirs) == 4
 
 
-@pytest.mark.extended  # test_one_state checks every state in Optuna, MLflow, status and report
+@pytest.mark.extended  # test_one_state checks complete, crashed, killed and corrupt trials in all four views; this adds rejected and pruned
 def test_status_and_the_mlflow_study_run_count_every_trial_state_alike(tmp_path, capsys):
     """A study with a lost, a rejected, a pruned, a failed and two complete trials: `sweeper status` and the
     parent run's study/n_<state> metrics count them the same way (one classification of trial states)."""
