@@ -121,9 +121,10 @@ def test_verify_prompts_refuses_a_dataset_validation_set_too_small_naming_the_fi
         _heldout(config, selection=8, count=24, last_only=True)
 
 
-def test_verify_refuses_fewer_than_2_prompts_before_running_anything(tmp_path):
+def test_verify_refuses_fewer_than_2_prompts_before_running_anything(tmp_path, capsys):
     import yaml
 
+    from sweeper.cli import main
     from sweeper.results.verify import verify
     from sweeper.study.schema import SpecError
 
@@ -134,3 +135,5 @@ def test_verify_refuses_fewer_than_2_prompts_before_running_anything(tmp_path):
                                     "tracking": {"enabled": False}}))
     with pytest.raises(SpecError, match="--prompts: give 2 or more"):
         verify(path, 3, prompts=1)
+    assert main(["verify", str(path), "--prompts", "1", "--no-progress"]) == 2
+    assert "--prompts: give 2 or more held-out prompts" in capsys.readouterr().err
