@@ -64,7 +64,7 @@ def test_a_larger_synthetic_draw_keeps_the_selection_prompts_first():
     assert validation_prompts(val_large, large.eval) == val_large[64:128]
 
 
-# --------------------------------------------------------------------------- eval.heldout_offset, sweeper verify --prompts
+# ------------------------------------------------------------------- eval.heldout_offset, sweeper verify --prompts
 
 
 def test_heldout_offset_puts_more_heldout_prompts_after_the_selection_ones(make_run_config):
@@ -82,7 +82,7 @@ def test_a_heldout_offset_beyond_the_validation_set_is_refused_naming_the_fields
     _, val = load_problems(config.data)
     with pytest.raises(ValueError, match=r"eval.heldout_offset.*data.synthetic.val_size.*at least 32.*--prompts"):
         validation_prompts(val, config.eval)
-    with pytest.raises(ValueError, match="eval.heldout_offset .8. applies to eval.split .heldout. only, not .selection."):
+    with pytest.raises(ValueError, match="eval.heldout_offset .8. applies to eval.split .heldout. only, not .selection"):
         parse_config(make_run_config(eval={"heldout_offset": 8}))
 
 

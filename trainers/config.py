@@ -206,7 +206,7 @@ class EvalConfig(_Strict):
     heldout_offset: int | None = Field(None, gt=0, description="eval.split 'heldout' only: the validation problems "
         "before the held-out ones, i.e. the selection prompts a study chose on (its eval.num_prompts); held-out = "
         "problems [offset, offset + eval.num_prompts), so the validation set needs offset + eval.num_prompts. None = "
-        "eval.num_prompts. `sweeper verify --prompts N` sets it to the study's eval.num_prompts, eval.num_prompts to N.")
+        "eval.num_prompts. `sweeper verify --prompts N` sets it to the study's eval.num_prompts, num_prompts to N.")
     step0_cache: str | None = Field(
         None,
         description="A folder where the step-0 validation of the untrained model is kept and reused by every run "
