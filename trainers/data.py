@@ -120,7 +120,8 @@ def synthetic_problems(config: SyntheticTaskConfig, split: str) -> list[Problem]
             if share > available:
                 raise ValueError(
                     f"data.synthetic.val_size ({size}) asks {share} validation problems of level {level}, "
-                    f"which holds about {available} usable held-out problems: lower val_size or add levels"
+                    f"which holds about {available} usable held-out problems: lower val_size or add levels (a "
+                    f"`sweeper verify --prompts N` arm needs eval.heldout_offset + N: give a smaller --prompts)"
                 )
     rng = random.Random(f"synthetic:{config.seed}:{split}")
     problems: list[Problem] = []
