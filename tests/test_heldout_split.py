@@ -137,3 +137,17 @@ def test_verify_refuses_fewer_than_2_prompts_before_running_anything(tmp_path, c
         verify(path, 3, prompts=1)
     assert main(["verify", str(path), "--prompts", "1", "--no-progress"]) == 2
     assert "--prompts: give 2 or more held-out prompts" in capsys.readouterr().err
+
+
+def test_verify_pairs_prompts_only_between_arms_that_validate_the_same_prompts():
+    from sweeper.results.verify import _heldout, _same_prompts
+
+    arms = [parse_config({"eval": {"num_prompts": 8}, "clip": {"eps_high": eps}}).model_dump(mode="json")
+            for eps in (0.2, 0.28)]
+    for arm in arms:
+        _heldout(arm, selection=8, count=24, last_only=True)
+    assert _same_prompts(*arms)
+    arms[1]["data"]["reward"] = "math_verify"                     # scored otherwise, the same prompts
+    assert _same_prompts(*arms)
+    arms[1]["data"]["synthetic"]["levels"] = [1, 2, 3]            # other validation problems: no pairing by prompt
+    assert not _same_prompts(*arms)

@@ -197,12 +197,24 @@ def verify(spec: StudySpec | str | Path, seeds: int, *, trial: int | None = None
     estimates = {arm: objective_estimate(t) for arm, t in trials.items()}
     gain = paired_gain(trials["chosen"], trials["baseline"], spec.directions[0]) if len(trials) == 2 else None
     differences = prompt_differences(trials["chosen"], trials["baseline"], spec.directions[0]) if gain else None
-    if differences is not None and len(differences) >= 2 and len(differences[0]) >= 2:
+    if not _same_prompts(*configs.values()):
+        prompt_gain, missing = None, "the arms' data sections differ, so their held-out prompts need not be the same"
+    elif differences is not None and len(differences) >= 2 and len(differences[0]) >= 2:
         prompt_gain, missing = prompt_seed_gain(differences), ""
     else:
         prompt_gain, missing = None, "no per-prompt results on 2 or more common seeds to pair prompt by prompt"
     return Verification(name, list(range(first, first + seeds)), chosen.number, baseline.number, estimates, gain,
                         prompt_gain, prompts or selection, missing)
+
+
+def _same_prompts(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two arm configs validate the same prompts in the same order: the same data (but the reward) and the
+    same held-out window (the eval sections are set alike by :func:`_heldout`)."""
+    def prompts(config: dict[str, Any]) -> Any:
+        data = {k: v for k, v in (config.get("data") or {}).items() if k != "reward"}
+        return data, [_eval_field(config, name) for name in ("split", "heldout_offset", "num_prompts")]
+
+    return prompts(a) == prompts(b)
 
 
 def _eval_field(config: dict[str, Any], name: str) -> Any:
