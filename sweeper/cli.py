@@ -4,7 +4,7 @@
     sweeper run study.yaml [--dry-run] [--n-trials N] [--max-parallel P]
     sweeper status study.yaml                        table of trials
     sweeper export study.yaml -o best.yaml [--steps N] [--format native|trl|verl]
-    sweeper verify study.yaml [--seeds N] [--trial T]   best vs baseline with fresh seeds: the paired gain
+    sweeper verify study.yaml [--seeds N] [--trial T] [--prompts P]   best vs baseline, fresh seeds, held-out prompts
     sweeper ui study.yaml [--port P]                 MLflow UI of the study on 127.0.0.1
     sweeper report study.yaml -o DIR                 plots and a markdown summary
     sweeper train run.yaml                           one training run (the trainer's own CLI)
@@ -327,6 +327,8 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML")
     p.add_argument("--seeds", type=int, default=3, help="fresh training seeds per config (default 3)")
     p.add_argument("--trial", type=int, help="verify this trial instead of the best one")
+    p.add_argument("--prompts", type=int, help="held-out validation prompts, after the study's own (default: the "
+                   "study's eval.num_prompts); the gain over new prompts narrows with more")
     p.add_argument("--max-parallel", type=int, help="trials in flight (default: budget.max_parallel, at most 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -339,7 +341,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.max_parallel is not None and args.max_parallel <= 0:
         raise UsageError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
     try:
-        result = verify(spec, args.seeds, trial=args.trial, max_parallel=args.max_parallel,
+        result = verify(spec, args.seeds, trial=args.trial, prompts=args.prompts, max_parallel=args.max_parallel,
                         progress=False if args.no_progress else None)
     except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM / SIGHUP (sweeper.run.interrupts.Interrupted)
         return _interrupted(interruption)

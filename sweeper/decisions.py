@@ -21,6 +21,10 @@ number, never by replicate position (:func:`paired_by_seed`).
   ``verify`` and ``status``: the mean of ``a_s - b_s`` over their n common seeds, SE
   ``difference_sd / sqrt(n)`` (the unpaired fallback gives ``sd * sqrt(2 / n)``), and a Student-t
   interval on the sd's df.
+* :func:`prompt_seed_gain`: the gain of a over b from per-prompt results on R common seeds x P common
+  prompts, with an SE for new seeds **and new prompts** (two-way random effects: seed, prompt x config
+  interaction, residual). :func:`seed_gain` treats the prompts as fixed: prompt difficulty cancels in the
+  pairing, the prompt x config interaction does not, so its interval speaks of these P prompts only.
 * :func:`paired_gain` (common seeds, through :func:`seed_gain`) or :func:`unpaired_gain` (the sketch's
   form, each mean over its own seeds) give c's difference from the incumbent, its SE and the allowance for
   the incumbent being a selected maximum (a = 1 by default: one SE of the incumbent's own noise);
@@ -223,6 +227,90 @@ def seed_gain(a: Mapping[int, float], b: Mapping[int, float], spread: Difference
     se = spread.sd / math.sqrt(count)
     half = t_upper(0.5 + level / 2, spread.df) * se
     return SeedGain(mean, se, count, spread.df, mean - half, mean + half, spread.sd, level, spread.paired)
+
+
+@dataclass(frozen=True)
+class PromptSeedGain:
+    """The mean of the per-prompt differences over R seeds x P prompts, its SE over new seeds and new prompts
+    (``df``: Satterthwaite), a two-sided ``level`` interval, the variance components (clipped at 0) and, for
+    comparison, ``seed_se``: the SE over seeds alone, the prompts held fixed (what :func:`seed_gain` gives)."""
+
+    mean: float
+    se: float
+    seeds: int
+    prompts: int
+    df: float
+    low: float
+    high: float
+    seed_variance: float        # sigma^2_seed: a seed's effect on the difference, shared by its prompts
+    prompt_variance: float      # sigma^2_prompt: the prompt x config interaction (prompt difficulty cancels)
+    residual_variance: float    # sigma^2_e: seed x prompt, validation sampling
+    seed_se: float
+    level: float = 0.95
+
+    @property
+    def significant(self) -> bool:
+        """True when the interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+
+def prompt_seed_gain(differences: Sequence[Sequence[float]], level: float = 0.95) -> PromptSeedGain:
+    """The gain of a over b from ``differences[s][i] = a - b`` on seed s and prompt i (R >= 2 common seeds x
+    P >= 2 common prompts, the same prompts in the same order on every seed), generalizing over new seeds and
+    new prompts.
+
+    Model (two-way random effects, one value per cell): ``d_si = mu + a_s + b_i + e_si``, a_s ~ (0, s2_seed),
+    b_i ~ (0, s2_prompt) (the prompt x config interaction), e_si ~ (0, s2_e). With d_s. and d_.i the seed and
+    prompt means and d.. the grand mean, the ANOVA mean squares::
+
+        MS_seed   = P sum_s (d_s. - d..)^2 / (R - 1)                      E = s2_e + P s2_seed
+        MS_prompt = R sum_i (d_.i - d..)^2 / (P - 1)                      E = s2_e + R s2_prompt
+        MS_e      = sum_si (d_si - d_s. - d_.i + d..)^2 / ((R-1)(P-1))    E = s2_e
+
+    give ``s2_seed = max(0, (MS_seed - MS_e) / P)``, ``s2_prompt = max(0, (MS_prompt - MS_e) / R)``,
+    ``s2_e = MS_e``, and::
+
+        Var(d..) = s2_seed / R + s2_prompt / P + s2_e / (R P)
+                 = (max(MS_seed, MS_e) + max(MS_prompt, MS_e) - MS_e) / (R P)
+        SE = sqrt(Var(d..))
+
+    This is never below the seed-only SE ``sqrt(MS_seed / (R P))`` (= sd of the seed means / sqrt(R), what
+    :func:`seed_gain` gives on the same values) nor the prompt-only SE ``sqrt(MS_prompt / (R P))``. Its df:
+    Satterthwaite's for the combination of mean squares in the last line, ``(sum c_k MS_k)^2 /
+    sum (c_k MS_k)^2 / df_k`` (df_seed = R - 1, df_prompt = P - 1, df_e = (R-1)(P-1); a clipped component
+    drops its term), and the interval ``mean +- t(0.5 + level / 2, df) SE``. With a negative MS_e term the
+    Satterthwaite df can exceed the smaller df it rests on; with few seeds and a dominant seed variance it is
+    near R - 1, the seed-only form's.
+    """
+    rows = [[float(v) for v in row] for row in differences]
+    seeds = len(rows)
+    prompts = len(rows[0]) if rows else 0
+    if seeds < 2 or prompts < 2 or any(len(row) != prompts for row in rows):
+        raise ValueError(f"prompt_seed_gain: needs R >= 2 seeds x P >= 2 prompts, every seed with the same prompts "
+                         f"(got {seeds} rows of lengths {sorted({len(row) for row in rows})})")
+    if not 0 < level < 1:
+        raise ValueError(f"prompt_seed_gain: level must be in (0, 1), got {level}")
+    grand = sum(map(sum, rows)) / (seeds * prompts)
+    seed_means = [sum(row) / prompts for row in rows]
+    prompt_means = [sum(row[i] for row in rows) / seeds for i in range(prompts)]
+    df_seed, df_prompt = seeds - 1, prompts - 1
+    df_e = df_seed * df_prompt
+    ms_seed = prompts * sum((m - grand) ** 2 for m in seed_means) / df_seed
+    ms_prompt = seeds * sum((m - grand) ** 2 for m in prompt_means) / df_prompt
+    ms_e = sum((rows[s][i] - seed_means[s] - prompt_means[i] + grand) ** 2
+               for s in range(seeds) for i in range(prompts)) / df_e
+    cells = seeds * prompts
+    terms = [(ms, df) for ms, df in ((ms_seed, df_seed), (ms_prompt, df_prompt)) if ms > ms_e]
+    terms.append((ms_e * (1 - len(terms)), df_e))          # + MS_e, 0, or - MS_e (see the docstring)
+    total = sum(term for term, _ in terms)
+    variance = max(total, 0.0) / cells
+    spread = sum(term ** 2 / df for term, df in terms if term)
+    df = total ** 2 / spread if spread > 0 else math.inf
+    se = math.sqrt(variance)
+    half = t_upper(0.5 + level / 2, df) * se if se > 0 else 0.0
+    return PromptSeedGain(grand, se, seeds, prompts, df, grand - half, grand + half,
+                          max(0.0, (ms_seed - ms_e) / prompts), max(0.0, (ms_prompt - ms_e) / seeds), ms_e,
+                          math.sqrt(ms_seed / cells), level)
 
 
 def paired_gain(mine: Mapping[int, float], incumbent: Mapping[int, float], pair_sd: float,

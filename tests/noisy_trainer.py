@@ -10,7 +10,8 @@ model (all on the logit scale):
   value 0.28, like tests/standin_trainer.py), reached as training goes: ``g(s) = 1 - exp(-s / 20)``;
 * the training seed moves every prompt by a shift ``e ~ N(0, NOISY_SEED_SHIFT)`` and each prompt by its
   own ``e_p ~ N(0, NOISY_SEED_PROMPT)`` (env; defaults 0 and 0.5), both drawn from the run's ``seed``;
-* ``eval.split: heldout`` validates the next ``eval.num_prompts`` prompts of the same draws;
+* ``eval.split: heldout`` validates the ``eval.num_prompts`` prompts after the first ``eval.heldout_offset`` (default
+  ``eval.num_prompts``) of the same draws;
 * sample i of prompt p at step s is correct when ``U_{p,i} < sigmoid(g(s) (q + e + e_p) - d_p)``, with
   ``U_{p,i}`` drawn from ``eval.seed`` alone: every trial validates with the same random numbers (as the
   real trainer does), so two trials are paired prompt by prompt.
@@ -45,7 +46,8 @@ def quality(config) -> float:
 def validation(config, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, per-prompt record) of the validation at ``step``, as the trainer reports them."""
     prompts, n = config.eval.num_prompts, config.eval.n_samples
-    skip = prompts if config.eval.split == "heldout" else 0   # held-out prompts: the next `prompts` of the same draws
+    # held-out prompts: the ones after the first `skip` of the same draws
+    skip = (config.eval.heldout_offset or prompts) if config.eval.split == "heldout" else 0
     difficulty = random.Random(config.data.synthetic.seed)
     difficulties = [difficulty.gauss(3.0, 1.5) for _ in range(skip + prompts)][skip:]
     seed_rng = random.Random(1_000_003 * config.seed + 17)
@@ -65,7 +67,8 @@ def validation(config, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     metrics.update({f"val/{k}": v for k, v in standard_errors(per_prompt).items()})
     metrics["val/entropy"] = 1.0
     record = {"step": step, "n_samples": n, "k": list(config.eval.k), "eval_seed": config.eval.seed,
-              "prompt_digest": f"noisy-{config.data.synthetic.seed}-{prompts}-{config.eval.split}", "correct": [sum(row) for row in correct],
+              "prompt_digest": f"noisy-{config.data.synthetic.seed}-{skip}-{prompts}",
+              "correct": [sum(row) for row in correct],
               "per_prompt": per_prompt}
     return metrics, record
 

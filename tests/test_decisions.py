@@ -13,7 +13,7 @@ import pytest
 
 from sweeper.contract import per_prompt_attr
 from sweeper.decisions import (gain_bound, harm_p_value, harm_se, is_futile, paired_by_seed, paired_gain, pooled_pair_sd,
-                               pooled_sd, unpaired_gain)
+                               pooled_sd, prompt_seed_gain, t_upper, unpaired_gain)
 from sweeper.study.futility import FutilityRule, race_looks, steps_used, trial_values_at
 from sweeper.study.paired_pruner import PairedPruner, harm_test
 
@@ -54,6 +54,54 @@ def test_pooled_sd_of_a_seed_difference_pairs_each_config_with_the_reference():
     pooled = pooled_pair_sd(configs, reference)
     assert pooled.df == 3 and pooled.sd == pytest.approx(math.sqrt((2 + 8 / 3) / 3))
 
+
+
+def test_prompt_seed_gain_by_hand_3_seeds_x_4_prompts():
+    # d = [[1,2,3,2],[3,4,5,4],[2,6,1,3]]: seed means 2, 4, 3; prompt means 2, 4, 3, 3; grand mean 3
+    # MS_seed = 4 (1 + 1 + 0) / 2 = 4; MS_prompt = 3 (1 + 1 + 0 + 0) / 3 = 2
+    # residuals d - seed mean - prompt mean + 3: [0,-1,1,0], [0,-1,1,0], [0,2,-2,0]: 12 / 6 df = MS_e 2
+    # s2_prompt = (2 - 2) / 3 = 0 (its term drops), s2_seed = (4 - 2) / 4 = 0.5: Var = 0.5/3 + 2/12 = 1/3 = MS_seed / 12
+    # Satterthwaite with the MS_seed term alone: 2 df (the seed-only form's)
+    g = prompt_seed_gain([[1, 2, 3, 2], [3, 4, 5, 4], [2, 6, 1, 3]])
+    assert (g.mean, g.seeds, g.prompts) == (pytest.approx(3.0), 3, 4)
+    assert (g.seed_variance, g.prompt_variance, g.residual_variance) == (pytest.approx(0.5), 0.0, pytest.approx(2.0))
+    assert g.se == pytest.approx(math.sqrt(1 / 3)) and g.seed_se == pytest.approx(math.sqrt(1 / 3))
+    assert g.df == pytest.approx(2.0)
+    assert g.high - g.mean == pytest.approx(4.302653 * math.sqrt(1 / 3), rel=1e-6)        # t(0.975, 2)
+    # + 3 on prompt 2 for every seed (a prompt x config interaction): seed means 2.75, 4.75, 3.75; prompt means
+    # 2, 7, 3, 3; grand 3.75; MS_seed 4, MS_e 2 unchanged; MS_prompt = 3 (1.75^2 + 3.25^2 + 2 x 0.75^2) / 3 = 14.75
+    # Var = (4 + 14.75 - 2) / 12 = 16.75 / 12 (= 0.5/3 + 4.25/4 + 2/12); df = 16.75^2 / (4^2/2 + 14.75^2/3 + 2^2/6)
+    g = prompt_seed_gain([[1, 5, 3, 2], [3, 7, 5, 4], [2, 9, 1, 3]], level=0.9)
+    assert g.mean == pytest.approx(3.75) and g.seed_variance == pytest.approx(0.5)
+    assert g.prompt_variance == pytest.approx(4.25)
+    assert g.se == pytest.approx(math.sqrt(16.75 / 12)) and g.seed_se == pytest.approx(math.sqrt(4 / 12))
+    assert g.df == pytest.approx(16.75 ** 2 / (8 + 14.75 ** 2 / 3 + 4 / 6))
+    assert g.low == pytest.approx(3.75 - t_upper(0.95, g.df) * g.se)
+
+
+def test_prompt_seed_gain_needs_two_seeds_and_two_prompts_on_every_seed():
+    for bad in ([[1.0, 2.0]], [[1.0], [2.0]], [[1.0, 2.0], [1.0]]):
+        with pytest.raises(ValueError, match="R >= 2 seeds x P >= 2 prompts"):
+            prompt_seed_gain(bad)
+    same = prompt_seed_gain([[0.1, 0.1], [0.1, 0.1]])                # no spread at all: a zero-width interval
+    assert same.se == 0 and same.low == same.high == pytest.approx(0.1)
+
+
+def test_the_90_interval_over_prompts_and_seeds_covers_at_its_rate_where_the_seed_only_one_does_not():
+    """New seeds and new prompts each study (d = gain + seed + prompt x config + residual): the interval of
+    prompt_seed_gain covers the true gain at its 90% rate; the seed-only SE (prompts held fixed) under-covers."""
+    rng = np.random.default_rng(3)
+    gain, runs, seeds, prompts = 0.05, 1000, 3, 32
+    covered = seed_only = 0
+    for _ in range(runs):
+        d = (gain + rng.normal(0, 0.01, (seeds, 1)) + rng.normal(0, 0.1, (1, prompts))
+             + rng.normal(0, 0.1, (seeds, prompts)))
+        g = prompt_seed_gain(d.tolist(), level=0.9)
+        covered += g.low <= gain <= g.high
+        seed_only += abs(g.mean - gain) <= t_upper(0.95, seeds - 1) * g.seed_se
+        assert g.se >= g.seed_se - 1e-12
+    assert inside_binomial(covered, runs, 0.9), covered / runs
+    assert seed_only / runs < 0.9 - 3.29 * math.sqrt(0.09 / runs), seed_only / runs   # about 0.74
 
 def test_gain_bound_against_hand_computed_quantiles():
     # gain -0.05 + allowance 0.01 = -0.04; alpha 0.1 over 2 looks: 95% one-sided; z(0.95) = 1.6448536

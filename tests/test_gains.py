@@ -159,3 +159,35 @@ def test_a_selected_gain_says_it_is_selection_biased():
     assert "significant" in paired_gain(a, b).text() and "selection-biased" not in paired_gain(a, b).text()
     text = paired_gain(a, b, selected=True).text()
     assert "selection-biased" in text and "; significant" not in text and "sweeper verify" in text
+
+
+def test_verify_decides_over_new_prompts_and_seeds_and_falls_back_to_the_seeds_saying_so():
+    """A gain steady over seeds (+0.05, +0.07, +0.06 on the seed means) made of large per-prompt swings (a prompt x
+    config interaction): significant over seeds on these prompts, not over new prompts, and verify says which
+    decides; without per-prompt results it decides on the seeds and says that it cannot speak of other prompts."""
+    from sweeper.results.compare import prompt_differences
+    from sweeper.decisions import prompt_seed_gain
+    from sweeper.results.verify import Verification
+
+    swings = {1: [0.50, -0.30, 0.40, -0.40], 2: [0.52, -0.28, 0.42, -0.38], 3: [0.51, -0.29, 0.41, -0.39]}
+    base = {s: [0.45] * 4 for s in swings}
+    chosen = {s: [0.45 + x for x in row] for s, row in swings.items()}
+    a = trial(1, {s: sum(v) / 4 for s, v in chosen.items()}, chosen)
+    b = trial(0, {s: sum(v) / 4 for s, v in base.items()}, base)
+    differences = prompt_differences(a, b)
+    assert differences == [pytest.approx(row) for row in swings.values()]
+    assert prompt_differences(a, b, "minimize")[0] == pytest.approx([-x for x in swings[1]])
+    gain = paired_gain(a, b)
+    assert gain.difference.mean == pytest.approx(0.06) and gain.difference.low > 0         # seeds only: significant
+    over_prompts = prompt_seed_gain(differences)
+    assert over_prompts.mean == pytest.approx(0.06) and over_prompts.low < 0 < over_prompts.high
+    verification = Verification("v", [1, 2, 3], 1, 0, {}, gain, over_prompts, 4)
+    text = "\n".join(verification.lines("val/pass@8"))
+    assert "gain on these 4 held-out prompts, over new seeds (seed-paired, the prompts held fixed): +0.06" in text
+    assert "gain over new prompts and new seeds (decides): +0.06" in text and "sd prompt x config" in text
+    assert not verification.survives and "more held-out prompts (--prompts) narrow it most" in verification.verdict
+    fallback = Verification("v", [1, 2, 3], 1, 0, {}, gain, None, 4, "no per-prompt results on 2 or more common seeds")
+    text = "\n".join(fallback.lines("val/pass@8"))
+    assert fallback.survives and "gain over new prompts: not measured (no per-prompt results" in text
+    assert "says nothing of prompts beyond these 4" in text and "on these 4 held-out prompts with fresh seeds" in text
+    assert prompt_differences(trial(1, {1: 0.5, 2: 0.5}), b) is None                      # no per-prompt results

@@ -62,3 +62,92 @@ def test_a_larger_synthetic_draw_keeps_the_selection_prompts_first():
     _, val_large = load_problems(large.data)
     assert val_large[:64] == val_small
     assert validation_prompts(val_large, large.eval) == val_large[64:128]
+
+
+# ------------------------------------------------------------------- eval.heldout_offset, sweeper verify --prompts
+
+
+def test_heldout_offset_puts_more_heldout_prompts_after_the_selection_ones(make_run_config):
+    config = parse_config(make_run_config(eval={"num_prompts": 24, "n_samples": 4, "k": [1, 4], "split": "heldout",
+                                                "heldout_offset": 8}, data={"synthetic": {"val_size": 32}}))
+    _, val = load_problems(config.data)
+    heldout = validation_prompts(val, config.eval)
+    assert heldout == val[8:32]
+    assert not {p.prompt for p in heldout} & {p.prompt for p in val[:8]}        # a study on 8 prompts chose on val[:8]
+
+
+def test_a_heldout_offset_beyond_the_validation_set_is_refused_naming_the_fields(make_run_config):
+    config = parse_config(make_run_config(eval={"num_prompts": 24, "n_samples": 4, "k": [1, 4], "split": "heldout",
+                                                "heldout_offset": 8}, data={"synthetic": {"val_size": 16}}))
+    _, val = load_problems(config.data)
+    with pytest.raises(ValueError, match=r"eval.heldout_offset.*data.synthetic.val_size.*at least 32.*--prompts"):
+        validation_prompts(val, config.eval)
+    with pytest.raises(ValueError, match="eval.heldout_offset .8. applies to eval.split .heldout. only, not .selection"):
+        parse_config(make_run_config(eval={"heldout_offset": 8}))
+
+
+def test_verify_prompts_validates_n_heldout_prompts_disjoint_from_the_selection_at_the_last_step_only():
+    """`sweeper verify --prompts 24` on a study that selected on 8 prompts (val_size 16): each arm validates
+    val[8:32] of a validation set drawn larger, whose first 8 are still the study's, once, at the last step."""
+    from sweeper.results.verify import _heldout
+
+    study = parse_config({"data": {"synthetic": {"val_size": 16}}, "eval": {"num_prompts": 8},
+                          "train": {"steps": 30, "eval_every": 5}})
+    config = study.model_dump(mode="json")
+    _heldout(config, selection=8, count=24, last_only=True)
+    arm = parse_config(config)
+    assert (arm.eval.split, arm.eval.heldout_offset, arm.eval.num_prompts) == ("heldout", 8, 24)
+    assert arm.data.synthetic.val_size == 32
+    assert (arm.train.eval_every, arm.train.eval_at_start) == (30, False)
+    _, val_study = load_problems(study.data)
+    _, val_arm = load_problems(arm.data)
+    selection = validation_prompts(val_study, study.eval)
+    heldout = validation_prompts(val_arm, arm.eval)
+    assert val_arm[:8] == selection and len(heldout) == 24
+    assert not {p.prompt for p in heldout} & {p.prompt for p in selection}
+    kept = study.model_dump(mode="json")
+    _heldout(kept, selection=8, count=8, last_only=False)   # the default (--prompts = the study's): val[8:16]
+    assert kept["train"]["eval_every"] == 5 and validation_prompts(val_arm, parse_config(kept).eval) == val_arm[8:16]
+
+
+def test_verify_prompts_refuses_a_dataset_validation_set_too_small_naming_the_field_and_the_fix():
+    from sweeper.results.verify import _heldout
+    from sweeper.study.schema import SpecError
+
+    config = parse_config({"data": {"source": "dataset", "dataset": {"path": "json", "data_files": "x.jsonl",
+                                                                      "val_size": 20}},
+                           "eval": {"num_prompts": 8}}).model_dump(mode="json")
+    with pytest.raises(SpecError, match=r"data.dataset.val_size is 20.*at least 32; lower --prompts to 12 or less"):
+        _heldout(config, selection=8, count=24, last_only=True)
+
+
+def test_verify_refuses_fewer_than_2_prompts_before_running_anything(tmp_path, capsys):
+    import yaml
+
+    from sweeper.cli import main
+    from sweeper.results.verify import verify
+    from sweeper.study.schema import SpecError
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": {"name": "p"}, "objective": {"metric": "val/pass@8"},
+                                    "space": {"params": {"clip.eps_high": [0.2, 0.28]}},
+                                    "budget": {"n_trials": 2}, "executor": {"type": "local"},
+                                    "tracking": {"enabled": False}}))
+    with pytest.raises(SpecError, match="--prompts: give 2 or more"):
+        verify(path, 3, prompts=1)
+    assert main(["verify", str(path), "--prompts", "1", "--no-progress"]) == 2
+    assert "--prompts: give 2 or more held-out prompts" in capsys.readouterr().err
+
+
+def test_verify_pairs_prompts_only_between_arms_that_validate_the_same_prompts():
+    from sweeper.results.verify import _heldout, _same_prompts
+
+    arms = [parse_config({"eval": {"num_prompts": 8}, "clip": {"eps_high": eps}}).model_dump(mode="json")
+            for eps in (0.2, 0.28)]
+    for arm in arms:
+        _heldout(arm, selection=8, count=24, last_only=True)
+    assert _same_prompts(*arms)
+    arms[1]["data"]["reward"] = "math_verify"                     # scored otherwise, the same prompts
+    assert _same_prompts(*arms)
+    arms[1]["data"]["synthetic"]["levels"] = [1, 2, 3]            # other validation problems: no pairing by prompt
+    assert not _same_prompts(*arms)

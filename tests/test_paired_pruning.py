@@ -159,7 +159,8 @@ def test_export_gives_the_paired_gain_over_the_baseline_and_verify_reruns_both(t
     lines = capsys.readouterr().out
     assert f"trial {best.number} vs the baseline (trial {baseline.number})" in lines
     assert "(over 3 seeds, 64 prompts)" in lines and "paired over 3 common seeds" in lines and "2 df" in lines
-    assert "gain on the held-out prompts: +" in lines and "the selection survives" in lines
+    assert "gain on these 64 held-out prompts, over new seeds (seed-paired, the prompts held fixed): +" in lines
+    assert "gain over new prompts and new seeds (decides): +" in lines and "the selection survives" in lines
     verification = [name for name in optuna.get_all_study_names(make_storage(load_spec(path).study.storage)) if "verify" in name]
     assert verification == [f"gain-verify-t{best.number}-vs-t{baseline.number}-s3"]
     arms = optuna.load_study(study_name=verification[0], storage=make_storage(load_spec(path).study.storage)).get_trials()

@@ -1,5 +1,7 @@
-"""`sweeper verify` with the real trainer on the shipped tiny model: the two arms run fresh seeds on the held-out
-validation prompts (another prompt digest than the study's), and the answer says whether the selection survives."""
+"""`sweeper verify --prompts` with the real trainer on the shipped tiny model: the two arms run fresh seeds on N
+held-out validation prompts after the study's (another prompt digest than the study's), validate once at the last
+step, and the answer gives the gain over seeds on these prompts and over new prompts and seeds, and whether the
+selection survives."""
 
 from __future__ import annotations
 
@@ -41,15 +43,22 @@ def test_verify_runs_fresh_seeds_on_heldout_prompts_with_the_real_trainer(tmp_pa
     selection = {read_per_prompt(Path(t.user_attrs["trial_dir"]) / "run" / "per_prompt.jsonl")[0]["prompt_digest"]
                  for t in study.trials}
 
-    result = verify(loaded, 3, trial=1, progress=False, log=lambda m: None)
+    result = verify(loaded, 3, trial=1, prompts=12, progress=False, log=lambda m: None)   # the study selected on 8
     assert result.seeds == [1, 2, 3] and result.gain is not None and result.gain.unit == "seeds"
-    assert result.gain.pool.df == 4                                      # 2 arms x (3 seeds - 1)
+    assert result.gain.pool.df == 2 and result.gain.pool.paired           # 1 config x (3 common seeds - 1)
+    assert result.prompt_gain is not None and (result.prompt_gain.seeds, result.prompt_gain.prompts) == (3, 12)
     arms = optuna.load_study(study_name=result.study_name, storage=make_storage(loaded.study.storage)).trials
+    assert result.study_name.endswith("-s3-p12")
     heldout = set()
     for arm in arms:
-        assert arm.state.name == "COMPLETE" and arm.user_attrs["config"]["eval"]["split"] == "heldout"
+        config = arm.user_attrs["config"]
+        assert arm.state.name == "COMPLETE" and config["eval"]["split"] == "heldout"
+        assert (config["eval"]["heldout_offset"], config["eval"]["num_prompts"]) == (8, 12)    # val[8:20]
         for folder in ("run", "run-seed2", "run-seed3"):
-            heldout |= {r["prompt_digest"] for r in read_per_prompt(Path(arm.user_attrs["trial_dir"]) / folder / "per_prompt.jsonl")}
+            records = read_per_prompt(Path(arm.user_attrs["trial_dir"]) / folder / "per_prompt.jsonl")
+            assert [r["step"] for r in records] == [1] and len(records[0]["correct"]) == 12   # the last step only
+            heldout |= {r["prompt_digest"] for r in records}
     assert len(heldout) == 1 and not heldout & selection                 # one held-out set, not the selection one
     text = "\n".join(result.lines("val/pass@4"))
-    assert "gain on the held-out prompts:" in text and "the selection" in text and ("survives" in text or "NOT survive" in text)
+    assert "gain on these 12 held-out prompts, over new seeds" in text and "over new prompts and new seeds" in text
+    assert "the selection" in text and ("survives" in text or "NOT survive" in text)

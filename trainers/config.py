@@ -200,10 +200,13 @@ class EvalConfig(_Strict):
     split: Literal["selection", "heldout"] = Field(
         "selection",
         description="Which validation prompts: 'selection' = the first eval.num_prompts of the validation set (what a "
-        "study selects on); 'heldout' = the next eval.num_prompts, disjoint from them (what `sweeper verify` "
-        "confirms a selection on). 'heldout' needs a validation set of at least 2 x eval.num_prompts (trainers/data.py: "
-        "validation_prompts).",
+        "study selects on); 'heldout' = the eval.num_prompts after the first eval.heldout_offset, disjoint from them "
+        "(what `sweeper verify` confirms a selection on; trainers/data.py: validation_prompts).",
     )
+    heldout_offset: int | None = Field(None, gt=0, description="eval.split 'heldout' only: the validation problems "
+        "before the held-out ones, i.e. the selection prompts a study chose on (its eval.num_prompts); held-out = "
+        "problems [offset, offset + eval.num_prompts), so the validation set needs offset + eval.num_prompts. None = "
+        "eval.num_prompts. `sweeper verify --prompts N` sets it to the study's eval.num_prompts, num_prompts to N.")
     step0_cache: str | None = Field(
         None,
         description="A folder where the step-0 validation of the untrained model is kept and reused by every run "
@@ -213,6 +216,9 @@ class EvalConfig(_Strict):
 
     @model_validator(mode="after")
     def _k_le_n(self) -> "EvalConfig":
+        if self.heldout_offset is not None and self.split != "heldout":
+            raise ValueError(f"eval.heldout_offset ({self.heldout_offset}) applies to eval.split 'heldout' only, not "
+                             f"{self.split!r}: remove eval.heldout_offset or set eval.split: heldout")
         for k in self.k:
             if k < 1 or k > self.n_samples:
                 raise ValueError(

@@ -29,9 +29,10 @@ folder -- with ``prompt_field``/``answer_field`` picking the columns and ``promp
 prompt (``"{prompt}"`` by default; other columns of the row are available by name too).
 
 Selection and held-out prompts (:func:`validation_prompts`): a run validates on the first
-``eval.num_prompts`` validation problems (``eval.split: selection``, what a study selects on) or on the next
-``eval.num_prompts`` (``eval.split: heldout``), disjoint from them: ``sweeper verify`` confirms a study's
-choice there, on prompts the choice was not made on.
+``eval.num_prompts`` validation problems (``eval.split: selection``, what a study selects on) or on the
+``eval.num_prompts`` after the first ``eval.heldout_offset`` (``eval.split: heldout``; the offset defaults to
+``eval.num_prompts``), disjoint from them: ``sweeper verify`` confirms a study's choice there, on prompts the
+choice was not made on (``--prompts N``: N of them, after the study's own ``eval.num_prompts``).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def synthetic_problems(config: SyntheticTaskConfig, split: str) -> list[Problem]
             if share > available:
                 raise ValueError(
                     f"data.synthetic.val_size ({size}) asks {share} validation problems of level {level}, "
-                    f"which holds about {available} usable held-out problems: lower val_size or add levels"
+                    f"which holds about {available} usable held-out problems: lower val_size or add levels (a "
+                    f"`sweeper verify --prompts N` arm needs eval.heldout_offset + N: give a smaller --prompts)"
                 )
     rng = random.Random(f"synthetic:{config.seed}:{split}")
     problems: list[Problem] = []
@@ -247,15 +249,18 @@ def load_problems(data_config: DataConfig) -> tuple[list[Problem], list[Problem]
 
 
 def validation_prompts(val: list[Problem], eval_config: EvalConfig) -> list[Problem]:
-    """The problems a run validates on: ``val[:n]`` for ``eval.split`` 'selection', ``val[n:2n]`` for 'heldout'
-    (n = ``eval.num_prompts``; disjoint from the selection prompts). A held-out split needs 2n validation problems."""
+    """The problems a run validates on: ``val[:n]`` for ``eval.split`` 'selection', ``val[m:m + n]`` for 'heldout'
+    (n = ``eval.num_prompts``, m = ``eval.heldout_offset``, default n: disjoint from the selection prompts of
+    any run with ``eval.num_prompts`` <= m). A held-out split needs m + n validation problems."""
     count = eval_config.num_prompts
     if eval_config.split == "selection":
         return val[:count]
-    if len(val) < 2 * count:
+    offset = eval_config.heldout_offset or count
+    if len(val) < offset + count:
         raise ValueError(
-            f"eval.split 'heldout' validates on the {count} validation problems after the first eval.num_prompts "
-            f"({count}), but the validation set holds {len(val)}: raise data.synthetic.val_size (or "
-            f"data.dataset.val_size / the val_split's rows) to at least {2 * count}, or lower eval.num_prompts"
+            f"eval.split 'heldout' validates on the {count} validation problems (eval.num_prompts) after the first "
+            f"{offset} (eval.heldout_offset, default eval.num_prompts: the selection prompts), but the validation set "
+            f"holds {len(val)}: raise data.synthetic.val_size (or data.dataset.val_size / the val_split's rows) to at "
+            f"least {offset + count}, or lower eval.num_prompts (`sweeper verify --prompts`)"
         )
-    return val[count:2 * count]
+    return val[offset:offset + count]

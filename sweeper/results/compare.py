@@ -122,3 +122,19 @@ def paired_gain(better: Any, reference: Any, direction: str = "maximize", pool: 
     if len(vectors[0]) != len(vectors[1]):
         return None
     return Gain(better.number, reference.number, paired_difference(*vectors), "prompts", None, selected)
+
+
+def prompt_differences(better: Any, reference: Any, direction: str = "maximize") -> list[list[float]] | None:
+    """``d[s][i]``: trial ``better`` minus trial ``reference`` on prompt i of common seed s (signed so that positive
+    is an improvement), from each seed's per-prompt objective (user attr ``replicates``), for
+    :func:`sweeper.decisions.prompt_seed_gain`. Prompts pair by position: runs that validate the same prompts
+    report them in the same order (the reporter's ``prompt_digest``). None when a common seed lacks its per-prompt
+    results or the vectors differ in length (no pairing by prompt is possible)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    rows = [{int(r["seed"]): r.get("per_prompt") for r in t.user_attrs.get(ATTR_REPLICATES) or []}
+            for t in (better, reference)]
+    common = sorted(set(rows[0]) & set(rows[1]))
+    vectors = [(rows[0][s], rows[1][s]) for s in common]
+    if not vectors or any(not a or not b for a, b in vectors) or len({len(v) for pair in vectors for v in pair}) != 1:
+        return None
+    return [[sign * (x - y) for x, y in zip(a, b)] for a, b in vectors]
