@@ -191,3 +191,29 @@ def test_verify_decides_over_new_prompts_and_seeds_and_falls_back_to_the_seeds_s
     assert fallback.survives and "gain over new prompts: not measured (no per-prompt results" in text
     assert "says nothing of prompts beyond these 4" in text and "on these 4 held-out prompts with fresh seeds" in text
     assert prompt_differences(trial(1, {1: 0.5, 2: 0.5}), b) is None                      # no per-prompt results
+
+
+def test_a_best_chosen_over_configs_that_left_the_race_is_selection_biased():
+    """The quickstart's case: GRPO (baseline) and SIREN complete, two methods stopped by the futility race after
+    their first seed. SIREN was chosen over three candidates, so its gain is selection-biased; with one candidate
+    besides the baseline (nothing to choose between) it is not."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from sweeper.results.export import _selected
+
+    def trial(value, state=TrialState.COMPLETE):
+        done = state == TrialState.COMPLETE
+        return create_trial(state=state, value=value if done else None, params={"x": value},
+                            distributions={"x": FloatDistribution(0, 1)}, intermediate_values={120: value})
+
+    study = optuna.create_study(direction="maximize")
+    for t in (trial(0.72), trial(0.76), trial(0.73, TrialState.PRUNED), trial(0.72, TrialState.PRUNED)):
+        study.add_trial(t)
+    baseline, best = study.trials[0], study.trials[1]
+    assert _selected(study, None, best, baseline)
+    alone = optuna.create_study(direction="maximize")
+    for t in (trial(0.72), trial(0.76)):
+        alone.add_trial(t)
+    assert not _selected(alone, None, alone.trials[1], alone.trials[0])

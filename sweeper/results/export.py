@@ -217,9 +217,11 @@ def export_trial(
 
 
 def _selected(study: Any, spec: StudySpec, frozen: Any, baseline: Any) -> bool:
-    """True when ``frozen`` is the study's best of two or more complete configs besides the baseline: chosen on
-    the same seeds and prompts its gain is measured on (the winner's curse)."""
-    others = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.number != baseline.number
+    """True when ``frozen`` is the study's best of two or more configs besides the baseline that ran (complete, or
+    stopped by a pruner after it reported: a config that left a race was in the selection): chosen on the same
+    seeds and prompts its gain is measured on (the winner's curse)."""
+    others = [t for t in study.get_trials(deepcopy=False) if t.number != baseline.number
+              and (t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and t.intermediate_values))
               and t.user_attrs.get(ATTR_SAME_CONFIG) is None]
     try:
         best = study.best_trial.number
