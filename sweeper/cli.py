@@ -257,10 +257,10 @@ def _export(args: argparse.Namespace) -> int:
     if exported.gain is not None:
         print(f"gain over the baseline (trial {exported.baseline}): {exported.gain.text()}")
         if exported.gain.selected:
-            print(f"note: selection-biased; confirm on held-out prompts with fresh seeds: sweeper verify {args.study} --seeds 3",
+            print(f"note: selection-biased; confirm on held-out prompts with fresh seeds: sweeper verify {args.study} --seeds 5 --prompts 512",
                   file=sys.stderr)
         elif not exported.gain.difference.significant:
-            print(f"warning: the gain is not significant; before a full run: sweeper verify {args.study} --seeds 3",
+            print(f"warning: the gain is not significant; before a full run: sweeper verify {args.study} --seeds 5 --prompts 512",
                   file=sys.stderr)
     for line in exported.contenders:
         print(line)
