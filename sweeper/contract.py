@@ -72,6 +72,8 @@ ATTR_REPLICATES = "replicates"          # [{"seed", "values", "per_prompt"}]: pe
 ATTR_SAME_CONFIG = "same_config_as"    # a duplicate config: the complete trial whose result it reuses (sweeper.run.reuse)
 PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prompt values at that validation
 ATTR_SEED_VALUES = "seed_values"          # {seed: the objective of that seed's run}, after each finished seed
+ATTR_RACE_WAITING = "race_waiting"        # budget.race rounds: "after seed r" while the trial waits for its round, else ""
+ATTR_RACE_END = "race_end"                # budget.race rounds: why a trial ended with fewer seeds ("race decided after seed 1 ...")
 SEED_CURVE_PREFIX = "seed_curve/"         # + seed: {step: the objective's validation value at that step}
 
 
@@ -155,6 +157,7 @@ class TrialTicket:
     seeds: list[int] = field(default_factory=list)          # training seeds to run (budget.seeds); [] = the config's
     baseline: bool = False                                  # the study's baseline: no score-based pruning
     seeds_min: int = 0                                      # racing: seeds every config runs (0 = all of seeds)
+    race: str = "in_trial"                                  # budget.race: rounds = wait after each seed (sweeper.run.race)
 
     def write(self, trial_dir: Path) -> None:
         """``trial.json`` holds no password: the URLs are written without one (the trial process gets them
@@ -192,9 +195,11 @@ class TrialTicket:
 @dataclass
 class Outcome:
     """How a trial process ended (``outcome.json``). ``PREEMPTED`` is never written: the requeued job
-    goes on with the same trial."""
+    goes on with the same trial. ``AWAITING_ROUND`` (``budget.race: rounds``): the trial finished a seed and waits
+    for its race round, still RUNNING; its values are those of a COMPLETE outcome over the seeds it finished
+    (:mod:`sweeper.run.race` decides what happens next)."""
 
-    state: Literal["COMPLETE", "PRUNED", "FAIL", "PREEMPTED"]
+    state: Literal["COMPLETE", "PRUNED", "FAIL", "PREEMPTED", "AWAITING_ROUND"]
     step: int | None = None                               # the last training step
     values: list[float] | None = None                     # COMPLETE: the objective value(s)
     partial_values: list[float | None] | None = None      # PRUNED: the objective(s) aggregated so far
@@ -267,7 +272,7 @@ class Outcome:
         return attrs
 
 
-OUTCOME_STATES = ("COMPLETE", "PRUNED", "FAIL", "PREEMPTED")
+OUTCOME_STATES = ("COMPLETE", "PRUNED", "FAIL", "PREEMPTED", "AWAITING_ROUND")
 
 
 def _is_number(value: Any) -> bool:
@@ -283,8 +288,8 @@ def outcome_problem(data: Any) -> str | None:
     if state not in OUTCOME_STATES:
         return f"state {state!r} is not one of {', '.join(OUTCOME_STATES)}"
     values = data.get("values")
-    if state == "COMPLETE" and (not isinstance(values, list) or not values or not all(_is_number(v) for v in values)):
-        return f"a COMPLETE outcome needs values, a non-empty list of numbers; got {values!r}"
+    if state in ("COMPLETE", "AWAITING_ROUND") and (not isinstance(values, list) or not values or not all(_is_number(v) for v in values)):
+        return f"a {state} outcome needs values, a non-empty list of numbers; got {values!r}"
     for name in ("step", "pruned_at_step", "prompts", "num_processes", "resumed_from_step"):
         if data.get(name) is not None and not (isinstance(data[name], int) and not isinstance(data[name], bool)):
             return f"{name} must be an integer, got {data[name]!r}"

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeper.contract import (ATTR_FAIL_REASON, ATTR_PRUNE_REASON, ATTR_PRUNED_AT_STEP, ATTR_REPLICATES, ATTR_SAME_CONFIG,
-                              ATTR_STOP_REASON,
-                              trial_state)
+                              ATTR_RACE_END, ATTR_RACE_WAITING, ATTR_STOP_REASON, trial_state)
 from sweeper.results.compare import Gain, Pool, baseline_trial, paired_gain, study_pool
 from sweeper.results.gains import ruled_out, upper_bound
 from sweeper.study.schema import SpecError
@@ -106,6 +105,8 @@ def study_standings(spec: Any, study: Any, *, delta: float | None = None, alpha:
         why = ""
         if state in ("RUNNING", "WAITING"):
             race = state.lower()
+            if trial.user_attrs.get(ATTR_RACE_WAITING):      # budget.race rounds (sweeper.run.race)
+                race, why = "waits for its round", f"waits after {trial.user_attrs[ATTR_RACE_WAITING]}"
         elif state == "COMPLETE":
             same = trial.user_attrs.get(ATTR_SAME_CONFIG)
             if best is not None and trial.number == best.number:
@@ -116,6 +117,8 @@ def study_standings(spec: Any, study: Any, *, delta: float | None = None, alpha:
                 race = "in the race" if delta is not None else "complete"
             if same is not None:
                 why = (why + "; " if why else "") + f"same config as #{same}"
+            if trial.user_attrs.get(ATTR_RACE_END):
+                why = (why + "; " if why else "") + str(trial.user_attrs[ATTR_RACE_END])
         elif state == "PRUNED":
             race, why = "stopped", stop_text(trial)
         else:

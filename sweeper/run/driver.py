@@ -35,6 +35,9 @@ One driver per study, across hosts: the driver holds a lease kept in the study's
 live, and takes over the lease of a dead one (same machine: at once; another host: once its
 heartbeat is older than the lease ttl).
 
+Racing in rounds (``budget.race: rounds``, :mod:`sweeper.run.race`): a trial that finished a seed and waits for
+its round frees its slot (outcome AWAITING_ROUND, still RUNNING); the driver gives each round's verdicts.
+
 Live view (:mod:`sweeper.run.live`): while trials run, a line every ``live_interval`` seconds (when it
 changed) gives each running trial's seed r/R, step s/S and last validation, and a trial that stops is
 logged with why (the pruner's ``stop_reason`` when it records one); the same text goes into the MLflow
@@ -53,7 +56,6 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,12 +63,14 @@ import yaml
 
 from sweeper.run.checks import check_launch
 from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
-                       ATTR_MLFLOW_RUN_ID, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
-                       RUN_DIR, STEP0_CACHE_DIR, SUBMITIT_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
+                       ATTR_MLFLOW_RUN_ID, ATTR_RACE_END, ATTR_RACE_WAITING, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
+                       OUTCOME_FILE, RUN_DIR, STEP0_CACHE_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from sweeper.redaction import secret_environment
-from sweeper.run.executors.base import TrialJob, patched_environ
+from sweeper.run.executors.base import TrialJob, find_local_job_id, patched_environ
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.run.live import LiveView
+from sweeper.run.report import InFlight, StudyReport
+from sweeper.run.race import RoundRace, ended_outcome, seed_look
 from sweeper.run.reuse import find_identical, reuse_result
 from sweeper.study.samplers import grid_size
 from sweeper.study.space import Rejected, SampledConfig, grid_search_space
@@ -76,46 +80,6 @@ from sweeper.run.storage import open_study
 MAX_CONSECUTIVE_REJECTIONS = 200
 STDERR_ATTR_CHARS = 4000
 NO_OUTCOME = "the trial process ended without an outcome (killed, out of memory, or past its time limit?)"
-
-
-@dataclass
-class InFlight:
-    number: int
-    trial_id: int
-    job: TrialJob
-    trial_dir: Path
-    submitted: float
-    reattached: bool = False
-
-
-@dataclass
-class StudyReport:
-    """What a run did (returned by :func:`run_study`)."""
-
-    study_name: str
-    study_dir: str
-    storage: str
-    counts: dict[str, int]                     # state (sweeper.contract.trial_state) -> trials in storage
-    best_value: float | None = None
-    best_params: dict[str, Any] | None = None
-    best_trial: int | None = None
-    launched: int = 0
-    finished: int = 0
-    rejected: int = 0
-    reattached: int = 0
-    requeued: int = 0
-    wall_seconds: float = 0.0                  # the whole run, setup included
-    loop_seconds: float = 0.0                  # first submission -> last trial told
-    driver_seconds: float = 0.0                # time spent in ask/sample/submit/tell (not waiting)
-    slot_busy_seconds: float = 0.0             # sum over trials of submit -> noticed done
-    max_parallel: int = 1
-    trial_seconds: list[float] = field(default_factory=list)            # inside the trial process
-    intervals: list[tuple[int, float, float]] = field(default_factory=list)  # (trial, submitted, noticed done)
-
-    @property
-    def slot_utilization(self) -> float:
-        """Busy slot-time / available slot-time over the loop (1.0 = a slot never waits on the driver)."""
-        return self.slot_busy_seconds / (self.max_parallel * self.loop_seconds) if self.loop_seconds else 0.0
 
 
 class Driver:
@@ -165,6 +129,8 @@ class Driver:
         self._rejections_in_a_row = 0
         self._lease = None  # the study's driver lease (sweeper.run.lock), held while the driver runs
         self.live = LiveView(live_interval)  # running trials and stops, on stderr and in MLflow (sweeper.run.live)
+        self.race = RoundRace(lambda number, trial_id, seeds: seed_look(self.study, self.storage, number, trial_id, seeds))
+        self._race_changed = True   # budget.race rounds: a trial ended or began waiting since the last round
 
     # ------------------------------------------------------------------ logging / progress
 
@@ -233,11 +199,7 @@ class Driver:
             self._lease.check()  # LeaseLost if another driver took the study over (sweeper.run.lock)
             t0 = time.perf_counter()
             # refill
-            while len(self.in_flight) < self.max_parallel and time.time() < deadline:
-                if self.n_trials is not None and already + launched_here >= self.n_trials:
-                    break
-                if self.spec.budget.trial_steps is not None and self._steps_spent() >= self.spec.budget.trial_steps:
-                    break
+            while len(self.in_flight) < self.max_parallel and self._may_start(already + launched_here, deadline):
                 flight = self._launch()
                 launched_here += 1
                 if flight is None:
@@ -246,10 +208,12 @@ class Driver:
                 self._update_bar()
                 if self.spec.executor.one_at_a_time:
                     break  # it already ran: reap it before the next one
+            if self.race.waiting and self._race_changed:
+                self._rounds(self._may_start(already + launched_here, deadline))
             self.report.driver_seconds += time.perf_counter() - t0
             if loop_start is None and self.in_flight:
                 loop_start = min(f.submitted for f in self.in_flight)
-            if not self.in_flight:
+            if not self.in_flight and not self.race.waiting:
                 break
             done = [f for f in self.in_flight if f.job.done()]
             if not done:
@@ -265,6 +229,35 @@ class Driver:
                 self._finish(flight)
             self.report.driver_seconds += time.perf_counter() - t1
             self.report.loop_seconds = time.time() - loop_start
+
+    def _may_start(self, started: int, deadline: float) -> bool:
+        """Whether the budget lets a new trial start (``started``: trials counted so far)."""
+        if time.time() >= deadline or self.n_trials is not None and started >= self.n_trials:
+            return False
+        return self.spec.budget.trial_steps is None or self._steps_spent() < self.spec.budget.trial_steps
+
+    def _rounds(self, new_trials: bool) -> None:
+        """budget.race rounds: give the waiting trials the verdicts due now (:mod:`sweeper.run.race`)."""
+        self._race_changed = False
+        spent = self.spec.budget.trial_steps is not None and self._steps_spent() >= self.spec.budget.trial_steps
+        flights = [(self.storage.get_trial(f.trial_id).user_attrs, f.number) for f in self.in_flight]
+        for waiting, verdict in self.race.decide(self.race.in_flight(flights, self.spec.budget.seeds_min), new_trials, spent):
+            self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")
+            if verdict.action != "go":
+                self.race.done(waiting.number)
+                outcome = ended_outcome(waiting.outcome, verdict, self.spec.trial_steps(), self.spec.budget.seeds)
+                outcome.write(waiting.trial_dir)
+                if verdict.action == "end":
+                    self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_END, verdict.message)
+                self._record(waiting.number, waiting.trial_id, outcome, time.time(), None)
+            elif len(self.in_flight) < self.max_parallel:   # its next seed: a job for the same trial
+                (waiting.trial_dir / OUTCOME_FILE).unlink(missing_ok=True)
+                with patched_environ(secret_environment(self.spec.study.storage, self.spec.tracking.uri)):
+                    job = self.executor.submit(waiting.trial_dir, f"{self.spec.study.name}-{waiting.number}")
+                self.storage.set_trial_user_attr(waiting.trial_id, ATTR_JOB_ID, job.job_id)
+                self.race.launched(waiting.number, waiting.seeds + 1)
+                self.in_flight.append(InFlight(waiting.number, waiting.trial_id, job, waiting.trial_dir, time.time()))
+                self.log(f"trial {waiting.number}: its race goes on with seed {waiting.seeds + 1}")
 
     # ------------------------------------------------------------------ launch
 
@@ -318,6 +311,7 @@ class Driver:
             seeds=seeds,
             baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
             seeds_min=self.spec.budget.seeds_min or 0,
+            race=self.spec.budget.race,
         )
         ticket.write(trial_dir)
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))
@@ -356,52 +350,63 @@ class Driver:
     # ------------------------------------------------------------------ finish
 
     def _finish(self, flight: InFlight) -> None:
-        import optuna
-
         if self._lease is not None:
             self._lease.check()  # fencing: a driver paused past its lease tells nothing (LeaseLost)
         now = time.time()
         self.report.slot_busy_seconds += now - flight.submitted
         self.report.intervals.append((flight.number, flight.submitted, now))
         outcome = Outcome.read(flight.trial_dir) or Outcome("FAIL", fail_reason=flight.job.end_reason() or NO_OUTCOME)
+        self._race_changed = True
+        if outcome.state == "AWAITING_ROUND":   # budget.race rounds: still RUNNING, decided with its round
+            self.race.wait(flight.number, flight.trial_id, flight.trial_dir, outcome)
+            self.storage.set_trial_user_attr(flight.trial_id, ATTR_RACE_WAITING, f"after seed {len(outcome.replicates or [])}")
+            self.log(f"trial {flight.number}: {outcome.message} ({now - flight.submitted:.1f} s)")
+            return
+        self._record(flight.number, flight.trial_id, outcome, flight.submitted, flight.job)
+
+    def _record(self, number: int, trial_id: int, outcome: Outcome, submitted: float, job: TrialJob | None) -> None:
+        """Tell Optuna (and MLflow) a trial's final ``outcome``."""
+        import optuna
+
+        now = time.time()
         state = outcome.state
         attrs = outcome.user_attrs()
         stderr_tail = None
         if state == "FAIL":
-            stderr_tail = (flight.job.failure_text() or outcome.traceback or "")[-STDERR_ATTR_CHARS:]
+            stderr_tail = ((job.failure_text() if job else "") or outcome.traceback or "")[-STDERR_ATTR_CHARS:]
             attrs[ATTR_STDERR_TAIL] = stderr_tail
         if outcome.seconds is not None:
             self.report.trial_seconds.append(float(outcome.seconds))
-        frozen = self.storage.get_trial(flight.trial_id)
+        frozen = self.storage.get_trial(trial_id)
         if frozen.state != optuna.trial.TrialState.RUNNING:
-            self.log(f"trial {flight.number} was already {frozen.state.name} in storage; outcome {state} not recorded")
+            self.log(f"trial {number} was already {frozen.state.name} in storage; outcome {state} not recorded")
             return
         for key, value in attrs.items():
-            self.storage.set_trial_user_attr(flight.trial_id, key, value)
+            self.storage.set_trial_user_attr(trial_id, key, value)
         values = outcome.values if state == "COMPLETE" else None
         if state == "COMPLETE":
-            self.study.tell(flight.number, values if self.spec.is_multi_objective else values[0], skip_if_finished=True)
+            self.study.tell(number, values if self.spec.is_multi_objective else values[0], skip_if_finished=True)
         elif state == "PRUNED" and outcome.seed_mean() is not None:   # its finished seeds' mean, not Optuna's last report
             self.study.sampler.after_trial(self.study, frozen, optuna.trial.TrialState.PRUNED, None)
-            self.storage.set_trial_state_values(flight.trial_id, optuna.trial.TrialState.PRUNED, outcome.seed_mean())
+            self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.PRUNED, outcome.seed_mean())
         else:
-            self.study.tell(flight.number, state=getattr(optuna.trial.TrialState, state), skip_if_finished=True)
+            self.study.tell(number, state=getattr(optuna.trial.TrialState, state), skip_if_finished=True)
         self.counts[state] = self.counts.get(state, 0) + 1
         self.report.finished += 1
         if state == "COMPLETE" and not self.spec.is_multi_objective:
             value = values[0]
             better = self.best is None or (value > self.best[0] if self.spec.directions[0] == "maximize" else value < self.best[0])
             if better:
-                self.best = (value, flight.number)
+                self.best = (value, number)
         detail = {
             "COMPLETE": lambda: "value " + ", ".join(f"{v:.4g}" for v in values),
             "PRUNED": lambda: frozen.user_attrs.get(ATTR_STOP_REASON) or f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}",
             "FAIL": lambda: attrs.get("fail_reason", ""),
         }[state]()
-        self.log(f"trial {flight.number} {state}: {detail} ({now - flight.submitted:.1f} s)")
+        self.log(f"trial {number} {state}: {detail} ({now - submitted:.1f} s)")
         if state != "COMPLETE":
-            self.live.stopped(f"trial {flight.number} {state}: {detail}")
-        self._mark_tracking(flight.trial_id, flight.number, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
+            self.live.stopped(f"trial {number} {state}: {detail}")
+        self._mark_tracking(trial_id, number, state, attrs.get("prune_reason"), stderr_tail, values[0] if values else None)
         self._update_bar(1)
 
     # ------------------------------------------------------------------ resume
@@ -431,7 +436,7 @@ class Driver:
             job = None
             if trial_dir is not None:
                 if job_id is None:
-                    job_id = _find_local_job_id(trial_dir)
+                    job_id = find_local_job_id(trial_dir)
                 if job_id is not None:
                     job = self.executor.reattach(str(job_id), trial_dir)
             if job is not None and (job.outlives_driver or not job.done() or Outcome.read(trial_dir) is not None):
@@ -584,13 +589,6 @@ def preflight(spec: StudySpec, mounts_text: str | None = None) -> None:
             f"several nodes writing to it may corrupt it: prefer an MLflow server (tracking.uri: http://host:5000)",
             stacklevel=2,
         )
-
-
-def _find_local_job_id(trial_dir: Path) -> str | None:
-    """A submitit folder's job id when the driver died before recording it (newest submission)."""
-    folder = trial_dir / SUBMITIT_DIR
-    pickles = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return pickles[-1].name.split("_", 1)[0] if pickles else None
 
 
 # --------------------------------------------------------------------------- public API

@@ -4,7 +4,7 @@ config (a number, or a range that races configs over seeds with the futility pru
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -45,6 +45,13 @@ class BudgetSpec(SpecModel):
         description='Racing (budget.seeds as a range, {min: 1, max: 3} or "1-3"): every config runs this many '
         "seeds, the rest only while the futility pruner keeps it in the race. None = all budget.seeds.",
     )
+    race: Literal["in_trial", "rounds"] = Field(
+        "in_trial",
+        description="Racing order (budget.seeds a range): in_trial = a config runs its seeds one after another in its "
+        "trial; rounds = after each seed past the first min a config waits, new configs run their first seeds "
+        "first, then the waiting ones are judged together and the race ends once one config is left "
+        "(sweeper.run.race).",
+    )
     trial_steps: int | None = Field(
         None,
         gt=0,
@@ -77,6 +84,9 @@ class BudgetSpec(SpecModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> "BudgetSpec":
+        if self.race == "rounds" and not (self.seeds_min is not None and self.seeds_min < self.seeds):
+            raise ValueError(f"budget.race: rounds races configs over seeds; give budget.seeds as a range "
+                             f'(e.g. "1-3"), or drop budget.race (budget.seeds is {self.seeds})')
         if self.n_trials is None and self.timeout is None and self.trial_steps is None:
             raise ValueError("give n_trials, timeout or trial_steps (or several): a study needs a budget")
         return self

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Iterator, Literal, Protocol
 from pydantic import Field, field_validator
 
 from sweeper.study.schema import SpecModel
+from sweeper.contract import SUBMITIT_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 STDERR_TAIL_CHARS = 4000
@@ -176,3 +177,10 @@ def patched_environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def find_local_job_id(trial_dir: Path) -> str | None:
+    """A submitit folder's job id when the driver died before recording it (newest submission)."""
+    folder = trial_dir / SUBMITIT_DIR
+    pickles = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return pickles[-1].name.split("_", 1)[0] if pickles else None

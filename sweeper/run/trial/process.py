@@ -150,6 +150,7 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
         futility.set_race(ticket.seeds_min or len(runs), len(runs))
     finished = read_replicates(trial_dir)
     ending: Outcome | None = None
+    waiting = False
     summary: Mapping[str, Any] = {"status": "completed", "step": config.train.steps, "stop_reason": None}
     print(f"[sweeper] trial {ticket.trial_number} of study {ticket.study_name}: {json.dumps(ticket.sampled, default=str)}"
           + (f", seeds {[seed for seed, _ in runs]}" if len(runs) > 1 else ""), flush=True)
@@ -195,11 +196,22 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
         if len(runs) > 1:
             atomic_write(trial_dir / REPLICATES_FILE, json.dumps(finished))
         if futility is not None:
-            stop = _seed_look(futility, study, storage, ticket, trial, finished)
+            rounds = ticket.race == "rounds" and not ticket.baseline and futility.seeds_min <= len(finished) < len(runs)
+            stop = _seed_look(futility, study, storage, ticket, trial, finished, look=not rounds)
             if stop is not None:
                 ending = stop
                 break
-    outcome = _with_uncertainty(ending, finished, len(runs), ticket)
+            if rounds:   # budget.race rounds: the driver judges the trial with its round (sweeper.run.race)
+                waiting = True
+                break
+    outcome = with_uncertainty(ending, finished, len(runs), ticket)
+    if waiting:
+        outcome.state = "AWAITING_ROUND"
+        outcome.message = f"waits after seed {len(finished)} for its race round"
+        print(f"[sweeper] trial {ticket.trial_number} {outcome.message}", flush=True)
+        if tracker is not None:  # the run stays open: the next round's job (or the driver) ends it
+            tracker.keep_unsent("waits for its race round")
+        return outcome
     if tracker is not None:
         tracker.on_end(summary, state=outcome.state)  # the run's status and tags from the outcome, as Optuna's
     print(f"[sweeper] trial {ticket.trial_number} {outcome.state} at step {outcome.step}", flush=True)
@@ -207,20 +219,25 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
 
 
 def _seed_look(futility: FutilityPruner, study: Any, storage: Any, ticket: TrialTicket, trial: Any,
-               finished: list[dict[str, Any]]) -> Outcome | None:
-    """Store the finished seeds' values (every trial's futility looks read them), then the seed look: a
-    PRUNED outcome (prune_reason futility) when this config is out of the race."""
+               finished: list[dict[str, Any]], look: bool = True) -> Outcome | None:
+    """Store the finished seeds' values (every trial's futility looks read them), then (``look``) the seed
+    look: a PRUNED outcome (prune_reason futility) when this config is out of the race."""
     trial.set_user_attr(ATTR_SEED_VALUES, {str(r["seed"]): r["values"][0] for r in finished})
-    if ticket.baseline:
+    if ticket.baseline or not look:
         return None
-    look = futility.after_seed(study, storage.get_trial(ticket.trial_id), len(finished))
-    if look is None or not look.stop:
+    result = futility.after_seed(study, storage.get_trial(ticket.trial_id), len(finished))
+    if result is None or not result.stop:
         return None
-    message = f"stopped after seed {len(finished)}: {look.message}"
+    message = f"stopped after seed {len(finished)}: {result.message}"
     print(f"[sweeper] trial {ticket.trial_number} {message}", flush=True)
+    return futility_stop(message, finished, ticket.trial_steps)
+
+
+def futility_stop(message: str, finished: list[dict[str, Any]], steps: int) -> Outcome:
+    """The PRUNED outcome of a futility stop after ``finished`` seeds (before :func:`with_uncertainty`)."""
     mean = sum(r["values"][0] for r in finished) / len(finished)
-    return Outcome("PRUNED", step=ticket.trial_steps, prune_reason=PRUNE_REASON, message=message, partial_values=[mean],
-                   pruned_at_step=ticket.trial_steps)
+    return Outcome("PRUNED", step=steps, prune_reason=PRUNE_REASON, message=message, partial_values=[mean],
+                   pruned_at_step=steps)
 
 
 def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket: TrialTicket, seed: int):
@@ -235,7 +252,7 @@ def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket:
     return look
 
 
-def _with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
+def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
     """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
     finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1)
     (:func:`~sweeper.statistics.replicate_summary`). A PRUNED trial that finished seeds before it stopped

@@ -1,0 +1,171 @@
+"""Racing in rounds: ``budget.race: rounds`` (the order of F-Race, Birattari et al., GECCO 2002).
+
+    budget: {n_trials: 4, seeds: "1-3", race: rounds}
+    pruner: {type: futility, delta: 0.03}
+
+With ``race: in_trial`` (the default) a config runs its seeds one after another inside its trial and the
+futility rule looks after each one. With ``rounds``:
+
+1. The baseline runs all its seeds straight: its seeds are the run-to-run sd's first estimate. Every other
+   config runs its first ``seeds_min`` seeds; then its trial process ends with the outcome AWAITING_ROUND (the
+   trial stays RUNNING in Optuna, user attr ``race_waiting``) and frees its slot. No look is made yet.
+2. New configs go first: the driver takes waiting trials up only once it starts no new trial (``n_trials``
+   reached, ``budget.trial_steps`` spent, or past ``budget.timeout``).
+3. A round: the waiting trials with the fewest finished seeds r, once no trial in flight has fewer than r
+   finished (it would still add its seed r). Each gets its one seed look after r seeds, in trial order: the
+   futility rule of :mod:`sweeper.study.futility`, the same rule and K as the in-trial look, with what every
+   config has finished by then. Stopped: PRUNED (``prune_reason: futility``).
+4. The race is decided when one config besides the baseline is left in it (no other waiting or in flight,
+   no new trial to come): it ends COMPLETE with the seeds it finished (user attr ``race_end``: "race decided
+   after seed r ..."). More seeds would only tighten its gain over the baseline on the study's own seeds and
+   prompts, the selection's, where it is biased upward; ``sweeper verify`` measures that gain without the
+   bias, on fresh seeds and held-out prompts.
+5. Otherwise each survivor's next seed runs: a new job for the same trial, which resumes after the seeds it
+   finished (``replicates.json``) and waits again after the seed (unless it was its last). Once
+   ``budget.trial_steps`` is spent, waiting trials end with the seeds they finished.
+
+What it buys, measured by ``python benchmarks/pruning_quality.py simulate`` (docs/sweeper.md): the configs
+that leave the race early cost their first seed only, and the winner does not run seeds that could no longer
+change the decision. The price: Optuna's samplers learn from finished trials, and a waiting config is
+finished only when its race is resolved, after every new trial has started: rounds suits a race of enqueued
+or few configs (the quickstart's), in_trial a long TPE search.
+
+The driver owns every decision here (it is the one place that tells Optuna): a stopped or ended trial is
+told from its AWAITING_ROUND outcome (values over the finished seeds) without starting a process. A driver
+restarted between a look and the seed it allowed looks again (a look more than K counts, in that rare case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from sweeper.contract import ATTR_BASELINE, Outcome, trial_seed_values
+
+__all__ = ["Waiting", "Verdict", "RoundRace", "ended_outcome", "seed_look"]
+
+
+@dataclass
+class Waiting:
+    """A trial waiting for its round: ``seeds`` finished, ``outcome`` its AWAITING_ROUND outcome."""
+
+    number: int
+    trial_id: int
+    trial_dir: Path
+    seeds: int
+    outcome: Outcome
+    cleared: bool = False        # its look let it go on; it waits for a free slot only
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str        # "stop" (futility) | "end" (race decided, or the trial-steps budget spent) | "go" (next seed)
+    message: str
+
+
+def ended_outcome(waiting: Outcome, verdict: Verdict, trial_steps: int, seeds: int) -> Outcome:
+    """The final outcome of a waiting trial that its round stops or ends (a pure function of its
+    AWAITING_ROUND outcome): PRUNED futility valued at the mean over its finished seeds, or COMPLETE over them."""
+    from sweeper.run.trial.process import futility_stop, with_uncertainty
+
+    finished = list(waiting.replicates or [])
+    if verdict.action == "stop":
+        outcome = with_uncertainty(futility_stop(verdict.message, finished, trial_steps), finished, seeds, None)
+        return replace(outcome, seconds=waiting.seconds, summary=waiting.summary)
+    if verdict.action == "end":
+        return replace(waiting, state="COMPLETE", message=verdict.message)
+    raise ValueError(f"a {verdict.action!r} verdict does not end a trial")
+
+
+def seed_look(study: Any, storage: Any, number: int, trial_id: int, seeds: int) -> Any:
+    """The futility rule's look after ``seeds`` finished seeds of a waiting trial: its pruner built as its trial
+    process builds it (ticket and config in its folder: the same K), over the study as it stands."""
+    from trainers.config import load_config
+
+    from sweeper.contract import ATTR_TRIAL_DIR, CONFIG_FILE, TrialTicket
+    from sweeper.registry import PRUNERS
+    from sweeper.run.trial.process import validation_steps
+    from sweeper.study.pruning import build_pruner
+
+    frozen = storage.get_trial(trial_id)
+    trial_dir = Path(frozen.user_attrs[ATTR_TRIAL_DIR])
+    ticket = TrialTicket.read(trial_dir)
+    pruner = build_pruner(PRUNERS.validate(ticket.pruner), ticket.trial_steps, validation_steps(load_config(trial_dir / CONFIG_FILE)))
+    pruner.set_race(ticket.seeds_min or len(ticket.seeds), len(ticket.seeds))
+    return pruner.after_seed(study, frozen, seeds)
+
+
+@dataclass
+class RoundRace:
+    """The waiting trials of a ``race: rounds`` study and the rounds that decide them (see the module docstring).
+
+    ``look(number, trial_id, seeds)``: the futility rule's seed look for that trial (a
+    :class:`~sweeper.study.futility.Look`), given by the driver."""
+
+    look: Callable[[int, int, int], Any]
+    waiting: dict[int, Waiting] = field(default_factory=dict)
+    continued: dict[int, int] = field(default_factory=dict)   # trial -> the finished seeds its next-seed job ends at
+
+    def in_flight(self, trials: Iterable[tuple[Mapping[str, Any], int]], seeds_min: int | None) -> list[tuple[int, bool]]:
+        """``(seeds, is the baseline)`` of each trial in flight (``(user attrs, number)``): the finished seeds at
+        which a trial's job ends and it can be judged (a first job: ``seeds_min``; a next-seed job: one more than
+        it had), or for the baseline, which runs its seeds straight, the seed it is on."""
+        out = []
+        for attrs, number in trials:
+            if attrs.get(ATTR_BASELINE):
+                out.append((len(trial_seed_values(attrs)) + 1, True))
+            else:
+                out.append((self.continued.get(number, seeds_min or 1), False))
+        return out
+
+    def wait(self, number: int, trial_id: int, trial_dir: Path, outcome: Outcome) -> Waiting:
+        entry = Waiting(number, trial_id, Path(trial_dir), len(outcome.replicates or []), outcome)
+        self.waiting[number] = entry
+        return entry
+
+    def decide(self, in_flight: Iterable[tuple[int, bool]], new_trials: bool, spent: bool) -> list[tuple[Waiting, Verdict]]:
+        """The verdicts that can be given now, in trial order. ``in_flight``: :meth:`in_flight`'s (seeds, is the
+        baseline) of each trial in flight: a round at r waits for those at r or below, which would join it or
+        add their seed r; ``new_trials``: the driver may still start a new trial; ``spent``: the trial-steps
+        budget is spent. A "go" verdict is given once (the trial stays ``cleared`` until it gets a slot and
+        :meth:`launched` takes it off)."""
+        if not self.waiting or new_trials:
+            return []
+        in_flight = list(in_flight)
+        cleared = sorted((w for w in self.waiting.values() if w.cleared), key=lambda w: w.number)
+        if cleared:
+            return [(w, Verdict("go", "")) for w in cleared]
+        if spent:
+            return [(w, Verdict("end", f"waited after seed {w.seeds}; budget.trial_steps is spent"))
+                    for w in sorted(self.waiting.values(), key=lambda w: w.number)]
+        r = min(w.seeds for w in self.waiting.values())
+        if any(seeds <= r for seeds, _ in in_flight):
+            return []   # a trial in flight still joins this round or adds its seed r
+        members = sorted((w for w in self.waiting.values() if w.seeds == r), key=lambda w: w.number)
+        verdicts: list[tuple[Waiting, Verdict]] = []
+        survivors = []
+        for member in members:
+            result = self.look(member.number, member.trial_id, r)
+            if result is not None and result.stop:
+                verdicts.append((member, Verdict("stop", f"stopped after seed {r}: {result.message}")))
+            else:
+                survivors.append(member)
+        others = len(self.waiting) - len(members) + sum(1 for _, baseline in in_flight if not baseline)
+        if len(survivors) == 1 and others == 0:
+            verdicts.append((survivors[0], Verdict(
+                "end", f"race decided after seed {r}: every other config left the race (its gain over the baseline "
+                       f"on fresh seeds and held-out prompts: sweeper verify)")))
+        else:
+            for member in survivors:
+                member.cleared = True
+                verdicts.append((member, Verdict("go", "")))
+        return sorted(verdicts, key=lambda v: v[0].number)
+
+    def launched(self, number: int, seeds: int) -> None:
+        """Trial ``number`` got a job for its next seed, which ends after ``seeds`` finished seeds."""
+        self.waiting.pop(number, None)
+        self.continued[number] = seeds
+
+    def done(self, number: int) -> None:
+        self.waiting.pop(number, None)
