@@ -1,16 +1,45 @@
 """How good is the pruning? A simulation of the decision rules over many studies, and measurements of
 studies run for real (local executor, SQLite).
 
-    python benchmarks/pruning_quality.py simulate [--studies 400]  # ~2 min: futility + racing, harm: rates
+    python benchmarks/pruning_quality.py simulate [--studies 400]  # ~1 min: futility + racing, harm: rates
+        [--shape 7|4|both] [--schedule in_trial|rounds|both] [--rhos 0,0.5,0.9,0.97] [--no-harm] [--no-within]
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
     python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
 
 ``simulate``: stand-in studies whose truth is planted, decided by the same pure functions the pruners
 use (:class:`sweeper.study.futility.FutilityRule`, :func:`sweeper.decisions.harm_p_value`), numpy for the
-draws. A study has the quickstart's shape: 7 configs, the baseline first (true mean 0), then in random
-order one config +delta, two equal to the baseline and three -delta; two trials in flight, each running
-its seeds one after another (a time unit = one seed's run). A seed's objective is
+draws. A study has one of two shapes (``--shape``, default both): ``7``, the quickstart's earlier shape: 7
+configs, the baseline first (true mean 0), then in random order one config +delta, two equal to the
+baseline and three -delta; ``4``, the quickstart's current shape: the baseline (GRPO), then in random order
+one +delta, one equal, one -delta. Two slots (trials in flight); a time unit = one seed's run. A race
+runs under one of two schedules (``--schedule``, default both):
+
+* ``in_trial`` (the product's default): each config's trial runs its seeds one after another in its slot,
+  with a seed look after each finished seed r, seeds_min <= r < seeds_max, against whatever the other
+  configs have finished by then.
+* ``rounds`` (``budget.race: rounds``, F-Race style; :func:`race_rounds`, seed looks only):
+
+  1. the baseline (config 0) runs all its seeds straight, one after another, never waits, is never judged;
+  2. every other config runs its first seeds_min seeds; then, if it has seeds left, it waits: it frees its
+     slot, and no look is made yet;
+  3. new configs (the queue) are always launched first while slots are free;
+  4. when the queue is empty, the waiting configs with the lowest finished-seed count r are resolved, but
+     only once no running config (baseline included; a survivor of an earlier look that waits for a slot
+     to run its next seed counts as running) has fewer than r finished seeds. Resolution, in launch order:
+     each gets its one seed look after r seeds, ``rule.judge(mine, others, reference=0)``, others = every
+     other config's finished seed values (stopped ones included). Stopped ones leave the race;
+  5. then, if exactly one non-baseline config is still in the race (no other non-baseline config running,
+     waiting or about to run, the queue empty), the race is *decided*: that config ends with the seeds it
+     finished (no more seeds);
+  6. otherwise the survivors run their next seed in launch order as slots allow (the baseline's slot too
+     once it is done), and after it wait again (unless it was their last seed: then they are complete).
+
+  Runs end together when they started together (every run takes one time unit): the looks at a time come
+  after every run ending then has recorded its seed. K (the looks a config can get) is the same as
+  in_trial's: seeds_max - seeds_min.
+
+A seed's objective is
 ``mu_c + b_s + e_cs``: ``b_s`` the seed's effect shared by every config (common seeds), ``e_cs`` the
 config's own, with the total sd (``--sd``, default 0.019: the quickstart's objective spread 0.805-0.859
 over 8 seeds of one config is 2.85 sd, the expected range of 8 normal draws) split by the seed
@@ -19,14 +48,19 @@ correlation ``rho`` (0, 0.5, 0.9, 0.97: unknown for pass@16; pass@8's paired SE 
 0-2 has an sd of 0.0036 against a single config's 0.016, 1 - rho = 0.0036^2 / (2 x 0.016^2), from 2 df:
 very uncertain). Reported, with Wilson 95% intervals over studies:
 
-* futility with racing (``budget.seeds`` 1-R): false-futility rate (the +delta config stopped: the
-  guarantee says <= alpha), trial-steps used / the full budget (7 x R seeds), P(final best within delta
-  of the true best) and P(final best = the +delta config). The final best: the config with the best mean
-  among those that ran all R seeds.
+* futility with racing (``budget.seeds`` 1-R), per shape and schedule (in_trial: races 1-3, 1-4, 1-6;
+  rounds: 1-3, 1-4): false-futility rate (the +delta config stopped: the guarantee says <= alpha),
+  trial-steps used / the full budget (configs x R seed runs), P(final best within delta of the true best),
+  P(final best = the +delta config), the mean wall time (seed-run units, 2 slots; the full budget under
+  in_trial takes ceil(configs / 2) x R) and, for rounds, the share of races decided. The final best: among
+  the configs not stopped (a config a decided race ended included, the baseline with gain 0), the one with
+  the largest mean paired difference from the baseline over their common seeds (under in_trial every
+  config not stopped ran all R seeds: the best mean among them, the same choice).
 * the same with **within-seed looks** (``warmup_step`` = the first validation: the rule also looks at
   every validation but a seed's last, K = (R - 1) + R x 2 for the quickstart's validations at steps 40,
-  80, 120), for races 1-3 and 1-4. A seed runs in 3 equal segments; a config stopped at step 40 of its
-  r-th seed costs r - 1 + 1/3 runs. The model of a validation curve (assumptions, each measured on the
+  80, 120), for races 1-3 and 1-4, in_trial and the 7-config shape only (``--no-within`` skips them). A
+  seed runs in 3 equal segments; a config stopped at step 40 of its r-th seed costs r - 1 + 1/3 runs. The
+  model of a validation curve (assumptions, each measured on the
   quickstart study of this round, ``studies/quickstart/optuna.db``: the ``seed_curve/<seed>`` attrs of
   its 8 recorded seeds, 5 paired with the baseline's same seed):
 
@@ -202,26 +236,122 @@ def draw_curves(rng, means, sd: float, rho: float, seeds: int, looks: int, ratio
     return values
 
 
+SHAPES = {"7": PLANTED,             # the quickstart's earlier shape: one +delta, two equal, three -delta
+          "4": (0, +1, 0, -1)}       # the quickstart's current shape: GRPO, one +delta method, one equal, one -delta
+SCHEDULES = ("in_trial", "rounds")
+
+
+def race_rounds(values, order, rule, seeds_min: int, seeds_max: int, parallel: int = 2) -> dict:
+    """The ``rounds`` schedule (F-Race style, see the module docstring) on given seed values:
+    ``values[config, seed]`` (the seed's objective), ``order`` the launch order, ``order[0]`` the baseline
+    (the reference of every look). A seed run takes one time unit; ``parallel`` slots.
+
+    Returns ``finished`` ({config: {seed: value}}), ``stopped`` (set), ``decided`` (the config a decided race
+    ended, or None) and ``decided_at`` (its time), ``runs`` (seed runs), ``wall`` (time units until the last
+    run ended), ``launched`` ([(time, config, seed)] in launch order) and ``looks`` ([(time, config, r, stop)])."""
+    baseline = order[0]
+    rank = {c: i for i, c in enumerate(order)}
+    finished: dict[int, dict[int, float]] = {c: {} for c in order}
+    queue = list(order)
+    running: dict[int, int] = {}       # config -> the seed it runs now
+    pending: list[int] = []            # survivors of a look, to run their next seed as slots allow
+    waiting: list[int] = []            # configs that freed their slot and wait for their look
+    stopped: set[int] = set()
+    decided, decided_at = None, None
+    launched: list[tuple[int, int, int]] = []
+    looks: list[tuple[int, int, int, bool]] = []
+    t = 0
+    while True:
+        while True:                    # decisions at time t, until nothing changes
+            while len(running) < parallel and (queue or pending):   # new configs first, then survivors
+                config = queue.pop(0) if queue else pending.pop(0)
+                running[config] = len(finished[config])
+                launched.append((t, config, running[config]))
+            if queue or not waiting:
+                break
+            r = min(len(finished[c]) for c in waiting)
+            if any(len(finished[c]) < r for c in list(running) + pending):   # it still adds information at r
+                break
+            for config in sorted((c for c in waiting if len(finished[c]) == r), key=rank.get):
+                waiting.remove(config)
+                others = {c: v for c, v in finished.items() if c != config}
+                stop = bool(rule.judge(finished[config], others, reference=baseline).stop)
+                looks.append((t, config, r, stop))
+                if stop:
+                    stopped.add(config)
+                else:
+                    pending.append(config)
+            pending.sort(key=rank.get)
+            in_race = [c for c in list(running) + pending + waiting if c != baseline]
+            if len(in_race) == 1 and decided is None:        # the race is decided: it ends with the seeds it has
+                decided, decided_at = in_race[0], t
+                assert decided not in running, "a decided config is never running (it would have blocked the look)"
+                (pending if decided in pending else waiting).remove(decided)
+        if not running:
+            assert not (queue or pending or waiting), (queue, pending, waiting)
+            break
+        t += 1                          # every running seed ends (each takes one time unit)
+        for config, seed in list(running.items()):
+            finished[config][seed] = float(values[config, seed])
+            count = len(finished[config])
+            if count == seeds_max:
+                del running[config]     # complete
+            elif config == baseline or count < seeds_min:
+                running[config] = count  # its next seed, straight on in its slot
+                launched.append((t, config, count))
+            else:
+                del running[config]
+                waiting.append(config)
+    return {"finished": finished, "stopped": stopped, "decided": decided, "decided_at": decided_at,
+            "runs": sum(len(v) for v in finished.values()), "wall": t, "launched": launched, "looks": looks}
+
+
+def final_best(finished: dict[int, dict[int, float]], stopped: set[int], baseline: int = 0) -> int:
+    """The config not stopped with the largest mean paired difference from the baseline over their common
+    seeds (the baseline: 0); ties go to the lower config number."""
+    def gain(config: int) -> float:
+        common = [s for s in finished[config] if s in finished[baseline]]
+        if config == baseline:
+            return 0.0
+        return sum(finished[config][s] - finished[baseline][s] for s in common) / len(common)
+    return max(sorted(c for c in finished if c not in stopped and finished[c]), key=gain)
+
+
 def simulate_racing(rng, rule, delta: float, sd: float, rho: float, seeds_min: int, seeds_max: int,
                     parallel: int = 2, looks: int = 1, ratio: float = CURVE_RATIO, extra_sd: float = CURVE_SD,
-                    validation_rule=None) -> dict:
-    """One stand-in study under futility racing (see the module docstring): what it stopped, spent, chose.
+                    validation_rule=None, schedule: str = "in_trial", planted=PLANTED) -> dict:
+    """One stand-in study under futility racing (see the module docstring): what it stopped, spent, chose,
+    and its wall time (seed-run units, ``parallel`` slots). ``schedule``: "in_trial" (each trial runs its seeds
+    one after another in its slot, a look after each) or "rounds" (seed looks only: ``looks`` must be 1).
+    ``planted``: the configs' true means in multiples of delta, index 0 the baseline.
     ``looks`` > 1: each seed runs in ``looks`` equal segments (validations), and the rule also looks at every
     validation but the last (``warmup_step`` = the first validation), comparing every config's values at that
     validation, as :meth:`sweeper.study.futility.FutilityPruner.at_validation` does (with ``validation_rule``
     when given: e.g. the rule with delta scaled by the gap ratio, a variant the pruner does not have)."""
     import numpy as np
 
-    order = [0] + list(1 + rng.permutation(len(PLANTED) - 1))
-    means = np.array(PLANTED, dtype=float) * delta
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    order = [0] + list(1 + rng.permutation(len(planted) - 1))
+    means = np.array(planted, dtype=float) * delta
     values = draw_curves(rng, means, sd, rho, seeds_max, looks, ratio, extra_sd)
+    best_mean = means.max()
+    if schedule == "rounds":
+        if looks != 1:
+            raise ValueError("the rounds schedule is simulated with seed looks only (looks=1)")
+        raced = race_rounds(values[:, :, -1], [int(c) for c in order], rule, seeds_min, seeds_max, parallel)
+        chosen = final_best(raced["finished"], raced["stopped"], 0)
+        return {"false_futility": 1 in raced["stopped"], "runs": raced["runs"], "full": len(planted) * seeds_max,
+                "within_delta": means[chosen] >= best_mean - delta - 1e-12, "found": chosen == 1,
+                "wall": raced["wall"], "decided": raced["decided"]}
     finished: dict[int, dict[int, float]] = {}
     reached: dict[int, tuple[int, int]] = {}          # config -> (seeds started, validations done in the last)
     stopped: set[int] = set()
-    queue, slots, segments = list(order), [], 0
+    queue, slots, segments, ticks = list(order), [], 0, 0
     while queue or slots:
         while queue and len(slots) < parallel:
             slots.append(queue.pop(0))
+        ticks += 1                                    # one segment's time: every slot runs one segment
         for config in list(rng.permutation(slots)):  # segments ending in the same time unit, in random order
             config = int(config)
             seed, done_k = reached.get(config, (0, looks))
@@ -251,8 +381,9 @@ def simulate_racing(rng, rule, delta: float, sd: float, rho: float, seeds_min: i
                 slots.remove(config)
     complete = [c for c, v in finished.items() if len(v) == seeds_max]
     chosen = max(complete, key=lambda c: sum(finished[c].values()))
-    return {"false_futility": 1 in stopped, "runs": segments / looks, "full": len(PLANTED) * seeds_max,
-            "within_delta": means[chosen] >= means.max() - delta - 1e-12, "found": chosen == 1}
+    return {"false_futility": 1 in stopped, "runs": segments / looks, "full": len(planted) * seeds_max,
+            "within_delta": means[chosen] >= best_mean - delta - 1e-12, "found": chosen == 1,
+            "wall": ticks / looks, "decided": None}
 
 
 def simulate_harm(rng, delta: float, sd: float, rho: float, seeds: int, prompt_se: float, p_threshold: float,
@@ -291,38 +422,53 @@ def simulate_harm(rng, delta: float, sd: float, rho: float, seeds: int, prompt_s
 def simulate(studies: int = 400, delta: float = 0.03, sd: float = 0.019, alpha: float = 0.1, seed: int = 0,
              rhos=(0.0, 0.5, 0.9, 0.97), races=((1, 3), (1, 4), (1, 6)), prompt_se: float = 0.02,
              within_races=((1, 3), (1, 4)), curve_ratio: float = CURVE_RATIO, curve_sd: float = CURVE_SD,
-             harm: bool = True) -> list[dict]:
-    """The simulated rates (see the module docstring); one row per (rho, race), per (rho, race, curve ratio)
-    with within-seed looks, and per rho for harm."""
+             harm: bool = True, shapes=("7", "4"), schedules=SCHEDULES, rounds_races=((1, 3), (1, 4)),
+             within: bool = True) -> list[dict]:
+    """The simulated rates (see the module docstring); one row per (rho, shape, schedule, race), per (rho, race,
+    curve ratio) with within-seed looks (the 7-config shape, in_trial), and per rho for harm. ``shapes``: keys
+    of :data:`SHAPES`; ``schedules``: of :data:`SCHEDULES`."""
     import numpy as np
 
     from sweeper.study.futility import FutilityRule, race_looks
 
     rows = []
-    # (seeds_min, seeds_max, the gap ratio of the curve model or None: seed looks only, scale the delta of a
-    # validation look by the ratio)
-    within_seed = [(lo, hi, ratio, scaled) for lo, hi in within_races
-                   for ratio, scaled in ((curve_ratio, False), (curve_ratio, True), (1.0, False))]
     for rho in rhos:
-        for seeds_min, seeds_max, ratio, scaled in [(lo, hi, None, False) for lo, hi in races] + within_seed:
+        # (schedule, shape, seeds_min, seeds_max, the gap ratio of the curve model or None: seed looks only,
+        # scale the delta of a validation look by the ratio)
+        cases = []
+        for shape in shapes:
+            if "in_trial" in schedules:
+                cases += [("in_trial", shape, lo, hi, None, False) for lo, hi in races]
+                if within and shape == "7":
+                    cases += [("in_trial", shape, lo, hi, ratio, scaled) for lo, hi in within_races
+                              for ratio, scaled in ((curve_ratio, False), (curve_ratio, True), (1.0, False))]
+            if "rounds" in schedules:
+                cases += [("rounds", shape, lo, hi, None, False) for lo, hi in rounds_races]
+        for schedule, shape, seeds_min, seeds_max, ratio, scaled in cases:
             validations = list(VALIDATIONS) if ratio is not None else None
             looks = race_looks(seeds_min, seeds_max, validations, VALIDATIONS[0] if validations else None)
             rule = FutilityRule(delta, alpha, looks=looks)
             at_validation = FutilityRule(delta * ratio, alpha, looks=looks) if scaled else None
             rng = np.random.default_rng(seed)
-            results = [simulate_racing(rng, rule, delta, sd, rho, seeds_min, seeds_max, looks=len(VALIDATIONS) if validations else 1,
-                                       ratio=ratio or 1.0, extra_sd=curve_sd, validation_rule=at_validation)
+            results = [simulate_racing(rng, rule, delta, sd, rho, seeds_min, seeds_max,
+                                       looks=len(VALIDATIONS) if validations else 1, ratio=ratio or 1.0,
+                                       extra_sd=curve_sd, validation_rule=at_validation, schedule=schedule,
+                                       planted=SHAPES[shape])
                        for _ in range(studies)]
             stops = sum(r["false_futility"] for r in results)
-            within = sum(r["within_delta"] for r in results)
+            within_delta = sum(r["within_delta"] for r in results)
             how = (f" + validation looks, K {looks}; gap at 40/80 = {ratio:g} x final"
                    + ("; delta x ratio at validations" if scaled else "") if validations else f", K {looks}")
             rows.append({"rule": f"futility, seeds {seeds_min}-{seeds_max}{how}", "rho": rho, "studies": studies,
+                         "schedule": schedule, "shape": shape, "planted": SHAPES[shape],
+                         "race": f"{seeds_min}-{seeds_max}",
                          "within_seed": bool(validations), "scaled": scaled,
                          "false_futility": stops / studies, "false_futility_interval": wilson(stops, studies),
                          "steps_ratio": sum(r["runs"] for r in results) / sum(r["full"] for r in results),
-                         "within_delta": within / studies, "within_delta_interval": wilson(within, studies),
-                         "found": sum(r["found"] for r in results) / studies})
+                         "within_delta": within_delta / studies, "within_delta_interval": wilson(within_delta, studies),
+                         "found": sum(r["found"] for r in results) / studies,
+                         "wall": sum(r["wall"] for r in results) / studies,
+                         "decided": sum(r["decided"] is not None for r in results) / studies})
         for allowance in (1.0, 0.0) if harm else ():
             rng = np.random.default_rng(seed)
             results = [simulate_harm(rng, delta, sd, rho, 3, prompt_se, 0.05, 0.0, allowance) for _ in range(studies)]
@@ -523,22 +669,39 @@ def main() -> int:
     parser.add_argument("--curve-sd", type=float, default=CURVE_SD, help="simulate: extra noise at an intermediate validation")
     parser.add_argument("--delta", type=float, default=0.03, help="simulate: the futility pruner's delta")
     parser.add_argument("--sd", type=float, default=0.019, help="simulate: a config's run-to-run sd")
+    parser.add_argument("--shape", choices=["7", "4", "both"], default="both",
+                        help="simulate: the planted configs: 7 (0,+1,0,0,-1,-1,-1) or 4 (0,+1,0,-1) (x delta), or both")
+    parser.add_argument("--schedule", choices=[*SCHEDULES, "both"], default="both",
+                        help="simulate: in_trial (a trial runs its seeds in its slot), rounds (budget.race: rounds), "
+                             "or both")
+    parser.add_argument("--rhos", default="0,0.5,0.9,0.97", help="simulate: the seed correlations, comma-separated")
+    parser.add_argument("--no-harm", action="store_true", help="simulate: skip the harm rows")
+    parser.add_argument("--no-within", action="store_true", help="simulate: skip the within-seed look rows")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pruning-quality-") as tmp:
         folder = Path(tmp)
         if args.what == "simulate":
-            output = simulate(args.studies, args.delta, args.sd, curve_ratio=args.curve_ratio, curve_sd=args.curve_sd)
-            print(f"{args.studies} stand-in studies per row; delta {args.delta}, sd {args.sd}, alpha 0.1; within-seed looks: "
-                  f"validations at {list(VALIDATIONS)}, curve ratio {args.curve_ratio}, curve sd {args.curve_sd}\n"
-                  "| rule | rho | false-futility [95%] | trial-steps / full | P(best within delta) [95%] | P(best = +delta) |"
-                  "\n|---|---|---|---|---|---|")
+            shapes = ("7", "4") if args.shape == "both" else (args.shape,)
+            schedules = SCHEDULES if args.schedule == "both" else (args.schedule,)
+            output = simulate(args.studies, args.delta, args.sd, rhos=tuple(float(r) for r in args.rhos.split(",")),
+                              curve_ratio=args.curve_ratio, curve_sd=args.curve_sd, harm=not args.no_harm,
+                              shapes=shapes, schedules=schedules, within=not args.no_within)
+            print(f"{args.studies} stand-in studies per row; delta {args.delta}, sd {args.sd}, alpha 0.1; 2 slots; "
+                  f"within-seed looks: validations at {list(VALIDATIONS)}, curve ratio {args.curve_ratio}, "
+                  f"curve sd {args.curve_sd}; shapes " + ", ".join(f"{k}: {SHAPES[k]}" for k in shapes)
+                  + "; wall: mean time in seed runs (full budget in_trial: ceil(configs / 2) x R)\n"
+                  "| schedule | shape | rule | rho | false-futility [95%] | trial-steps / full "
+                  "| P(best within delta) [95%] | P(best = +delta) | wall (seed runs) | decided |"
+                  "\n|---|---|---|---|---|---|---|---|---|---|")
             for r in output:
                 if "false_futility" in r:
                     (a, b), (c, d) = r["false_futility_interval"], r["within_delta_interval"]
-                    print(f"| {r['rule']} | {r['rho']} | {r['false_futility']:.3f} [{a:.3f}, {b:.3f}] | {r['steps_ratio']:.2f} | "
-                          f"{r['within_delta']:.3f} [{c:.3f}, {d:.3f}] | {r['found']:.2f} |")
+                    decided = f"{r['decided']:.2f}" if r["schedule"] == "rounds" else "-"
+                    print(f"| {r['schedule']} | {r['shape']} | {r['rule']} | {r['rho']} "
+                          f"| {r['false_futility']:.3f} [{a:.3f}, {b:.3f}] | {r['steps_ratio']:.2f} | {r['within_delta']:.3f} [{c:.3f}, {d:.3f}] | {r['found']:.2f} | "
+                          f"{r['wall']:.2f} | {decided} |")
             print("\n| rule | rho | study-wide false harm [95%] | equal config pruned, per trial [95%] |\n|---|---|---|---|")
             for r in output:
                 if "false_harm" in r:
