@@ -129,7 +129,7 @@ class Driver:
         self._rejections_in_a_row = 0
         self._lease = None  # the study's driver lease (sweeper.run.lock), held while the driver runs
         self.live = LiveView(live_interval)  # running trials and stops, on stderr and in MLflow (sweeper.run.live)
-        self.race = RoundRace(lambda number, trial_id, seeds: seed_look(self.study, self.storage, number, trial_id, seeds))
+        self.race = RoundRace(lambda _number, trial_id, seeds: seed_look(self.study, self.storage, trial_id, seeds, spec.pruner.build))
         self._race_changed = True   # budget.race rounds: a trial ended or began waiting since the last round
 
     # ------------------------------------------------------------------ logging / progress
@@ -400,7 +400,8 @@ class Driver:
                 self.best = (value, number)
         detail = {
             "COMPLETE": lambda: "value " + ", ".join(f"{v:.4g}" for v in values),
-            "PRUNED": lambda: frozen.user_attrs.get(ATTR_STOP_REASON) or f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}",
+            "PRUNED": lambda: (frozen.user_attrs.get(ATTR_STOP_REASON) or attrs.get("prune_message")
+                               or f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}"),
             "FAIL": lambda: attrs.get("fail_reason", ""),
         }[state]()
         self.log(f"trial {number} {state}: {detail} ({now - submitted:.1f} s)")

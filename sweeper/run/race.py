@@ -26,9 +26,12 @@ futility rule looks after each one. With ``rounds``:
 
 What it buys, measured by ``python benchmarks/pruning_quality.py simulate`` (docs/sweeper.md): the configs
 that leave the race early cost their first seed only, and the winner does not run seeds that could no longer
-change the decision. The price: Optuna's samplers learn from finished trials, and a waiting config is
-finished only when its race is resolved, after every new trial has started: rounds suits a race of enqueued
-or few configs (the quickstart's), in_trial a long TPE search.
+change the decision. What it costs: the first round judges every config before any has a second seed, so
+the rule has no paired sd yet (its fallback, sqrt(2) x the baseline's sd, is far larger when seed effects
+are shared): on the quickstart it stopped nothing after seed 0 and used 9 of 12 runs, in_trial 8. And
+Optuna's samplers learn from finished trials, while a waiting config finishes only when its race is
+resolved, after every new trial has started: rounds suits a race of enqueued configs far apart, or a known
+run-to-run sd (``pruner.sd``); in_trial a long TPE search, and the quickstart.
 
 The driver owns every decision here (it is the one place that tells Optuna): a stopped or ended trial is
 told from its AWAITING_ROUND outcome (values over the finished seeds) without starting a process. A driver
@@ -67,7 +70,7 @@ class Verdict:
 def ended_outcome(waiting: Outcome, verdict: Verdict, trial_steps: int, seeds: int) -> Outcome:
     """The final outcome of a waiting trial that its round stops or ends (a pure function of its
     AWAITING_ROUND outcome): PRUNED futility valued at the mean over its finished seeds, or COMPLETE over them."""
-    from sweeper.run.trial.process import futility_stop, with_uncertainty
+    from sweeper.run.trial.outcome import futility_stop, with_uncertainty
 
     finished = list(waiting.replicates or [])
     if verdict.action == "stop":
@@ -78,20 +81,19 @@ def ended_outcome(waiting: Outcome, verdict: Verdict, trial_steps: int, seeds: i
     raise ValueError(f"a {verdict.action!r} verdict does not end a trial")
 
 
-def seed_look(study: Any, storage: Any, number: int, trial_id: int, seeds: int) -> Any:
-    """The futility rule's look after ``seeds`` finished seeds of a waiting trial: its pruner built as its trial
-    process builds it (ticket and config in its folder: the same K), over the study as it stands."""
+def seed_look(study: Any, storage: Any, trial_id: int, seeds: int, build: Callable[[int, list[int]], Any]) -> Any:
+    """The futility rule's look after ``seeds`` finished seeds of a waiting trial, with its pruner as its trial
+    process builds it (``build(trial steps, validation steps)``: the spec's pruner section's ``build``; the
+    steps and seeds from its ticket and config: the same K), over the study as it stands."""
     from trainers.config import load_config
 
     from sweeper.contract import ATTR_TRIAL_DIR, CONFIG_FILE, TrialTicket
-    from sweeper.registry import PRUNERS
-    from sweeper.run.trial.process import validation_steps
-    from sweeper.study.pruning import build_pruner
+    from sweeper.run.trial.outcome import validation_steps
 
     frozen = storage.get_trial(trial_id)
     trial_dir = Path(frozen.user_attrs[ATTR_TRIAL_DIR])
     ticket = TrialTicket.read(trial_dir)
-    pruner = build_pruner(PRUNERS.validate(ticket.pruner), ticket.trial_steps, validation_steps(load_config(trial_dir / CONFIG_FILE)))
+    pruner = build(ticket.trial_steps, validation_steps(load_config(trial_dir / CONFIG_FILE)))
     pruner.set_race(ticket.seeds_min or len(ticket.seeds), len(ticket.seeds))
     return pruner.after_seed(study, frozen, seeds)
 

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sweeper.contract import (ATTR_BASELINE, ATTR_REJECTED, ATTR_REPLICATES, ATTR_SEED_VALUES,  # noqa: F401 (re-exported)
-                              SEED_CURVE_PREFIX, seed_curve_attr, trial_seed_values)
+                              FUTILITY_PRUNE_REASON, SEED_CURVE_PREFIX, seed_curve_attr, trial_seed_values)
 from sweeper.decisions import GainBound, difference_sd, gain_bound, is_futile, paired_by_seed, seed_gain, seed_values
 
-PRUNE_REASON = "futility"
+PRUNE_REASON = FUTILITY_PRUNE_REASON
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from typing import Any, Mapping
 from trainers.reporting import PREEMPTED, ConsoleReporter
 
 from sweeper.contract import ATTR_MLFLOW_RUN_ID, CONFIG_FILE, REPLICATES_FILE, TRACKING_SPILL_FILE, Outcome, TrialTicket, atomic_write
-from sweeper.study.futility import ATTR_SEED_VALUES, PRUNE_REASON, FutilityPruner
+from sweeper.study.futility import ATTR_SEED_VALUES, FutilityPruner
 from sweeper.study.pruning import build_pruner, health_rules
-from sweeper.statistics import mean_and_se, replicate_summary
+from sweeper.run.trial.outcome import futility_stop, validation_steps, with_uncertainty
 from sweeper.run.trial.progress import ProgressReporter
 from sweeper.run.trial.reporter import TrialReporter
 
@@ -69,12 +69,6 @@ def replicate_configs(config: Any, seeds: list[int]) -> list[tuple[int, Any]]:
         data["train"]["output_dir"] = f"{config.train.output_dir}-seed{seed}"
         runs.append((int(seed), parse_config(data, f"replicate seed {seed}")))
     return runs
-
-
-def validation_steps(config: Any) -> list[int]:
-    """The steps a run validates at after its start: every ``train.eval_every`` steps and the last step."""
-    steps, every = config.train.steps, config.train.eval_every
-    return sorted(set(range(every, steps + 1, every)) | {steps})
 
 
 def read_replicates(trial_dir: Path) -> list[dict[str, Any]]:
@@ -233,13 +227,6 @@ def _seed_look(futility: FutilityPruner, study: Any, storage: Any, ticket: Trial
     return futility_stop(message, finished, ticket.trial_steps)
 
 
-def futility_stop(message: str, finished: list[dict[str, Any]], steps: int) -> Outcome:
-    """The PRUNED outcome of a futility stop after ``finished`` seeds (before :func:`with_uncertainty`)."""
-    mean = sum(r["values"][0] for r in finished) / len(finished)
-    return Outcome("PRUNED", step=steps, prune_reason=PRUNE_REASON, message=message, partial_values=[mean],
-                   pruned_at_step=steps)
-
-
 def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket: TrialTicket, seed: int):
     """look(step) for a seed's reporter: the futility rule at that validation (None: go on)."""
     if ticket.baseline or futility.warmup_step is None:
@@ -250,45 +237,6 @@ def _validation_look(futility: FutilityPruner, study: Any, storage: Any, ticket:
         return f"stopped at step {step} of seed {seed}: {result.message}" if result is not None and result.stop else None
 
     return look
-
-
-def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: TrialTicket) -> Outcome:
-    """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
-    finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1)
-    (:func:`~sweeper.statistics.replicate_summary`). A PRUNED trial that finished seeds before it stopped
-    (a futility stop after a seed, or at a validation of a later seed) is valued as the mean over the seeds
-    it finished, never its first seed's last validation; the driver gives Optuna that value."""
-    outcome = ending if ending is not None else Outcome("COMPLETE")
-    if outcome.state == "COMPLETE":
-        if len(finished) > 1:
-            columns = list(zip(*(r["values"] for r in finished)))
-            # the first objective's per-prompt values are kept, so its SE also carries the validation's noise
-            vectors = [[r.get("per_prompt") for r in finished]] + [[None] * len(finished)] * (len(columns) - 1)
-            estimates = [replicate_summary(list(column), seed_vectors) for column, seed_vectors in zip(columns, vectors)]
-            outcome.values = [estimate.value for estimate in estimates]
-            outcome.values_se = [estimate.se for estimate in estimates]
-        else:
-            outcome.values = finished[0]["values"]
-            outcome.values_se = _prompt_se(outcome.per_prompt)
-        outcome.replicates = finished
-    elif outcome.state == "PRUNED" and finished:
-        outcome.replicates = finished   # a futility stop after a seed: the seeds it finished still count
-        columns = list(zip(*(r["values"] for r in finished)))
-        outcome.partial_values = [sum(column) / len(column) for column in columns]
-        if len(finished) > 1:
-            outcome.values_se = [replicate_summary(list(column), [None] * len(finished)).se for column in columns]
-        count = len(finished)
-        outcome.message = (outcome.message or "") + f" (value: the mean over the {count} seed{'s' if count > 1 else ''} it finished)"
-    vectors = [v for v in (outcome.per_prompt or []) if v] or [r["per_prompt"] for r in finished if r.get("per_prompt")]
-    outcome.prompts = len(vectors[0]) if vectors else None
-    return outcome
-
-
-def _prompt_se(per_prompt: list[list[float] | None] | None) -> list[float | None] | None:
-    """The standard error over prompts of each objective's per-prompt values (None where there are none)."""
-    if per_prompt is None:
-        return None
-    return [mean_and_se(v)[1] if v and len(v) > 1 else None for v in per_prompt]
 
 
 def _trial_tracker(ticket: TrialTicket, trial: Any, config: Any, job_id: str | None, log_paths: dict[str, str], run_id: str | None):
