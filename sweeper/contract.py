@@ -74,6 +74,7 @@ PER_PROMPT_ATTR_PREFIX = "per_prompt/"  # + step: the first objective's per-prom
 ATTR_SEED_VALUES = "seed_values"          # {seed: the objective of that seed's run}, after each finished seed
 FUTILITY_PRUNE_REASON = "futility"        # prune_reason of a futility stop (sweeper.study.futility)
 ATTR_RACE_WAITING = "race_waiting"        # budget.race rounds: "after seed r" while the trial waits for its round, else ""
+ATTR_RACE_PAIRING = "race_pairing"        # budget.race rounds: True on the config that runs its seeds straight (sweeper.run.race)
 ATTR_RACE_END = "race_end"                # budget.race rounds: why a trial ended with fewer seeds ("race decided after seed 1 ...")
 SEED_CURVE_PREFIX = "seed_curve/"         # + seed: {step: the objective's validation value at that step}
 

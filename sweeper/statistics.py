@@ -33,6 +33,7 @@ Pure functions over plain sequences (scipy for the t and Wilcoxon distributions)
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -135,13 +136,20 @@ class Estimate:
 def replicate_summary(seed_values: Sequence[float], seed_vectors: Sequence[Sequence[float]]) -> Estimate:
     """One config run with R seeds: the mean of the seeds' objective values. Its SE: over the prompts of the
     one seed's per-prompt objective when R = 1; over the seeds when R >= 2 (``s / sqrt(R)``: the spread a
-    comparison on the same prompts sees; the prompts' difficulty, common to every config, is not in it)."""
+    comparison on the same prompts sees; the prompts' difficulty, common to every config, is not in it), but
+    never below the part the seed-by-prompt noise alone gives, ``sqrt(mean_p s_p^2 / (R P))`` with ``s_p^2``
+    prompt p's variance over the seeds (estimated on P (R - 1) df, where the seeds' spread has R - 1: two
+    seeds that tie exactly would otherwise give an SE of 0)."""
     if len(seed_values) != len(seed_vectors) or not seed_values:
         raise ValueError("replicate_summary: one objective value and one per-prompt vector per seed")
     prompts = len(seed_vectors[0]) if seed_vectors[0] else 0
     if len(seed_values) == 1:
         return Estimate(float(seed_values[0]), mean_and_se(seed_vectors[0])[1] if prompts > 1 else math.nan, prompts, 1)
     value, seed_se = mean_and_se([float(v) for v in seed_values])
+    vectors = [v for v in seed_vectors if v]
+    if len(vectors) == len(seed_values) and prompts and all(len(v) == prompts for v in vectors):
+        residual = sum(statistics.variance([v[p] for v in vectors]) for p in range(prompts)) / prompts
+        seed_se = max(seed_se, math.sqrt(residual / (len(vectors) * prompts)))
     return Estimate(value, seed_se, prompts, len(seed_values))
 
 

@@ -48,8 +48,11 @@ def test_a_round_waits_for_new_trials_and_for_trials_still_on_its_seed():
     assert [(w.number, v.action) for w, v in verdicts] == [(1, "go"), (2, "go")] and looks == [(1, 1), (2, 1)]
     # a trial let go but given no slot yet is not judged again
     rounds.launched(1, 2)
-    assert rounds.in_flight([({}, 1), ({}, 5), ({"baseline": True, "seed_values": {"10": 0.5}}, 0)], 1) == [
-        (2, False), (1, False), (2, True)]     # its next-seed job ends at 2 seeds; a first job at seeds_min
+    flights = [({}, 1), ({}, 5), ({"baseline": True, "seed_values": {"10": 0.5}}, 0),
+               ({"race_pairing": True, "seed_values": {}}, 6)]
+    # a next-seed job ends at 2 seeds, a first job at seeds_min; the baseline and the pairing config run their
+    # seeds straight: the seed they are on
+    assert rounds.in_flight(flights, 1) == [(2, False), (1, False), (2, True), (1, True)]
     assert [(w.number, v.action) for w, v in rounds.decide([], False, False)] == [(2, "go")] and len(looks) == 2
 
 
@@ -61,6 +64,13 @@ def test_the_race_is_decided_when_one_config_is_left():
     assert {n: v.action for n, v in verdicts.items()} == {1: "end", 2: "stop", 3: "stop"}
     assert verdicts[1].message.startswith("race decided after seed 1: every other config left the race")
     assert verdicts[2].message == "stopped after seed 1: gain <= -0.05 (90% UCB) < delta 0.03 vs trial 0"
+
+
+def test_not_decided_while_another_config_is_complete():
+    rounds, _ = race(stops=set())
+    rounds.wait(2, 12, Path("t2"), waiting([0.6]))
+    # the pairing config ran all its seeds and was not stopped: still a contender, the survivor goes on
+    assert [v.action for _, v in rounds.decide([], False, False, complete=1)] == ["go"]
 
 
 def test_not_decided_while_another_config_is_in_flight_or_waits_on_a_later_seed():
@@ -100,6 +110,8 @@ def test_a_race_in_rounds_stops_the_worse_config_and_ends_when_one_is_left(tmp_p
     spec = load_spec(path)
     baseline, worse, same = optuna.load_study(study_name="rounds", storage=make_storage(spec.study.storage)).get_trials()
     assert baseline.state.name == "COMPLETE" and baseline.user_attrs["seeds"] == [10, 11, 12]
+    # the first config after the baseline is the pairing config: judged after its seed, as in_trial, never waits
+    assert worse.user_attrs["race_pairing"] is True and "race_pairing" not in same.user_attrs
     assert worse.state.name == "PRUNED" and worse.user_attrs["prune_reason"] == "futility"
     assert worse.user_attrs["prune_message"].startswith("stopped after seed 1: gain <= ")
     assert worse.value == pytest.approx(worse.user_attrs["seed_values"]["10"])
@@ -108,9 +120,9 @@ def test_a_race_in_rounds_stops_the_worse_config_and_ends_when_one_is_left(tmp_p
     assert same.user_attrs["race_end"].startswith("race decided after seed 1: every other config left the race")
     assert same.user_attrs["race_waiting"] == "" and objective_estimate(same).seeds == 1
     assert same.value == pytest.approx(same.user_attrs["seed_values"]["10"])
-    # both waited after their first seed; nothing ran a second seed but the baseline
-    assert [m.split(" (")[0] for m in messages if "waits after" in m] == [
-        "trial 1: waits after seed 1 for its race round", "trial 2: waits after seed 1 for its race round"]
+    # it waited after its first seed; nothing ran a second seed but the baseline
+    assert [m.split(" (")[0] for m in messages if "waits after" in m or "goes on" in m] == [
+        "trial 2: waits after seed 1 for its race round"]
     assert "race decided after seed 1" in study_status(spec)      # status says why it has one seed
     spent = sum(steps_used(t.user_attrs) for t in (baseline, worse, same))
     assert spent == 20 * (3 + 1 + 1)          # in_trial: 20 x (3 + 1 + 3) (tests/test_futility_racing.py)
@@ -120,25 +132,26 @@ def test_survivors_run_their_seeds_round_by_round_into_the_same_mlflow_run(tmp_p
     from mlflow.tracking import MlflowClient
 
     messages: list[str] = []
-    lrs = [1.0e-5, 2.0e-5, 3.0e-5]   # optim.lr: ignored by the stand-in, so all three configs train alike
+    lrs = [1.0e-5, 2.0e-5, 3.0e-5, 4.0e-5]   # optim.lr: ignored by the stand-in, so all four configs train alike
     path = study(tmp_path, "alike", space={"params": {"clip.eps_high": [0.28], "optim.lr": lrs}},
                  enqueue=[{"clip.eps_high": 0.28, "optim.lr": lr} for lr in lrs],
-                 budget={"n_trials": 3, "max_parallel": 2, "seeds": "1-3", "race": "rounds"},
+                 budget={"n_trials": 4, "max_parallel": 2, "seeds": "1-3", "race": "rounds"},
                  tracking={"enabled": True})
     run_study(path, progress=False, log=messages.append)
     spec = load_spec(path)
     trials = optuna.load_study(study_name="alike", storage=make_storage(spec.study.storage)).get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert all(t.user_attrs["seeds"] == [10, 11, 12] for t in trials)   # equal configs stay in the race to the end
     events = [m.split(" (")[0] for m in messages if "waits after" in m or "goes on with" in m]
+    assert not [e for e in events if e.startswith("trial 1")]           # the pairing config runs straight
     # round by round: every config's seed r is judged, with every config's seed r, before any runs seed r + 1
-    assert sorted(events[:2]) == ["trial 1: waits after seed 1 for its race round", "trial 2: waits after seed 1 for its race round"]
-    assert sorted(events[2:4]) == ["trial 1: its race goes on with seed 2", "trial 2: its race goes on with seed 2"]
-    assert sorted(events[4:6]) == ["trial 1: waits after seed 2 for its race round", "trial 2: waits after seed 2 for its race round"]
-    assert sorted(events[6:]) == ["trial 1: its race goes on with seed 3", "trial 2: its race goes on with seed 3"]
+    assert sorted(events[:2]) == ["trial 2: waits after seed 1 for its race round", "trial 3: waits after seed 1 for its race round"]
+    assert sorted(events[2:4]) == ["trial 2: its race goes on with seed 2", "trial 3: its race goes on with seed 2"]
+    assert sorted(events[4:6]) == ["trial 2: waits after seed 2 for its race round", "trial 3: waits after seed 2 for its race round"]
+    assert sorted(events[6:]) == ["trial 2: its race goes on with seed 3", "trial 3: its race goes on with seed 3"]
     # each trial's three jobs log into its one MLflow run, which ends once, FINISHED and COMPLETE
     client = MlflowClient(tracking_uri=spec.tracking.uri)
-    for trial in trials[1:]:
+    for trial in trials[2:]:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["sweeper.state"] == "COMPLETE"
         assert {"val/pass_at_8", "seed11/val/pass_at_8", "seed12/val/pass_at_8"} <= set(run.data.metrics)

@@ -39,8 +39,12 @@ def test_replicates_take_the_standard_error_over_prompts_for_one_seed_over_seeds
     # over seeds: deviations -0.2, -0.1, 0.3: s^2 = 0.14 / 2 = 0.07, / 3 seeds: SE = sqrt(0.023333) = 0.152753
     assert three.se == pytest.approx(0.152753, abs=1e-6)                     # the prompts' spread (0 vs 1) is not added
     assert three.text() == "0.6 ± 0.15 (over 3 seeds, 2 prompts)"
+    # seeds that tie exactly: no spread over seeds, but their prompts disagree: the seed-by-prompt part
+    # stands, prompt variances over the seeds 0, 0, 0.5, 0.5: sqrt(0.25 / (2 seeds x 4 prompts)) = 0.176777
     tied = replicate_summary([0.75, 0.75], [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
-    assert tied.se == 0.0                                                    # the seeds tie: no spread over seeds
+    assert tied.se == pytest.approx(0.176777, abs=1e-6)
+    # a spread over seeds larger than that part is the SE (as for `three`, whose prompts agree across seeds)
+    assert replicate_summary([0.4, 0.5, 0.9], [[0.0, 1.0]] * 3).se == pytest.approx(0.152753, abs=1e-6)
     no_vectors = replicate_summary([0.4, 0.5, 0.9], [None, None, None])
     assert no_vectors.se == pytest.approx(0.152753, abs=1e-6)
     assert Estimate(0.61234, math.nan, 64).text() == "0.6123"                 # SE unknown: the value alone

@@ -35,8 +35,7 @@ One driver per study, across hosts: the driver holds a lease kept in the study's
 live, and takes over the lease of a dead one (same machine: at once; another host: once its
 heartbeat is older than the lease ttl).
 
-Racing in rounds (``budget.race: rounds``, :mod:`sweeper.run.race`): a trial that finished a seed and waits for
-its round frees its slot (outcome AWAITING_ROUND, still RUNNING); the driver gives each round's verdicts.
+Racing in rounds (``budget.race: rounds``, :mod:`sweeper.run.race`): a trial waiting for its round frees its slot.
 
 Live view (:mod:`sweeper.run.live`): while trials run, a line every ``live_interval`` seconds (when it
 changed) gives each running trial's seed r/R, step s/S and last validation, and a trial that stops is
@@ -63,14 +62,14 @@ import yaml
 
 from sweeper.run.checks import check_launch
 from sweeper.contract import (ATTR_BASELINE, ATTR_CONFIG, ATTR_ENQUEUED, ATTR_FAIL_REASON, ATTR_JOB_ID, ATTR_LOG_PATHS, ATTR_LOST,
-                       ATTR_MLFLOW_RUN_ID, ATTR_RACE_END, ATTR_RACE_WAITING, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
+                       ATTR_MLFLOW_RUN_ID, ATTR_RACE_PAIRING, ATTR_RACE_WAITING, ATTR_REJECTED, ATTR_REQUEUED_FROM, ATTR_STDERR_TAIL, ATTR_STOP_REASON, ATTR_TRIAL_DIR, CONFIG_FILE,
                        OUTCOME_FILE, RUN_DIR, STEP0_CACHE_DIR, Outcome, TrialTicket, count_states, counts_as_budget, trial_folder)
 from sweeper.redaction import secret_environment
 from sweeper.run.executors.base import TrialJob, find_local_job_id, patched_environ
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.run.live import LiveView
 from sweeper.run.report import InFlight, StudyReport
-from sweeper.run.race import RoundRace, ended_outcome, seed_look
+from sweeper.run.race import RoundRace, close_waiting, pairing_config, seed_look
 from sweeper.run.reuse import find_identical, reuse_result
 from sweeper.study.samplers import grid_size
 from sweeper.study.space import Rejected, SampledConfig, grid_search_space
@@ -241,16 +240,14 @@ class Driver:
         self._race_changed = False
         spent = self.spec.budget.trial_steps is not None and self._steps_spent() >= self.spec.budget.trial_steps
         flights = [(self.storage.get_trial(f.trial_id).user_attrs, f.number) for f in self.in_flight]
-        for waiting, verdict in self.race.decide(self.race.in_flight(flights, self.spec.budget.seeds_min), new_trials, spent):
-            self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")
+        complete = sum(t.state.name == "COMPLETE" and not t.user_attrs.get(ATTR_BASELINE) for t in self.study.get_trials(deepcopy=False))
+        for waiting, verdict in self.race.decide(self.race.in_flight(flights, self.spec.budget.seeds_min), new_trials, spent, complete):
             if verdict.action != "go":
                 self.race.done(waiting.number)
-                outcome = ended_outcome(waiting.outcome, verdict, self.spec.trial_steps(), self.spec.budget.seeds)
-                outcome.write(waiting.trial_dir)
-                if verdict.action == "end":
-                    self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_END, verdict.message)
+                outcome = close_waiting(self.storage, waiting, verdict, self.spec.budget.seeds)
                 self._record(waiting.number, waiting.trial_id, outcome, time.time(), None)
             elif len(self.in_flight) < self.max_parallel:   # its next seed: a job for the same trial
+                self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")
                 (waiting.trial_dir / OUTCOME_FILE).unlink(missing_ok=True)
                 with patched_environ(secret_environment(self.spec.study.storage, self.spec.tracking.uri)):
                     job = self.executor.submit(waiting.trial_dir, f"{self.spec.study.name}-{waiting.number}")
@@ -293,8 +290,11 @@ class Driver:
             self._update_bar(1)
             return None
         trial_dir.mkdir(parents=True, exist_ok=True)
+        baseline = bool(trial.user_attrs.get(ATTR_BASELINE))
         (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         trial_id = self._trial_id(trial.number)
+        if pairing := pairing_config(self.spec.budget.race, self.study.get_trials(deepcopy=False), trial.number, baseline):
+            trial.set_user_attr(ATTR_RACE_PAIRING, True)   # runs its seeds straight (sweeper.run.race)
         ticket = TrialTicket(
             storage=self.spec.study.storage,
             study_name=self.spec.study.name,
@@ -309,9 +309,9 @@ class Driver:
             sampled_paths=sampled.sampled_paths,
             tracking={**self.spec.tracking.model_dump(), "parent_run_id": self.parent_run_id},
             seeds=seeds,
-            baseline=bool(trial.user_attrs.get(ATTR_BASELINE)),
+            baseline=baseline,
             seeds_min=self.spec.budget.seeds_min or 0,
-            race=self.spec.budget.race,
+            race="in_trial" if pairing else self.spec.budget.race,
         )
         ticket.write(trial_dir)
         trial.set_user_attr(ATTR_TRIAL_DIR, str(trial_dir))

@@ -6,17 +6,22 @@
 With ``race: in_trial`` (the default) a config runs its seeds one after another inside its trial and the
 futility rule looks after each one. With ``rounds``:
 
-1. The baseline runs all its seeds straight: its seeds are the run-to-run sd's first estimate. Every other
-   config runs its first ``seeds_min`` seeds; then its trial process ends with the outcome AWAITING_ROUND (the
-   trial stays RUNNING in Optuna, user attr ``race_waiting``) and frees its slot. No look is made yet.
+1. The baseline runs all its seeds straight: its seeds are the run-to-run sd's first estimate. So does the
+   first other config launched, the *pairing* config (user attr ``race_pairing``), as under in_trial (a look
+   after each of its seeds): its seeds paired with the baseline's give the sd of a paired difference, which
+   the first round needs (without it the rule falls back on sqrt(2) x the baseline's sd, far larger when
+   seed effects are shared: measured on the quickstart, pure rounds stopped nothing after seed 1). Every
+   other config runs its first ``seeds_min`` seeds; then its trial process ends with the outcome
+   AWAITING_ROUND (the trial stays RUNNING in Optuna, user attr ``race_waiting``) and frees its slot. No
+   look is made yet.
 2. New configs go first: the driver takes waiting trials up only once it starts no new trial (``n_trials``
    reached, ``budget.trial_steps`` spent, or past ``budget.timeout``).
 3. A round: the waiting trials with the fewest finished seeds r, once no trial in flight has fewer than r
    finished (it would still add its seed r). Each gets its one seed look after r seeds, in trial order: the
    futility rule of :mod:`sweeper.study.futility`, the same rule and K as the in-trial look, with what every
    config has finished by then. Stopped: PRUNED (``prune_reason: futility``).
-4. The race is decided when one config besides the baseline is left in it (no other waiting or in flight,
-   no new trial to come): it ends COMPLETE with the seeds it finished (user attr ``race_end``: "race decided
+4. The race is decided when one config besides the baseline is left in it (every other one stopped: none
+   waiting, in flight or complete; no new trial to come): it ends COMPLETE with the seeds it finished (user attr ``race_end``: "race decided
    after seed r ..."). More seeds would only tighten its gain over the baseline on the study's own seeds and
    prompts, the selection's, where it is biased upward; ``sweeper verify`` measures that gain without the
    bias, on fresh seeds and held-out prompts.
@@ -27,8 +32,9 @@ futility rule looks after each one. With ``rounds``:
 What it buys, measured by ``python benchmarks/pruning_quality.py simulate`` (docs/sweeper.md): the configs
 that leave the race early cost their first seed only, and the winner does not run seeds that could no longer
 change the decision. What it costs: the first round judges every config before any has a second seed, so
-the rule has no paired sd yet (its fallback, sqrt(2) x the baseline's sd, is far larger when seed effects
-are shared): on the quickstart it stopped nothing after seed 0 and used 9 of 12 runs, in_trial 8. And
+the rule had no paired sd yet (its fallback, sqrt(2) x the baseline's sd, is far larger when seed effects
+are shared): on the quickstart it stopped nothing after seed 0 and used 9 of 12 runs, in_trial 8; hence the
+pairing config. And
 Optuna's samplers learn from finished trials, while a waiting config finishes only when its race is
 resolved, after every new trial has started: rounds suits a race of enqueued configs far apart, or a known
 run-to-run sd (``pruner.sd``); in_trial a long TPE search, and the quickstart.
@@ -44,9 +50,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sweeper.contract import ATTR_BASELINE, Outcome, trial_seed_values
+from sweeper.contract import ATTR_BASELINE, ATTR_RACE_END, ATTR_RACE_PAIRING, ATTR_RACE_WAITING, Outcome, trial_seed_values
 
-__all__ = ["Waiting", "Verdict", "RoundRace", "ended_outcome", "seed_look"]
+__all__ = ["Waiting", "Verdict", "RoundRace", "close_waiting", "ended_outcome", "pairing_config", "seed_look"]
 
 
 @dataclass
@@ -81,6 +87,17 @@ def ended_outcome(waiting: Outcome, verdict: Verdict, trial_steps: int, seeds: i
     raise ValueError(f"a {verdict.action!r} verdict does not end a trial")
 
 
+def close_waiting(storage: Any, waiting: Waiting, verdict: Verdict, seeds: int) -> Outcome:
+    """A waiting trial that its round stops or ends: its final outcome (written to its folder, for the driver to
+    tell) and its user attrs (``race_waiting`` cleared, ``race_end`` for an ended race)."""
+    outcome = ended_outcome(waiting.outcome, verdict, waiting.outcome.step or 0, seeds)
+    outcome.write(waiting.trial_dir)
+    storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")
+    if verdict.action == "end":
+        storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_END, verdict.message)
+    return outcome
+
+
 def seed_look(study: Any, storage: Any, trial_id: int, seeds: int, build: Callable[[int, list[int]], Any]) -> Any:
     """The futility rule's look after ``seeds`` finished seeds of a waiting trial, with its pruner as its trial
     process builds it (``build(trial steps, validation steps)``: the spec's pruner section's ``build``; the
@@ -98,6 +115,14 @@ def seed_look(study: Any, storage: Any, trial_id: int, seeds: int, build: Callab
     return pruner.after_seed(study, frozen, seeds)
 
 
+def pairing_config(race: str, trials: Iterable[Any], number: int, baseline: bool) -> bool:
+    """Whether trial ``number`` is the race's pairing config: the first config launched besides the baseline
+    (no other trial not FAIL carries ``race_pairing``)."""
+    if race != "rounds" or baseline:
+        return False
+    return not any(t.user_attrs.get(ATTR_RACE_PAIRING) and t.number != number and t.state.name != "FAIL" for t in trials)
+
+
 @dataclass
 class RoundRace:
     """The waiting trials of a ``race: rounds`` study and the rounds that decide them (see the module docstring).
@@ -112,10 +137,10 @@ class RoundRace:
     def in_flight(self, trials: Iterable[tuple[Mapping[str, Any], int]], seeds_min: int | None) -> list[tuple[int, bool]]:
         """``(seeds, is the baseline)`` of each trial in flight (``(user attrs, number)``): the finished seeds at
         which a trial's job ends and it can be judged (a first job: ``seeds_min``; a next-seed job: one more than
-        it had), or for the baseline, which runs its seeds straight, the seed it is on."""
+        it had), or for the baseline and the pairing config, which run their seeds straight, the seed it is on."""
         out = []
         for attrs, number in trials:
-            if attrs.get(ATTR_BASELINE):
+            if attrs.get(ATTR_BASELINE) or attrs.get(ATTR_RACE_PAIRING):
                 out.append((len(trial_seed_values(attrs)) + 1, True))
             else:
                 out.append((self.continued.get(number, seeds_min or 1), False))
@@ -126,11 +151,13 @@ class RoundRace:
         self.waiting[number] = entry
         return entry
 
-    def decide(self, in_flight: Iterable[tuple[int, bool]], new_trials: bool, spent: bool) -> list[tuple[Waiting, Verdict]]:
+    def decide(self, in_flight: Iterable[tuple[int, bool]], new_trials: bool, spent: bool,
+               complete: int = 0) -> list[tuple[Waiting, Verdict]]:
         """The verdicts that can be given now, in trial order. ``in_flight``: :meth:`in_flight`'s (seeds, is the
         baseline) of each trial in flight: a round at r waits for those at r or below, which would join it or
         add their seed r; ``new_trials``: the driver may still start a new trial; ``spent``: the trial-steps
-        budget is spent. A "go" verdict is given once (the trial stays ``cleared`` until it gets a slot and
+        budget is spent; ``complete``: configs other than the baseline that ran all their seeds (contenders
+        still: a survivor is not decided against them). A "go" verdict is given once (the trial stays ``cleared`` until it gets a slot and
         :meth:`launched` takes it off)."""
         if not self.waiting or new_trials:
             return []
@@ -153,7 +180,7 @@ class RoundRace:
                 verdicts.append((member, Verdict("stop", f"stopped after seed {r}: {result.message}")))
             else:
                 survivors.append(member)
-        others = len(self.waiting) - len(members) + sum(1 for _, baseline in in_flight if not baseline)
+        others = len(self.waiting) - len(members) + sum(1 for _, baseline in in_flight if not baseline) + complete
         if len(survivors) == 1 and others == 0:
             verdicts.append((survivors[0], Verdict(
                 "end", f"race decided after seed {r}: every other config left the race (its gain over the baseline "
