@@ -2,7 +2,8 @@
 studies run for real (local executor, SQLite).
 
     python benchmarks/pruning_quality.py simulate [--studies 400]  # ~1 min: futility + racing, harm: rates
-        [--shape 7|4|both] [--schedule in_trial|rounds|both] [--rhos 0,0.5,0.9,0.97] [--no-harm] [--no-within]
+        [--shape 7|4|both] [--schedule in_trial|rounds|rounds_pure|both|all] [--rhos 0,0.5,0.9,0.97]
+        [--no-harm] [--no-within]
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
     python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
@@ -13,31 +14,39 @@ draws. A study has one of two shapes (``--shape``, default both): ``7``, the qui
 configs, the baseline first (true mean 0), then in random order one config +delta, two equal to the
 baseline and three -delta; ``4``, the quickstart's current shape: the baseline (GRPO), then in random order
 one +delta, one equal, one -delta. Two slots (trials in flight); a time unit = one seed's run. A race
-runs under one of two schedules (``--schedule``, default both):
+runs under one of three schedules (``--schedule``, default all; both: in_trial and rounds):
 
 * ``in_trial`` (the product's default): each config's trial runs its seeds one after another in its slot,
   with a seed look after each finished seed r, seeds_min <= r < seeds_max, against whatever the other
   configs have finished by then.
-* ``rounds`` (``budget.race: rounds``, F-Race style; :func:`race_rounds`, seed looks only):
+* ``rounds`` (``budget.race: rounds``, F-Race style, with a pairing config; :func:`race_rounds`, seed looks
+  only):
 
   1. the baseline (config 0) runs all its seeds straight, one after another, never waits, is never judged;
+     the *pairing config* (the first non-baseline config launched) runs its seeds straight too, exactly as
+     under in_trial: a seed look after each finished seed r (seeds_min <= r < seeds_max) at that moment,
+     stopped -> it leaves; it never waits. Its seeds, paired with the baseline's, give the rounds' looks a
+     paired sd (without it, round 1 has none: the rule falls back on sqrt(2) x the baseline's sd);
   2. every other config runs its first seeds_min seeds; then, if it has seeds left, it waits: it frees its
      slot, and no look is made yet;
   3. new configs (the queue) are always launched first while slots are free;
   4. when the queue is empty, the waiting configs with the lowest finished-seed count r are resolved, but
-     only once no running config (baseline included; a survivor of an earlier look that waits for a slot
-     to run its next seed counts as running) has fewer than r finished seeds. Resolution, in launch order:
-     each gets its one seed look after r seeds, ``rule.judge(mine, others, reference=0)``, others = every
-     other config's finished seed values (stopped ones included). Stopped ones leave the race;
+     only once no running config (baseline and pairing config included; a survivor of an earlier look that
+     waits for a slot to run its next seed counts as running) has fewer than r finished seeds. Resolution,
+     in launch order: each gets its one seed look after r seeds, ``rule.judge(mine, others, reference=0)``,
+     others = every other config's finished seed values (stopped ones included). Stopped ones leave the race;
   5. then, if exactly one non-baseline config is still in the race (no other non-baseline config running,
-     waiting or about to run, the queue empty), the race is *decided*: that config ends with the seeds it
-     finished (no more seeds);
+     waiting, about to run or queued, and none *complete*: a config that ran all its seeds and was not
+     stopped is still a contender), and it is waiting or about to run, the race is *decided*: that config
+     ends with the seeds it finished (no more seeds); stopped configs do not count;
   6. otherwise the survivors run their next seed in launch order as slots allow (the baseline's slot too
      once it is done), and after it wait again (unless it was their last seed: then they are complete).
 
   Runs end together when they started together (every run takes one time unit): the looks at a time come
-  after every run ending then has recorded its seed. K (the looks a config can get) is the same as
-  in_trial's: seeds_max - seeds_min.
+  after every run ending then has recorded its seed (the pairing config's look too, before any round
+  then). K (the looks a config can get) is the same as in_trial's: seeds_max - seeds_min.
+* ``rounds_pure``: the earlier rounds, for comparison (``pairing=False``): no pairing config (order[1] waits
+  like the others), and a complete config does not count against a decision.
 
 A seed's objective is
 ``mu_c + b_s + e_cs``: ``b_s`` the seed's effect shared by every config (common seeds), ``e_cs`` the
@@ -238,18 +247,24 @@ def draw_curves(rng, means, sd: float, rho: float, seeds: int, looks: int, ratio
 
 SHAPES = {"7": PLANTED,             # the quickstart's earlier shape: one +delta, two equal, three -delta
           "4": (0, +1, 0, -1)}       # the quickstart's current shape: GRPO, one +delta method, one equal, one -delta
-SCHEDULES = ("in_trial", "rounds")
+SCHEDULES = ("in_trial", "rounds", "rounds_pure")
 
 
-def race_rounds(values, order, rule, seeds_min: int, seeds_max: int, parallel: int = 2) -> dict:
+def race_rounds(values, order, rule, seeds_min: int, seeds_max: int, parallel: int = 2, pairing: bool = True) -> dict:
     """The ``rounds`` schedule (F-Race style, see the module docstring) on given seed values:
     ``values[config, seed]`` (the seed's objective), ``order`` the launch order, ``order[0]`` the baseline
-    (the reference of every look). A seed run takes one time unit; ``parallel`` slots.
+    (the reference of every look). A seed run takes one time unit; ``parallel`` slots. ``pairing`` (the
+    product's ``budget.race: rounds``): ``order[1]`` is the pairing config, which runs its seeds straight with
+    a seed look after each (as under in_trial), and a race is decided only when no other non-baseline config
+    is in the race, complete ones included; False: the earlier, pure rounds (no pairing config; complete
+    configs do not count against a decision).
 
     Returns ``finished`` ({config: {seed: value}}), ``stopped`` (set), ``decided`` (the config a decided race
     ended, or None) and ``decided_at`` (its time), ``runs`` (seed runs), ``wall`` (time units until the last
-    run ended), ``launched`` ([(time, config, seed)] in launch order) and ``looks`` ([(time, config, r, stop)])."""
+    run ended), ``launched`` ([(time, config, seed)] in launch order) and ``looks`` ([(time, config, r, stop)],
+    the pairing config's looks included)."""
     baseline = order[0]
+    pair = order[1] if pairing and len(order) > 1 else None
     rank = {c: i for i, c in enumerate(order)}
     finished: dict[int, dict[int, float]] = {c: {} for c in order}
     queue = list(order)
@@ -260,6 +275,24 @@ def race_rounds(values, order, rule, seeds_min: int, seeds_max: int, parallel: i
     decided, decided_at = None, None
     launched: list[tuple[int, int, int]] = []
     looks: list[tuple[int, int, int, bool]] = []
+
+    def judge(config: int, r: int) -> bool:
+        others = {c: v for c, v in finished.items() if c != config}
+        stop = bool(rule.judge(finished[config], others, reference=baseline).stop)
+        looks.append((t, config, r, stop))
+        if stop:
+            stopped.add(config)
+        return stop
+
+    def in_race(config: int) -> bool:
+        """A non-baseline config still in the race (for a decision): not stopped, and running, waiting, about
+        to run, or (with pairing) complete."""
+        if config == baseline or config in stopped:
+            return False
+        if config in running or config in pending or config in waiting or config in queue:
+            return True
+        return pairing and len(finished[config]) == seeds_max
+
     t = 0
     while True:
         while True:                    # decisions at time t, until nothing changes
@@ -274,29 +307,29 @@ def race_rounds(values, order, rule, seeds_min: int, seeds_max: int, parallel: i
                 break
             for config in sorted((c for c in waiting if len(finished[c]) == r), key=rank.get):
                 waiting.remove(config)
-                others = {c: v for c, v in finished.items() if c != config}
-                stop = bool(rule.judge(finished[config], others, reference=baseline).stop)
-                looks.append((t, config, r, stop))
-                if stop:
-                    stopped.add(config)
-                else:
+                if not judge(config, r):
                     pending.append(config)
             pending.sort(key=rank.get)
-            in_race = [c for c in list(running) + pending + waiting if c != baseline]
-            if len(in_race) == 1 and decided is None:        # the race is decided: it ends with the seeds it has
-                decided, decided_at = in_race[0], t
-                assert decided not in running, "a decided config is never running (it would have blocked the look)"
+            contenders = [c for c in order if in_race(c)]
+            if len(contenders) == 1 and decided is None and (contenders[0] in pending or contenders[0] in waiting):
+                # the race is decided: it ends with the seeds it has (the lone contender running, the pairing
+                # config that runs its seeds straight, or complete: nothing to decide)
+                decided, decided_at = contenders[0], t
                 (pending if decided in pending else waiting).remove(decided)
         if not running:
             assert not (queue or pending or waiting), (queue, pending, waiting)
             break
         t += 1                          # every running seed ends (each takes one time unit)
-        for config, seed in list(running.items()):
+        ended = list(running.items())
+        for config, seed in ended:      # every run ending now records its seed before any look
             finished[config][seed] = float(values[config, seed])
+        for config, _ in ended:
             count = len(finished[config])
             if count == seeds_max:
                 del running[config]     # complete
-            elif config == baseline or count < seeds_min:
+            elif config == pair and count >= seeds_min and judge(config, count):
+                del running[config]     # the pairing config's seed look (as in_trial): stopped, it leaves
+            elif config in (baseline, pair) or count < seeds_min:
                 running[config] = count  # its next seed, straight on in its slot
                 launched.append((t, config, count))
             else:
@@ -336,10 +369,11 @@ def simulate_racing(rng, rule, delta: float, sd: float, rho: float, seeds_min: i
     means = np.array(planted, dtype=float) * delta
     values = draw_curves(rng, means, sd, rho, seeds_max, looks, ratio, extra_sd)
     best_mean = means.max()
-    if schedule == "rounds":
+    if schedule.startswith("rounds"):
         if looks != 1:
             raise ValueError("the rounds schedule is simulated with seed looks only (looks=1)")
-        raced = race_rounds(values[:, :, -1], [int(c) for c in order], rule, seeds_min, seeds_max, parallel)
+        raced = race_rounds(values[:, :, -1], [int(c) for c in order], rule, seeds_min, seeds_max, parallel,
+                            pairing=schedule == "rounds")
         chosen = final_best(raced["finished"], raced["stopped"], 0)
         return {"false_futility": 1 in raced["stopped"], "runs": raced["runs"], "full": len(planted) * seeds_max,
                 "within_delta": means[chosen] >= best_mean - delta - 1e-12, "found": chosen == 1,
@@ -442,8 +476,8 @@ def simulate(studies: int = 400, delta: float = 0.03, sd: float = 0.019, alpha: 
                 if within and shape == "7":
                     cases += [("in_trial", shape, lo, hi, ratio, scaled) for lo, hi in within_races
                               for ratio, scaled in ((curve_ratio, False), (curve_ratio, True), (1.0, False))]
-            if "rounds" in schedules:
-                cases += [("rounds", shape, lo, hi, None, False) for lo, hi in rounds_races]
+            cases += [(name, shape, lo, hi, None, False) for name in ("rounds", "rounds_pure") if name in schedules
+                      for lo, hi in rounds_races]
         for schedule, shape, seeds_min, seeds_max, ratio, scaled in cases:
             validations = list(VALIDATIONS) if ratio is not None else None
             looks = race_looks(seeds_min, seeds_max, validations, VALIDATIONS[0] if validations else None)
@@ -671,9 +705,10 @@ def main() -> int:
     parser.add_argument("--sd", type=float, default=0.019, help="simulate: a config's run-to-run sd")
     parser.add_argument("--shape", choices=["7", "4", "both"], default="both",
                         help="simulate: the planted configs: 7 (0,+1,0,0,-1,-1,-1) or 4 (0,+1,0,-1) (x delta), or both")
-    parser.add_argument("--schedule", choices=[*SCHEDULES, "both"], default="both",
-                        help="simulate: in_trial (a trial runs its seeds in its slot), rounds (budget.race: rounds), "
-                             "or both")
+    parser.add_argument("--schedule", choices=[*SCHEDULES, "both", "all"], default="all",
+                        help="simulate: in_trial (a trial runs its seeds in its slot), rounds (budget.race: rounds: "
+                             "with the pairing config), rounds_pure (the earlier rounds, no pairing config), both "
+                             "(in_trial and rounds) or all")
     parser.add_argument("--rhos", default="0,0.5,0.9,0.97", help="simulate: the seed correlations, comma-separated")
     parser.add_argument("--no-harm", action="store_true", help="simulate: skip the harm rows")
     parser.add_argument("--no-within", action="store_true", help="simulate: skip the within-seed look rows")
@@ -684,7 +719,7 @@ def main() -> int:
         folder = Path(tmp)
         if args.what == "simulate":
             shapes = ("7", "4") if args.shape == "both" else (args.shape,)
-            schedules = SCHEDULES if args.schedule == "both" else (args.schedule,)
+            schedules = {"all": SCHEDULES, "both": ("in_trial", "rounds")}.get(args.schedule, (args.schedule,))
             output = simulate(args.studies, args.delta, args.sd, rhos=tuple(float(r) for r in args.rhos.split(",")),
                               curve_ratio=args.curve_ratio, curve_sd=args.curve_sd, harm=not args.no_harm,
                               shapes=shapes, schedules=schedules, within=not args.no_within)
@@ -698,7 +733,7 @@ def main() -> int:
             for r in output:
                 if "false_futility" in r:
                     (a, b), (c, d) = r["false_futility_interval"], r["within_delta_interval"]
-                    decided = f"{r['decided']:.2f}" if r["schedule"] == "rounds" else "-"
+                    decided = f"{r['decided']:.2f}" if r["schedule"].startswith("rounds") else "-"
                     print(f"| {r['schedule']} | {r['shape']} | {r['rule']} | {r['rho']} "
                           f"| {r['false_futility']:.3f} [{a:.3f}, {b:.3f}] | {r['steps_ratio']:.2f} | {r['within_delta']:.3f} [{c:.3f}, {d:.3f}] | {r['found']:.2f} | "
                           f"{r['wall']:.2f} | {decided} |")
