@@ -100,7 +100,7 @@ def test_complete_crash_kill_corrupt_and_unknown_outcomes_agree_in_optuna_mlflow
     reasons = {t.number: t.user_attrs.get("fail_reason", "") for t in trials}
     assert "simulated crash" in reasons[1] and NO_OUTCOME in reasons[2]
     assert reasons[3].startswith(f"{OUTCOME_FILE} cannot be read")
-    assert reasons[4] == f"{OUTCOME_FILE} is invalid: state 'EXPLODED' is not one of COMPLETE, PRUNED, FAIL, PREEMPTED"
+    assert reasons[4] == f"{OUTCOME_FILE} is invalid: state 'EXPLODED' is not one of COMPLETE, PRUNED, FAIL, PREEMPTED, AWAITING_ROUND"
 
     # MLflow: each trial's run has the status and the state tag of that state
     client = MlflowClient(tracking_uri=spec.tracking.uri)

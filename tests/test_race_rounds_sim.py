@@ -59,13 +59,28 @@ def test_the_pairing_config_runs_its_seeds_straight_and_a_complete_config_blocks
     (2 alone), s2; t6: complete. 3 + 3 + 3 + 1 = 10 runs, wall 6."""
     rule = Scripted({(3, 1)})
     out = race_rounds(numbered(4, 3), [0, 1, 2, 3], rule, 1, 3)
-    assert out["launched"] == [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1), (2, 0, 2), (2, 1, 2),
-                               (3, 2, 0), (3, 3, 0), (4, 2, 1), (5, 2, 2)]
+    assert out["launched"] == [
+        (0, 0, 0),
+        (0, 1, 0),
+        (1, 0, 1),
+        (1, 1, 1),
+        (2, 0, 2),
+        (2, 1, 2),
+        (3, 2, 0),
+        (3, 3, 0),
+        (4, 2, 1),
+        (5, 2, 2),
+    ]
     assert out["looks"] == [(1, 1, 1, False), (2, 1, 2, False), (4, 2, 1, False), (4, 3, 1, True), (5, 2, 2, False)]
     # every look sees every other config's finished seeds at that time (seeds ending then included), the
     # stopped config's too; round 1 already has the pairing config's 3 seeds paired with the baseline's
-    assert rule.calls == [(1, 1, {0: 1, 2: 0, 3: 0}), (1, 2, {0: 2, 2: 0, 3: 0}), (2, 1, {0: 3, 1: 3, 3: 1}),
-                          (3, 1, {0: 3, 1: 3, 2: 1}), (2, 2, {0: 3, 1: 3, 3: 1})]
+    assert rule.calls == [
+        (1, 1, {0: 1, 2: 0, 3: 0}),
+        (1, 2, {0: 2, 2: 0, 3: 0}),
+        (2, 1, {0: 3, 1: 3, 3: 1}),
+        (3, 1, {0: 3, 1: 3, 2: 1}),
+        (2, 2, {0: 3, 1: 3, 3: 1}),
+    ]
     assert (out["runs"], out["wall"], out["stopped"], out["decided"]) == (10, 6, {3}, None)
     assert {c: len(v) for c, v in out["finished"].items()} == {0: 3, 1: 3, 2: 3, 3: 1}
 
@@ -101,13 +116,19 @@ def test_a_round_judges_with_the_paired_sd_the_pairing_config_gives():
     rule = Recording(FutilityRule(0.03, 0.1, looks=2))
     out = race_rounds(values, [0, 1, 2, 3], rule, 1, 3)
     assert out["looks"] == [(1, 1, 1, False), (2, 1, 2, False), (4, 2, 1, False), (4, 3, 1, True), (5, 2, 2, False)]
-    assert "unpaired, 2 df" in rule.messages[1]                  # the pairing config's own look after 2 seeds
+    assert "unpaired, 2 df" in rule.messages[1]  # the pairing config's own look after 2 seeds
     assert "paired, 2 df" in rule.messages[3] and "unpaired" not in rule.messages[3]
     assert (out["stopped"], out["decided"], out["runs"], out["wall"]) == ({3}, None, 10, 6)
     pure_rule = Recording(FutilityRule(0.03, 0.1, looks=2))
     pure = race_rounds(values, [0, 1, 2, 3], pure_rule, 1, 3, pairing=False)
-    assert pure["looks"] == [(3, 1, 1, False), (3, 2, 1, False), (3, 3, 1, False),
-                             (5, 1, 2, True), (5, 2, 2, False), (5, 3, 2, True)]
+    assert pure["looks"] == [
+        (3, 1, 1, False),
+        (3, 2, 1, False),
+        (3, 3, 1, False),
+        (5, 1, 2, True),
+        (5, 2, 2, False),
+        (5, 3, 2, True),
+    ]
     assert "unpaired" in pure_rule.messages[0] and "unpaired" in pure_rule.messages[2]
     assert "paired, 3 df" in pure_rule.messages[3]
     assert (pure["stopped"], pure["decided"], pure["decided_at"], pure["runs"]) == ({1, 3}, 2, 5, 9)
@@ -120,12 +141,33 @@ def test_a_look_waits_for_a_running_config_with_fewer_seeds():
     seed two at a time in launch order (t6-t9 seed 2, round 2 at t9 once the last is done; t9-t12 seed 3):
     7 x 3 = 21 runs, 12 time units (the earlier rounds, no pairing config: 11)."""
     out = race_rounds(numbered(7, 3), list(range(7)), Scripted(), 1, 3)
-    assert out["launched"][:11] == [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1), (2, 0, 2), (2, 1, 2),
-                                    (3, 2, 0), (3, 3, 0), (4, 4, 0), (4, 5, 0), (5, 6, 0)]
+    assert out["launched"][:11] == [
+        (0, 0, 0),
+        (0, 1, 0),
+        (1, 0, 1),
+        (1, 1, 1),
+        (2, 0, 2),
+        (2, 1, 2),
+        (3, 2, 0),
+        (3, 3, 0),
+        (4, 4, 0),
+        (4, 5, 0),
+        (5, 6, 0),
+    ]
     looks = [(t, c, r) for t, c, r, _ in out["looks"]]
     assert looks == [(1, 1, 1), (2, 1, 2)] + [(6, c, 1) for c in range(2, 7)] + [(9, c, 2) for c in range(2, 7)]
-    assert [(t, c) for t, c, s in out["launched"][11:]] == [(6, 2), (6, 3), (7, 4), (7, 5), (8, 6),
-                                                            (9, 2), (9, 3), (10, 4), (10, 5), (11, 6)]
+    assert [(t, c) for t, c, s in out["launched"][11:]] == [
+        (6, 2),
+        (6, 3),
+        (7, 4),
+        (7, 5),
+        (8, 6),
+        (9, 2),
+        (9, 3),
+        (10, 4),
+        (10, 5),
+        (11, 6),
+    ]
     assert (out["runs"], out["wall"]) == (21, 12)
     assert race_rounds(numbered(7, 3), list(range(7)), Scripted(), 1, 3, pairing=False)["wall"] == 11
 
@@ -148,7 +190,7 @@ def test_the_earlier_rounds_decide_a_race_and_run_no_more_seeds():
     assert (out["decided"], out["decided_at"], out["stopped"]) == (1, 4, {2, 3})
     assert {c: len(v) for c, v in out["finished"].items()} == {0: 3, 1: 2, 2: 2, 3: 1}
     assert (out["runs"], out["wall"]) == (8, 4)
-    assert final_best(out["finished"], out["stopped"]) == 1     # ranked over its 2 seeds paired with the baseline's
+    assert final_best(out["finished"], out["stopped"]) == 1  # ranked over its 2 seeds paired with the baseline's
     two = race_rounds(numbered(2, 4), [0, 1], Scripted(), 1, 4, pairing=False)
     assert (two["decided"], two["decided_at"], {c: len(v) for c, v in two["finished"].items()}) == (1, 1, {0: 4, 1: 1})
     assert two["launched"] == [(0, 0, 0), (0, 1, 0), (1, 0, 1), (2, 0, 2), (3, 0, 3)]
@@ -166,7 +208,7 @@ def test_decided_races_with_the_real_rule_run_nothing_after_the_decision(pairing
     for _ in range(60):
         order = [0] + list(1 + rng.permutation(6))
         means = np.array(SHAPES["7"], dtype=float) * 0.03
-        half = 0.019 * 0.5**0.5                       # rho 0.5: half the variance shared by the seed
+        half = 0.019 * 0.5**0.5  # rho 0.5: half the variance shared by the seed
         values = means[:, None] + rng.normal(0, half, 4)[None, :] + rng.normal(0, half, (7, 4))
         out = race_rounds(values, [int(c) for c in order], rule, 1, 4, pairing=pairing)
         if out["decided"] is None:
@@ -185,8 +227,9 @@ def test_rounds_1_3_keeps_the_false_futility_rate_at_alpha(shape):
     stopped at a rate consistent with alpha 0.1 (the Wilson interval reaches down to 0.1 or below)."""
     rule = FutilityRule(0.03, 0.1, looks=2)
     rng = np.random.default_rng(0)
-    results = [simulate_racing(rng, rule, 0.03, 0.019, 0.0, 1, 3, schedule="rounds", planted=SHAPES[shape])
-               for _ in range(200)]
+    results = [
+        simulate_racing(rng, rule, 0.03, 0.019, 0.0, 1, 3, schedule="rounds", planted=SHAPES[shape]) for _ in range(200)
+    ]
     stops = sum(r["false_futility"] for r in results)
     assert wilson(stops, 200)[0] <= 0.1
     assert all(r["runs"] <= r["full"] for r in results)

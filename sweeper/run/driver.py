@@ -400,7 +400,7 @@ class Driver:
                 self.best = (value, number)
         detail = {
             "COMPLETE": lambda: "value " + ", ".join(f"{v:.4g}" for v in values),
-            "PRUNED": lambda: (frozen.user_attrs.get(ATTR_STOP_REASON) or attrs.get("prune_message")
+            "PRUNED": lambda: (frozen.user_attrs.get(ATTR_STOP_REASON) or (attrs.get("prune_reason") == "futility" and attrs.get("prune_message"))
                                or f"{attrs.get('prune_reason')} at step {attrs.get('pruned_at_step')}"),
             "FAIL": lambda: attrs.get("fail_reason", ""),
         }[state]()

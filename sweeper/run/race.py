@@ -21,8 +21,8 @@ futility rule looks after each one. With ``rounds``:
    futility rule of :mod:`sweeper.study.futility`, the same rule and K as the in-trial look, with what every
    config has finished by then. Stopped: PRUNED (``prune_reason: futility``).
 4. The race is decided when one config besides the baseline is left in it (every other one stopped: none
-   waiting, in flight or complete; no new trial to come): it ends COMPLETE with the seeds it finished (user attr ``race_end``: "race decided
-   after seed r ..."). More seeds would only tighten its gain over the baseline on the study's own seeds and
+   waiting, in flight or complete; no new trial to come): it ends COMPLETE with the seeds it finished (user
+   attr ``race_end``: "race decided after seed r ..."). More seeds would only tighten its gain over the baseline on the study's own seeds and
    prompts, the selection's, where it is biased upward; ``sweeper verify`` measures that gain without the
    bias, on fresh seeds and held-out prompts.
 5. Otherwise each survivor's next seed runs: a new job for the same trial, which resumes after the seeds it
@@ -50,7 +50,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sweeper.contract import ATTR_BASELINE, ATTR_RACE_END, ATTR_RACE_PAIRING, ATTR_RACE_WAITING, Outcome, trial_seed_values
+from sweeper.contract import (
+    ATTR_BASELINE,
+    ATTR_RACE_END,
+    ATTR_RACE_PAIRING,
+    ATTR_RACE_WAITING,
+    Outcome,
+    trial_seed_values,
+)
 
 __all__ = ["Waiting", "Verdict", "RoundRace", "close_waiting", "ended_outcome", "pairing_config", "seed_look"]
 
@@ -64,12 +71,12 @@ class Waiting:
     trial_dir: Path
     seeds: int
     outcome: Outcome
-    cleared: bool = False        # its look let it go on; it waits for a free slot only
+    cleared: bool = False  # its look let it go on; it waits for a free slot only
 
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str        # "stop" (futility) | "end" (race decided, or the trial-steps budget spent) | "go" (next seed)
+    action: str  # "stop" (futility) | "end" (race decided, or the trial-steps budget spent) | "go" (next seed)
     message: str
 
 
@@ -102,10 +109,9 @@ def seed_look(study: Any, storage: Any, trial_id: int, seeds: int, build: Callab
     """The futility rule's look after ``seeds`` finished seeds of a waiting trial, with its pruner as its trial
     process builds it (``build(trial steps, validation steps)``: the spec's pruner section's ``build``; the
     steps and seeds from its ticket and config: the same K), over the study as it stands."""
-    from trainers.config import load_config
-
     from sweeper.contract import ATTR_TRIAL_DIR, CONFIG_FILE, TrialTicket
     from sweeper.run.trial.outcome import validation_steps
+    from trainers.config import load_config
 
     frozen = storage.get_trial(trial_id)
     trial_dir = Path(frozen.user_attrs[ATTR_TRIAL_DIR])
@@ -120,7 +126,9 @@ def pairing_config(race: str, trials: Iterable[Any], number: int, baseline: bool
     (no other trial not FAIL carries ``race_pairing``)."""
     if race != "rounds" or baseline:
         return False
-    return not any(t.user_attrs.get(ATTR_RACE_PAIRING) and t.number != number and t.state.name != "FAIL" for t in trials)
+    return not any(
+        t.user_attrs.get(ATTR_RACE_PAIRING) and t.number != number and t.state.name != "FAIL" for t in trials
+    )
 
 
 @dataclass
@@ -132,9 +140,11 @@ class RoundRace:
 
     look: Callable[[int, int, int], Any]
     waiting: dict[int, Waiting] = field(default_factory=dict)
-    continued: dict[int, int] = field(default_factory=dict)   # trial -> the finished seeds its next-seed job ends at
+    continued: dict[int, int] = field(default_factory=dict)  # trial -> the finished seeds its next-seed job ends at
 
-    def in_flight(self, trials: Iterable[tuple[Mapping[str, Any], int]], seeds_min: int | None) -> list[tuple[int, bool]]:
+    def in_flight(
+        self, trials: Iterable[tuple[Mapping[str, Any], int]], seeds_min: int | None
+    ) -> list[tuple[int, bool]]:
         """``(seeds, is the baseline)`` of each trial in flight (``(user attrs, number)``): the finished seeds at
         which a trial's job ends and it can be judged (a first job: ``seeds_min``; a next-seed job: one more than
         it had), or for the baseline and the pairing config, which run their seeds straight, the seed it is on."""
@@ -151,14 +161,15 @@ class RoundRace:
         self.waiting[number] = entry
         return entry
 
-    def decide(self, in_flight: Iterable[tuple[int, bool]], new_trials: bool, spent: bool,
-               complete: int = 0) -> list[tuple[Waiting, Verdict]]:
+    def decide(
+        self, in_flight: Iterable[tuple[int, bool]], new_trials: bool, spent: bool, complete: int = 0
+    ) -> list[tuple[Waiting, Verdict]]:
         """The verdicts that can be given now, in trial order. ``in_flight``: :meth:`in_flight`'s (seeds, is the
         baseline) of each trial in flight: a round at r waits for those at r or below, which would join it or
         add their seed r; ``new_trials``: the driver may still start a new trial; ``spent``: the trial-steps
         budget is spent; ``complete``: configs other than the baseline that ran all their seeds (contenders
-        still: a survivor is not decided against them). A "go" verdict is given once (the trial stays ``cleared`` until it gets a slot and
-        :meth:`launched` takes it off)."""
+        still: a survivor is not decided against them). A "go" verdict is given once (the trial stays
+        ``cleared`` until it gets a slot and :meth:`launched` takes it off)."""
         if not self.waiting or new_trials:
             return []
         in_flight = list(in_flight)
@@ -166,11 +177,13 @@ class RoundRace:
         if cleared:
             return [(w, Verdict("go", "")) for w in cleared]
         if spent:
-            return [(w, Verdict("end", f"waited after seed {w.seeds}; budget.trial_steps is spent"))
-                    for w in sorted(self.waiting.values(), key=lambda w: w.number)]
+            return [
+                (w, Verdict("end", f"waited after seed {w.seeds}; budget.trial_steps is spent"))
+                for w in sorted(self.waiting.values(), key=lambda w: w.number)
+            ]
         r = min(w.seeds for w in self.waiting.values())
         if any(seeds <= r for seeds, _ in in_flight):
-            return []   # a trial in flight still joins this round or adds its seed r
+            return []  # a trial in flight still joins this round or adds its seed r
         members = sorted((w for w in self.waiting.values() if w.seeds == r), key=lambda w: w.number)
         verdicts: list[tuple[Waiting, Verdict]] = []
         survivors = []
@@ -182,9 +195,16 @@ class RoundRace:
                 survivors.append(member)
         others = len(self.waiting) - len(members) + sum(1 for _, baseline in in_flight if not baseline) + complete
         if len(survivors) == 1 and others == 0:
-            verdicts.append((survivors[0], Verdict(
-                "end", f"race decided after seed {r}: every other config left the race (its gain over the baseline "
-                       f"on fresh seeds and held-out prompts: sweeper verify)")))
+            verdicts.append(
+                (
+                    survivors[0],
+                    Verdict(
+                        "end",
+                        f"race decided after seed {r}: every other config left the race (its gain over the baseline "
+                        f"on fresh seeds and held-out prompts: sweeper verify)",
+                    ),
+                )
+            )
         else:
             for member in survivors:
                 member.cleared = True

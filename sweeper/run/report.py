@@ -27,7 +27,7 @@ class StudyReport:
     study_name: str
     study_dir: str
     storage: str
-    counts: dict[str, int]                     # state (sweeper.contract.trial_state) -> trials in storage
+    counts: dict[str, int]  # state (sweeper.contract.trial_state) -> trials in storage
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     best_trial: int | None = None
@@ -36,12 +36,12 @@ class StudyReport:
     rejected: int = 0
     reattached: int = 0
     requeued: int = 0
-    wall_seconds: float = 0.0                  # the whole run, setup included
-    loop_seconds: float = 0.0                  # first submission -> last trial told
-    driver_seconds: float = 0.0                # time spent in ask/sample/submit/tell (not waiting)
-    slot_busy_seconds: float = 0.0             # sum over trials of submit -> noticed done
+    wall_seconds: float = 0.0  # the whole run, setup included
+    loop_seconds: float = 0.0  # first submission -> last trial told
+    driver_seconds: float = 0.0  # time spent in ask/sample/submit/tell (not waiting)
+    slot_busy_seconds: float = 0.0  # sum over trials of submit -> noticed done
     max_parallel: int = 1
-    trial_seconds: list[float] = field(default_factory=list)            # inside the trial process
+    trial_seconds: list[float] = field(default_factory=list)  # inside the trial process
     intervals: list[tuple[int, float, float]] = field(default_factory=list)  # (trial, submitted, noticed done)
 
     @property

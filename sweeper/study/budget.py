@@ -85,8 +85,10 @@ class BudgetSpec(SpecModel):
     @model_validator(mode="after")
     def _bounded(self) -> "BudgetSpec":
         if self.race == "rounds" and not (self.seeds_min is not None and self.seeds_min < self.seeds):
-            raise ValueError(f"budget.race: rounds races configs over seeds; give budget.seeds as a range "
-                             f'(e.g. "1-3"), or drop budget.race (budget.seeds is {self.seeds})')
+            raise ValueError(
+                f"budget.race: rounds races configs over seeds; give budget.seeds as a range "
+                f'(e.g. "1-3"), or drop budget.race (budget.seeds is {self.seeds})'
+            )
         if self.n_trials is None and self.timeout is None and self.trial_steps is None:
             raise ValueError("give n_trials, timeout or trial_steps (or several): a study needs a budget")
         return self

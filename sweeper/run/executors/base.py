@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Iterator, Literal, Protocol
 
 from pydantic import Field, field_validator
 
-from sweeper.study.schema import SpecModel
 from sweeper.contract import SUBMITIT_DIR
+from sweeper.study.schema import SpecModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 STDERR_TAIL_CHARS = 4000

@@ -20,8 +20,14 @@ def validation_steps(config: Any) -> list[int]:
 def futility_stop(message: str, finished: list[dict[str, Any]], steps: int) -> Outcome:
     """The PRUNED outcome of a futility stop after ``finished`` seeds (before :func:`with_uncertainty`)."""
     mean = sum(r["values"][0] for r in finished) / len(finished)
-    return Outcome("PRUNED", step=steps, prune_reason=FUTILITY_PRUNE_REASON, message=message, partial_values=[mean],
-                   pruned_at_step=steps)
+    return Outcome(
+        "PRUNED",
+        step=steps,
+        prune_reason=FUTILITY_PRUNE_REASON,
+        message=message,
+        partial_values=[mean],
+        pruned_at_step=steps,
+    )
 
 
 def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: Any) -> Outcome:
@@ -36,7 +42,9 @@ def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], see
             columns = list(zip(*(r["values"] for r in finished)))
             # the first objective's per-prompt values are kept, so its SE also carries the validation's noise
             vectors = [[r.get("per_prompt") for r in finished]] + [[None] * len(finished)] * (len(columns) - 1)
-            estimates = [replicate_summary(list(column), seed_vectors) for column, seed_vectors in zip(columns, vectors)]
+            estimates = [
+                replicate_summary(list(column), seed_vectors) for column, seed_vectors in zip(columns, vectors)
+            ]
             outcome.values = [estimate.value for estimate in estimates]
             outcome.values_se = [estimate.se for estimate in estimates]
         else:
@@ -44,13 +52,15 @@ def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], see
             outcome.values_se = _prompt_se(outcome.per_prompt)
         outcome.replicates = finished
     elif outcome.state == "PRUNED" and finished:
-        outcome.replicates = finished   # a futility stop after a seed: the seeds it finished still count
+        outcome.replicates = finished  # a futility stop after a seed: the seeds it finished still count
         columns = list(zip(*(r["values"] for r in finished)))
         outcome.partial_values = [sum(column) / len(column) for column in columns]
         if len(finished) > 1:
             outcome.values_se = [replicate_summary(list(column), [None] * len(finished)).se for column in columns]
         count = len(finished)
-        outcome.message = (outcome.message or "") + f" (value: the mean over the {count} seed{'s' if count > 1 else ''} it finished)"
+        outcome.message = (
+            outcome.message or ""
+        ) + f" (value: the mean over the {count} seed{'s' if count > 1 else ''} it finished)"
     vectors = [v for v in (outcome.per_prompt or []) if v] or [r["per_prompt"] for r in finished if r.get("per_prompt")]
     outcome.prompts = len(vectors[0]) if vectors else None
     return outcome
