@@ -22,9 +22,9 @@ futility rule looks after each one. With ``rounds``:
    config has finished by then. Stopped: PRUNED (``prune_reason: futility``).
 4. The race is decided when one config besides the baseline is left in it (every other one stopped: none
    waiting, in flight or complete; no new trial to come): it ends COMPLETE with the seeds it finished (user
-   attr ``race_end``: "race decided after seed r ..."). More seeds would only tighten its gain over the baseline on the study's own seeds and
-   prompts, the selection's, where it is biased upward; ``sweeper verify`` measures that gain without the
-   bias, on fresh seeds and held-out prompts.
+   attr ``race_end``: "race decided after seed r ..."). More seeds would only tighten its gain over the
+   baseline on the study's own seeds and prompts, the selection's, where it is biased upward; ``sweeper
+   verify`` measures that gain without the bias, on fresh seeds and held-out prompts.
 5. Otherwise each survivor's next seed runs: a new job for the same trial, which resumes after the seeds it
    finished (``replicates.json``) and waits again after the seed (unless it was its last). Once
    ``budget.trial_steps`` is spent, waiting trials end with the seeds they finished.
