@@ -43,10 +43,14 @@ def run_secondary_rank(trial_dir: str | Path) -> dict[str, Any]:
     config = load_config(trial_dir / CONFIG_FILE)
     train = load_entrypoint(ticket.entrypoint)
     done = len(read_replicates(trial_dir))
+    runs = replicate_configs(config, ticket.seeds or [config.seed])
+    rounds = ticket.race == "rounds" and not ticket.baseline   # rank 0 waits for its round after such a seed
     summary: dict[str, Any] = {}
-    for _seed, run_config in replicate_configs(config, ticket.seeds or [config.seed])[done:]:
+    for index, (_seed, run_config) in enumerate(runs[done:], start=done + 1):
         summary = train(run_config, [])
         if summary.get("status") != "completed" or summary.get("stop_reason"):
+            break
+        if rounds and (ticket.seeds_min or len(runs)) <= index < len(runs):
             break
     return {"rank": int(os.environ.get("RANK", "0")), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "state": "PREEMPTED" if summary.get("stop_reason") == PREEMPTED else "DONE", "step": summary.get("step")}
