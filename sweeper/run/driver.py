@@ -207,7 +207,7 @@ class Driver:
                 self._update_bar()
                 if self.spec.executor.one_at_a_time:
                     break  # it already ran: reap it before the next one
-            if self.race.waiting and self._race_changed:
+            if self.race.waiting and (self._race_changed or not self.in_flight):
                 self._rounds(self._may_start(already + launched_here, deadline))
             self.report.driver_seconds += time.perf_counter() - t0
             if loop_start is None and self.in_flight:
