@@ -7,6 +7,7 @@ studies run for real (local executor, SQLite).
     python benchmarks/pruning_quality.py standin [--trials 24]    # ~3 min: false prunes and power, known truth
     python benchmarks/pruning_quality.py quickstart [--parallel 2] # ~30 min: the quickstart with and without pruning
     python benchmarks/pruning_quality.py replay examples/quickstart.yaml  # seconds: other pruners on a finished study
+    python benchmarks/pruning_quality.py race [--race-trials 7 --race-seeds 1-4 --delta 0.03]  # ~40 min: both race orders
 
 ``simulate``: stand-in studies whose truth is planted, decided by the same pure functions the pruners
 use (:class:`sweeper.study.futility.FutilityRule`, :func:`sweeper.decisions.harm_p_value`), numpy for the
@@ -545,6 +546,38 @@ def quickstart(parallel: int, folder: Path) -> dict:
     return {"results": results, "gain": gain}
 
 
+def race(orders: list[str], trials: int, seeds: str, delta: float, parallel: int, folder: Path) -> list[dict]:
+    """The quickstart's study (examples/quickstart.yaml: its base, space, enqueued configs, sampler and futility
+    pruner) raced at another scale: ``trials`` trials (the 4 enqueued configs, then TPE's start-up draws),
+    ``budget.seeds`` ``seeds`` and ``delta``, once per race order (``budget.race``). Per order: trial-steps
+    used (each seed's curve up to its last validation) over the full budget (trials x seeds x steps), how each
+    trial ended and the best."""
+    from sweeper.study.futility import steps_used
+
+    spec = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    spec["space"]["include"] = [i if i.startswith("builtin:") else str((REPO / "examples" / i).resolve())
+                                for i in spec["space"].get("include", [])]
+    spec["pruner"]["delta"] = delta
+    spec["tracking"] = {"enabled": False}
+    rows = []
+    for order in orders:
+        study = {**spec, "study": {"name": f"race-{order}"},
+                 "budget": {"n_trials": trials, "seeds": seeds, "max_parallel": parallel, "race": order}}
+        started = time.time()
+        done = run(study, folder)
+        maximum = int(seeds.split("-")[-1])
+        full = trials * maximum * int(spec["base"]["train"]["steps"])
+        used = sum(steps_used(t.user_attrs) for t in done)
+        complete = [t for t in done if t.state.name == "COMPLETE"]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        rows.append({"order": order, "trial_steps": used, "full": full, "ratio": used / full,
+                     "minutes": (time.time() - started) / 60, "best": best.number if best else None,
+                     "best_params": best.params if best else None,
+                     "trials": [(t.number, t.state.name, len(t.user_attrs.get("seed_values") or {}),
+                                 t.params.get("entropy.method")) for t in done]})
+    return rows
+
+
 REPLAY_PRUNERS = {
     "the study's own pruner": None,
     "futility racing, seeds 1-R, delta 0.03": {"type": "futility", "delta": 0.03},
@@ -693,7 +726,7 @@ def replay(study_file: Path, pruners: dict[str, dict | None] = REPLAY_PRUNERS, s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["simulate", "standin", "quickstart", "replay"])
+    parser.add_argument("what", choices=["simulate", "standin", "quickstart", "replay", "race"])
     parser.add_argument("study", nargs="?", help="replay: the study YAML of a finished, unpruned study")
     parser.add_argument("--trials", type=int, default=24, help="standin: trials per identical-config study")
     parser.add_argument("--parallel", type=int, default=2, help="quickstart: trials in flight")
@@ -712,6 +745,9 @@ def main() -> int:
     parser.add_argument("--rhos", default="0,0.5,0.9,0.97", help="simulate: the seed correlations, comma-separated")
     parser.add_argument("--no-harm", action="store_true", help="simulate: skip the harm rows")
     parser.add_argument("--no-within", action="store_true", help="simulate: skip the within-seed look rows")
+    parser.add_argument("--race-trials", type=int, default=7, help="race: trials (the 4 enqueued configs, then TPE's)")
+    parser.add_argument("--race-seeds", default="1-4", help="race: budget.seeds")
+    parser.add_argument("--orders", default="in_trial,rounds", help="race: the budget.race orders, comma-separated")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -755,6 +791,15 @@ def main() -> int:
                 print(f"| {r['label']} | {r['trial_steps']} ({r['ratio']:.2f}) | {r['complete']} | trial {r['best']} "
                       f"({r['best_value']:.3f}) | {r['difference']} | {'yes' if r['within_noise'] else 'NO'} | {stops or '-'} | "
                       f"{', '.join(f'#{n}' for n in r['data_ends']) or '-'} |")
+        elif args.what == "race":
+            output = race(args.orders.split(","), args.race_trials, args.race_seeds, args.delta, args.parallel, folder)
+            print(f"examples/quickstart.yaml at {args.race_trials} trials, seeds {args.race_seeds}, delta {args.delta}, "
+                  f"{args.parallel} in flight\n| order | trial-steps / full | minutes | best | trials (state, seeds run) |"
+                  "\n|---|---|---|---|---|")
+            for r in output:
+                ended = "; ".join(f"#{n} {m} {state} {k}" for n, state, k, m in r["trials"])
+                print(f"| {r['order']} | {r['trial_steps']} / {r['full']} ({r['ratio']:.2f}) | {r['minutes']:.1f} | "
+                      f"trial {r['best']} | {ended} |")
         elif args.what == "standin":
             rows = standin(args.trials, folder)
             print("| study | pruner | seed shift | pruned | rate [95% interval] |\n|---|---|---|---|---|")
