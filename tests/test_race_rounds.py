@@ -13,7 +13,7 @@ import pytest
 from sweeper.contract import Outcome, objective_estimate
 from sweeper.results.status import study_status
 from sweeper.run.driver import run_study
-from sweeper.run.race import RoundRace, Verdict, ended_outcome
+from sweeper.run.race import RoundRace, Verdict, complete_contenders, ended_outcome
 from sweeper.run.storage import make_storage
 from sweeper.study.futility import Look, steps_used
 from sweeper.study.spec import SpecError, load_spec
@@ -81,6 +81,24 @@ def test_not_decided_while_another_config_is_complete():
     rounds.wait(2, 12, Path("t2"), waiting([0.6]))
     # the pairing config ran all its seeds and was not stopped: still a contender, the survivor goes on
     assert [v.action for _, v in rounds.decide([], False, False, complete=1)] == ["go"]
+
+
+def test_complete_contenders_leave_out_the_baseline_stopped_configs_and_reused_copies():
+    def trial(state, **attrs):
+        return optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state),
+            user_attrs=attrs,
+            **({"value": 0.5} if state != "FAIL" else {}),
+        )
+
+    trials = [
+        trial("COMPLETE", baseline=True),
+        trial("COMPLETE"),
+        trial("PRUNED"),
+        trial("COMPLETE", same_config_as=0),
+        trial("FAIL"),
+    ]
+    assert complete_contenders(trials) == 1
 
 
 def test_not_decided_while_another_config_is_in_flight_or_waits_on_a_later_seed():

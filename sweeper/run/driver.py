@@ -69,7 +69,7 @@ from sweeper.run.executors.base import TrialJob, find_local_job_id, patched_envi
 from sweeper.run.interrupts import stop_signals_interrupt
 from sweeper.run.live import LiveView
 from sweeper.run.report import InFlight, StudyReport
-from sweeper.run.race import RoundRace, close_waiting, pairing_config, seed_look
+from sweeper.run.race import RoundRace, close_waiting, complete_contenders, pairing_config, seed_look
 from sweeper.run.reuse import find_identical, reuse_result
 from sweeper.study.samplers import grid_size
 from sweeper.study.space import Rejected, SampledConfig, grid_search_space
@@ -240,7 +240,7 @@ class Driver:
         self._race_changed = False
         spent = self.spec.budget.trial_steps is not None and self._steps_spent() >= self.spec.budget.trial_steps
         flights = [(self.storage.get_trial(f.trial_id).user_attrs, f.number) for f in self.in_flight]
-        complete = sum(t.state.name == "COMPLETE" and not t.user_attrs.get(ATTR_BASELINE) for t in self.study.get_trials(deepcopy=False))
+        complete = complete_contenders(self.study.get_trials(deepcopy=False))
         for waiting, verdict in self.race.decide(self.race.in_flight(flights, self.spec.budget.seeds_min), new_trials, spent, complete):
             if verdict.action != "go":
                 self.race.done(waiting.number)

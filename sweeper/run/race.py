@@ -55,11 +55,21 @@ from sweeper.contract import (
     ATTR_RACE_END,
     ATTR_RACE_PAIRING,
     ATTR_RACE_WAITING,
+    ATTR_SAME_CONFIG,
     Outcome,
     trial_seed_values,
 )
 
-__all__ = ["Waiting", "Verdict", "RoundRace", "close_waiting", "ended_outcome", "pairing_config", "seed_look"]
+__all__ = [
+    "Waiting",
+    "Verdict",
+    "RoundRace",
+    "close_waiting",
+    "complete_contenders",
+    "ended_outcome",
+    "pairing_config",
+    "seed_look",
+]
 
 
 @dataclass
@@ -119,6 +129,17 @@ def seed_look(study: Any, storage: Any, trial_id: int, seeds: int, build: Callab
     pruner = build(ticket.trial_steps, validation_steps(load_config(trial_dir / CONFIG_FILE)))
     pruner.set_race(ticket.seeds_min or len(ticket.seeds), len(ticket.seeds))
     return pruner.after_seed(study, frozen, seeds)
+
+
+def complete_contenders(trials: Iterable[Any]) -> int:
+    """Configs besides the baseline that ran all their seeds and were not stopped: a waiting survivor is not
+    decided against them. A config reused for an identical one (``same_config_as``) counts once, as its source."""
+    return sum(
+        t.state.name == "COMPLETE"
+        and not t.user_attrs.get(ATTR_BASELINE)
+        and t.user_attrs.get(ATTR_SAME_CONFIG) is None
+        for t in trials
+    )
 
 
 def pairing_config(race: str, trials: Iterable[Any], number: int, baseline: bool) -> bool:
