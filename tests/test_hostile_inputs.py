@@ -236,6 +236,9 @@ VALUE_CASES = {
     "params_list_with_include": ("space/params", ["clip.eps_high"], ["space.params", "dict"]),
     # issue 26: specs the schema took that can never work
     "seeds_absurd": ("budget/seeds", 10 ** 6, ["budget.seeds", "less than or equal to 100", "1000000"]),
+    # budget.race (sweeper/run/race.py)
+    "race_unknown": ("budget/race", "sometimes", ["budget.race", "'in_trial' or 'rounds'", "sometimes"]),
+    "race_without_a_range": ("budget/race", "rounds", ["budget.race", "give budget.seeds as a range"]),
     "choice_twice": ("space/params/entropy.method/choices", ["none", "siren", "steer", "siren"],
                      ["space.params[entropy.method].choices", "'siren' appears more than once"]),
     "when_value_twice": ("space/params/entropy.steer.w_min/when", {"entropy.method": ["steer", "steer"]},
