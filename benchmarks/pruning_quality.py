@@ -564,7 +564,7 @@ def race(orders: list[str], trials: int, seeds: str, delta: float, parallel: int
         study = {**spec, "study": {"name": f"race-{order}"},
                  "budget": {"n_trials": trials, "seeds": seeds, "max_parallel": parallel, "race": order}}
         started = time.time()
-        done = run(study, folder)
+        done = [t for t in run(study, folder) if t.state.name != "WAITING"]   # enqueued configs past n_trials never ran
         maximum = int(seeds.split("-")[-1])
         full = trials * maximum * int(spec["base"]["train"]["steps"])
         used = sum(steps_used(t.user_attrs) for t in done)
