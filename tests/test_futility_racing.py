@@ -13,7 +13,7 @@ import yaml
 
 from sweeper.contract import Outcome, objective_estimate
 from sweeper.run.driver import run_study
-from sweeper.run.trial.process import with_uncertainty
+from sweeper.run.trial.outcome import with_uncertainty
 from sweeper.run.storage import make_storage
 from sweeper.study.futility import steps_used
 from sweeper.study.spec import SpecError, load_spec
@@ -74,12 +74,12 @@ def test_a_config_stopped_in_its_third_seed_is_valued_by_the_two_it_finished():
     # value 0.65, SE over the 2 seeds sqrt(0.005 / 2) = 0.05
     finished = [{"seed": 10, "values": [0.60], "per_prompt": None}, {"seed": 11, "values": [0.70], "per_prompt": None}]
     stop = Outcome("PRUNED", partial_values=[0.50], prune_reason="futility", message="stopped at step 10 of seed 12: ...")
-    outcome = with_uncertainty(stop, finished, 3, None)
+    outcome = with_uncertainty(stop, finished)
     assert outcome.partial_values == [pytest.approx(0.65)] and outcome.values_se == [pytest.approx(0.05)]
     assert outcome.seed_mean() == [pytest.approx(0.65)]
     assert outcome.message.endswith("(value: the mean over the 2 seeds it finished)")
     # a trial stopped in its first seed finished none: Optuna's own value (its last report) stands
-    assert with_uncertainty(Outcome("PRUNED", partial_values=[0.5]), [], 3, None).seed_mean() is None
+    assert with_uncertainty(Outcome("PRUNED", partial_values=[0.5]), []).seed_mean() is None
     # status reads the same mean from the replicates
     frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, value=0.65, intermediate_values={10: 0.5},
                                        user_attrs={**outcome.user_attrs()})

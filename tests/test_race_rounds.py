@@ -116,10 +116,10 @@ def test_a_spent_budget_ends_the_waiting_trials_with_their_seeds():
     rounds.wait(1, 11, Path("t1"), waiting([0.6, 0.7]))
     [(entry, verdict)] = rounds.decide([], False, spent=True)
     assert verdict.action == "end" and looks == []
-    outcome = ended_outcome(entry.outcome, verdict, 20, 3)
+    outcome = ended_outcome(entry.outcome, verdict)
     assert outcome.state == "COMPLETE" and outcome.values == [pytest.approx(0.65)]
     # a stop is valued at the mean over the finished seeds, as an in-trial futility stop is
-    stopped = ended_outcome(entry.outcome, Verdict("stop", "stopped after seed 2: ..."), 20, 3)
+    stopped = ended_outcome(entry.outcome, Verdict("stop", "stopped after seed 2: ..."))
     assert (
         stopped.state == "PRUNED"
         and stopped.prune_reason == "futility"

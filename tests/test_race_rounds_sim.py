@@ -18,6 +18,9 @@ from pruning_quality import SHAPES, final_best, race_rounds, simulate_racing, wi
 
 from sweeper.study.futility import FutilityRule  # noqa: E402
 
+# (time, config, seed) launches: the baseline 0 and the pairing config 1 run seeds 0-2 straight, side by side
+STRAIGHT_SEEDS_0_2 = [(t, c, t) for t in range(3) for c in (0, 1)]
+
 
 def numbered(configs: int, seeds: int):
     """values[c, s] = 10 c + s: a look's ``mine`` tells which config is judged."""
@@ -60,12 +63,7 @@ def test_the_pairing_config_runs_its_seeds_straight_and_a_complete_config_blocks
     rule = Scripted({(3, 1)})
     out = race_rounds(numbered(4, 3), [0, 1, 2, 3], rule, 1, 3)
     assert out["launched"] == [
-        (0, 0, 0),
-        (0, 1, 0),
-        (1, 0, 1),
-        (1, 1, 1),
-        (2, 0, 2),
-        (2, 1, 2),
+        *STRAIGHT_SEEDS_0_2,
         (3, 2, 0),
         (3, 3, 0),
         (4, 2, 1),
@@ -142,12 +140,7 @@ def test_a_look_waits_for_a_running_config_with_fewer_seeds():
     7 x 3 = 21 runs, 12 time units (the earlier rounds, no pairing config: 11)."""
     out = race_rounds(numbered(7, 3), list(range(7)), Scripted(), 1, 3)
     assert out["launched"][:11] == [
-        (0, 0, 0),
-        (0, 1, 0),
-        (1, 0, 1),
-        (1, 1, 1),
-        (2, 0, 2),
-        (2, 1, 2),
+        *STRAIGHT_SEEDS_0_2,
         (3, 2, 0),
         (3, 3, 0),
         (4, 4, 0),

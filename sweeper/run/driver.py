@@ -244,7 +244,7 @@ class Driver:
         for waiting, verdict in self.race.decide(self.race.in_flight(flights, self.spec.budget.seeds_min), new_trials, spent, complete):
             if verdict.action != "go":
                 self.race.done(waiting.number)
-                outcome = close_waiting(self.storage, waiting, verdict, self.spec.budget.seeds)
+                outcome = close_waiting(self.storage, waiting, verdict)
                 self._record(waiting.number, waiting.trial_id, outcome, time.time(), None)
             elif len(self.in_flight) < self.max_parallel:   # its next seed: a job for the same trial
                 self.storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")

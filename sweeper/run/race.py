@@ -79,9 +79,12 @@ class Waiting:
     number: int
     trial_id: int
     trial_dir: Path
-    seeds: int
     outcome: Outcome
     cleared: bool = False  # its look let it go on; it waits for a free slot only
+
+    @property
+    def seeds(self) -> int:
+        return len(self.outcome.replicates or [])
 
 
 @dataclass(frozen=True)
@@ -90,24 +93,24 @@ class Verdict:
     message: str
 
 
-def ended_outcome(waiting: Outcome, verdict: Verdict, trial_steps: int, seeds: int) -> Outcome:
+def ended_outcome(waiting: Outcome, verdict: Verdict) -> Outcome:
     """The final outcome of a waiting trial that its round stops or ends (a pure function of its
     AWAITING_ROUND outcome): PRUNED futility valued at the mean over its finished seeds, or COMPLETE over them."""
     from sweeper.run.trial.outcome import futility_stop, with_uncertainty
 
     finished = list(waiting.replicates or [])
     if verdict.action == "stop":
-        outcome = with_uncertainty(futility_stop(verdict.message, finished, trial_steps), finished, seeds, None)
+        outcome = with_uncertainty(futility_stop(verdict.message, finished, waiting.step or 0), finished)
         return replace(outcome, seconds=waiting.seconds, summary=waiting.summary)
     if verdict.action == "end":
         return replace(waiting, state="COMPLETE", message=verdict.message)
     raise ValueError(f"a {verdict.action!r} verdict does not end a trial")
 
 
-def close_waiting(storage: Any, waiting: Waiting, verdict: Verdict, seeds: int) -> Outcome:
+def close_waiting(storage: Any, waiting: Waiting, verdict: Verdict) -> Outcome:
     """A waiting trial that its round stops or ends: its final outcome (written to its folder, for the driver to
     tell) and its user attrs (``race_waiting`` cleared, ``race_end`` for an ended race)."""
-    outcome = ended_outcome(waiting.outcome, verdict, waiting.outcome.step or 0, seeds)
+    outcome = ended_outcome(waiting.outcome, verdict)
     outcome.write(waiting.trial_dir)
     storage.set_trial_user_attr(waiting.trial_id, ATTR_RACE_WAITING, "")
     if verdict.action == "end":
@@ -178,7 +181,7 @@ class RoundRace:
         return out
 
     def wait(self, number: int, trial_id: int, trial_dir: Path, outcome: Outcome) -> Waiting:
-        entry = Waiting(number, trial_id, Path(trial_dir), len(outcome.replicates or []), outcome)
+        entry = Waiting(number, trial_id, Path(trial_dir), outcome)
         self.waiting[number] = entry
         return entry
 

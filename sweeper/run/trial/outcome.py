@@ -30,7 +30,7 @@ def futility_stop(message: str, finished: list[dict[str, Any]], steps: int) -> O
     )
 
 
-def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]], seeds: int, ticket: Any) -> Outcome:
+def with_uncertainty(ending: Outcome | None, finished: list[dict[str, Any]]) -> Outcome:
     """The trial's outcome: the run that ended it (or the last replicate), with the values averaged over the
     finished seeds and their standard errors: over prompts (R = 1); over seeds (R > 1)
     (:func:`~sweeper.statistics.replicate_summary`). A PRUNED trial that finished seeds before it stopped

@@ -198,7 +198,7 @@ def _run(trial_dir: Path, preemption: threading.Event | None = None) -> Outcome:
             if rounds:   # budget.race rounds: the driver judges the trial with its round (sweeper.run.race)
                 waiting = True
                 break
-    outcome = with_uncertainty(ending, finished, len(runs), ticket)
+    outcome = with_uncertainty(ending, finished)
     if waiting:
         outcome.state = "AWAITING_ROUND"
         outcome.message = f"waits after seed {len(finished)} for its race round"
